@@ -1,0 +1,204 @@
+//! What a model costs, from its config alone: parameter counts (total and active per token),
+//! and KV-cache bytes (per token for global layers, a fixed bound for chunked ones). Needs no
+//! weights, so it answers for a Scout-sized config on a laptop.
+
+use std::fmt::Write;
+
+use crate::config::{AttentionKind, FeedForwardKind, ModelConfig};
+
+/// Text-model parameter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCounts {
+    pub total: u64,
+    /// Parameters one token touches: the routed top-k experts, not all of them.
+    pub active: u64,
+}
+
+/// KV-cache footprint of one sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvFootprint {
+    pub global_layers: usize,
+    pub chunked_layers: usize,
+    /// Bytes each token adds across all global layers (grows with the context).
+    pub global_bytes_per_token: u64,
+    /// Bytes each cached token costs across all chunked layers...
+    pub chunked_bytes_per_token: u64,
+    /// ...which keep at most this many tokens, whatever the context length.
+    pub chunked_max_tokens: usize,
+}
+
+impl KvFootprint {
+    /// Total bytes for a context of `n_tokens`.
+    pub fn bytes_at(&self, n_tokens: usize) -> u64 {
+        self.global_bytes_per_token * n_tokens as u64
+            + self.chunked_bytes_per_token * n_tokens.min(self.chunked_max_tokens) as u64
+    }
+}
+
+pub fn param_counts(config: &ModelConfig) -> ParamCounts {
+    let d = config.hidden_size as u64;
+    let dh = config.head_dim as u64;
+    let (h, hkv) = (config.n_heads as u64, config.n_kv_heads as u64);
+    let attention = d * h * dh * 2 + d * hkv * dh * 2 + 2 * d; // q, o, k, v, two norms
+    let mut total = 0;
+    let mut active = 0;
+    for plan in &config.layers {
+        let (ff_total, ff_active) = match plan.feed_forward {
+            FeedForwardKind::Dense { width } => {
+                let p = 3 * d * width as u64;
+                (p, p)
+            }
+            FeedForwardKind::Moe {
+                n_experts,
+                top_k,
+                width,
+            } => {
+                let expert = 3 * d * width as u64;
+                let router = d * n_experts as u64;
+                let shared = expert;
+                (
+                    router + shared + expert * n_experts as u64,
+                    router + shared + expert * top_k as u64,
+                )
+            }
+        };
+        total += attention + ff_total;
+        active += attention + ff_active;
+    }
+    let v = config.vocab_size as u64;
+    let lm_head = if config.tie_word_embeddings { 0 } else { v * d };
+    let edges = v * d + d + lm_head; // embeddings, final norm, head
+    ParamCounts {
+        total: total + edges,
+        // An embedding lookup reads one row, but counting conventions (and Meta's "17B
+        // active") include the whole table.
+        active: active + edges,
+    }
+}
+
+pub fn kv_footprint(config: &ModelConfig, bytes_per_element: usize) -> KvFootprint {
+    let per_layer_token = (2 * config.n_kv_heads * config.head_dim * bytes_per_element) as u64;
+    let mut fp = KvFootprint {
+        global_layers: 0,
+        chunked_layers: 0,
+        global_bytes_per_token: 0,
+        chunked_bytes_per_token: 0,
+        chunked_max_tokens: 0,
+    };
+    for plan in &config.layers {
+        match plan.attention {
+            AttentionKind::LocalRope { chunk_len } => {
+                fp.chunked_layers += 1;
+                fp.chunked_bytes_per_token += per_layer_token;
+                fp.chunked_max_tokens = fp.chunked_max_tokens.max(chunk_len);
+            }
+            AttentionKind::GlobalRope | AttentionKind::GlobalNope => {
+                fp.global_layers += 1;
+                fp.global_bytes_per_token += per_layer_token;
+            }
+        }
+    }
+    fp
+}
+
+/// The human-readable report `herd inspect` prints.
+pub fn report(config: &ModelConfig, bytes_per_element: usize, stored_weight_bytes: Option<u64>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "text model: {} layers, hidden {}, {} query / {} KV heads × {}, vocab {}, context {}",
+        config.n_layers(),
+        config.hidden_size,
+        config.n_heads,
+        config.n_kv_heads,
+        config.head_dim,
+        config.vocab_size,
+        config.max_position_embeddings
+    );
+    let scaling = match &config.rope.scaling {
+        Some(s) => format!(
+            "llama3 (factor {}, low {}, high {}, original context {})",
+            s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position_embeddings
+        ),
+        None => "none".into(),
+    };
+    let _ = writeln!(out, "rope: theta {}, scaling {scaling}", config.rope.theta);
+    let _ = writeln!(out, "layer plan:");
+    for (i, plan) in config.layers.iter().enumerate() {
+        let attention = match plan.attention {
+            AttentionKind::LocalRope { chunk_len } => format!("rope, chunked {chunk_len}"),
+            AttentionKind::GlobalRope => "rope, global".into(),
+            AttentionKind::GlobalNope => "nope, global".into(),
+        };
+        let extras = match (plan.uses_qk_norm, plan.temperature_tuning) {
+            (true, _) => ", qk-norm".to_string(),
+            (false, Some(t)) => format!(", temperature (floor {}, scale {})", t.floor_scale, t.attn_scale),
+            (false, None) => String::new(),
+        };
+        let ff = match plan.feed_forward {
+            FeedForwardKind::Dense { width } => format!("dense swiglu {width}"),
+            FeedForwardKind::Moe {
+                n_experts,
+                top_k,
+                width,
+            } => format!("moe {n_experts} experts, top-{top_k}, width {width} + shared"),
+        };
+        let _ = writeln!(out, "  {i:>3}  attention: {attention}{extras:<40}  ffn: {ff}");
+    }
+    let params = param_counts(config);
+    let _ = writeln!(
+        out,
+        "parameters: {} total, {} active per token",
+        human_count(params.total),
+        human_count(params.active)
+    );
+    let _ = writeln!(
+        out,
+        "weight bytes at {bytes_per_element} B/param: {}",
+        human_bytes(params.total * bytes_per_element as u64)
+    );
+    if let Some(stored) = stored_weight_bytes {
+        let _ = writeln!(
+            out,
+            "weight bytes as stored (text model): {}",
+            human_bytes(stored)
+        );
+    }
+    let kv = kv_footprint(config, bytes_per_element);
+    let _ = writeln!(
+        out,
+        "kv cache at {bytes_per_element} B/element: {} global layers: {} per token; {} chunked layers: {} per token, at most {} tokens ({})",
+        kv.global_layers,
+        human_bytes(kv.global_bytes_per_token),
+        kv.chunked_layers,
+        human_bytes(kv.chunked_bytes_per_token),
+        kv.chunked_max_tokens,
+        human_bytes(kv.chunked_bytes_per_token * kv.chunked_max_tokens as u64),
+    );
+    for n in [8192usize, 131072, 1 << 20] {
+        if n <= config.max_position_embeddings {
+            let _ = writeln!(out, "  kv cache for {n} tokens: {}", human_bytes(kv.bytes_at(n)));
+        }
+    }
+    out
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B ({n})", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M ({n})", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K ({n})", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    match n as f64 {
+        b if b >= GIB => format!("{:.2} GiB", b / GIB),
+        b if b >= MIB => format!("{:.2} MiB", b / MIB),
+        b if b >= 1024.0 => format!("{:.1} KiB", b / 1024.0),
+        _ => format!("{n} B"),
+    }
+}

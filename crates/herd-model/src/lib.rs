@@ -1,0 +1,21 @@
+//! herd-model: Llama 4 as the reference computes it.
+//!
+//! [`ModelConfig`] resolves `config.json` into one [`config::LayerPlan`] per layer;
+//! [`Checkpoint`] memory-maps safetensors weights; [`TextModel`] runs the decoder over a flat
+//! axis of tokens with a [`KvCache`]. See `../shared/design/LLAMA4.md` for the maths.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod inspect;
+pub mod kv_cache;
+pub mod nn;
+pub mod step;
+pub mod text;
+pub mod weights;
+
+pub use checkpoint::Checkpoint;
+pub use config::ModelConfig;
+pub use error::{Error, Result};
+pub use kv_cache::KvCache;
+pub use text::model::{LogitsFor, TextModel};

@@ -1,0 +1,132 @@
+//! Llama 4 self-attention (LLAMA4.md §3): GQA with interleaved RoPE and QK RMS-norm on RoPE
+//! layers, temperature-tuned queries on NoPE layers, chunked causal masks on local layers.
+//!
+//! Shapes: T tokens in the step, L cached + new keys, D hidden, H/Hkv query/KV heads,
+//! G = H / Hkv queries per KV head, Dh head dim.
+//! Reference: transformers `Llama4TextAttention.forward` (order: rope → qk-norm → temperature).
+
+use candle_core::{DType, Tensor};
+
+use crate::config::{AttentionKind, LayerPlan, ModelConfig, TemperatureTuning};
+use crate::error::Result;
+use crate::kv_cache::LayerCache;
+use crate::nn::{rms_normalize, Linear};
+use crate::step::StepInputs;
+use crate::text::mask;
+use crate::weights::Weights;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    kind: AttentionKind,
+    uses_qk_norm: bool,
+    temperature_tuning: Option<TemperatureTuning>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    norm_eps: f64,
+}
+
+impl Attention {
+    pub fn load(vb: &Weights, config: &ModelConfig, plan: &LayerPlan) -> Result<Self> {
+        let (d, dh) = (config.hidden_size, config.head_dim);
+        Ok(Attention {
+            q_proj: Linear::load(vb, "q_proj", d, config.n_heads * dh)?,
+            k_proj: Linear::load(vb, "k_proj", d, config.n_kv_heads * dh)?,
+            v_proj: Linear::load(vb, "v_proj", d, config.n_kv_heads * dh)?,
+            o_proj: Linear::load(vb, "o_proj", config.n_heads * dh, d)?,
+            kind: plan.attention,
+            uses_qk_norm: plan.uses_qk_norm,
+            temperature_tuning: plan.temperature_tuning,
+            n_heads: config.n_heads,
+            n_kv_heads: config.n_kv_heads,
+            head_dim: dh,
+            norm_eps: config.rms_norm_eps,
+        })
+    }
+
+    /// x: [T, D] → [T, D]
+    pub fn forward(&self, x_td: &Tensor, step: &StepInputs, cache: &mut LayerCache) -> Result<Tensor> {
+        let t = step.len();
+        // [T, H·Dh] → [1, H, T, Dh]
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((t, n, self.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?)
+        };
+        let mut q = heads(self.q_proj.forward(x_td)?, self.n_heads)?;
+        let mut k = heads(self.k_proj.forward(x_td)?, self.n_kv_heads)?;
+        let v = heads(self.v_proj.forward(x_td)?, self.n_kv_heads)?;
+
+        if self.kind.uses_rope() {
+            q = step.rotary.apply(&q)?;
+            k = step.rotary.apply(&k)?;
+        }
+        if self.uses_qk_norm {
+            q = rms_normalize(&q, self.norm_eps)?;
+            k = rms_normalize(&k, self.norm_eps)?;
+        }
+        if let (Some(_), Some(scales)) = (self.temperature_tuning, &step.temperature_scales) {
+            q = q.broadcast_mul(scales)?;
+        }
+
+        // [Hkv, L, Dh], keys for absolute positions cache.start() ..
+        let (k_all, v_all) = cache.extend(&k.squeeze(0)?, &v.squeeze(0)?)?;
+        let q_htd = q.squeeze(0)?;
+        let keys_start = cache.start();
+        let chunk_len = self.kind.chunk_len();
+
+        let mut outs = Vec::new();
+        for run in mask::chunk_runs(step.positions.clone(), chunk_len) {
+            let first_key = mask::chunk_start(run.start, chunk_len).max(keys_start);
+            let keys = first_key..run.end;
+            let q_run = q_htd.narrow(1, run.start - step.positions.start, run.len())?;
+            let k_run = k_all.narrow(1, first_key - keys_start, keys.len())?;
+            let v_run = v_all.narrow(1, first_key - keys_start, keys.len())?;
+            let mask = if run.len() > 1 {
+                let m = mask::additive_mask(run.clone(), keys.clone(), chunk_len);
+                Some(Tensor::from_vec(m, (run.len(), keys.len()), q.device())?.to_dtype(q.dtype())?)
+            } else {
+                // A single query sees every key handed to it (all ≤ it, all in its block).
+                None
+            };
+            outs.push(self.attend(&q_run, &k_run, &v_run, mask.as_ref())?);
+        }
+        // [H, T, Dh] → [T, H·Dh]
+        let out_htd = Tensor::cat(&outs, 1)?;
+        let out_td = out_htd
+            .transpose(0, 1)?
+            .reshape((t, self.n_heads * self.head_dim))?;
+        self.o_proj.forward(&out_td)
+    }
+
+    /// Scaled dot-product attention with grouped KV heads.
+    /// q: [H, Tq, Dh], k/v: [Hkv, L, Dh], mask: [Tq, L] → [H, Tq, Dh]
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (h, tq, dh) = q.dims3()?;
+        let l = k.dims()[1];
+        let g = h / self.n_kv_heads;
+        // Query heads h·G .. h·G+G share KV head h: fold them into the row axis.
+        let q = q.reshape((self.n_kv_heads, g * tq, dh))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [Hkv, G·Tq, L]
+        let scores = match mask {
+            Some(m) => scores.reshape((self.n_kv_heads, g, tq, l))?.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax(&scores)?.reshape((self.n_kv_heads, g * tq, l))?;
+        Ok(probs.matmul(&v.contiguous()?)?.reshape((h, tq, dh))?)
+    }
+}
+
+/// Softmax over the last axis, in f32 for reduced-precision activations.
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    Ok(candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
+}

@@ -1,0 +1,37 @@
+//! The feed-forward half of a decoder layer: a dense SwiGLU or a mixture of experts, as the
+//! layer's plan says.
+
+use candle_core::Tensor;
+
+use crate::config::{FeedForwardKind, LayerPlan, ModelConfig};
+use crate::error::Result;
+use crate::nn::Mlp;
+use crate::text::moe::Moe;
+use crate::weights::Weights;
+
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+impl FeedForward {
+    pub fn load(vb: &Weights, config: &ModelConfig, plan: &LayerPlan) -> Result<Self> {
+        Ok(match plan.feed_forward {
+            FeedForwardKind::Dense { width } => FeedForward::Dense(Mlp::load(vb, config.hidden_size, width)?),
+            FeedForwardKind::Moe {
+                n_experts,
+                top_k,
+                width,
+            } => FeedForward::Moe(Moe::load(vb, config, n_experts, top_k, width)?),
+        })
+    }
+
+    /// x: [T, D] → [T, D]
+    pub fn forward(&self, x_td: &Tensor) -> Result<Tensor> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x_td),
+            FeedForward::Moe(moe) => moe.forward(x_td),
+        }
+    }
+}

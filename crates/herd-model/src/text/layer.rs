@@ -1,0 +1,42 @@
+//! One pre-norm decoder layer: `h = x + attn(norm(x)); out = h + ffn(norm(h))`.
+
+use candle_core::Tensor;
+
+use crate::config::{LayerPlan, ModelConfig};
+use crate::error::Result;
+use crate::kv_cache::LayerCache;
+use crate::nn::RmsNorm;
+use crate::step::StepInputs;
+use crate::text::{Attention, FeedForward};
+use crate::weights::Weights;
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    feed_forward: FeedForward,
+}
+
+impl DecoderLayer {
+    pub fn load(vb: &Weights, config: &ModelConfig, plan: &LayerPlan) -> Result<Self> {
+        let (d, eps) = (config.hidden_size, config.rms_norm_eps);
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::load(vb, "input_layernorm", d, eps)?,
+            self_attn: Attention::load(&vb.pp("self_attn"), config, plan)?,
+            post_attention_layernorm: RmsNorm::load(vb, "post_attention_layernorm", d, eps)?,
+            feed_forward: FeedForward::load(&vb.pp("feed_forward"), config, plan)?,
+        })
+    }
+
+    /// x: [T, D] → [T, D]
+    pub fn forward(&self, x: &Tensor, step: &StepInputs, cache: &mut LayerCache) -> Result<Tensor> {
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, step, cache)?)?;
+        Ok((&h
+            + self
+                .feed_forward
+                .forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    }
+}

@@ -1,0 +1,157 @@
+//! The text model: `embed → layers → norm → lm_head`, over a flat axis of the step's tokens.
+//!
+//! Shapes: T tokens in the step, D hidden, V vocabulary.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::nn::{Linear, RmsNorm};
+use crate::step::StepInputs;
+use crate::text::DecoderLayer;
+use crate::weights::Weights;
+
+/// Which positions of a step need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every position: [T, V] (parity checks, `herd logits`).
+    All,
+    /// Only the last position: [1, V] (generation).
+    Last,
+}
+
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    config: ModelConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    inv_freq: Vec<f32>,
+    dtype: DType,
+    device: Device,
+}
+
+impl TextModel {
+    /// Reads `dir/config.json` and the checkpoint's text weights.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config = ModelConfig::load(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Self::from_checkpoint(&checkpoint, config, dtype, device)
+    }
+
+    /// Builds the model from an open checkpoint with an already resolved (possibly altered)
+    /// config.
+    pub fn from_checkpoint(
+        checkpoint: &Checkpoint,
+        config: ModelConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let vb = Weights::new(checkpoint, checkpoint.text_prefix(), dtype, device);
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = vb.get("embed_tokens.weight", &[v, d])?;
+        let layers_vb = vb.pp("layers");
+        let layers = config
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| DecoderLayer::load(&layers_vb.pp(i), &config, plan))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&vb, "norm", d, config.rms_norm_eps)?;
+        let lm_head_name = checkpoint.lm_head_name();
+        let lm_head = if config.tie_word_embeddings && !checkpoint.contains(lm_head_name) {
+            Linear::from_weight(embed_tokens.clone())
+        } else {
+            Linear::from_weight(vb.get_absolute(lm_head_name, &[v, d])?)
+        };
+        let inv_freq = config.rope.inv_freq(config.head_dim);
+        Ok(TextModel {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.config)
+    }
+
+    /// Feeds `ids` at the positions after what `cache` holds; returns f32 logits [T, V] or
+    /// [1, V]. Prefill, chunked prefill and decode are all this one call.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logits_for: LogitsFor) -> Result<Tensor> {
+        let x_td = self.embed(ids, cache)?;
+        let h_td = self.forward_embeddings(&x_td, cache)?;
+        let h = match logits_for {
+            LogitsFor::All => h_td,
+            LogitsFor::Last => h_td.narrow(0, ids.len() - 1, 1)?,
+        };
+        let logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// Token embeddings [T, D], after checking the ids and the context length.
+    pub fn embed(&self, ids: &[u32], cache: &KvCache) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let vocab_size = self.config.vocab_size;
+        if let Some((index, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab_size) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                index,
+                vocab_size,
+            });
+        }
+        let requested = cache.n_positions() + ids.len();
+        if requested > self.config.max_position_embeddings {
+            return Err(Error::ContextOverflow {
+                requested,
+                max_positions: self.config.max_position_embeddings,
+            });
+        }
+        let ids_t = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(self.embed_tokens.index_select(&ids_t, 0)?)
+    }
+
+    /// Runs the decoder layers over embeddings [T, D] (image rows may already be fused in),
+    /// advancing the cache; returns the last hidden states [T, D] before the final norm.
+    pub fn forward_embeddings(&self, x_td: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let t = x_td.dims2()?.0;
+        let start = cache.n_positions();
+        let step = StepInputs::new(
+            &self.config,
+            &self.inv_freq,
+            start..start + t,
+            self.dtype,
+            &self.device,
+        )?;
+        let mut h = x_td.clone();
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers_mut()) {
+            h = layer.forward(&h, &step, layer_cache)?;
+        }
+        cache.advance(t)?;
+        Ok(h)
+    }
+}

@@ -1,0 +1,58 @@
+//! herd-model's one integration-test binary (linking is the slow part on two cores).
+
+mod checkpoint_errors;
+mod config;
+mod mutations;
+mod ops;
+mod parity;
+
+use candle_core::{DType, Device, Tensor};
+use herd_model::{KvCache, LogitsFor, TextModel};
+
+pub fn load_fixture(name: &str, dtype: DType) -> TextModel {
+    TextModel::load(&herd_testkit::fixture_path(name), dtype, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("loading fixture {name}: {e}"))
+}
+
+/// Logits at every position of one full pass, [T, V].
+pub fn full_logits(model: &TextModel, ids: &[u32]) -> Tensor {
+    let mut cache = model.new_cache();
+    model.forward(ids, &mut cache, LogitsFor::All).expect("forward")
+}
+
+/// Feeds `ids` in pieces of the given sizes (cycled) and stacks the logits, [T, V].
+pub fn piecewise_logits(model: &TextModel, ids: &[u32], piece_sizes: &[usize]) -> Tensor {
+    let mut cache: KvCache = model.new_cache();
+    let mut rows = Vec::new();
+    let mut start = 0;
+    for &size in piece_sizes.iter().cycle() {
+        if start >= ids.len() {
+            break;
+        }
+        let end = (start + size).min(ids.len());
+        rows.push(
+            model
+                .forward(&ids[start..end], &mut cache, LogitsFor::All)
+                .expect("forward"),
+        );
+        start = end;
+    }
+    Tensor::cat(&rows, 0).expect("cat")
+}
+
+/// Greedy continuation of `ids` with the logits that chose each token.
+pub fn greedy(model: &TextModel, ids: &[u32], n: usize) -> (Vec<u32>, Tensor) {
+    let mut cache = model.new_cache();
+    let mut logits = model.forward(ids, &mut cache, LogitsFor::Last).expect("prefill");
+    let mut tokens = Vec::new();
+    let mut rows = Vec::new();
+    for _ in 0..n {
+        let next = logits.argmax(1).expect("argmax").to_vec1::<u32>().expect("ids")[0];
+        tokens.push(next);
+        rows.push(logits.clone());
+        logits = model
+            .forward(&[next], &mut cache, LogitsFor::Last)
+            .expect("decode");
+    }
+    (tokens, Tensor::cat(&rows, 0).expect("cat"))
+}

@@ -1,0 +1,143 @@
+//! Ops against their slow twins and hand-computed values.
+
+use candle_core::{DType, Device, Tensor};
+use herd_model::config::{Llama3Scaling, RopeConfig, RopePairing, RouterScoring, TemperatureTuning};
+use herd_model::nn::rope::{rotate_slow, RotaryTables};
+use herd_model::text::mask::{additive_mask, allowed, chunk_runs, chunk_start};
+use herd_model::text::moe::route;
+use herd_testkit::assert_close;
+
+#[test]
+fn interleaved_rope_matches_slow_twin_on_random_shapes() {
+    let dev = Device::Cpu;
+    for (heads, t, dh, start) in [(1, 1, 2, 0), (3, 5, 8, 7), (4, 9, 16, 8190), (2, 3, 128, 20000)] {
+        let rope = RopeConfig {
+            theta: 500000.0,
+            scaling: Some(Llama3Scaling {
+                factor: 16.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64.0,
+            }),
+        };
+        let inv_freq = rope.inv_freq(dh);
+        let x = Tensor::randn(0f32, 1.0, (1, heads, t, dh), &dev).unwrap();
+        let tables = RotaryTables::new(
+            &inv_freq,
+            start..start + t,
+            RopePairing::Interleaved,
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
+        let fast = tables.apply(&x).unwrap();
+        let rows = x.reshape((heads * t, dh)).unwrap().to_vec2::<f32>().unwrap();
+        let slow: Vec<f32> = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row)| rotate_slow(row, start + r % t, &inv_freq))
+            .collect();
+        let slow = Tensor::from_vec(slow, (1, heads, t, dh), &dev).unwrap();
+        assert_close(&fast, &slow, 1e-5, &format!("rope h{heads} t{t} d{dh} @{start}"));
+    }
+}
+
+#[test]
+fn rope_rotates_adjacent_pairs() {
+    // Position 1, one pair with inv_freq 1: (1, 0) → (cos 1, sin 1).
+    let out = rotate_slow(&[1.0, 0.0], 1, &[1.0]);
+    assert!((out[0] - 1f32.cos()).abs() < 1e-7 && (out[1] - 1f32.sin()).abs() < 1e-7);
+}
+
+#[test]
+fn llama3_scaling_bands() {
+    let s = Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
+    let short = 2.0 * std::f32::consts::PI / 1000.0; // wavelength 1000 < 2048: kept
+    assert_eq!(s.scale(short), short);
+    let long = 2.0 * std::f32::consts::PI / 10000.0; // wavelength 10000 > 8192: / factor
+    assert_eq!(s.scale(long), long / 8.0);
+    let mid = 2.0 * std::f32::consts::PI / 4096.0; // smooth = (2 - 1) / 3
+    let smooth = 1.0f32 / 3.0;
+    let expected = (1.0 - smooth) * mid / 8.0 + smooth * mid;
+    assert!((s.scale(mid) - expected).abs() < 1e-9);
+    // Scout: low = high, the band edge must not produce NaN.
+    let scout = Llama3Scaling {
+        high_freq_factor: 1.0,
+        ..s
+    };
+    let edge = 2.0 * std::f32::consts::PI / 8192.0;
+    assert!(scout.scale(edge).is_finite());
+}
+
+#[test]
+fn inv_freq_is_bit_exact_with_the_reference_recipe() {
+    // f32(1) / f32(theta^(2m/d) in f64): transformers' table for theta 500000, d 16.
+    let inv = RopeConfig {
+        theta: 500000.0,
+        scaling: None,
+    }
+    .inv_freq(16);
+    assert_eq!(inv[0], 1.0);
+    assert_eq!(inv[1], 1.0f32 / 500000f64.powf(0.125) as f32);
+    assert_eq!(inv.len(), 8);
+}
+
+#[test]
+fn temperature_scale_steps_at_floor_scale() {
+    let t = TemperatureTuning {
+        floor_scale: 8192.0,
+        attn_scale: 0.1,
+    };
+    assert_eq!(t.scale(0), 1.0);
+    assert_eq!(t.scale(8190), 1.0);
+    assert!((t.scale(8191) - (1.0 + 0.1 * 2f32.ln())).abs() < 1e-6);
+    assert!((t.scale(16382) - (1.0 + 0.1 * 2f32.ln())).abs() < 1e-6);
+    assert!((t.scale(16383) - (1.0 + 0.1 * 3f32.ln())).abs() < 1e-6);
+}
+
+#[test]
+fn chunked_mask_is_block_aligned_not_sliding() {
+    let c = Some(8);
+    assert!(allowed(7, 0, c));
+    assert!(!allowed(8, 7, c), "position 8 starts a new block");
+    assert!(allowed(9, 8, c));
+    assert!(!allowed(3, 4, c), "never the future");
+    assert!(allowed(20000, 0, None));
+    assert!(!allowed(3, 4, None));
+    assert_eq!(chunk_start(8191, Some(8192)), 0);
+    assert_eq!(chunk_start(20000, Some(8192)), 16384);
+    // At p = 20000 with C = 8192 exactly 3617 keys are visible (LLAMA4.md §10).
+    assert_eq!(
+        (0..=20000).filter(|&k| allowed(20000, k, Some(8192))).count(),
+        3617
+    );
+    let m = additive_mask(6..10, 4..10, c);
+    let row = |q: usize| &m[(q - 6) * 6..(q - 5) * 6];
+    assert_eq!(row(7).iter().filter(|v| **v == 0.0).count(), 4); // keys 4..=7
+    assert_eq!(row(9).iter().filter(|v| **v == 0.0).count(), 2); // keys 8, 9
+}
+
+#[test]
+fn chunk_runs_split_at_block_edges() {
+    assert_eq!(chunk_runs(5..20, Some(8)), vec![5..8, 8..16, 16..20]);
+    assert_eq!(chunk_runs(8..9, Some(8)), vec![8..9]);
+    assert_eq!(chunk_runs(0..30, None), vec![0..30]);
+}
+
+#[test]
+fn router_picks_top_k_on_raw_logits_with_sigmoid_scores() {
+    let logits = vec![vec![0.5, 2.0, -1.0, 1.0], vec![-3.0, -2.0, -1.0, -4.0]];
+    let d = route(&logits, 2, RouterScoring::Sigmoid);
+    let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+    assert_eq!(d.per_expert[1], vec![(0, sig(2.0)), (1, sig(-2.0))]);
+    assert_eq!(d.per_expert[3], vec![(0, sig(1.0))]);
+    assert_eq!(d.per_expert[2], vec![(1, sig(-1.0))]);
+    assert!(d.per_expert[0].is_empty());
+    // Sigmoid scores are not renormalised: they need not sum to 1.
+    assert!((sig(2.0) + sig(1.0) - 1.0).abs() > 0.1);
+}

@@ -1,1 +1,13 @@
+//! herd-engine: the token-level engine. It knows token ids and logits, never text: sampling
+//! parameters (one validated type shared by the CLI and, later, the server), the sampler, and
+//! the generation loop over any [`LanguageModel`].
 
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod sampling;
+
+pub use error::EngineError;
+pub use generate::{generate, FinishReason, Generation};
+pub use model::LanguageModel;
+pub use sampling::{Sampler, SamplingParams};

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod generation_config;
 pub mod inspect;
 pub mod kv_cache;
 pub mod nn;
@@ -17,5 +18,6 @@ pub mod weights;
 pub use checkpoint::Checkpoint;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
+pub use generation_config::GenerationConfig;
 pub use kv_cache::KvCache;
 pub use text::model::{LogitsFor, TextModel};

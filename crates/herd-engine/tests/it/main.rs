@@ -1,1 +1,4 @@
+//! herd-engine's one integration-test binary.
 
+mod generate;
+mod sampling;

@@ -1,0 +1,76 @@
+//! The generation loop: prefill the prompt (in pieces, so activation memory stays bounded on
+//! long prompts), then decode one token at a time until a stop token, the token budget, or the
+//! end of the context.
+
+use std::ops::ControlFlow;
+
+use crate::error::EngineError;
+use crate::model::LanguageModel;
+use crate::sampling::{Sampler, SamplingParams};
+
+/// Prompt tokens fed per forward step during prefill.
+pub const PREFILL_PIECE: usize = 512;
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was produced (not included in the output).
+    Stop(u32),
+    /// `max_new_tokens` were produced.
+    Length,
+    /// The sequence filled the model's context.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+/// Generates a continuation of `prompt`, calling `on_token` with each new token as soon as it
+/// is chosen; the callback may return `ControlFlow::Break` to stop.
+pub fn generate<M: LanguageModel>(
+    model: &M,
+    prompt: &[u32],
+    params: &SamplingParams,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation, EngineError> {
+    if prompt.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    let mut sampler = Sampler::new(params.clone())?;
+    let mut cache = model.new_cache();
+    let mut logits = Vec::new();
+    for piece in prompt.chunks(PREFILL_PIECE) {
+        logits = model.feed(piece, &mut cache)?;
+    }
+    let mut history = prompt.to_vec();
+    let mut tokens = Vec::new();
+    let finish_reason = loop {
+        let next = sampler.sample(&logits, &history);
+        if params.stop_token_ids.contains(&next) {
+            break FinishReason::Stop(next);
+        }
+        tokens.push(next);
+        history.push(next);
+        if on_token(next).is_break() {
+            break FinishReason::Cancelled;
+        }
+        if tokens.len() >= params.max_new_tokens {
+            break FinishReason::Length;
+        }
+        if history.len() >= model.max_positions() {
+            break FinishReason::ContextFull;
+        }
+        logits = model.feed(&[next], &mut cache)?;
+    };
+    Ok(Generation {
+        tokens,
+        finish_reason,
+        prompt_tokens: prompt.len(),
+    })
+}

@@ -1,0 +1,107 @@
+//! The sampler's filters and reproducibility, on hand-made logits.
+
+use herd_engine::sampling::argmax;
+use herd_engine::{EngineError, Sampler, SamplingParams};
+
+fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+    let mut p = SamplingParams {
+        seed: Some(7),
+        ..SamplingParams::default()
+    };
+    f(&mut p);
+    p
+}
+
+/// ln of probabilities 0.5, 0.25, 0.15, 0.1.
+fn logits() -> Vec<f32> {
+    [0.5f32, 0.25, 0.15, 0.1].iter().map(|p| p.ln()).collect()
+}
+
+fn ids(p: &[(u32, f32)]) -> Vec<u32> {
+    p.iter().map(|c| c.0).collect()
+}
+
+#[test]
+fn temperature_zero_is_argmax() {
+    let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+    assert_eq!(s.sample(&[0.1, 3.0, 2.9, -1.0], &[]), 1);
+    assert_eq!(argmax(&[1.0, 1.0]), 0, "ties go to the lower id");
+}
+
+#[test]
+fn filters_keep_the_right_candidates() {
+    let s = Sampler::new(params(|p| p.top_k = 2)).unwrap();
+    let probs = s.filtered_probabilities(&logits());
+    assert_eq!(ids(&probs), vec![0, 1]);
+    assert!((probs[0].1 - 2.0 / 3.0).abs() < 1e-6, "renormalised");
+
+    // Cumulative 0.5, 0.75, 0.9: top-p 0.7 needs the first two, 0.75 exactly too.
+    let s = Sampler::new(params(|p| p.top_p = 0.7)).unwrap();
+    assert_eq!(ids(&s.filtered_probabilities(&logits())), vec![0, 1]);
+    let s = Sampler::new(params(|p| p.top_p = 0.8)).unwrap();
+    assert_eq!(ids(&s.filtered_probabilities(&logits())), vec![0, 1, 2]);
+    let s = Sampler::new(params(|p| p.top_p = 0.01)).unwrap();
+    assert_eq!(ids(&s.filtered_probabilities(&logits())), vec![0], "never empty");
+
+    // min-p 0.25: threshold 0.125 keeps 0.5, 0.25, 0.15 and drops 0.1.
+    let s = Sampler::new(params(|p| p.min_p = 0.25)).unwrap();
+    assert_eq!(ids(&s.filtered_probabilities(&logits())), vec![0, 1, 2]);
+
+    // Temperature sharpens: at 0.5 the top probability is 0.25/(0.25+0.0625+0.0225+0.01).
+    let s = Sampler::new(params(|p| p.temperature = 0.5)).unwrap();
+    let top = s.filtered_probabilities(&logits())[0].1;
+    assert!((top - 0.25 / 0.345).abs() < 1e-5, "{top}");
+}
+
+#[test]
+fn samples_follow_the_distribution_and_never_leave_the_filter() {
+    let mut s = Sampler::new(params(|p| p.top_k = 3)).unwrap();
+    let mut counts = [0usize; 4];
+    for _ in 0..20000 {
+        counts[s.sample(&logits(), &[]) as usize] += 1;
+    }
+    assert_eq!(counts[3], 0, "top-k excluded token drawn");
+    let p0 = counts[0] as f32 / 20000.0;
+    assert!((p0 - 0.5 / 0.9).abs() < 0.02, "{p0}");
+}
+
+#[test]
+fn same_seed_same_tokens_other_seed_other_tokens() {
+    let draw = |seed| {
+        let mut s = Sampler::new(params(|p| p.seed = Some(seed))).unwrap();
+        (0..64).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(1), draw(1));
+    assert_ne!(draw(1), draw(2));
+}
+
+#[test]
+fn repetition_penalty_discourages_seen_tokens() {
+    let mut s = Sampler::new(params(|p| {
+        p.temperature = 0.0;
+        p.repetition_penalty = 2.0;
+    }))
+    .unwrap();
+    // Positive logit halved (3 → 1.5 < 2), negative doubled.
+    assert_eq!(s.sample(&[3.0, 2.0, -1.0], &[0]), 1);
+    assert_eq!(s.sample(&[-1.0, -1.5, -9.0], &[0]), 1);
+}
+
+#[test]
+fn invalid_parameters_are_named() {
+    let cases: [(&str, SamplingParams); 6] = [
+        ("temperature", params(|p| p.temperature = -1.0)),
+        ("temperature", params(|p| p.temperature = f32::NAN)),
+        ("top_p", params(|p| p.top_p = 0.0)),
+        ("min_p", params(|p| p.min_p = 1.5)),
+        ("repetition_penalty", params(|p| p.repetition_penalty = 0.0)),
+        ("max_new_tokens", params(|p| p.max_new_tokens = 0)),
+    ];
+    for (field, p) in cases {
+        match p.validate() {
+            Err(EngineError::InvalidParameter { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+        assert!(Sampler::new(p).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! `generation_config.json`: the checkpoint's own generation defaults. herd reads the stop ids
+//! (`eos_token_id`, an int or a list); an absent file is not an error.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::raw::TokenIds;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerationConfig {
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    eos_token_id: Option<TokenIds>,
+}
+
+impl GenerationConfig {
+    /// Reads `dir/generation_config.json`, or the empty default when the folder has none.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        if !path.is_file() {
+            return Ok(Self::default());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let raw: Raw = serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+        let eos_token_ids = raw
+            .eos_token_id
+            .map(|ids| ids.to_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| {
+                u32::try_from(id).map_err(|_| {
+                    Error::config(
+                        "generation_config.eos_token_id",
+                        format!("{id} is not a token id"),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(GenerationConfig { eos_token_ids })
+    }
+}
+
+/// Every stop id a checkpoint declares: `config.json`'s `eos_token_id` and
+/// `generation_config.json`'s, without repeats, in first-seen order.
+pub fn stop_token_ids(model_eos: &[u32], generation: &GenerationConfig) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for &id in model_eos.iter().chain(&generation.eos_token_ids) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}

@@ -143,7 +143,8 @@ pub fn report(config: &ModelConfig, bytes_per_element: usize, stored_weight_byte
                 width,
             } => format!("moe {n_experts} experts, top-{top_k}, width {width} + shared"),
         };
-        let _ = writeln!(out, "  {i:>3}  attention: {attention}{extras:<40}  ffn: {ff}");
+        let attention = format!("{attention}{extras}");
+        let _ = writeln!(out, "  {i:>3}  attention: {attention:<48}  ffn: {ff}");
     }
     let params = param_counts(config);
     let _ = writeln!(

@@ -200,7 +200,7 @@ fn resolve(raw: &RawTextConfig) -> Result<ModelConfig> {
             return Err(Error::config(field, "must be positive"));
         }
     }
-    if raw.num_attention_heads % raw.num_key_value_heads != 0 {
+    if !raw.num_attention_heads.is_multiple_of(raw.num_key_value_heads) {
         return Err(Error::config(
             "num_key_value_heads",
             format!(
@@ -210,7 +210,7 @@ fn resolve(raw: &RawTextConfig) -> Result<ModelConfig> {
         ));
     }
     let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(Error::config(
             "head_dim",
             format!("{head_dim} must be even and positive (RoPE rotates pairs)"),

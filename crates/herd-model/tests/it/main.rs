@@ -1,5 +1,7 @@
 //! herd-model's one integration-test binary (linking is the slow part on two cores).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
 mod checkpoint_errors;
 mod config;
 mod mutations;

@@ -1,0 +1,5 @@
+//! One file per `herd` command.
+
+pub mod generate;
+pub mod inspect;
+pub mod logits;

@@ -10,14 +10,22 @@ generation_config.json, model.safetensors or shards + model.safetensors.index.js
 `reference.safetensors` / `reference.json` holding full-pass logits, token-by-token KV-cache decode
 logits and 16 greedy tokens per prompt. See tools/reference/README.md and
 shared/design/LLAMA4.md §11 for the reasoning behind the choices below.
+
+Last (skip with --no-long, or make alone with --only-long) it writes `fixtures/scout-long/`: Scout's
+real long-context settings (chunk 8192, floor_scale 8192, llama3 rope with original 8192) at a tiny
+width, one 20000-token prompt, selected full-pass logit rows and a prefill + decode across 16384
+(sdpa attention, ~2-2.5 min, ~3.5 GB).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import resource
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import safetensors
@@ -235,7 +243,7 @@ def build_config(spec: dict):
             image_token_index=spec["image_token"],
             tie_word_embeddings=False,
         )
-    cfg._attn_implementation = "eager"
+    cfg._attn_implementation = spec.get("attn_implementation", "eager")
     return cfg
 
 
@@ -506,7 +514,10 @@ def save(spec: dict, seed: int, path: Path):
 def reload(spec: dict, path: Path):
     cls = Llama4ForCausalLM if spec["kind"] == "text" else Llama4ForConditionalGeneration
     model, info = cls.from_pretrained(
-        path, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+        path,
+        dtype=torch.float32,
+        attn_implementation=spec.get("attn_implementation", "eager"),
+        output_loading_info=True,
     )
     # A silently re-initialised tensor would make the reference disagree with the file.
     bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
@@ -686,9 +697,356 @@ def describe_checkpoint(name: str):
                     print(f"    {k} {sl.get_dtype()} {list(sl.get_shape())}")
 
 
+# --------------------------------------------------------------------------------------------
+# scout-long: Scout's real long-context settings at a tiny width (LLAMA4.md §10-§11). Chunk 8192,
+# floor_scale 8192 and rope scaling with original_max_position_embeddings 8192 only change numbers
+# past ~8k tokens, so this fixture has one 20000-token prompt and stores selected logit rows.
+# Eager attention would materialise [4, 20000, 20000] f32 scores (6.4 GB, twice), so this fixture
+# uses transformers' "sdpa" path (~3 GB); the sanity checks compare it with eager on shorter prompts.
+
+LONG_PROMPT_LEN = 20000
+# First rows, the temperature step (s changes at pos 8191 and 16383), both chunk boundaries
+# (8192, 16384), mid chunk 2 and the tail.
+LONG_ROWS = [0, 1, 8190, 8191, 8192, 8193, 12000, 16382, 16383, 16384, 16385, *range(19990, 20000)]
+LONG_PREFILL = 16380  # prefilled into a fresh cache in one call ...
+LONG_DECODE_STEPS = 10  # ... then positions 16380..16389 fed one token at a time
+LONG_DECODE_ROWS = list(range(LONG_PREFILL, LONG_PREFILL + LONG_DECODE_STEPS))
+LONG_SEED_TRIES = 20
+# A full 20000-token pass takes ~37 s on one thread, so the seed search (--search-long-seed,
+# range(LONG_SEED_TRIES)) is not run by default; this is the seed it picked (see README).
+LONG_WEIGHTS_SEED = 15  # search: no seed in range(20) reaches the router margin; 15 is the best (8.3e-5)
+LONG_EAGER_CHECK_LENS = (256, 8200)  # sdpa vs eager; 8200 crosses pos 8191 and 8192
+
+LONG_SPEC = {
+    "name": "scout-long",
+    "kind": "text",
+    "dtype": torch.float32,
+    "prompt_seed": 1005,
+    "attn_implementation": "sdpa",
+    "text": dict(
+        TINY,
+        max_position_embeddings=32768,
+        vocab_size=256,
+        num_hidden_layers=4,  # NoPE at 3
+        intermediate_size=32,
+        intermediate_size_mlp=96,
+        num_local_experts=4,
+        num_experts_per_tok=1,
+        interleave_moe_layer_step=1,
+        use_qk_norm=True,
+        attention_chunk_size=8192,
+        no_rope_layer_interval=4,
+        attn_temperature_tuning=True,
+        floor_scale=8192,
+        attn_scale=0.1,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 16.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+        },
+        eos_token_id=[2, 3],
+        pad_token_id=0,
+    ),
+}
+
+
+def long_prompt(spec: dict) -> torch.Tensor:
+    vocab = spec["text"]["vocab_size"]
+    allowed = torch.tensor([i for i in range(4, vocab) if i not in special_ids(spec)])
+    g = torch.Generator().manual_seed(spec["prompt_seed"])
+    return allowed[torch.randint(len(allowed), (LONG_PROMPT_LEN,), generator=g)].to(torch.int64)
+
+
+def router_gaps(tap: RouterTap) -> torch.Tensor:
+    """[MoE layers, T] k-th/(k+1)-th router-logit gaps of the single forward call `tap` saw."""
+    r = torch.stack(tap.rows).sort(dim=-1, descending=True).values
+    return r[..., tap.k - 1] - r[..., tap.k]
+
+
+@torch.no_grad()
+def long_full_pass(lm, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-pass logits [T, V] (no cache) and router gaps [MoE layers, T]."""
+    tap = RouterTap(lm)
+    try:
+        logits = full_logits(lm, ids)
+        gaps = router_gaps(tap)
+    finally:
+        tap.close()
+    return logits, gaps
+
+
+@torch.no_grad()
+def long_decode(lm, ids: torch.Tensor) -> tuple[torch.Tensor, float, list]:
+    """Prefill ids[:LONG_PREFILL] into a fresh DynamicCache in one call, then feed the next
+    LONG_DECODE_STEPS ids one at a time. Returns their logits, the min router gap on this path
+    and the per-layer cache lengths at the end."""
+    tap = RouterTap(lm)
+    try:
+        cache = DynamicCache(config=lm.config)
+        out = lm(input_ids=ids[None, :LONG_PREFILL], cache=cache, use_cache=True)
+        cache = out.cache
+        rows = []
+        for t in LONG_DECODE_ROWS:
+            out = lm(
+                input_ids=ids[None, t : t + 1],
+                position_ids=torch.tensor([[t]]),
+                cache=cache,
+                use_cache=True,
+            )
+            cache = out.cache
+            rows.append(out.logits[0, -1].float())
+        gap = tap.min_gap()
+    finally:
+        tap.close()
+    kept = [int(layer.keys.shape[-2]) for layer in cache.layers]
+    return torch.stack(rows), gap, kept
+
+
+def long_margins(full: torch.Tensor, gaps: torch.Tensor) -> dict:
+    return {
+        "row_gap": top2_gap(full[LONG_ROWS + LONG_DECODE_ROWS]),
+        "router_gap": float(gaps.min()),
+        "router_below": int((gaps < MIN_ROUTER_GAP).sum()),
+    }
+
+
+def search_long_seed(spec: dict, ids: torch.Tensor) -> tuple[int, list[dict]]:
+    """First seed in range(LONG_SEED_TRIES) meeting both margins over the whole prompt; if none
+    does, the seed with the largest min router gap among those meeting the logit-gap margin."""
+    tried = []
+    for seed in range(LONG_SEED_TRIES):
+        t0 = time.perf_counter()
+        m = long_margins(*long_full_pass(build_model(spec, seed), ids))
+        m["seed"] = seed
+        tried.append(m)
+        ok = m["row_gap"] >= MIN_LOGIT_GAP and m["router_gap"] >= MIN_ROUTER_GAP
+        print(
+            f"  seed {seed}: row gap {m['row_gap']:.2e}, router gap {m['router_gap']:.2e} "
+            f"({m['router_below']} decisions < {MIN_ROUTER_GAP:g})  [{time.perf_counter() - t0:.0f} s]"
+            + ("  <- ok" if ok else ""),
+            flush=True,
+        )
+        if ok:
+            return seed, tried
+    good = [m for m in tried if m["row_gap"] >= MIN_LOGIT_GAP]
+    if not good:
+        raise SystemExit(f"scout-long: no seed in range({LONG_SEED_TRIES}) meets the logit-gap margin")
+    best = max(good, key=lambda m: m["router_gap"])
+    print(f"  no seed meets the router margin; best is seed {best['seed']} (router gap {best['router_gap']:.2e})")
+    return best["seed"], tried
+
+
+@torch.no_grad()
+def long_variant(lm, impl: str, **overrides):
+    """Same weights, other attention implementation and/or config knobs."""
+    cfg_dict = lm.config.to_dict()
+    cfg_dict.update(overrides)
+    cfg_dict.pop("layer_types", None)  # re-derive from the overridden fields
+    cfg = Llama4TextConfig(**cfg_dict)
+    cfg._attn_implementation = impl
+    other = Llama4ForCausalLM(cfg).eval()
+    res = other.load_state_dict(lm.state_dict(), strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+    return other
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB
+
+
+@torch.no_grad()
+def long_sanity(lm, ids: torch.Tensor, full: torch.Tensor, timings: dict) -> dict:
+    """Show (and assert) that the long-context knobs change the stored rows where they should,
+    and that the sdpa path matches eager attention."""
+    print("\n--- sanity: scout-long")
+    rows = sorted(set(LONG_ROWS + LONG_DECODE_ROWS))
+    base = full[rows]
+    out = {}
+
+    t0 = time.perf_counter()
+    eager = long_variant(lm, "eager")
+    sdpa_vs_eager = {}
+    for n in LONG_EAGER_CHECK_LENS:
+        d = float((full_logits(eager, ids[:n]) - full_logits(lm, ids[:n])).abs().max())
+        sdpa_vs_eager[str(n)] = d
+        print(f"  sdpa vs eager, first {n} tokens, all positions: max|Δlogit| {d:.2e}")
+        assert d < 5e-5, "sdpa and eager attention disagree"
+    del eager
+    timings["sanity_sdpa_vs_eager_s"] = round(time.perf_counter() - t0, 1)
+
+    rp = lm.config.rope_parameters
+    scaled = lm.model.rotary_emb.inv_freq
+    d_ = lm.config.head_dim
+    plain = 1.0 / (rp["rope_theta"] ** (torch.arange(0, d_, 2, dtype=torch.int64).float() / d_))
+    which = [m for m in range(d_ // 2) if not torch.equal(scaled[m], plain[m])]
+    wl = [round(2 * math.pi / float(x), 1) for x in plain]
+    print(f"  llama3 rope: wavelengths {wl}, original_max {rp['original_max_position_embeddings']}")
+    print(f"    scaled pairs (inv_freq / {rp['factor']}): {which}")
+
+    c, fs = lm.config.attention_chunk_size, lm.config.floor_scale
+    variants = {  # label: (overrides, first position that must change)
+        # s(pos) = 1 + attn_scale*ln(1 + floor((pos+1)/floor_scale)) is exactly 1 for pos < fs-1.
+        "temperature_tuning_off": (dict(attn_temperature_tuning=False), fs - 1),
+        "chunking_off": (dict(attention_chunk_size=None), c),
+        "rope_scaling_off": (dict(rope_parameters={"rope_type": "default", "rope_theta": rp["rope_theta"]}), 1),
+    }
+    for label, (overrides, first) in variants.items():
+        t0 = time.perf_counter()
+        other = full_logits(long_variant(lm, "sdpa", **overrides), ids)[rows]
+        timings[f"sanity_{label}_s"] = round(time.perf_counter() - t0, 1)
+        d = per_position_diff(base, other)
+        out[label] = {str(r): x for r, x in zip(rows, d)}
+        print(f"  {label} (changes from pos {first}), max|Δlogit| per row:")
+        print("    " + " ".join(f"{r}:{x:.1e}" for r, x in zip(rows, d)))
+        before = [x for r, x in zip(rows, d) if r < first]
+        after = [x for r, x in zip(rows, d) if r >= first]
+        assert not before or max(before) < 1e-5, f"{label}: rows < {first} changed"
+        if label == "rope_scaling_off":
+            # Scaled pairs have wavelengths >= 22911: tiny angles at small positions.
+            assert max(x for r, x in zip(rows, d) if r >= c) > 1e-3, f"{label}: too small"
+        else:
+            assert min(after) > 1e-4, f"{label}: rows >= {first} did not change"
+    return {"sdpa_vs_eager": sdpa_vs_eager, "scaled_rope_pairs": which, "max_abs_logit_change": out}
+
+
+def make_long_fixture(search: bool) -> dict:
+    spec = LONG_SPEC
+    name = spec["name"]
+    path = OUT / name
+    timings = {}
+    t_all = time.perf_counter()
+    print(f"\n=== {name} (prompt of {LONG_PROMPT_LEN} tokens, {spec['attn_implementation']} attention)")
+    ids = long_prompt(spec)
+
+    t0 = time.perf_counter()
+    if search or LONG_WEIGHTS_SEED is None:
+        seed, _ = search_long_seed(spec, ids)
+        timings["seed_search_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+    else:
+        seed = LONG_WEIGHTS_SEED
+        print(f"  weights seed {seed} (pinned; --search-long-seed re-runs the search over range({LONG_SEED_TRIES}))")
+    cand_full, cand_gaps = long_full_pass(build_model(spec, seed), ids)
+    timings["candidate_full_pass_s"] = round(time.perf_counter() - t0, 1)
+
+    if path.exists():
+        shutil.rmtree(path)
+    save(spec, seed, path)
+    lm = reload(spec, path)
+    assert lm.config._attn_implementation == spec["attn_implementation"]
+
+    t0 = time.perf_counter()
+    full, gaps = long_full_pass(lm, ids)
+    timings["full_pass_s"] = round(time.perf_counter() - t0, 1)
+    assert torch.equal(full, cand_full) and torch.equal(gaps, cand_gaps), f"{name}: changed after save/reload"
+    print("  full pass of the reloaded checkpoint == in-memory candidate, bit for bit")
+
+    t0 = time.perf_counter()
+    dec, dec_router_gap, kept = long_decode(lm, ids)
+    timings["prefill_and_decode_s"] = round(time.perf_counter() - t0, 1)
+    dec_full = full[LONG_DECODE_ROWS]
+    dec_diff = per_position_diff(dec, dec_full)
+    print(f"  cache lengths per layer after decoding to pos {LONG_DECODE_ROWS[-1]}: {kept}")
+    print("  max|decode-full| per decode row: " + " ".join(f"{r}:{x:.1e}" for r, x in zip(LONG_DECODE_ROWS, dec_diff)))
+    max_dec = max(dec_diff)
+    print(f"  max|decode-full| {max_dec:.2e}")
+    assert max_dec < 1e-4, f"{name}: cache path disagrees with the full pass"
+
+    m = long_margins(full, gaps)
+    row_gap = top2_gap(full[LONG_ROWS])
+    decode_gap = min(top2_gap(dec), top2_gap(dec_full))
+    pos_gap = gaps.amin(dim=0)  # [T], over MoE layers
+    prefix = torch.cummin(pos_gap, dim=0).values
+    row_router = [float(prefix[r]) for r in LONG_ROWS]
+    below = (pos_gap < MIN_ROUTER_GAP).nonzero().flatten().tolist()
+    print(f"  min top-1/top-2 gap: stored rows {row_gap:.2e}, decode rows (cache and full) {decode_gap:.2e}")
+    print(
+        f"  min router gap: whole prompt {m['router_gap']:.2e} ({m['router_below']} of {gaps.numel()} decisions "
+        f"< {MIN_ROUTER_GAP:g}, at positions {below[:12]}{' ...' if len(below) > 12 else ''}), "
+        f"decode path {dec_router_gap:.2e}"
+    )
+    print("  min router gap over positions <= row: " + " ".join(f"{r}:{x:.1e}" for r, x in zip(LONG_ROWS, row_router)))
+    assert row_gap >= MIN_LOGIT_GAP and decode_gap >= MIN_LOGIT_GAP, f"{name}: logit margins lost"
+
+    tensors = {
+        "long.ids": ids.contiguous(),
+        "long.rows": torch.tensor(LONG_ROWS, dtype=torch.int64),
+        "long.logits": full[LONG_ROWS].contiguous(),
+        "long.decode_logits": dec.contiguous(),
+        "long.decode_full_logits": dec_full.contiguous(),
+    }
+    safetensors.torch.save_file(tensors, path / "reference.safetensors", metadata={"format": "pt"})
+
+    sanity_info = long_sanity(lm, ids, full, timings)
+    timings["total_s"] = round(time.perf_counter() - t_all, 1)
+    timings["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    t = spec["text"]
+    meta = {
+        "fixture_version": FIXTURE_VERSION,
+        "generator": GENERATOR,
+        "versions": VERSIONS,
+        "fixture": name,
+        "weights_dtype": "float32",
+        "n_prompts": 0,
+        "long_prompt_len": LONG_PROMPT_LEN,
+        "rows": LONG_ROWS,
+        "decode_prefill_len": LONG_PREFILL,
+        "decode_rows": LONG_DECODE_ROWS,
+        "max_decode_vs_full": max_dec,
+        "min_row_gap": row_gap,
+        "min_decode_row_gap": decode_gap,
+        "min_router_gap": m["router_gap"],
+        "min_router_gap_decode": dec_router_gap,
+        "router_decisions_below_margin": m["router_below"],
+        "router_margin": MIN_ROUTER_GAP,
+        # min router gap over all MoE layers and positions 0..row, for each entry of "rows": a
+        # flipped expert at position p can only move the rows >= p.
+        "row_min_router_gap": row_router,
+        "attn_implementation": spec["attn_implementation"],
+        "sdpa_vs_eager": sanity_info["sdpa_vs_eager"],
+        "weights_seed": seed,
+        "attention_chunk_size": t["attention_chunk_size"],
+        "floor_scale": t["floor_scale"],
+        "suppressed_lm_head_ids": special_ids(spec),
+        "sanity": {
+            "scaled_rope_pairs": sanity_info["scaled_rope_pairs"],
+            "max_abs_logit_change": sanity_info["max_abs_logit_change"],
+        },
+        "timings": timings,  # the only field that differs between runs
+    }
+    (path / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"\n--- {name}/config.json")
+    print((path / "config.json").read_text())
+    describe_checkpoint(name)
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    print(f"\n--- {name} summary: seed {seed}, max|decode-full| {max_dec:.2e}, min row gap {row_gap:.2e}, "
+          f"min router gap {m['router_gap']:.2e}, {size / 1e6:.2f} MB, timings {timings}")
+    return meta
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--only-long", action="store_true", help="make only fixtures/scout-long")
+    which.add_argument("--no-long", action="store_true", help="skip fixtures/scout-long (saves ~2-2.5 min)")
+    ap.add_argument(
+        "--search-long-seed",
+        action="store_true",
+        help=f"re-run scout-long's weights-seed search over range({LONG_SEED_TRIES}) (~40 s per seed)",
+    )
+    args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     print(f"versions: {VERSIONS}, python {sys.version.split()[0]}")
+    if not args.only_long:
+        make_short_fixtures()
+    if not args.no_long:
+        make_long_fixture(args.search_long_seed)
+
+
+def make_short_fixtures():
     made = [make_fixture(spec) for spec in FIXTURES]
     for m in made:
         sanity(m)

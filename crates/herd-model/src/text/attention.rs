@@ -15,6 +15,9 @@ use crate::step::StepInputs;
 use crate::text::mask;
 use crate::weights::Weights;
 
+/// Most queries scored at once; bounds prefill memory to [H, QUERY_BLOCK, L] scores.
+const QUERY_BLOCK: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     q_proj: Linear,
@@ -81,7 +84,7 @@ impl Attention {
         let chunk_len = self.kind.chunk_len();
 
         let mut outs = Vec::new();
-        for run in mask::chunk_runs(step.positions.clone(), chunk_len) {
+        for run in mask::query_blocks(step.positions.clone(), chunk_len, QUERY_BLOCK) {
             let first_key = mask::chunk_start(run.start, chunk_len).max(keys_start);
             let keys = first_key..run.end;
             let q_run = q_htd.narrow(1, run.start - step.positions.start, run.len())?;

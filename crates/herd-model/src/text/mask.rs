@@ -47,3 +47,22 @@ pub fn chunk_runs(queries: Range<usize>, chunk_len: Option<usize>) -> Vec<Range<
     }
     runs
 }
+
+/// The query blocks one attention call handles: [`chunk_runs`], each cut into pieces of at
+/// most `max_queries`, so a long prefill's score matrix stays [H, max_queries, L] instead of
+/// [H, T, L].
+pub fn query_blocks(
+    queries: Range<usize>,
+    chunk_len: Option<usize>,
+    max_queries: usize,
+) -> Vec<Range<usize>> {
+    let max_queries = max_queries.max(1);
+    chunk_runs(queries, chunk_len)
+        .into_iter()
+        .flat_map(|run| {
+            (run.start..run.end)
+                .step_by(max_queries)
+                .map(move |start| start..(start + max_queries).min(run.end))
+        })
+        .collect()
+}

@@ -4,6 +4,7 @@
 
 mod checkpoint_errors;
 mod config;
+mod dtypes;
 mod mutations;
 mod ops;
 mod parity;

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use herd_model::config::{Llama3Scaling, RopeConfig, RopePairing, RouterScoring, TemperatureTuning};
 use herd_model::nn::rope::{rotate_slow, RotaryTables};
-use herd_model::text::mask::{additive_mask, allowed, chunk_runs, chunk_start};
+use herd_model::text::mask::{additive_mask, allowed, chunk_runs, chunk_start, query_blocks};
 use herd_model::text::moe::route;
 use herd_testkit::assert_close;
 
@@ -127,6 +127,8 @@ fn chunk_runs_split_at_block_edges() {
     assert_eq!(chunk_runs(5..20, Some(8)), vec![5..8, 8..16, 16..20]);
     assert_eq!(chunk_runs(8..9, Some(8)), vec![8..9]);
     assert_eq!(chunk_runs(0..30, None), vec![0..30]);
+    assert_eq!(query_blocks(5..20, Some(8), 5), vec![5..8, 8..13, 13..16, 16..20]);
+    assert_eq!(query_blocks(0..7, None, 3), vec![0..3, 3..6, 6..7]);
 }
 
 #[test]

@@ -132,3 +132,28 @@ fn bf16_compute_agrees_within_bf16_precision() {
         assert!(top1 >= BF16_MIN_TOP1_AGREEMENT, "{name}: top-1 agreement {top1}");
     }
 }
+
+#[test]
+fn chunked_layers_keep_at_most_one_chunk_of_keys() {
+    let model = load_fixture("scout-tiny", DType::F32);
+    let reference = Reference::load("scout-tiny");
+    let ids = reference.prompt(0).ids; // 41 tokens, chunk 8
+    let mut cache = model.new_cache();
+    let mut max_chunked = 0;
+    for (i, id) in ids.iter().enumerate() {
+        model
+            .forward(&[*id], &mut cache, herd_model::LogitsFor::Last)
+            .unwrap();
+        for (layer, plan) in cache.layers().iter().zip(&model.config().layers) {
+            match plan.attention.chunk_len() {
+                Some(c) => {
+                    assert!(layer.len() < c, "chunked layer holds {} keys", layer.len());
+                    assert_eq!(layer.start(), (i + 1) / c * c);
+                    max_chunked = max_chunked.max(layer.len());
+                }
+                None => assert_eq!(layer.len(), i + 1, "global layers keep everything"),
+            }
+        }
+    }
+    assert_eq!(max_chunked, 7);
+}

@@ -1,0 +1,206 @@
+//! One tokenizer over the two formats Llama 4 ships in: Hugging Face `tokenizer.json` (read
+//! with the `tokenizers` crate, optionally gzipped) and Meta's tiktoken `tokenizer.model`.
+//!
+//! Special-token strings inside text: [`SpecialTokens::AsText`] (Meta's default, and herd's:
+//! a user's text cannot forge `<|eot|>` or a header) encodes them as ordinary text;
+//! [`SpecialTokens::Parse`] (what the HF tokenizer always does) turns them into their ids.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::TextError;
+use crate::tiktoken::Tiktoken;
+
+/// How special-token strings found in the text are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpecialTokens {
+    /// As ordinary text (safe for untrusted input).
+    #[default]
+    AsText,
+    /// As the special token's id.
+    Parse,
+}
+
+pub struct Tokenizer {
+    backend: Backend,
+    path: PathBuf,
+}
+
+enum Backend {
+    /// Two copies: one matching special tokens in text, one encoding them as text
+    /// (`encode_special_tokens`), since the setting lives on the tokenizer.
+    Hf {
+        parse: Box<tokenizers::Tokenizer>,
+        as_text: Box<tokenizers::Tokenizer>,
+        byte_decoder: Box<[Option<u8>; 512]>,
+    },
+    Tiktoken(Box<Tiktoken>),
+}
+
+impl Tokenizer {
+    /// Loads the tokenizer of a checkpoint folder: `tokenizer.json` if present, else
+    /// `tokenizer.model`.
+    pub fn from_dir(dir: &Path) -> Result<Self, TextError> {
+        for name in ["tokenizer.json", "tokenizer.json.gz", "tokenizer.model"] {
+            let path = dir.join(name);
+            if path.is_file() {
+                return Self::from_file(&path);
+            }
+        }
+        Err(TextError::NoTokenizer {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Loads `tokenizer.json` (or `.json.gz`) or a tiktoken `tokenizer.model`.
+    pub fn from_file(path: &Path) -> Result<Self, TextError> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let backend = if name.ends_with(".json") || name.ends_with(".json.gz") {
+            load_hf(path)?
+        } else {
+            Backend::Tiktoken(Box::new(Tiktoken::load(path)?))
+        };
+        Ok(Tokenizer {
+            backend,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of ids (BPE ranks plus special tokens).
+    pub fn vocab_size(&self) -> usize {
+        match &self.backend {
+            Backend::Hf { parse, .. } => parse.get_vocab_size(true),
+            Backend::Tiktoken(t) => t.vocab_size(),
+        }
+    }
+
+    /// Encodes `text` without BOS/EOS.
+    pub fn encode(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>, TextError> {
+        match &self.backend {
+            Backend::Hf { parse, as_text, .. } => {
+                let tokenizer = match special {
+                    SpecialTokens::Parse => parse,
+                    SpecialTokens::AsText => as_text,
+                };
+                let encoding = tokenizer
+                    .encode_fast(text, false)
+                    .map_err(|e| TextError::Encode(e.to_string()))?;
+                Ok(encoding.get_ids().to_vec())
+            }
+            Backend::Tiktoken(t) => t.encode(text, special == SpecialTokens::Parse),
+        }
+    }
+
+    /// The raw bytes of one token. Byte-level BPE tokens may hold part of a UTF-8 character,
+    /// so streaming works on bytes (see [`crate::IncrementalDecoder`]).
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>, TextError> {
+        let unknown = || TextError::UnknownId {
+            id,
+            vocab_size: self.vocab_size(),
+        };
+        match &self.backend {
+            Backend::Hf {
+                parse, byte_decoder, ..
+            } => {
+                let token = parse.id_to_token(id).ok_or_else(unknown)?;
+                if parse.get_added_vocabulary().is_special_token(&token)
+                    || parse
+                        .get_added_vocabulary()
+                        .get_added_tokens_decoder()
+                        .contains_key(&id)
+                {
+                    return Ok(token.into_bytes());
+                }
+                // Byte-level alphabet: each char stands for one byte (GPT-2's bytes_to_unicode).
+                token
+                    .chars()
+                    .map(|c| byte_decoder.get(c as usize).copied().flatten())
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or_else(|| TextError::Encode(format!("token {id} `{token}` is not byte-level")))
+            }
+            Backend::Tiktoken(t) => t.token_bytes(id).ok_or_else(unknown),
+        }
+    }
+
+    /// Decodes ids to text; bytes that are not valid UTF-8 become U+FFFD (as both references
+    /// do).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TextError> {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            bytes.extend(self.token_bytes(id)?);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The id of a special token such as `<|eot|>`.
+    pub fn special_id(&self, token: &str) -> Option<u32> {
+        match &self.backend {
+            Backend::Hf { parse, .. } => parse.token_to_id(token),
+            Backend::Tiktoken(t) => t.special_id(token),
+        }
+    }
+
+    /// Every special-token string this tokenizer knows.
+    pub fn special_tokens(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Hf { parse, .. } => parse
+                .get_added_tokens_decoder()
+                .values()
+                .filter(|t| t.special)
+                .map(|t| t.content.clone())
+                .collect(),
+            Backend::Tiktoken(t) => t.special_tokens().to_vec(),
+        }
+    }
+}
+
+fn load_hf(path: &Path) -> Result<Backend, TextError> {
+    let raw = std::fs::read(path).map_err(|source| TextError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let json = if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| TextError::Tokenizer {
+                path: path.to_path_buf(),
+                message: format!("not a gzip file: {e}"),
+            })?;
+        out
+    } else {
+        raw
+    };
+    let parse = tokenizers::Tokenizer::from_bytes(&json).map_err(|e| TextError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut as_text = parse.clone();
+    as_text.set_encode_special_tokens(true);
+    Ok(Backend::Hf {
+        parse: Box::new(parse),
+        as_text: Box::new(as_text),
+        byte_decoder: Box::new(byte_decoder()),
+    })
+}
+
+/// Inverse of GPT-2's `bytes_to_unicode`: printable bytes map to themselves, the others to
+/// code points 256 + n in byte order.
+fn byte_decoder() -> [Option<u8>; 512] {
+    let mut table = [None; 512];
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 256usize;
+    for b in 0..=255u8 {
+        if printable(b) {
+            table[b as usize] = Some(b);
+        } else {
+            table[next] = Some(b);
+            next += 1;
+        }
+    }
+    table
+}

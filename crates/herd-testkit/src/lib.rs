@@ -12,7 +12,13 @@ const REGENERATE: &str =
     "/work/refenv/bin/python tools/reference/make_fixtures.py (see tools/reference/README.md)";
 
 /// Every text fixture, for parity loops.
-pub const TEXT_FIXTURES: [&str; 4] = ["scout-tiny", "maverick-tiny", "guard-tiny", "sharded-bf16"];
+pub const TEXT_FIXTURES: [&str; 5] = [
+    "scout-tiny",
+    "maverick-tiny",
+    "guard-tiny",
+    "sharded-bf16",
+    "chat-tiny",
+];
 
 /// `fixtures/` at the repository root.
 pub fn fixtures_dir() -> PathBuf {

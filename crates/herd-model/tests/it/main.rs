@@ -5,6 +5,7 @@
 mod checkpoint_errors;
 mod config;
 mod dtypes;
+mod long_context;
 mod mutations;
 mod ops;
 mod parity;

@@ -88,7 +88,7 @@ fn softmax_router_breaks_parity() {
         .into_iter()
         .filter(|n| has_moe(&ModelConfig::load(&fixture_path(n)).expect("config")))
         .collect();
-    assert_eq!(moe.len(), 3, "three fixtures have MoE layers");
+    assert_eq!(moe.len(), 4, "four fixtures have MoE layers");
     assert_breaks_every(&moe, "softmax router", |c| {
         c.routing.scoring = RouterScoring::Softmax
     });

@@ -17,6 +17,9 @@ fn main() -> std::process::ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Logits(a) => commands::logits::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Render(a) => commands::render::run(a),
+        Command::Chat(a) => commands::chat::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

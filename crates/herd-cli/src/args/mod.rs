@@ -31,6 +31,12 @@ pub enum Command {
     /// Print the resolved layer plan, parameter counts and memory needs (reads only config.json
     /// and safetensors headers).
     Inspect(InspectArgs),
+    /// Tokenize JSON strings read from stdin, one per line (or decode id arrays with --decode).
+    Tokenize(TokenizeArgs),
+    /// Render a conversation with the model's chat template and print its token ids.
+    Render(RenderArgs),
+    /// Chat with a model interactively (streaming replies, conversation history).
+    Chat(ChatArgs),
 }
 
 #[derive(Args)]
@@ -45,9 +51,13 @@ pub struct GenerateArgs {
         required_unless_present = "prompt"
     )]
     pub tokens: Option<String>,
-    /// Prompt text. Needs the tokenizer, which herd does not have yet: use --tokens.
+    /// Prompt text, tokenized with the checkpoint's tokenizer (BOS first); the continuation is
+    /// printed as text.
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,
+    /// Let special-token text in --prompt (e.g. `<|eot|>`) become special tokens.
+    #[arg(long)]
+    pub allow_special: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -76,4 +86,63 @@ pub struct InspectArgs {
     /// Element type used for the byte figures.
     #[arg(long, value_enum, default_value_t = model::DTypeArg::F32)]
     pub dtype: model::DTypeArg,
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Checkpoint folder whose tokenizer.json (or tokenizer.model) to use.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "tokenizer",
+        conflicts_with = "tokenizer"
+    )]
+    pub model: Option<PathBuf>,
+    /// A tokenizer file: tokenizer.json(.gz) or Meta's tiktoken tokenizer.model.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Start each sequence with <|begin_of_text|>.
+    #[arg(long)]
+    pub bos: bool,
+    /// Encode special-token text (e.g. `<|eot|>`) as the special token instead of as text.
+    #[arg(long)]
+    pub allow_special: bool,
+    /// Read JSON arrays of ids and print JSON strings instead.
+    #[arg(long)]
+    pub decode: bool,
+}
+
+#[derive(Args)]
+pub struct RenderArgs {
+    /// Checkpoint folder (its chat template and tokenizer are used; weights are not read).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// A JSON list of messages (`[{"role": "user", "content": "Hi"}]`), or an object with
+    /// `messages` (and optionally `tools`).
+    #[arg(long, value_name = "FILE.json")]
+    pub messages: PathBuf,
+    /// A JSON list of tool (function) definitions.
+    #[arg(long, value_name = "FILE.json")]
+    pub tools: Option<PathBuf>,
+    /// Do not end with the assistant header.
+    #[arg(long)]
+    pub no_generation_prompt: bool,
+    /// Print the rendered text instead of the ids.
+    #[arg(long)]
+    pub text: bool,
+    /// Tokenize special-token text inside messages as special tokens (as transformers does)
+    /// instead of as text.
+    #[arg(long)]
+    pub allow_special: bool,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// System prompt to start with (change it later with /system).
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }

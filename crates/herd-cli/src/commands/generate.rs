@@ -1,63 +1,44 @@
-//! `herd generate`: stream a continuation.
+//! `herd generate`: stream a continuation of token ids or of text.
 
-use std::io::Write;
-use std::ops::ControlFlow;
-use std::time::Instant;
-
-use anyhow::{bail, Result};
-use herd_engine::{generate, FinishReason};
-use herd_model::generation_config::{stop_token_ids, GenerationConfig};
+use anyhow::{bail, Context, Result};
+use herd_engine::generate;
+use herd_text::{SpecialTokens, Tokenizer};
 
 use crate::args::tokens::parse_ids;
 use crate::args::GenerateArgs;
+use crate::commands::stream::TokenStream;
+use crate::commands::text::{bos_id, checkpoint_stop_ids};
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let Some(tokens) = &args.tokens else {
-        bail!("--prompt needs a tokenizer, which herd does not load yet; pass token ids with --tokens");
+    let dir = &args.model.model;
+    let (prompt, tokenizer) = match (&args.tokens, &args.prompt) {
+        (Some(tokens), _) => (parse_ids(tokens)?, None),
+        (None, Some(text)) => {
+            let tokenizer = Tokenizer::from_dir(dir)
+                .with_context(|| format!("--prompt needs {}'s tokenizer", dir.display()))?;
+            // A raw completion starts with BOS, as transformers' tokenizer and Meta's
+            // `encode(bos=True)` do; special-token text in the prompt is text unless allowed.
+            let special = if args.allow_special {
+                SpecialTokens::Parse
+            } else {
+                SpecialTokens::AsText
+            };
+            let mut ids = bos_id(dir, &tokenizer)?.into_iter().collect::<Vec<_>>();
+            ids.extend(tokenizer.encode(text, special)?);
+            (ids, Some(tokenizer))
+        }
+        (None, None) => bail!("give the prompt as --prompt TEXT or --tokens IDS"),
     };
-    let prompt = parse_ids(tokens)?;
-    let generation_config = GenerationConfig::load(&args.model.model)?;
     let model = args.model.load()?;
-    let stops = stop_token_ids(&model.config().eos_token_ids, &generation_config);
+    let stops = checkpoint_stop_ids(dir, model.config(), tokenizer.as_ref())?;
     let params = args.sampling.params(&stops)?;
 
-    let started = Instant::now();
-    let mut first_token_at = None;
-    let mut stdout = std::io::stdout().lock();
-    let mut write_error = None;
-    let generation = generate(&model, &prompt, &params, |id| {
-        first_token_at.get_or_insert_with(Instant::now);
-        match write!(stdout, "{id} ").and_then(|_| stdout.flush()) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                write_error = Some(e);
-                ControlFlow::Break(())
-            }
-        }
-    })?;
-    if let Some(e) = write_error {
-        return Err(e.into());
+    let mut out = TokenStream::new(tokenizer.as_ref());
+    let generation = generate(&model, &prompt, &params, |id| out.on_token(id))?;
+    let _ = out.finish();
+    if let Some(e) = out.error.take() {
+        return Err(e);
     }
-    writeln!(stdout)?;
-
-    let ttft = first_token_at.map_or(started.elapsed(), |t| t - started);
-    let decode_s = started.elapsed().saturating_sub(ttft).as_secs_f64();
-    let finish = match generation.finish_reason {
-        FinishReason::Stop(id) => format!("stop token {id}"),
-        FinishReason::Length => "max_new_tokens".into(),
-        FinishReason::ContextFull => "context full".into(),
-        FinishReason::Cancelled => "cancelled".into(),
-    };
-    let decode_tps = if decode_s > 0.0 {
-        (generation.tokens.len().saturating_sub(1)) as f64 / decode_s
-    } else {
-        0.0
-    };
-    eprintln!(
-        "[{} prompt tokens, {} generated, finished by {finish}; prefill {:.1} ms, decode {decode_tps:.1} tok/s]",
-        generation.prompt_tokens,
-        generation.tokens.len(),
-        ttft.as_secs_f64() * 1e3,
-    );
+    eprintln!("{}", out.summary(&generation));
     Ok(())
 }

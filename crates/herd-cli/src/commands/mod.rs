@@ -1,5 +1,10 @@
-//! One file per `herd` command.
+//! One file per `herd` command, plus what they share.
 
+pub mod chat;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod render;
+pub mod stream;
+pub mod text;
+pub mod tokenize;

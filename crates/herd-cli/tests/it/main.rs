@@ -166,7 +166,10 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         ],
         "temperature",
     );
-    fails(&["generate", "--model", &scout, "--prompt", "hello"], "--tokens");
+    fails(
+        &["generate", "--model", &scout, "--prompt", "hello"],
+        "no tokenizer in",
+    );
     fails(
         &["generate", "--model", "/nonexistent/model", "--tokens", "1"],
         "/nonexistent/model",
@@ -215,4 +218,197 @@ fn eos_ids_stop_generation_unless_ignored() {
     args.extend(["--stop-token-id", &first]);
     assert_eq!(ok(&args).trim(), "");
     assert_eq!(ok(&base).split_whitespace().count(), 4);
+}
+
+/// Runs herd with `stdin` piped in.
+fn herd_with_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn chat_cases() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture_path("chat-tiny").join("chat_cases.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn tokenize_reads_json_lines_and_matches_the_reference() {
+    let cases = chat_cases();
+    let encodings = cases["encodings"].as_array().unwrap();
+    let input: String = encodings.iter().map(|e| format!("{}\n", e["text"])).collect();
+    // The reference is transformers' encode, which matches special-token text: --allow-special.
+    let out = herd_with_stdin(
+        &["tokenize", "--model", &fixture("chat-tiny"), "--allow-special"],
+        &input,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), encodings.len());
+    for (line, e) in lines.iter().zip(encodings) {
+        assert_eq!(line, &e["ids"], "{}", e["text"]);
+    }
+    // Round trip through --decode, and --bos / --allow-special on Meta's tokenizer.model.
+    let ids = serde_json::to_string(&encodings[0]["ids"]).unwrap();
+    let out = herd_with_stdin(
+        &["tokenize", "--model", &fixture("chat-tiny"), "--decode"],
+        &format!("{ids}\n"),
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        encodings[0]["text"].to_string()
+    );
+    let model = fixture_path("tokenizer").join("tokenizer.model");
+    let model = model.to_str().unwrap();
+    let out = herd_with_stdin(&["tokenize", "--tokenizer", model, "--bos"], "\"hi<|eot|>\"\n");
+    let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids[0], 200_000);
+    assert!(!ids.contains(&200_008), "special text stays text by default");
+    let out = herd_with_stdin(
+        &["tokenize", "--tokenizer", model, "--allow-special"],
+        "\"hi<|eot|>\"\n",
+    );
+    let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids.last(), Some(&200_008));
+}
+
+#[test]
+fn render_prints_the_template_ids_and_text() {
+    let cases = chat_cases();
+    let conversation = &cases["conversations"][1];
+    let file = temp("messages.json");
+    std::fs::write(&file, conversation["messages"].to_string()).unwrap();
+    let out = ok(&[
+        "render",
+        "--model",
+        &fixture("chat-tiny"),
+        "--messages",
+        file.to_str().unwrap(),
+    ]);
+    let ids: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ids, conversation["ids"]);
+    let text = ok(&[
+        "render",
+        "--model",
+        &fixture("chat-tiny"),
+        "--messages",
+        file.to_str().unwrap(),
+        "--text",
+    ]);
+    assert_eq!(
+        text.strip_suffix('\n').unwrap(),
+        conversation["text"].as_str().unwrap()
+    );
+    let no_prompt = ok(&[
+        "render",
+        "--model",
+        &fixture("chat-tiny"),
+        "--messages",
+        file.to_str().unwrap(),
+        "--text",
+        "--no-generation-prompt",
+    ]);
+    assert!(!no_prompt.trim_end().ends_with("<|header_end|>"));
+}
+
+#[test]
+fn chat_streams_greedy_replies_and_keeps_history() {
+    let cases = chat_cases();
+    let first = &cases["conversations"][0];
+    let user = first["messages"][0]["content"].as_str().unwrap();
+    let out = herd_with_stdin(
+        &[
+            "chat",
+            "--model",
+            &fixture("chat-tiny"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+        ],
+        &format!("{user}\n/reset\n{user}\n/exit\n"),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let expected = first["greedy_text"].as_str().unwrap();
+    // Both replies start from the same (reset) conversation, so both are the reference's.
+    assert_eq!(stdout, format!("{expected}\n{expected}\n"));
+}
+
+#[test]
+fn generate_from_text_prompt_streams_text() {
+    let out = ok(&[
+        "generate",
+        "--model",
+        &fixture("chat-tiny"),
+        "--prompt",
+        "Hello",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(!out.trim().is_empty());
+    assert!(
+        out.chars().all(|c| !c.is_ascii_digit() || out.contains(c)),
+        "text, not ids"
+    );
+    // A folder without a tokenizer gives a clear error.
+    fails(
+        &["generate", "--model", &fixture("scout-tiny"), "--prompt", "Hello"],
+        "tokenizer",
+    );
+}
+
+#[test]
+fn text_commands_reject_bad_input_cleanly() {
+    let out = herd_with_stdin(
+        &["tokenize", "--model", &fixture("chat-tiny")],
+        "\"ok\"\nnot json\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stdin line 2"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "earlier lines were still answered"
+    );
+    let out = herd_with_stdin(
+        &["tokenize", "--model", &fixture("chat-tiny"), "--decode"],
+        "[1, 99999]\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let file = temp("bad-messages.json");
+    std::fs::write(&file, r#"[{"content": "no role"}]"#).unwrap();
+    fails(
+        &[
+            "render",
+            "--model",
+            &fixture("chat-tiny"),
+            "--messages",
+            file.to_str().unwrap(),
+        ],
+        "role",
+    );
+    fails(
+        &[
+            "render",
+            "--model",
+            &fixture("chat-tiny"),
+            "--messages",
+            "/nonexistent.json",
+        ],
+        "/nonexistent.json",
+    );
 }

@@ -412,3 +412,45 @@ fn text_commands_reject_bad_input_cleanly() {
         "/nonexistent.json",
     );
 }
+
+#[test]
+fn ctrl_c_stops_a_reply_without_quitting() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args([
+            "chat",
+            "--model",
+            &fixture("chat-tiny"),
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--max-new-tokens",
+            "3000",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "Hello! Who are you?").unwrap();
+    // Wait until the reply is streaming, then interrupt it.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Still alive: it answers a command, then exits normally.
+    writeln!(stdin, "/exit").unwrap();
+    drop(stdin);
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let lines: Vec<String> = stderr.lines().map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        lines.iter().any(|l| l.contains("finished by cancelled")),
+        "{lines:?}"
+    );
+}

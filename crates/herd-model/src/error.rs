@@ -53,6 +53,10 @@ pub enum Error {
     #[error("sequence of {requested} tokens exceeds the model's context of {max_positions} positions (max_position_embeddings)")]
     ContextOverflow { requested: usize, max_positions: usize },
 
+    /// The prompt's `<|patch|>` tokens and the images' feature rows do not pair up.
+    #[error("the prompt has {patch_tokens} <|patch|> tokens but the images give {features} feature rows")]
+    ImageTokens { patch_tokens: usize, features: usize },
+
     #[error("empty input: a forward step needs at least one token")]
     EmptyInput,
 

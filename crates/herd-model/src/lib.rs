@@ -13,6 +13,7 @@ pub mod kv_cache;
 pub mod nn;
 pub mod step;
 pub mod text;
+pub mod vision;
 pub mod weights;
 
 pub use checkpoint::Checkpoint;

@@ -102,10 +102,29 @@ impl TextModel {
     /// [1, V]. Prefill, chunked prefill and decode are all this one call.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logits_for: LogitsFor) -> Result<Tensor> {
         let x_td = self.embed(ids, cache)?;
-        let h_td = self.forward_embeddings(&x_td, cache)?;
+        self.logits(&x_td, cache, logits_for)
+    }
+
+    /// [`Self::forward`] with image features [F, D] in place of the step's `<|patch|>`
+    /// embeddings (early fusion; the step must hold exactly F patch tokens).
+    pub fn forward_with_images(
+        &self,
+        ids: &[u32],
+        features: &Tensor,
+        patch_id: u32,
+        cache: &mut KvCache,
+        logits_for: LogitsFor,
+    ) -> Result<Tensor> {
+        let x_td = crate::vision::fusion::fuse(ids, &self.embed(ids, cache)?, features, patch_id)?;
+        self.logits(&x_td, cache, logits_for)
+    }
+
+    fn logits(&self, x_td: &Tensor, cache: &mut KvCache, logits_for: LogitsFor) -> Result<Tensor> {
+        let t = x_td.dims2()?.0;
+        let h_td = self.forward_embeddings(x_td, cache)?;
         let h = match logits_for {
             LogitsFor::All => h_td,
-            LogitsFor::Last => h_td.narrow(0, ids.len() - 1, 1)?,
+            LogitsFor::Last => h_td.narrow(0, t - 1, 1)?,
         };
         let logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
         Ok(logits.to_dtype(DType::F32)?)

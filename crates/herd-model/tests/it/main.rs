@@ -9,6 +9,7 @@ mod long_context;
 mod mutations;
 mod ops;
 mod parity;
+mod vision;
 
 use candle_core::{DType, Device, Tensor};
 use herd_model::{KvCache, LogitsFor, TextModel};

@@ -1,0 +1,87 @@
+//! One pre-LN vision encoder layer: `h += o(Attn(LN1 h)); h += fc2(GELU(fc1(LN2 h)))`, with
+//! bidirectional multi-head attention (biases on q/k/v/o, 2-D RoPE on q and k, scale
+//! 1/√Dh). Shapes: N tiles, L = P + 1 tokens, C width, H heads, Dh head dim.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{LayerNorm, Linear};
+
+use crate::error::Result;
+use crate::weights::Weights;
+
+/// LayerNorm (eps 1e-5, torch's default: `norm_eps` in the config is unused).
+pub fn layer_norm(vb: &Weights, name: &str, dim: usize) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        vb.get(&format!("{name}.weight"), &[dim])?,
+        vb.get(&format!("{name}.bias"), &[dim])?,
+        1e-5,
+    ))
+}
+
+/// nn.Linear with bias.
+pub fn linear_b(vb: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+    Ok(Linear::new(
+        vb.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+        Some(vb.get(&format!("{name}.bias"), &[out_dim])?),
+    ))
+}
+
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    input_layernorm: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    n_heads: usize,
+}
+
+impl EncoderLayer {
+    pub fn load(vb: &Weights, hidden: usize, intermediate: usize, n_heads: usize) -> Result<Self> {
+        let attn = vb.pp("self_attn");
+        let mlp = vb.pp("mlp");
+        Ok(EncoderLayer {
+            input_layernorm: layer_norm(vb, "input_layernorm", hidden)?,
+            q_proj: linear_b(&attn, "q_proj", hidden, hidden)?,
+            k_proj: linear_b(&attn, "k_proj", hidden, hidden)?,
+            v_proj: linear_b(&attn, "v_proj", hidden, hidden)?,
+            o_proj: linear_b(&attn, "o_proj", hidden, hidden)?,
+            post_attention_layernorm: layer_norm(vb, "post_attention_layernorm", hidden)?,
+            fc1: linear_b(&mlp, "fc1", hidden, intermediate)?,
+            fc2: linear_b(&mlp, "fc2", intermediate, hidden)?,
+            n_heads,
+        })
+    }
+
+    /// h: [N, L, C], cos/sin: [L, Dh/2] → [N, L, C]
+    pub fn forward(&self, h: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let h = (h + self.attention(&self.input_layernorm.forward(h)?, cos, sin)?)?;
+        let mlp = self.fc2.forward(
+            &self
+                .fc1
+                .forward(&self.post_attention_layernorm.forward(&h)?)?
+                .gelu_erf()?,
+        )?;
+        Ok((h + mlp)?)
+    }
+
+    fn attention(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (n, l, c) = x.dims3()?;
+        let dh = c / self.n_heads;
+        // [N, L, C] → [N, H, L, Dh]
+        let heads = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((n, l, self.n_heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = candle_nn::rotary_emb::rope_i(&heads(self.q_proj.forward(x)?)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(self.k_proj.forward(x)?)?, cos, sin)?;
+        let v = heads(self.v_proj.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [N, H, L, L]
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, l, c))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod generate;
+pub mod image;
 pub mod model;
 pub mod sampling;
 

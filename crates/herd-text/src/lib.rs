@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod detokenizer;
 pub mod error;
+pub mod image_layout;
 mod pyjson;
 pub mod special_tokens;
 pub mod tiktoken;

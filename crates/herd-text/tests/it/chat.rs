@@ -128,3 +128,50 @@ fn strftime_formats_dates() {
         "2000-02-29 01:02:03 060"
     );
 }
+
+#[test]
+fn image_placeholders_expand_to_the_processor_layout() {
+    use herd_text::image_layout::{expand_images, image_layout, ImageTokenIds};
+    let template = shipped();
+    let mut checked = 0;
+    let raw: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer/chat_cases.json")).unwrap())
+            .unwrap();
+    for (c, v) in cases().iter().zip(&raw) {
+        let Some(expected) = v.get("processor_ids").filter(|p| !p.is_null()) else {
+            continue;
+        };
+        let expected: Vec<u32> = serde_json::from_value(expected.clone()).unwrap();
+        let grids: Vec<(u32, u32)> = serde_json::from_value(v["image_aspect_ratios"].clone()).unwrap();
+        for tokenizer in [meta(), hf()] {
+            let ids = ImageTokenIds::from_tokenizer(tokenizer).unwrap();
+            let rendered = template
+                .encode(
+                    tokenizer,
+                    &c.messages,
+                    None,
+                    c.add_generation_prompt,
+                    SpecialTokens::Parse,
+                )
+                .unwrap();
+            let expanded = expand_images(&rendered, &ids, &grids, 144).unwrap();
+            assert_eq!(expanded, expected, "{}", c.name);
+            assert!(
+                expand_images(&rendered, &ids, &grids[1..], 144).is_err(),
+                "count mismatch is an error"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+    // Length = 3 + 144·(n+1) + n for n = rows·cols > 1 tiles; 3 + 144 for one tile.
+    let ids = ImageTokenIds::from_tokenizer(meta()).unwrap();
+    for (grid, len) in [
+        ((1, 1), 147),
+        ((2, 2), 727),
+        ((1, 3), 3 + 144 * 4 + 3),
+        ((4, 4), 3 + 144 * 17 + 16),
+    ] {
+        assert_eq!(image_layout(&ids, grid, 144).len(), len, "{grid:?}");
+    }
+}

@@ -1,0 +1,396 @@
+//! Images in, tiles of pixels out — transformers' `Llama4ImageProcessor` (LLAMA4.md §6):
+//! decode (JPEG, PNG, WebP, GIF first frame; EXIF orientation applied), convert to RGB
+//! (alpha composited over white, as transformers' `convert_to_rgb`), pick the best-fit canvas
+//! of tile multiples, resize without distortion (often not at all; antialiased bilinear
+//! otherwise, separable, horizontal pass first, uint8 between passes, as torchvision/PIL),
+//! pad bottom/right with black, normalise as the reference does (in bfloat16), cut into
+//! tiles row-major, and append a global tile (the whole image squeezed to one tile) when
+//! there is more than one tile.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use base64::Engine;
+use candle_core::{Device, Tensor};
+use half::bf16;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use serde::Deserialize;
+
+/// Largest image side herd accepts, and the decoder's memory ceiling (decompression bombs).
+pub const MAX_SIDE: u32 = 16_384;
+const MAX_DECODE_BYTES: u64 = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read image {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image {what}: {message}")]
+    Decode { what: String, message: String },
+    #[error("image {what} is {width}×{height}; herd accepts 1 to {MAX_SIDE} pixels per side")]
+    Size { what: String, width: u32, height: u32 },
+    #[error("preprocessor_config.json: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// The settings of `preprocessor_config.json` that change the pixels.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PreprocessConfig {
+    /// Tile side (`size.height`).
+    #[serde(skip)]
+    pub tile: u32,
+    pub max_patches: u32,
+    pub resize_to_max_canvas: bool,
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
+    pub rescale_factor: f64,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        PreprocessConfig {
+            tile: 336,
+            max_patches: 16,
+            resize_to_max_canvas: false,
+            image_mean: [0.5; 3],
+            image_std: [0.5; 3],
+            rescale_factor: 1.0 / 255.0,
+        }
+    }
+}
+
+impl PreprocessConfig {
+    /// `dir/preprocessor_config.json`, or transformers' defaults when absent.
+    pub fn load(dir: &Path) -> Result<Self, ImageError> {
+        let path = dir.join("preprocessor_config.json");
+        if !path.is_file() {
+            return Ok(Self::default());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| ImageError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ImageError::Config(e.to_string()))?;
+        let mut config: PreprocessConfig =
+            serde_json::from_value(value.clone()).map_err(|e| ImageError::Config(e.to_string()))?;
+        if let Some(size) = value.get("size") {
+            let h = size.get("height").and_then(|v| v.as_u64());
+            let w = size.get("width").and_then(|v| v.as_u64());
+            match (h, w) {
+                (Some(h), Some(w)) if h == w && h > 0 => config.tile = h as u32,
+                _ => {
+                    return Err(ImageError::Config(format!(
+                        "size must be a square {{height, width}}, found {size}"
+                    )))
+                }
+            }
+        }
+        if config.max_patches == 0 || config.image_std.iter().any(|s| *s == 0.0) {
+            return Err(ImageError::Config(
+                "max_patches and image_std must be non-zero".into(),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// One preprocessed image.
+#[derive(Debug, Clone)]
+pub struct ProcessedImage {
+    /// [tiles, 3, S, S]: rows×cols tiles row-major, then the global tile when rows·cols > 1.
+    pub pixel_values: Tensor,
+    /// (rows, cols) of the tile grid.
+    pub aspect_ratio: (u32, u32),
+}
+
+impl ProcessedImage {
+    pub fn n_tiles(&self) -> usize {
+        let (r, c) = self.aspect_ratio;
+        let n = (r * c) as usize;
+        if n > 1 {
+            n + 1
+        } else {
+            n
+        }
+    }
+}
+
+/// Decodes an image from a file.
+pub fn load_file(path: &Path) -> Result<RgbImage, ImageError> {
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    decode(&bytes, &path.display().to_string())
+}
+
+/// Decodes `data:image/...;base64,...`.
+pub fn load_data_url(url: &str) -> Result<RgbImage, ImageError> {
+    let bad = |message: &str| ImageError::Decode {
+        what: "data URL".into(),
+        message: message.into(),
+    };
+    let rest = url
+        .strip_prefix("data:")
+        .ok_or_else(|| bad("must start with `data:`"))?;
+    let (meta, payload) = rest.split_once(',').ok_or_else(|| bad("has no `,`"))?;
+    if !meta.ends_with(";base64") {
+        return Err(bad("must be base64-encoded"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|e| bad(&e.to_string()))?;
+    decode(&bytes, "data URL")
+}
+
+/// Decodes image bytes (format guessed from the content), applies EXIF orientation and
+/// converts to RGB.
+pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
+    let fail = |e: image::ImageError| ImageError::Decode {
+        what: what.to_string(),
+        message: e.to_string(),
+    };
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Decode {
+            what: what.into(),
+            message: e.to_string(),
+        })?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(fail)?;
+    let orientation = decoder.orientation().map_err(fail)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(fail)?;
+    img.apply_orientation(orientation);
+    let (width, height) = (img.width(), img.height());
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(ImageError::Size {
+            what: what.into(),
+            width,
+            height,
+        });
+    }
+    Ok(to_rgb(img))
+}
+
+/// RGB as transformers' `convert_to_rgb`: images with alpha are composited over white.
+fn to_rgb(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba8();
+    let mut out = RgbImage::new(rgba.width(), rgba.height());
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = p[3] as u32;
+        for c in 0..3 {
+            // PIL's alpha_composite over an opaque white background, in integers.
+            let v = (p[c] as u32 * a + 255 * (255 - a) + 127) / 255;
+            o[c] = v.min(255) as u8;
+        }
+    }
+    out
+}
+
+/// Every (rows, cols) canvas with rows·cols ≤ max_tiles, in pixels (height, width).
+pub fn canvases(max_tiles: u32, tile: u32) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for rows in 1..=max_tiles {
+        for cols in 1..=max_tiles / rows {
+            out.push((rows * tile, cols * tile));
+        }
+    }
+    out
+}
+
+/// transformers' `get_best_fit`: the smallest upscale if any canvas allows one, else the
+/// mildest downscale; ties go to the smallest area. Scales are f32, as torch computes them.
+pub fn best_fit(height: u32, width: u32, canvases: &[(u32, u32)], resize_to_max_canvas: bool) -> (u32, u32) {
+    let scale = |&(h, w): &(u32, u32)| -> f32 {
+        let sh = h as f32 / height as f32;
+        let sw = w as f32 / width as f32;
+        if sh > sw {
+            sw
+        } else {
+            sh
+        }
+    };
+    let scales: Vec<f32> = canvases.iter().map(scale).collect();
+    let up = scales.iter().copied().filter(|s| *s >= 1.0);
+    let chosen = if up.clone().count() > 0 {
+        if resize_to_max_canvas {
+            up.fold(f32::MIN, f32::max)
+        } else {
+            up.fold(f32::MAX, f32::min)
+        }
+    } else {
+        scales.iter().copied().fold(f32::MIN, f32::max)
+    };
+    canvases
+        .iter()
+        .zip(&scales)
+        .filter(|(_, s)| **s == chosen)
+        .map(|(c, _)| *c)
+        .min_by_key(|(h, w)| h * w)
+        .unwrap_or((height, width))
+}
+
+/// transformers' `get_max_res_without_distortion`.
+pub fn fit_without_distortion(height: u32, width: u32, target: (u32, u32)) -> (u32, u32) {
+    let (th, tw) = target;
+    let scale_w = tw as f64 / width as f64;
+    let scale_h = th as f64 / height as f64;
+    let (h, w) = if scale_w < scale_h {
+        ((height as f64 * scale_w).floor().min(th as f64) as u32, tw)
+    } else {
+        (th, (width as f64 * scale_h).floor().min(tw as f64) as u32)
+    };
+    (h.max(1), w.max(1))
+}
+
+/// Preprocesses one RGB image into tiles.
+pub fn preprocess(
+    img: &RgbImage,
+    config: &PreprocessConfig,
+    device: &Device,
+) -> Result<ProcessedImage, ImageError> {
+    let (height, width) = (img.height(), img.width());
+    let tile = config.tile;
+    let canvas = best_fit(
+        height,
+        width,
+        &canvases(config.max_patches, tile),
+        config.resize_to_max_canvas,
+    );
+    // Upscaling is limited to the tile size (skipped with resize_to_max_canvas).
+    let limit = if config.resize_to_max_canvas {
+        canvas
+    } else {
+        (height.max(tile).min(canvas.0), width.max(tile).min(canvas.1))
+    };
+    let (new_h, new_w) = fit_without_distortion(height, width, limit);
+    let resized = resize(img, new_w, new_h);
+    let (rows, cols) = (canvas.0 / tile, canvas.1 / tile);
+    let mut tiles: Vec<f32> = Vec::new();
+    for r in 0..rows {
+        for c in 0..cols {
+            push_tile(&mut tiles, &resized, r * tile, c * tile, tile, config);
+        }
+    }
+    if rows * cols > 1 {
+        let global = resize(img, tile, tile);
+        push_tile(&mut tiles, &global, 0, 0, tile, config);
+    }
+    let n = tiles.len() / (3 * (tile * tile) as usize);
+    let s = tile as usize;
+    Ok(ProcessedImage {
+        pixel_values: Tensor::from_vec(tiles, (n, 3, s, s), device)?,
+        aspect_ratio: (rows, cols),
+    })
+}
+
+/// Appends one tile [3, S, S] cut at (y0, x0) from the canvas (black where the image ends).
+fn push_tile(out: &mut Vec<f32>, img: &RgbImage, y0: u32, x0: u32, tile: u32, config: &PreprocessConfig) {
+    for c in 0..3 {
+        for y in y0..y0 + tile {
+            for x in x0..x0 + tile {
+                let v = if x < img.width() && y < img.height() {
+                    img.get_pixel(x, y)[c]
+                } else {
+                    0
+                };
+                out.push(normalize(v, c, config));
+            }
+        }
+    }
+}
+
+/// `(v · rescale − mean) / std`, each step rounded to bfloat16 as the reference does.
+fn normalize(v: u8, channel: usize, config: &PreprocessConfig) -> f32 {
+    let bf = |x: f32| bf16::from_f32(x).to_f32();
+    let scaled = bf((v as f64 * config.rescale_factor) as f32);
+    let centred = bf(scaled - bf(config.image_mean[channel]));
+    bf(centred / bf(config.image_std[channel]))
+}
+
+/// Antialiased bilinear resize, separable, horizontal pass first, uint8 between passes
+/// (PIL's `ImagingResample`, which torchvision's antialiased uint8 path follows).
+pub fn resize(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (w0, h0) = (img.width(), img.height());
+    let horizontal = if width != w0 {
+        resample_rows(img, width)
+    } else {
+        img.clone()
+    };
+    if height != h0 {
+        transpose(&resample_rows(&transpose(&horizontal), height))
+    } else {
+        horizontal
+    }
+}
+
+fn transpose(img: &RgbImage) -> RgbImage {
+    let mut out = RgbImage::new(img.height(), img.width());
+    for (x, y, p) in img.enumerate_pixels() {
+        out.put_pixel(y, x, *p);
+    }
+    out
+}
+
+/// Resamples every row to `out_w` pixels with the bilinear (triangle) filter, widened by the
+/// downscale factor so every input pixel contributes (antialiasing).
+fn resample_rows(img: &RgbImage, out_w: u32) -> RgbImage {
+    let in_w = img.width();
+    let taps = filter_taps(in_w, out_w);
+    let mut out = RgbImage::new(out_w, img.height());
+    for y in 0..img.height() {
+        for (x, (start, weights)) in taps.iter().enumerate() {
+            let mut acc = [0f64; 3];
+            for (i, w) in weights.iter().enumerate() {
+                let p = img.get_pixel(start + i as u32, y);
+                for c in 0..3 {
+                    acc[c] += p[c] as f64 * w;
+                }
+            }
+            let px = out.get_pixel_mut(x as u32, y);
+            for c in 0..3 {
+                px[c] = acc[c].round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// (first input index, normalised weights) of every output pixel.
+fn filter_taps(in_size: u32, out_size: u32) -> Vec<(u32, Vec<f64>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter_scale; // bilinear support 1, widened
+    (0..out_size)
+        .map(|x| {
+            let center = (x as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5).floor().max(0.0)) as u32;
+            let xmax = ((center + support + 0.5).floor() as u32).min(in_size);
+            let mut weights: Vec<f64> = (xmin..xmax)
+                .map(|i| {
+                    let t = (i as f64 - center + 0.5) / filter_scale;
+                    (1.0 - t.abs()).max(0.0)
+                })
+                .collect();
+            let total: f64 = weights.iter().sum();
+            if total > 0.0 {
+                weights.iter_mut().for_each(|w| *w /= total);
+            }
+            (xmin, weights)
+        })
+        .collect()
+}

@@ -924,7 +924,18 @@ def sanity_tiny(model, pixels, ids, tensors) -> dict:
     assert d_before == 0 and d_plain > 0.1 and d_swap > 0.1
     out["no_image_features_max_abs"] = d_plain
     out["images_swapped_max_abs"] = d_swap
-    # 5. The official forward (LLAMA4.md §9.11).
+    # 5. What float32 normalisation (instead of HF's bfloat16) would change downstream.
+    f32_pixels = [((torch.round((p * 0.5 + 0.5) * 255) / 255) - 0.5) / 0.5 for p in pixels]
+    alt, _ = tiny_reference(model, f32_pixels, ids)
+    eff = {
+        "pixel_values_max_abs": max(float((a - b).abs().max()) for a, b in zip(f32_pixels, pixels)),
+        "projected_max_abs": max(float((alt[f"img.{k}.projected"] - tensors[f"img.{k}.projected"]).abs().max()) for k in range(len(pixels))),
+        "logits_max_abs": float((alt["prompt.logits"] - tensors["prompt.logits"]).abs().max()),
+        "greedy_same": bool(torch.equal(alt["prompt.greedy"], tensors["prompt.greedy"])),
+    }
+    print(f"  f32 instead of bf16 normalisation: {eff}")
+    out["f32_normalisation_effect"] = eff
+    # 6. The official forward (LLAMA4.md §9.11).
     try:
         model(input_ids=ids[None], pixel_values=torch.cat(pixels).float(), use_cache=False)
         msg = "works"

@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
 mod generate;
+mod image;
 mod sampling;

@@ -83,3 +83,65 @@ fn text_only_checkpoints_have_no_vision_tower() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn vision_tiny_taps_and_fused_prompt_match_reference() {
+    let dir = fixture_path("vision-tiny");
+    let text = load_fixture("vision-tiny", DType::F32);
+    let vision = VisionModel::load_dir(&dir, text.config().hidden_size, DType::F32, &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    let reference = Reference::load("vision-tiny");
+    let mut features = Vec::new();
+    for k in 0..2 {
+        let taps = vision
+            .forward_taps(&reference.tensor(&format!("img.{k}.pixel_values")))
+            .unwrap();
+        for (name, got) in [
+            ("patch_embeds", &taps.embeddings),
+            ("encoder_out", &taps.encoder_out),
+            ("shuffled", &taps.shuffled),
+            ("adapter_out", &taps.adapter_out),
+            ("projected", &taps.projected),
+        ] {
+            let key = format!("img.{k}.{name}");
+            let d = assert_close(got, &reference.tensor(&key), TOL_F32, &key);
+            println!("vision-tiny {key}: max |Δ| = {d:e}");
+        }
+        features.push(taps.projected);
+    }
+    let features = Tensor::cat(&features, 0).unwrap();
+    let ids = reference.ids("prompt.ids");
+    let mut cache = text.new_cache();
+    let logits = text
+        .forward_with_images(
+            &ids,
+            &features,
+            vision.config().image_token_id,
+            &mut cache,
+            LogitsFor::All,
+        )
+        .unwrap();
+    let d = assert_close(
+        &logits,
+        &reference.tensor("prompt.logits"),
+        TOL_F32,
+        "vision-tiny fused prompt",
+    );
+    println!("vision-tiny fused prompt ({} tokens): max |Δ| = {d:e}", ids.len());
+    // Greedy continuation through the cache.
+    let mut next = logits
+        .get(ids.len() - 1)
+        .unwrap()
+        .argmax(0)
+        .unwrap()
+        .to_scalar::<u32>()
+        .unwrap();
+    let mut greedy = vec![next];
+    for _ in 1..reference.ids("prompt.greedy").len() {
+        let l = text.forward(&[next], &mut cache, LogitsFor::Last).unwrap();
+        next = l.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
+        greedy.push(next);
+    }
+    assert_eq!(greedy, reference.ids("prompt.greedy"));
+}

@@ -1,0 +1,90 @@
+//! Image preprocessing against transformers' `Llama4ImageProcessor`.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use herd_engine::image::{
+    best_fit, canvases, decode, load_data_url, load_file, preprocess, PreprocessConfig,
+};
+use herd_testkit::{assert_close, fixture_path, fixtures_dir, Reference};
+
+/// One grey level in normalised units: (1/255) / 0.5.
+const ONE_GREY_LEVEL: f32 = 2.0 / 255.0 + 1e-6;
+/// The stated bound: resampling and JPEG decoding (libjpeg-turbo there, image-rs here) may
+/// move a pixel by one grey level, and the reference's own bfloat16 normalisation rounds by up
+/// to one more; so every value within two levels, and at least 99% within one.
+const MAX_GREY_LEVELS: f32 = 2.0 * ONE_GREY_LEVEL;
+const MIN_FRACTION_WITHIN_ONE_LEVEL: f64 = 0.99;
+
+fn image(name: &str) -> PathBuf {
+    fixtures_dir().join("images").join(name)
+}
+
+#[test]
+fn vision_tiny_settings_reproduce_reference_tiles() {
+    let dir = fixture_path("vision-tiny");
+    let config = PreprocessConfig::load(&dir).unwrap();
+    assert_eq!((config.tile, config.max_patches), (56, 4));
+    let reference = Reference::load("vision-tiny");
+    for (k, file) in ["dog.jpg", "wide.png"].iter().enumerate().rev() {
+        let img = load_file(&image(file)).unwrap();
+        let processed = preprocess(&img, &config, &Device::Cpu).unwrap();
+        let expected_ratio = reference.ids(&format!("img.{k}.aspect_ratio"));
+        assert_eq!(
+            vec![processed.aspect_ratio.0, processed.aspect_ratio.1],
+            expected_ratio,
+            "{file}"
+        );
+        let expected = reference.tensor(&format!("img.{k}.pixel_values"));
+        let diff = (&processed.pixel_values - &expected).unwrap().abs().unwrap();
+        let v: Vec<f32> = diff.flatten_all().unwrap().to_vec1().unwrap();
+        let within_one = v.iter().filter(|&&x| x <= ONE_GREY_LEVEL).count() as f64 / v.len() as f64;
+        assert!(
+            within_one >= MIN_FRACTION_WITHIN_ONE_LEVEL,
+            "{file}: {within_one} within one grey level"
+        );
+        let d = assert_close(&processed.pixel_values, &expected, MAX_GREY_LEVELS, file);
+        println!(
+            "{file} at tile 56: max |Δ| = {d:e} ({:.2} grey levels), {:.2}% of values within one level",
+            d / (2.0 / 255.0),
+            100.0 * within_one
+        );
+    }
+}
+
+#[test]
+fn canvas_choice_follows_the_reference_rules() {
+    let c = canvases(16, 336);
+    assert_eq!(c.len(), 50);
+    // LLAMA4.md §6: 1280² → 1344² (4×4, no resize), 512² → 672² (2×2).
+    assert_eq!(best_fit(1280, 1280, &c, false), (1344, 1344));
+    assert_eq!(best_fit(512, 512, &c, false), (672, 672));
+    // Too big for any canvas: the mildest downscale.
+    assert_eq!(best_fit(10_000, 300, &c, false), (5376, 336));
+    assert_eq!(best_fit(40, 30, &c, false), (336, 336));
+}
+
+#[test]
+fn bad_images_are_clear_errors() {
+    assert!(decode(b"not an image at all", "junk").is_err());
+    let png = std::fs::read(image("tiny.png")).unwrap();
+    assert!(decode(&png[..png.len() / 2], "truncated").is_err());
+    assert!(load_file(&image("missing.png")).is_err());
+    assert!(load_data_url("data:image/png;base64,!!!").is_err());
+    assert!(load_data_url("http://example.com/a.png").is_err());
+    // A data URL of a real image decodes.
+    use base64::Engine;
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    assert_eq!(
+        load_data_url(&url).unwrap().dimensions(),
+        load_file(&image("tiny.png")).unwrap().dimensions()
+    );
+    // A decompression bomb: a PNG header claiming 100000 × 100000 pixels.
+    let mut bomb = png.clone();
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    assert!(decode(&bomb, "bomb").is_err());
+}

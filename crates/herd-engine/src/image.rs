@@ -92,7 +92,7 @@ impl PreprocessConfig {
                 }
             }
         }
-        if config.max_patches == 0 || config.image_std.iter().any(|s| *s == 0.0) {
+        if config.max_patches == 0 || config.image_std.contains(&0.0) {
             return Err(ImageError::Config(
                 "max_patches and image_std must be non-zero".into(),
             ));

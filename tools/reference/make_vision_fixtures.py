@@ -49,7 +49,7 @@ import torch.nn.functional as F
 import torchvision
 import transformers
 from PIL import Image, ImageDraw, features
-from transformers import AutoImageProcessor, AutoTokenizer, DynamicCache, Llama4ForConditionalGeneration
+from transformers import AutoImageProcessor, AutoTokenizer, DynamicCache
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 from transformers.models.llama4.image_processing_llama4 import (
     Llama4ImageProcessor,

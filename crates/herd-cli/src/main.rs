@@ -20,6 +20,7 @@ fn main() -> std::process::ExitCode {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Render(a) => commands::render::run(a),
         Command::Chat(a) => commands::chat::run(a),
+        Command::Preprocess(a) => commands::preprocess::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

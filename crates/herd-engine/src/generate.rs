@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 use crate::error::EngineError;
-use crate::model::LanguageModel;
+use crate::model::{ImageFeatures, LanguageModel};
 use crate::sampling::{Sampler, SamplingParams};
 
 /// Prompt tokens fed per forward step during prefill.
@@ -37,6 +37,18 @@ pub fn generate<M: LanguageModel>(
     model: &M,
     prompt: &[u32],
     params: &SamplingParams,
+    on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation, EngineError> {
+    generate_with_images(model, prompt, None, params, on_token)
+}
+
+/// [`generate`] for a prompt whose `<|patch|>` tokens take image features (the prompt is then
+/// prefilled in one step, since the features belong to specific positions).
+pub fn generate_with_images<M: LanguageModel>(
+    model: &M,
+    prompt: &[u32],
+    images: Option<&ImageFeatures>,
+    params: &SamplingParams,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
     if prompt.is_empty() {
@@ -45,8 +57,13 @@ pub fn generate<M: LanguageModel>(
     let mut sampler = Sampler::new(params.clone())?;
     let mut cache = model.new_cache();
     let mut logits = Vec::new();
-    for piece in prompt.chunks(PREFILL_PIECE) {
-        logits = model.feed(piece, &mut cache)?;
+    match images {
+        Some(images) => logits = model.feed_with_images(prompt, images, &mut cache)?,
+        None => {
+            for piece in prompt.chunks(PREFILL_PIECE) {
+                logits = model.feed(piece, &mut cache)?;
+            }
+        }
     }
     let mut history = prompt.to_vec();
     let mut tokens = Vec::new();

@@ -87,6 +87,10 @@ impl Reference {
             .clone()
     }
 
+    pub fn try_tensor(&self, key: &str) -> Option<Tensor> {
+        self.tensors.get(key).cloned()
+    }
+
     pub fn ids(&self, key: &str) -> Vec<u32> {
         self.tensor(key)
             .to_dtype(DType::I64)

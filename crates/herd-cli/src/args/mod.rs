@@ -37,6 +37,8 @@ pub enum Command {
     Render(RenderArgs),
     /// Chat with a model interactively (streaming replies, conversation history).
     Chat(ChatArgs),
+    /// Write an image's preprocessed tiles (pixel_values) and tile grid to a safetensors file.
+    Preprocess(PreprocessArgs),
 }
 
 #[derive(Args)]
@@ -58,6 +60,10 @@ pub struct GenerateArgs {
     /// Let special-token text in --prompt (e.g. `<|eot|>`) become special tokens.
     #[arg(long)]
     pub allow_special: bool,
+    /// An image for the prompt (repeatable). With --prompt the images come first, each as its
+    /// full token layout; with --tokens the ids must already hold the layouts.
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -74,8 +80,24 @@ pub struct LogitsArgs {
     pub out: PathBuf,
     /// Feed the tokens one at a time through the KV cache instead of one full pass (the rows
     /// must agree: a check of the cache).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "images")]
     pub decode: bool,
+    /// Image whose features replace the `<|patch|>` tokens of IDS (repeatable, in order; IDS
+    /// must already contain each image's expanded layout).
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PreprocessArgs {
+    /// Checkpoint folder (only config.json and preprocessor_config.json are read).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    pub image: PathBuf,
+    /// Output: `pixel_values` [tiles, 3, S, S] (f32) and `aspect_ratio` [rows, cols] (i64).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]

@@ -1,7 +1,8 @@
 //! `herd generate`: stream a continuation of token ids or of text.
 
 use anyhow::{bail, Context, Result};
-use herd_engine::generate;
+use herd_engine::generate_with_images;
+use herd_text::image_layout::{image_layout, ImageTokenIds};
 use herd_text::{SpecialTokens, Tokenizer};
 
 use crate::args::tokens::parse_ids;
@@ -30,11 +31,40 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give the prompt as --prompt TEXT or --tokens IDS"),
     };
     let model = args.model.load()?;
+    let images = crate::commands::images::encode(
+        dir,
+        model.config().hidden_size,
+        &args.images,
+        model.dtype(),
+        model.device(),
+    )?;
+    let prompt = match (&images, &tokenizer) {
+        // Text prompt: BOS, then each image's layout, then the text.
+        (Some(images), Some(tokenizer)) => {
+            let ids = ImageTokenIds::from_tokenizer(tokenizer)?;
+            let layouts = images
+                .grids
+                .iter()
+                .flat_map(|&g| image_layout(&ids, g, images.tokens_per_tile));
+            let bos = prompt.len()
+                - tokenizer
+                    .encode(args.prompt.as_deref().unwrap_or(""), SpecialTokens::AsText)?
+                    .len();
+            prompt[..bos]
+                .iter()
+                .copied()
+                .chain(layouts)
+                .chain(prompt[bos..].iter().copied())
+                .collect()
+        }
+        _ => prompt,
+    };
     let stops = checkpoint_stop_ids(dir, model.config(), tokenizer.as_ref())?;
     let params = args.sampling.params(&stops)?;
 
     let mut out = TokenStream::new(tokenizer.as_ref());
-    let generation = generate(&model, &prompt, &params, |id| out.on_token(id))?;
+    let features = images.as_ref().map(|i| &i.features);
+    let generation = generate_with_images(&model, &prompt, features, &params, |id| out.on_token(id))?;
     let _ = out.finish();
     if let Some(e) = out.error.take() {
         return Err(e);

@@ -13,7 +13,22 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let ids = parse_ids(&args.tokens)?;
     let model = args.model.load()?;
     let mut cache = model.new_cache();
-    let logits = if args.decode {
+    let images = crate::commands::images::encode(
+        &args.model.model,
+        model.config().hidden_size,
+        &args.images,
+        model.dtype(),
+        model.device(),
+    )?;
+    let logits = if let Some(images) = &images {
+        model.forward_with_images(
+            &ids,
+            &images.features.rows,
+            images.features.patch_id,
+            &mut cache,
+            LogitsFor::All,
+        )?
+    } else if args.decode {
         let rows = ids
             .iter()
             .map(|&id| model.forward(&[id], &mut cache, LogitsFor::All))

@@ -2,8 +2,10 @@
 
 pub mod chat;
 pub mod generate;
+pub mod images;
 pub mod inspect;
 pub mod logits;
+pub mod preprocess;
 pub mod render;
 pub mod stream;
 pub mod text;

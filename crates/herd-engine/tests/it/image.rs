@@ -15,6 +15,9 @@ const ONE_GREY_LEVEL: f32 = 2.0 / 255.0 + 1e-6;
 /// to one more; so every value within two levels, and at least 99% within one.
 const MAX_GREY_LEVELS: f32 = 2.0 * ONE_GREY_LEVEL;
 const MIN_FRACTION_WITHIN_ONE_LEVEL: f64 = 0.99;
+/// JPEG bound (decoder differences, see below): mean under half a grey level, 90% within one.
+const JPEG_MAX_MEAN_LEVELS: f64 = 0.5;
+const JPEG_MIN_FRACTION_WITHIN_ONE_LEVEL: f64 = 0.9;
 
 fn image(name: &str) -> PathBuf {
     fixtures_dir().join("images").join(name)
@@ -87,4 +90,92 @@ fn bad_images_are_clear_errors() {
     bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
     bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
     assert!(decode(&bomb, "bomb").is_err());
+}
+
+/// Real settings (336-px tiles, up to 16): tile grid exact and pixels within the stated bound
+/// for every test image, including grey, palette, alpha, tiny and odd-sized ones.
+#[test]
+fn real_settings_match_reference_for_every_test_image() {
+    use candle_core::{DType, Tensor};
+    let reference = Reference::load("images");
+    let lut = reference.tensor("pixel_lut");
+    let config = PreprocessConfig::default();
+    let mut checked = 0;
+    for (name, file) in [
+        ("pasta", "pasta.jpeg"),
+        ("dog", "dog.jpg"),
+        ("wide", "wide.png"),
+        ("tall", "tall.png"),
+        ("tiny", "tiny.png"),
+        ("grey", "grey.png"),
+        ("alpha", "alpha.png"),
+        ("palette", "palette.png"),
+        ("square316", "square316.png"),
+    ] {
+        let processed = preprocess(&load_file(&image(file)).unwrap(), &config, &Device::Cpu).unwrap();
+        let ratio = reference.ids(&format!("{name}.aspect_ratio"));
+        assert_eq!(
+            vec![processed.aspect_ratio.0, processed.aspect_ratio.1],
+            ratio,
+            "{file}"
+        );
+        let got = processed.pixel_values.clone();
+        let (got, levels) = match reference.try_tensor(&format!("{name}.pixels")) {
+            Some(levels) => (got, levels),
+            None => {
+                // Large JPEGs are stored every third row and column.
+                let levels = reference.tensor(&format!("{name}.pixels_stride3"));
+                let idx = Tensor::arange_step(0u32, 336, 3, &Device::Cpu).unwrap();
+                (
+                    got.index_select(&idx, 2).unwrap().index_select(&idx, 3).unwrap(),
+                    levels,
+                )
+            }
+        };
+        assert_eq!(got.dims(), levels.dims(), "{file}");
+        let flat = levels.flatten_all().unwrap().to_dtype(DType::U32).unwrap();
+        let expected = lut
+            .index_select(&flat, 0)
+            .unwrap()
+            .reshape(levels.dims())
+            .unwrap();
+        let diff: Vec<f32> = (&got - &expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let within_one = diff.iter().filter(|&&x| x <= ONE_GREY_LEVEL).count() as f64 / diff.len() as f64;
+        let mean_levels = diff.iter().map(|&x| x as f64).sum::<f64>() / diff.len() as f64 / (2.0 / 255.0);
+        let d = diff.iter().copied().fold(0f32, f32::max);
+        println!(
+            "{file}: {:?} tiles {}, max |Δ| {:.2} grey levels, mean {mean_levels:.3}, {:.2}% within one",
+            processed.aspect_ratio,
+            processed.n_tiles(),
+            d / (2.0 / 255.0),
+            100.0 * within_one
+        );
+        if file.ends_with(".png") {
+            assert!(
+                within_one >= MIN_FRACTION_WITHIN_ONE_LEVEL,
+                "{file}: {within_one} within one level"
+            );
+            assert_close(&got, &expected, MAX_GREY_LEVELS, file);
+        } else {
+            // JPEG: the decoders differ (libjpeg-turbo's fancy chroma upsampling there,
+            // image-rs here), which alone moves pixels near colour edges by a few levels.
+            assert!(
+                mean_levels < JPEG_MAX_MEAN_LEVELS,
+                "{file}: mean {mean_levels} grey levels"
+            );
+            assert!(
+                within_one >= JPEG_MIN_FRACTION_WITHIN_ONE_LEVEL,
+                "{file}: {within_one} within one level"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 9);
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use herd_engine::generate;
+use herd_engine::generate_with_images;
+use herd_text::chat::Content;
+use herd_text::image_layout::{expand_images, ImageTokenIds};
 use herd_text::tool_calls;
 use herd_text::{ChatTemplate, Message, SpecialTokens, Tokenizer};
 
@@ -14,7 +16,7 @@ use crate::args::ChatArgs;
 use crate::commands::stream::TokenStream;
 use crate::commands::text::checkpoint_stop_ids;
 
-const HELP: &str = "commands: /system TEXT (set the system prompt and restart), /reset (forget the conversation), /help, /exit (or Ctrl-D). Ctrl-C stops a reply.";
+const HELP: &str = "commands: /image PATH (attach an image to your next message), /system TEXT (set the system prompt and restart), /reset (forget the conversation), /help, /exit (or Ctrl-D). Ctrl-C stops a reply.";
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let dir = &args.model.model;
@@ -32,6 +34,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
 
     let mut system = args.system.clone();
     let mut history: Vec<Message> = Vec::new();
+    // Images of the conversation in order, and those waiting for the next message.
+    let mut images: Vec<std::path::PathBuf> = Vec::new();
+    let mut pending: Vec<std::path::PathBuf> = Vec::new();
     eprintln!("{HELP}");
     let stdin = std::io::stdin();
     loop {
@@ -45,24 +50,74 @@ pub fn run(args: ChatArgs) -> Result<()> {
         match line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest)) {
             ("/exit" | "/quit", _) => break,
             ("/help", _) => eprintln!("{HELP}"),
+            ("/image", path) => {
+                let path = std::path::PathBuf::from(path.trim());
+                match herd_engine::image::load_file(&path) {
+                    Ok(_) => {
+                        eprintln!("(image attached to your next message)");
+                        pending.push(path);
+                    }
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            }
             ("/reset", _) => {
                 history.clear();
+                images.clear();
+                pending.clear();
                 eprintln!("(conversation cleared)");
             }
             ("/system", text) => {
                 system = (!text.trim().is_empty()).then(|| text.to_string());
                 history.clear();
+                images.clear();
                 eprintln!("(system prompt set; conversation cleared)");
             }
             _ if line.trim().is_empty() => {}
             _ => {
-                history.push(Message::new("user", line));
+                let images_before = images.len();
+                let mut message = Message::new("user", line);
+                if !pending.is_empty() {
+                    let mut parts: Vec<serde_json::Value> = pending
+                        .iter()
+                        .map(|_| serde_json::json!({"type": "image"}))
+                        .collect();
+                    parts.push(serde_json::json!({"type": "text", "text": line}));
+                    message.content = Content::Parts(parts);
+                    images.append(&mut pending);
+                }
+                history.push(message);
                 let mut messages: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
                 messages.extend(history.iter().cloned());
-                let prompt = template.encode(&tokenizer, &messages, None, true, SpecialTokens::AsText)?;
+                let turn = (|| -> Result<_> {
+                    let mut prompt =
+                        template.encode(&tokenizer, &messages, None, true, SpecialTokens::AsText)?;
+                    let encoded = crate::commands::images::encode(
+                        dir,
+                        model.config().hidden_size,
+                        &images,
+                        model.dtype(),
+                        model.device(),
+                    )?;
+                    if let Some(e) = &encoded {
+                        let ids = ImageTokenIds::from_tokenizer(&tokenizer)?;
+                        prompt = expand_images(&prompt, &ids, &e.grids, e.tokens_per_tile)?;
+                    }
+                    Ok((prompt, encoded))
+                })();
+                let (prompt, encoded) = match turn {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // The conversation survives a failed turn.
+                        history.pop();
+                        images.truncate(images_before);
+                        eprintln!("error: {e:#}");
+                        continue;
+                    }
+                };
                 interrupted.store(false, Ordering::SeqCst);
                 let mut out = TokenStream::new(Some(&tokenizer));
-                let generation = generate(&model, &prompt, &params, |id| {
+                let features = encoded.as_ref().map(|e| &e.features);
+                let generation = generate_with_images(&model, &prompt, features, &params, |id| {
                     if interrupted.load(Ordering::SeqCst) {
                         return std::ops::ControlFlow::Break(());
                     }

@@ -454,3 +454,175 @@ fn ctrl_c_stops_a_reply_without_quitting() {
         "{lines:?}"
     );
 }
+
+fn image_file(name: &str) -> String {
+    herd_testkit::fixtures_dir()
+        .join("images")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn preprocess_writes_pixel_values_and_aspect_ratio() {
+    let out = temp("dog-pixels.safetensors");
+    ok(&[
+        "preprocess",
+        "--model",
+        &fixture("vision-tiny"),
+        "--image",
+        &image_file("dog.jpg"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let written = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let reference = Reference::load("vision-tiny");
+    assert_eq!(written["aspect_ratio"].to_vec1::<i64>().unwrap(), vec![2, 2]);
+    // Within two grey levels (the JPEG decoders differ; see herd-engine's image tests).
+    assert_close(
+        &written["pixel_values"],
+        &reference.tensor("img.0.pixel_values"),
+        4.0 / 255.0 + 1e-6,
+        "pixels",
+    );
+    fails(
+        &[
+            "preprocess",
+            "--model",
+            &fixture("vision-tiny"),
+            "--image",
+            "/nonexistent.png",
+            "--out",
+            "/tmp/x",
+        ],
+        "/nonexistent.png",
+    );
+    let junk = temp("junk.png");
+    std::fs::write(&junk, b"not an image").unwrap();
+    fails(
+        &[
+            "preprocess",
+            "--model",
+            &fixture("vision-tiny"),
+            "--image",
+            junk.to_str().unwrap(),
+            "--out",
+            "/tmp/x",
+        ],
+        "image",
+    );
+}
+
+/// From the image files end to end: preprocessing (image-rs JPEG decoding), vision tower,
+/// projector, fusion, text model. Stated bound 0.25 on logits of magnitude ~5: this tiny
+/// random tower is very sensitive to pixels (the reference's own choice of bf16 over f32
+/// normalisation moves its logits by 0.087), and the JPEG decoders differ by a few grey
+/// levels near colour edges. The greedy tokens must still agree exactly.
+#[test]
+fn logits_and_generation_with_image_files_match_reference() {
+    let reference = Reference::load("vision-tiny");
+    let ids = ids_csv(&reference.ids("prompt.ids"));
+    let out = temp("vision-logits.safetensors");
+    let model = fixture("vision-tiny");
+    let (dog, wide) = (image_file("dog.jpg"), image_file("wide.png"));
+    ok(&[
+        "logits",
+        "--model",
+        &model,
+        "--tokens",
+        &ids,
+        "--image",
+        &dog,
+        "--image",
+        &wide,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let written = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let d = assert_close(
+        &written["logits"],
+        &reference.tensor("prompt.logits"),
+        0.25,
+        "logits from image files",
+    );
+    println!("vision-tiny logits from image files: max |Δ| = {d:e}");
+    let generated = ok(&[
+        "generate",
+        "--model",
+        &model,
+        "--tokens",
+        &ids,
+        "--image",
+        &dog,
+        "--image",
+        &wide,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+    ]);
+    let got: Vec<u32> = generated.split_whitespace().map(|t| t.parse().unwrap()).collect();
+    assert_eq!(got, reference.ids("prompt.greedy"));
+    // One image too few for the prompt's <|patch|> tokens.
+    fails(
+        &[
+            "logits",
+            "--model",
+            &model,
+            "--tokens",
+            &ids,
+            "--image",
+            &dog,
+            "--out",
+            "/tmp/x.safetensors",
+        ],
+        "<|patch|>",
+    );
+    // A text-only checkpoint has no vision tower.
+    fails(
+        &[
+            "logits",
+            "--model",
+            &fixture("scout-tiny"),
+            "--tokens",
+            "1,2",
+            "--image",
+            &dog,
+            "--out",
+            "/tmp/x.safetensors",
+        ],
+        "vision",
+    );
+}
+
+#[test]
+fn chat_image_on_a_text_only_model_is_an_error_and_the_chat_goes_on() {
+    let cases = chat_cases();
+    let first = &cases["conversations"][0];
+    let user = first["messages"][0]["content"].as_str().unwrap();
+    let out = herd_with_stdin(
+        &[
+            "chat",
+            "--model",
+            &fixture("chat-tiny"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+        ],
+        &format!(
+            "/image {}\n{user}\n{user}\n/image /nonexistent.png\n/exit\n",
+            image_file("dog.jpg")
+        ),
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no vision tower"), "{stderr}");
+    assert!(stderr.contains("/nonexistent.png"), "{stderr}");
+    // The failed turn left no trace: the next one is the reference reply.
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", first["greedy_text"].as_str().unwrap())
+    );
+}

@@ -203,3 +203,49 @@ fn human_bytes(n: u64) -> String {
         _ => format!("{n} B"),
     }
 }
+
+/// Vision tower cost: parameters and the activation memory one tile needs at its peak
+/// (attention scores or MLP activations, whichever is larger), which bounds an image's
+/// memory at `tiles × per tile` since tiles are one batch.
+pub fn vision_report(
+    vc: &crate::vision::VisionConfig,
+    text_hidden: usize,
+    bytes_per_element: usize,
+) -> String {
+    let c = vc.hidden_size as u64;
+    let i = vc.intermediate_size as u64;
+    let p = (vc.grid() * vc.grid()) as u64;
+    let l = p + 1;
+    let layer = 4 * (c * c + c) + (c * i + i) + (i * c + c) + 4 * c;
+    let params = (vc.n_channels * vc.patch_size * vc.patch_size) as u64 * c
+        + c
+        + l * c
+        + 4 * c
+        + vc.n_layers as u64 * layer
+        + i * vc.projector_input_dim as u64
+        + (vc.projector_input_dim * vc.projector_output_dim) as u64
+        + (vc.vision_output_dim * text_hidden) as u64;
+    let b = bytes_per_element as u64;
+    let scores = vc.n_heads as u64 * l * l * b;
+    let mlp = l * i * b;
+    let per_tile = scores.max(mlp) + 4 * l * c * b;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "vision: {} layers, width {}, {} heads, {}-px tiles of {}-px patches ({} tokens per tile); {} parameters",
+        vc.n_layers,
+        vc.hidden_size,
+        vc.n_heads,
+        vc.image_size,
+        vc.patch_size,
+        vc.tokens_per_tile(),
+        human_count(params)
+    );
+    let _ = writeln!(
+        out,
+        "vision activations at {bytes_per_element} B/element: {} per tile at peak; an image of 16 tiles + global: {}",
+        human_bytes(per_tile),
+        human_bytes(17 * per_tile)
+    );
+    out
+}

@@ -22,5 +22,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
     };
     let bytes = args.dtype.dtype().size_in_bytes();
     print!("{}", inspect::report(&config, bytes, stored));
+    let top: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(args.model.join("config.json"))?)?;
+    if let Some(vision) = herd_model::vision::VisionConfig::from_json(&top)? {
+        print!("{}", inspect::vision_report(&vision, config.hidden_size, bytes));
+    }
     Ok(())
 }

@@ -626,3 +626,173 @@ fn chat_image_on_a_text_only_model_is_an_error_and_the_chat_goes_on() {
         format!("{}\n", first["greedy_text"].as_str().unwrap())
     );
 }
+
+/// Writes a random multimodal checkpoint at the real tile geometry (336-px tiles of 14-px
+/// patches: 144 tokens per tile) but tiny widths; returns its folder.
+fn real_geometry_checkpoint() -> std::path::PathBuf {
+    use std::collections::HashMap;
+    let dir = temp("real-geometry");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::json!({
+        "model_type": "llama4", "image_token_index": 319,
+        "text_config": {
+            "model_type": "llama4_text", "vocab_size": 320, "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 32,
+            "intermediate_size_mlp": 96, "interleave_moe_layer_step": 0, "moe_layers": [],
+            "num_local_experts": 0, "max_position_embeddings": 4096, "attention_chunk_size": 256,
+            "bos_token_id": 1, "eos_token_id": 2
+        },
+        "vision_config": {
+            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128,
+            "image_size": 336, "patch_size": 14, "pixel_shuffle_ratio": 0.5, "projector_input_dim": 64,
+            "projector_output_dim": 64, "vision_output_dim": 64, "rope_theta": 10000
+        }
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let dev = Device::Cpu;
+    let mut t: HashMap<String, candle_core::Tensor> = HashMap::new();
+    let mut add = |name: &str, shape: &[usize]| {
+        t.insert(
+            name.into(),
+            (candle_core::Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * 0.1).unwrap(),
+        );
+    };
+    let p = "language_model.model";
+    add(&format!("{p}.embed_tokens.weight"), &[320, 64]);
+    add(&format!("{p}.norm.weight"), &[64]);
+    add("language_model.lm_head.weight", &[320, 64]);
+    for l in 0..2 {
+        let q = format!("{p}.layers.{l}");
+        for (name, shape) in [
+            ("input_layernorm.weight", vec![64]),
+            ("post_attention_layernorm.weight", vec![64]),
+            ("self_attn.q_proj.weight", vec![64, 64]),
+            ("self_attn.k_proj.weight", vec![32, 64]),
+            ("self_attn.v_proj.weight", vec![32, 64]),
+            ("self_attn.o_proj.weight", vec![64, 64]),
+            ("feed_forward.gate_proj.weight", vec![96, 64]),
+            ("feed_forward.up_proj.weight", vec![96, 64]),
+            ("feed_forward.down_proj.weight", vec![64, 96]),
+        ] {
+            add(&format!("{q}.{name}"), &shape);
+        }
+    }
+    let v = "vision_model";
+    add(&format!("{v}.patch_embedding.linear.weight"), &[32, 588]);
+    add(&format!("{v}.class_embedding"), &[32]);
+    add(&format!("{v}.positional_embedding_vlm"), &[577, 32]);
+    for ln in [
+        "layernorm_pre",
+        "layernorm_post",
+        "model.layers.0.input_layernorm",
+        "model.layers.0.post_attention_layernorm",
+    ] {
+        add(&format!("{v}.{ln}.weight"), &[32]);
+        add(&format!("{v}.{ln}.bias"), &[32]);
+    }
+    for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+        add(&format!("{v}.model.layers.0.self_attn.{proj}.weight"), &[32, 32]);
+        add(&format!("{v}.model.layers.0.self_attn.{proj}.bias"), &[32]);
+    }
+    add(&format!("{v}.model.layers.0.mlp.fc1.weight"), &[128, 32]);
+    add(&format!("{v}.model.layers.0.mlp.fc1.bias"), &[128]);
+    add(&format!("{v}.model.layers.0.mlp.fc2.weight"), &[32, 128]);
+    add(&format!("{v}.model.layers.0.mlp.fc2.bias"), &[32]);
+    add(&format!("{v}.vision_adapter.mlp.fc1.weight"), &[64, 128]);
+    add(&format!("{v}.vision_adapter.mlp.fc2.weight"), &[64, 64]);
+    add("multi_modal_projector.linear_1.weight", &[64, 64]);
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn real_sized_image_prompt_runs_end_to_end() {
+    use herd_text::image_layout::{image_layout, ImageTokenIds};
+    let dir = real_geometry_checkpoint();
+    let ids = ImageTokenIds {
+        image_start: 314,
+        image_end: 315,
+        tile_x_separator: 316,
+        tile_y_separator: 317,
+        image: 318,
+        patch: 319,
+    };
+    // pasta.jpeg is 1280²: a 4×4 grid plus the global tile, 2,467 image tokens.
+    let layout = image_layout(&ids, (4, 4), 144);
+    assert_eq!(layout.len(), 2467);
+    let prompt: Vec<u32> = std::iter::once(1).chain(layout).chain([5, 6, 7]).collect();
+    let out = ok(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--tokens",
+        &ids_csv(&prompt),
+        "--image",
+        &image_file("pasta.jpeg"),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--ignore-eos",
+    ]);
+    assert_eq!(out.split_whitespace().count(), 4);
+    // The same prompt with the dog (2×2 + global) has the wrong number of <|patch|> tokens.
+    fails(
+        &[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--tokens",
+            &ids_csv(&prompt),
+            "--image",
+            &image_file("dog.jpg"),
+        ],
+        "<|patch|>",
+    );
+}
+
+/// The chat prompt of every test image (1×1, 2×2, 1×4, 4×1, 4×4) and of two images, as
+/// transformers' Llama4Processor writes it: template rendering, then layout expansion.
+#[test]
+fn image_prompts_match_the_reference_processor_for_every_grid() {
+    use herd_text::image_layout::{expand_images, ImageTokenIds};
+    use herd_text::{ChatTemplate, Message, SpecialTokens, Tokenizer};
+    let tokenizer_dir = fixture_path("tokenizer");
+    let tokenizer = Tokenizer::from_file(&tokenizer_dir.join("tokenizer.model")).unwrap();
+    let template = ChatTemplate::from_dir(&tokenizer_dir).unwrap();
+    let ids = ImageTokenIds::from_tokenizer(&tokenizer).unwrap();
+    let reference = Reference::load("images");
+    let message = |n: usize| -> Vec<Message> {
+        let mut parts: Vec<serde_json::Value> =
+            (0..n).map(|_| serde_json::json!({"type": "image"})).collect();
+        parts.push(serde_json::json!({"type": "text", "text": "Describe."}));
+        serde_json::from_value(serde_json::json!([{"role": "user", "content": parts}])).unwrap()
+    };
+    let grid = |name: &str| {
+        let r = reference.ids(&format!("{name}.aspect_ratio"));
+        (r[0], r[1])
+    };
+    let names = [
+        "pasta",
+        "dog",
+        "wide",
+        "tall",
+        "tiny",
+        "grey",
+        "alpha",
+        "palette",
+        "square316",
+    ];
+    for name in names {
+        let rendered = template
+            .encode(&tokenizer, &message(1), None, true, SpecialTokens::AsText)
+            .unwrap();
+        let expanded = expand_images(&rendered, &ids, &[grid(name)], 144).unwrap();
+        assert_eq!(expanded, reference.ids(&format!("{name}.prompt_ids")), "{name}");
+    }
+    let rendered = template
+        .encode(&tokenizer, &message(2), None, true, SpecialTokens::AsText)
+        .unwrap();
+    let expanded = expand_images(&rendered, &ids, &[grid("pasta"), grid("dog")], 144).unwrap();
+    assert_eq!(expanded, reference.ids("two.prompt_ids"));
+}

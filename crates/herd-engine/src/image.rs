@@ -170,7 +170,16 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(fail)?;
     let orientation = decoder.orientation().map_err(fail)?;
+    let is_jpeg = reader_format_is_jpeg(bytes);
     let mut img = DynamicImage::from_decoder(decoder).map_err(fail)?;
+    if is_jpeg {
+        // The reference decodes JPEG with libjpeg-turbo (through PIL); image-rs' decoder
+        // differs by a few grey levels near colour edges. libjpeg-turbo's decoder (as shipped
+        // in mozjpeg) gives the reference's pixels. image-rs still validates the file above.
+        if let Some(rgb) = decode_jpeg_like_libjpeg(bytes) {
+            img = DynamicImage::ImageRgb8(rgb);
+        }
+    }
     img.apply_orientation(orientation);
     let (width, height) = (img.width(), img.height());
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
@@ -181,6 +190,21 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
         });
     }
     Ok(to_rgb(img))
+}
+
+fn reader_format_is_jpeg(bytes: &[u8]) -> bool {
+    image::guess_format(bytes).is_ok_and(|f| f == image::ImageFormat::Jpeg)
+}
+
+/// RGB pixels from libjpeg-turbo's decoder with its defaults (islow IDCT, fancy upsampling),
+/// as PIL decodes; `None` where it cannot (e.g. CMYK), and image-rs' pixels are kept.
+fn decode_jpeg_like_libjpeg(bytes: &[u8]) -> Option<RgbImage> {
+    let decompress = mozjpeg::Decompress::new_mem(bytes).ok()?;
+    let (width, height) = (decompress.width() as u32, decompress.height() as u32);
+    let mut started = decompress.rgb().ok()?;
+    let pixels: Vec<u8> = started.read_scanlines().ok()?;
+    started.finish().ok()?;
+    RgbImage::from_raw(width, height, pixels)
 }
 
 /// RGB as transformers' `convert_to_rgb`: images with alpha are composited over white.

@@ -163,7 +163,7 @@ fn parse_pythonic(text: &str) -> Option<Vec<ToolCall>> {
         text,
         i: 0,
     };
-    p.expect(b'[')?;
+    p.consume(b'[')?;
     let mut calls = Vec::new();
     loop {
         p.ws();
@@ -175,7 +175,7 @@ fn parse_pythonic(text: &str) -> Option<Vec<ToolCall>> {
         if p.eat(b',') {
             continue;
         }
-        p.expect(b']')?;
+        p.consume(b']')?;
         break;
     }
     p.ws();
@@ -204,7 +204,7 @@ impl PyParser<'_> {
         }
     }
 
-    fn expect(&mut self, c: u8) -> Option<()> {
+    fn consume(&mut self, c: u8) -> Option<()> {
         self.ws();
         self.eat(c).then_some(())
     }
@@ -226,7 +226,7 @@ impl PyParser<'_> {
 
     fn call(&mut self) -> Option<ToolCall> {
         let name = self.identifier()?.to_string();
-        self.expect(b'(')?;
+        self.consume(b'(')?;
         let mut arguments = Map::new();
         loop {
             self.ws();
@@ -234,14 +234,14 @@ impl PyParser<'_> {
                 break;
             }
             let key = self.identifier()?.to_string();
-            self.expect(b'=')?;
+            self.consume(b'=')?;
             let value = self.value()?;
             arguments.insert(key, value);
             self.ws();
             if self.eat(b',') {
                 continue;
             }
-            self.expect(b')')?;
+            self.consume(b')')?;
             break;
         }
         Some(ToolCall {
@@ -268,7 +268,7 @@ impl PyParser<'_> {
                     if self.eat(b',') {
                         continue;
                     }
-                    self.expect(close)?;
+                    self.consume(close)?;
                     break;
                 }
                 Some(Value::Array(items))
@@ -285,13 +285,13 @@ impl PyParser<'_> {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    self.expect(b':')?;
+                    self.consume(b':')?;
                     map.insert(key, self.value()?);
                     self.ws();
                     if self.eat(b',') {
                         continue;
                     }
-                    self.expect(b'}')?;
+                    self.consume(b'}')?;
                     break;
                 }
                 Some(Value::Object(map))

@@ -164,3 +164,13 @@ fn real_settings_match_reference_for_every_test_image() {
     }
     assert_eq!(checked, 9);
 }
+
+#[test]
+fn exif_orientation_is_applied() {
+    // Stored 60×40 with a green block at its top-left and EXIF orientation 6 (display rotated
+    // 90° clockwise): shown 40×60 with the block at the top-right (as PIL's exif_transpose).
+    let img = load_file(&image("exif_rotate90.jpg")).unwrap();
+    assert_eq!(img.dimensions(), (40, 60));
+    assert!(img.get_pixel(35, 5)[1] > 150, "{:?}", img.get_pixel(35, 5));
+    assert!(img.get_pixel(5, 5)[0] > 150, "{:?}", img.get_pixel(5, 5));
+}

@@ -134,7 +134,7 @@ pub fn divergence(actual: &Tensor, expected: &Tensor, tol: f32) -> Divergence {
         t.to_dtype(DType::F32)
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .expect("tensor to f32 vec")
+            .unwrap_or_else(|e| panic!("tensor to f32: {e}"))
     };
     let (a, e) = (flat(actual), flat(expected));
     let mut d = Divergence {

@@ -321,8 +321,7 @@ impl<'a> SpecialGuard<'a> {
         let mut value = serde_json::to_value(m).map_err(|e| TextError::Messages(e.to_string()))?;
         // The role picks the header: it is never user text to protect, and must stay intact.
         if let Value::Object(map) = &mut value {
-            for (k, v) in map.iter_mut().filter(|(k, _)| k.as_str() != "role") {
-                let _ = k;
+            for (_, v) in map.iter_mut().filter(|(k, _)| k.as_str() != "role") {
                 *v = self.defuse_value(v);
             }
         }

@@ -12,8 +12,10 @@ use crate::commands::text::{bos_id, checkpoint_stop_ids};
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let dir = &args.model.model;
-    let (prompt, tokenizer) = match (&args.tokens, &args.prompt) {
-        (Some(tokens), _) => (parse_ids(tokens)?, None),
+    // The prompt as (head, tail): with --prompt, images' layouts go between BOS and the text;
+    // with --tokens the ids already hold them.
+    let (head, tail, tokenizer) = match (&args.tokens, &args.prompt) {
+        (Some(tokens), _) => (Vec::new(), parse_ids(tokens)?, None),
         (None, Some(text)) => {
             let tokenizer = Tokenizer::from_dir(dir)
                 .with_context(|| format!("--prompt needs {}'s tokenizer", dir.display()))?;
@@ -24,9 +26,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             } else {
                 SpecialTokens::AsText
             };
-            let mut ids = bos_id(dir, &tokenizer)?.into_iter().collect::<Vec<_>>();
-            ids.extend(tokenizer.encode(text, special)?);
-            (ids, Some(tokenizer))
+            let bos: Vec<u32> = bos_id(dir, &tokenizer)?.into_iter().collect();
+            let text_ids = tokenizer.encode(text, special)?;
+            (bos, text_ids, Some(tokenizer))
         }
         (None, None) => bail!("give the prompt as --prompt TEXT or --tokens IDS"),
     };
@@ -38,27 +40,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model.dtype(),
         model.device(),
     )?;
-    let prompt = match (&images, &tokenizer) {
-        // Text prompt: BOS, then each image's layout, then the text.
-        (Some(images), Some(tokenizer)) => {
-            let ids = ImageTokenIds::from_tokenizer(tokenizer)?;
-            let layouts = images
-                .grids
-                .iter()
-                .flat_map(|&g| image_layout(&ids, g, images.tokens_per_tile));
-            let bos = prompt.len()
-                - tokenizer
-                    .encode(args.prompt.as_deref().unwrap_or(""), SpecialTokens::AsText)?
-                    .len();
-            prompt[..bos]
-                .iter()
-                .copied()
-                .chain(layouts)
-                .chain(prompt[bos..].iter().copied())
-                .collect()
+    let mut prompt = head;
+    if let (Some(images), Some(tokenizer)) = (&images, &tokenizer) {
+        let markup = ImageTokenIds::from_tokenizer(tokenizer)?;
+        for &grid in &images.grids {
+            prompt.extend(image_layout(&markup, grid, images.tokens_per_tile));
         }
-        _ => prompt,
-    };
+    }
+    prompt.extend(tail);
     let stops = checkpoint_stop_ids(dir, model.config(), tokenizer.as_ref())?;
     let params = args.sampling.params(&stops)?;
 

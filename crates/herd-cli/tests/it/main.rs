@@ -234,6 +234,22 @@ fn herd_with_stdin(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `herd chat` on chat-tiny, greedy, 16 tokens per reply, with `stdin` as the user's lines.
+fn chat_tiny_greedy(stdin: &str) -> Output {
+    herd_with_stdin(
+        &[
+            "chat",
+            "--model",
+            &fixture("chat-tiny"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+        ],
+        stdin,
+    )
+}
+
 fn chat_cases() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture_path("chat-tiny").join("chat_cases.json")).unwrap())
         .unwrap()
@@ -327,18 +343,7 @@ fn chat_streams_greedy_replies_and_keeps_history() {
     let cases = chat_cases();
     let first = &cases["conversations"][0];
     let user = first["messages"][0]["content"].as_str().unwrap();
-    let out = herd_with_stdin(
-        &[
-            "chat",
-            "--model",
-            &fixture("chat-tiny"),
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "16",
-        ],
-        &format!("{user}\n/reset\n{user}\n/exit\n"),
-    );
+    let out = chat_tiny_greedy(&format!("{user}\n/reset\n{user}\n/exit\n"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let expected = first["greedy_text"].as_str().unwrap();
@@ -602,21 +607,10 @@ fn chat_image_on_a_text_only_model_is_an_error_and_the_chat_goes_on() {
     let cases = chat_cases();
     let first = &cases["conversations"][0];
     let user = first["messages"][0]["content"].as_str().unwrap();
-    let out = herd_with_stdin(
-        &[
-            "chat",
-            "--model",
-            &fixture("chat-tiny"),
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "16",
-        ],
-        &format!(
-            "/image {}\n{user}\n{user}\n/image /nonexistent.png\n/exit\n",
-            image_file("dog.jpg")
-        ),
-    );
+    let out = chat_tiny_greedy(&format!(
+        "/image {}\n{user}\n{user}\n/image /nonexistent.png\n/exit\n",
+        image_file("dog.jpg")
+    ));
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no vision tower"), "{stderr}");

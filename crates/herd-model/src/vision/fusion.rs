@@ -9,25 +9,31 @@ use crate::error::{Error, Result};
 
 /// x: [T, D] embeddings of `ids`; features: [F, D] → [T, D] with the `<|patch|>` rows replaced.
 pub fn fuse(ids: &[u32], x_td: &Tensor, features: &Tensor, patch_id: u32) -> Result<Tensor> {
-    let rows: Vec<u32> = ids
-        .iter()
-        .enumerate()
-        .filter(|(_, &id)| id == patch_id)
-        .map(|(i, _)| i as u32)
+    let t = ids.len() as u32;
+    // Row i of the result: the i-th embedding, or the next feature row for a `<|patch|>`.
+    let mut next_feature = 0u32;
+    let source: Vec<u32> = (0..t)
+        .zip(ids)
+        .map(|(i, &id)| {
+            if id == patch_id {
+                next_feature += 1;
+                t + next_feature - 1
+            } else {
+                i
+            }
+        })
         .collect();
     let n_features = features.dims2()?.0;
-    if rows.len() != n_features {
+    if next_feature as usize != n_features {
         return Err(Error::ImageTokens {
-            patch_tokens: rows.len(),
+            patch_tokens: next_feature as usize,
             features: n_features,
         });
     }
-    if rows.is_empty() {
+    if n_features == 0 {
         return Ok(x_td.clone());
     }
-    let index = Tensor::from_vec(rows.clone(), rows.len(), x_td.device())?;
-    // Zero the patch rows, then add the features there.
-    let zeros = x_td.index_select(&index, 0)?.neg()?;
-    let cleared = x_td.index_add(&index, &zeros, 0)?;
-    Ok(cleared.index_add(&index, &features.to_dtype(x_td.dtype())?, 0)?)
+    let rows = Tensor::cat(&[x_td, &features.to_dtype(x_td.dtype())?], 0)?; // [T + F, D]
+    let index = Tensor::from_vec(source, ids.len(), x_td.device())?;
+    Ok(rows.index_select(&index, 0)?)
 }

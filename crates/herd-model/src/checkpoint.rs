@@ -1,27 +1,27 @@
 //! A Hugging Face checkpoint folder: `model.safetensors`, or shards listed by
-//! `model.safetensors.index.json`, memory-mapped. Resolves the key layout
+//! `model.safetensors.index.json`. Resolves the key layout
 //! (`model.*` + `lm_head.weight` for `Llama4ForCausalLM`, `language_model.model.*` +
 //! `language_model.lm_head.weight` for `Llama4ForConditionalGeneration`) and hands out tensors
-//! after checking their shape and dtype.
+//! in their stored dtype after checking their shape.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
-use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
-use safetensors::Dtype as StDtype;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::weights::safetensors::{SafetensorsFile, TensorInfo};
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// The open, memory-mapped weights of one checkpoint folder.
+/// The open weights of one checkpoint folder: headers parsed, data read on demand.
 pub struct Checkpoint {
     dir: PathBuf,
-    files: Vec<PathBuf>,
-    tensors: MmapedSafetensors,
+    shards: Vec<SafetensorsFile>,
+    /// Tensor name → index into `shards`.
+    index: HashMap<String, usize>,
     /// Prefix of the text decoder's tensors: `model.` or `language_model.model.`.
     text_prefix: String,
     /// Name of the output projection (absent when embeddings are tied).
@@ -43,16 +43,28 @@ impl Checkpoint {
     /// Opens `dir`, reading only headers; tensor data stays on disk until used.
     pub fn open(dir: &Path) -> Result<Self> {
         let files = shard_files(dir)?;
-        // SAFETY (of the mmap inside): the files are opened read-only; herd, like every
-        // safetensors loader, assumes nobody truncates a checkpoint while it is loaded.
-        let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| Error::Checkpoint {
-            path: dir.to_path_buf(),
-            message: format!("not a valid safetensors checkpoint: {e}"),
-        })?;
-        let names: BTreeSet<String> = tensors.tensors().into_iter().map(|(n, _)| n).collect();
+        let shards = files
+            .iter()
+            .map(|f| SafetensorsFile::open(f))
+            .collect::<Result<Vec<_>>>()?;
+        let mut index = HashMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            for name in shard.tensors().keys() {
+                if let Some(first) = index.insert(name.clone(), i) {
+                    return Err(Error::Checkpoint {
+                        path: dir.to_path_buf(),
+                        message: format!(
+                            "tensor `{name}` is in both {} and {}",
+                            shards[first].path().display(),
+                            shard.path().display()
+                        ),
+                    });
+                }
+            }
+        }
         let (text_prefix, lm_head) = LAYOUTS
             .iter()
-            .find(|(prefix, _)| names.contains(&format!("{prefix}embed_tokens.weight")))
+            .find(|(prefix, _)| index.contains_key(&format!("{prefix}embed_tokens.weight")))
             .map(|(p, h)| (p.to_string(), h.to_string()))
             .ok_or_else(|| Error::Checkpoint {
                 path: dir.to_path_buf(),
@@ -62,8 +74,8 @@ impl Checkpoint {
             })?;
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
-            files,
-            tensors,
+            shards,
+            index,
             text_prefix,
             lm_head,
         })
@@ -73,8 +85,8 @@ impl Checkpoint {
         &self.dir
     }
 
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.shards.iter().map(|s| s.path().to_path_buf()).collect()
     }
 
     /// `model.` or `language_model.model.`.
@@ -87,42 +99,64 @@ impl Checkpoint {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.get(name).is_ok()
+        self.index.contains_key(name)
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.index.keys().map(String::as_str).collect()
     }
 
     /// Total bytes of the tensors whose names start with `prefix`, as stored.
     pub fn stored_bytes(&self, prefix: &str) -> usize {
-        self.tensors
-            .tensors()
+        self.shards
             .iter()
+            .flat_map(|s| s.tensors().iter())
             .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, view)| view.data().len())
+            .map(|(_, info)| info.n_bytes() as usize)
             .sum()
+    }
+
+    /// The header entry of `name`, after checking its shape.
+    pub fn info(&self, name: &str, shape: &[usize]) -> Result<(&SafetensorsFile, &TensorInfo)> {
+        let shard = self
+            .index
+            .get(name)
+            .and_then(|&i| self.shards.get(i))
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            })?;
+        let info = shard.tensors().get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        })?;
+        if info.shape != shape {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: info.shape.clone(),
+            });
+        }
+        Ok((shard, info))
+    }
+
+    /// Tensor `name`, shape-checked, in its stored dtype (f32, bf16 or f16), on the CPU.
+    pub fn stored(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (shard, info) = self.info(name, shape)?;
+        shard.read_dense(name, info)
     }
 
     /// Loads tensor `name`, checks it has `shape`, converts it to `dtype` on `device`.
     pub fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        let view = self.tensors.get(name).map_err(|_| Error::MissingTensor {
-            name: name.to_string(),
-            dir: self.dir.clone(),
-        })?;
-        if view.shape() != shape {
-            return Err(Error::TensorShape {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                actual: view.shape().to_vec(),
-            });
-        }
-        let stored = view.dtype();
-        if !matches!(stored, StDtype::BF16 | StDtype::F16 | StDtype::F32) {
-            return Err(Error::TensorDtype {
-                name: name.to_string(),
-                dtype: format!("{stored:?}"),
-            });
-        }
-        let tensor = view.load(device)?;
-        Ok(tensor.to_dtype(dtype)?)
+        Ok(self.stored(name, shape)?.to_dtype(dtype)?.to_device(device)?)
     }
+}
+
+/// A shard name from the index must be a plain relative path inside the folder.
+fn inside_folder(shard: &str) -> bool {
+    let path = Path::new(shard);
+    !shard.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// The safetensors files of a checkpoint: the single file, or every shard the index names.
@@ -147,6 +181,12 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return shards
             .into_iter()
             .map(|shard| {
+                if !inside_folder(shard) {
+                    return Err(Error::Checkpoint {
+                        path: index_path.clone(),
+                        message: format!("names shard `{shard}`, which is not a file name inside the folder"),
+                    });
+                }
                 let path = dir.join(shard);
                 if path.is_file() {
                     Ok(path)

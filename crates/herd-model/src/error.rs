@@ -38,8 +38,24 @@ pub enum Error {
         actual: Vec<usize>,
     },
 
-    #[error("tensor `{name}` is stored as {dtype}; herd reads bf16, f16 and f32 checkpoints")]
-    TensorDtype { name: String, dtype: String },
+    #[error("tensor `{name}` is stored as {dtype}; herd reads {supported}")]
+    TensorDtype {
+        name: String,
+        dtype: String,
+        supported: &'static str,
+    },
+
+    /// A GGUF file that is malformed, truncated or of a kind herd does not run.
+    #[error("GGUF {path}: {message}")]
+    Gguf { path: PathBuf, message: String },
+
+    /// A quantized tensor whose shape does not fit its block format, or a failed (de)quantization.
+    #[error("quantized tensor `{name}`: {message}")]
+    Quantization { name: String, message: String },
+
+    /// A kernel was handed operands it cannot multiply.
+    #[error("kernel: {0}")]
+    Kernel(String),
 
     /// A token id that the embedding table does not have.
     #[error("token id {id} at prompt index {index} is out of range for a vocabulary of {vocab_size}")]

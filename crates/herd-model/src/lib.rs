@@ -1,7 +1,8 @@
 //! herd-model: Llama 4 as the reference computes it.
 //!
 //! [`ModelConfig`] resolves `config.json` into one [`config::LayerPlan`] per layer;
-//! [`Checkpoint`] memory-maps safetensors weights; [`TextModel`] runs the decoder over a flat
+//! [`WeightSource`] reads safetensors folders (and GGUF files) keeping each weight's stored
+//! format; [`TextModel`] runs the decoder over a flat
 //! axis of tokens with a [`KvCache`]. See `../shared/design/LLAMA4.md` for the maths.
 
 pub mod checkpoint;
@@ -9,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod generation_config;
 pub mod inspect;
+pub mod kernels;
 pub mod kv_cache;
 pub mod nn;
 pub mod step;
@@ -21,4 +23,5 @@ pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use generation_config::GenerationConfig;
 pub use kv_cache::KvCache;
-pub use text::model::{LogitsFor, TextModel};
+pub use text::model::{LoadOptions, LogitsFor, TextModel};
+pub use weights::{QuantType, WeightSource};

@@ -1,34 +1,148 @@
-//! `y = x Wᵀ` with a weight stored as nn.Linear stores it, `[out, in]`, no bias.
+//! `y = x Wᵀ` with a weight stored as nn.Linear stores it, `[out, in]`, no bias — in whatever
+//! format the checkpoint holds it: dense f32 / bf16 / f16 (kept at that precision in memory) or
+//! block-quantized (Q8_0, Q4_K, Q6_K, …). The compute dtype is the activations' dtype, a separate
+//! choice: f32 activations against bf16 weights accumulate in f32 without upcasting the weight.
+//!
+//! [`Linear::forward_slow`] is every format's slow twin: the weight dequantized (or widened) to
+//! f32, then a plain f32 matmul.
 
-use candle_core::Tensor;
+use std::sync::Arc;
 
-use crate::error::Result;
-use crate::weights::Weights;
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::kernels::half_matmul::{self, HalfElement};
+use crate::weights::{QuantTensor, QuantType, Weights};
 
 #[derive(Debug, Clone)]
-pub struct Linear {
-    /// [out, in]
-    weight: Tensor,
+pub enum Linear {
+    /// [out, in] in the stored dtype.
+    Dense(Tensor),
+    /// [out, in] in ggml blocks (CPU).
+    Quantized(Arc<QuantTensor>),
+}
+
+/// How a weight is held in memory, for reports and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    Dense(DType),
+    Quantized(QuantType),
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightFormat::Dense(d) => write!(f, "{}", d.as_str()),
+            WeightFormat::Quantized(q) => write!(f, "{q}"),
+        }
+    }
 }
 
 impl Linear {
-    /// Loads `{name}.weight` with shape `[out_dim, in_dim]`.
+    /// Loads `{name}.weight` with shape `[out_dim, in_dim]`, in its stored format (or
+    /// quantized at load, when the view asks for that).
     pub fn load(vb: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Linear {
-            weight: vb.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
-        })
+        vb.linear(&format!("{name}.weight"), in_dim, out_dim)
     }
 
     pub fn from_weight(weight: Tensor) -> Self {
-        Linear { weight }
+        Linear::Dense(weight)
     }
 
-    /// x: [T, in] → [T, out]
+    pub fn format(&self) -> WeightFormat {
+        match self {
+            Linear::Dense(w) => WeightFormat::Dense(w.dtype()),
+            Linear::Quantized(q) => WeightFormat::Quantized(q.quant_type()),
+        }
+    }
+
+    /// (out, in)
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Linear::Dense(w) => Ok(w.dims2()?),
+            Linear::Quantized(q) => Ok((q.rows(), q.cols())),
+        }
+    }
+
+    /// Bytes the weight occupies in memory.
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Linear::Quantized(q) => q.stored_bytes(),
+        }
+    }
+
+    /// x: [..., in] → [..., out], in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.t()?)?)
+        match self {
+            Linear::Dense(w) if w.dtype() == x.dtype() => Ok(x.broadcast_matmul(&w.t()?)?),
+            Linear::Dense(w) if x.dtype() == DType::F32 && w.device().is_cpu() => match w.dtype() {
+                DType::BF16 => half_product::<bf16>(x, w),
+                DType::F16 => half_product::<f16>(x, w),
+                _ => Ok(x.broadcast_matmul(&w.to_dtype(DType::F32)?.t()?)?),
+            },
+            Linear::Dense(w) => Ok(x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?),
+            Linear::Quantized(q) => {
+                let (lead, x32) = flat_f32(x, q.cols())?;
+                let t = x32.len() / q.cols();
+                let y = q.matmul_t(&x32, t)?;
+                output(y, lead, q.rows(), x.device(), x.dtype())
+            }
+        }
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The slow twin: the weight as f32 (dequantized or widened), one f32 matmul.
+    pub fn forward_slow(&self, x: &Tensor) -> Result<Tensor> {
+        let w32 = self.weight_f32(x.device())?;
+        let y = x.to_dtype(DType::F32)?.broadcast_matmul(&w32.t()?)?;
+        Ok(y.to_dtype(x.dtype())?)
     }
+
+    /// The weight [out, in] as f32 (a full copy: for tests, reports and conversions).
+    pub fn weight_f32(&self, device: &Device) -> Result<Tensor> {
+        match self {
+            Linear::Dense(w) => Ok(w.to_dtype(DType::F32)?.to_device(device)?),
+            Linear::Quantized(q) => Ok(Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), device)?),
+        }
+    }
+}
+
+/// f32 activations against a bf16/f16 weight, on the CPU, without widening the whole weight.
+fn half_product<W: HalfElement + candle_core::WithDType>(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let (lead, x32) = flat_f32(x, k)?;
+    let t = x32.len() / k;
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Kernel("half-precision product on a non-CPU weight".into()));
+    };
+    let all = cpu.as_slice::<W>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Kernel("weight is not contiguous".into()))?;
+    let y = half_matmul::matmul_t(&x32, t, &all[start..end], n, k);
+    drop(storage);
+    output(y, lead, n, x.device(), x.dtype())
+}
+
+/// x [..., k] as one flat f32 vector, and its leading dims.
+fn flat_f32(x: &Tensor, k: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+    let dims = x.dims();
+    let (last, lead) = dims
+        .split_last()
+        .ok_or_else(|| Error::Kernel("a linear layer needs at least one dimension".into()))?;
+    if *last != k {
+        return Err(Error::Kernel(format!(
+            "input has {last} features, the weight takes {k}"
+        )));
+    }
+    let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok((lead.to_vec(), v))
+}
+
+fn output(y: Vec<f32>, mut lead: Vec<usize>, n: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    lead.push(n);
+    Ok(Tensor::from_vec(y, lead, device)?.to_dtype(dtype)?)
 }

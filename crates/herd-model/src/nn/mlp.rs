@@ -29,4 +29,11 @@ impl Mlp {
         let up_tf = self.up_proj.forward(x_td)?;
         self.down_proj.forward(&(gate_tf * up_tf)?)
     }
+
+    pub fn stored_bytes(&self) -> usize {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+            .iter()
+            .map(|l| l.stored_bytes())
+            .sum()
+    }
 }

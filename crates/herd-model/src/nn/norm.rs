@@ -25,6 +25,10 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(rms_normalize(x, self.eps)?.broadcast_mul(&self.weight)?)
     }
+
+    pub fn stored_bytes(&self) -> usize {
+        self.weight.elem_count() * self.weight.dtype().size_in_bytes()
+    }
 }
 
 /// Weightless RMS normalisation over the last dimension, in f32, cast back to x's dtype.

@@ -107,6 +107,13 @@ impl Attention {
         self.o_proj.forward(&out_td)
     }
 
+    pub fn stored_bytes(&self) -> usize {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+            .iter()
+            .map(|l| l.stored_bytes())
+            .sum()
+    }
+
     /// Scaled dot-product attention with grouped KV heads.
     /// q: [H, Tq, Dh], k/v: [Hkv, L, Dh], mask: [Tq, L] → [H, Tq, Dh]
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {

@@ -34,4 +34,11 @@ impl FeedForward {
             FeedForward::Moe(moe) => moe.forward(x_td),
         }
     }
+
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            FeedForward::Dense(mlp) => mlp.stored_bytes(),
+            FeedForward::Moe(moe) => moe.stored_bytes(),
+        }
+    }
 }

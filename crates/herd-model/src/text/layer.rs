@@ -39,4 +39,11 @@ impl DecoderLayer {
                 .feed_forward
                 .forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
+
+    pub fn stored_bytes(&self) -> usize {
+        self.input_layernorm.stored_bytes()
+            + self.self_attn.stored_bytes()
+            + self.post_attention_layernorm.stored_bytes()
+            + self.feed_forward.stored_bytes()
+    }
 }

@@ -10,10 +10,10 @@ use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::nn::{Linear, RmsNorm};
+use crate::nn::{Embedding, Linear, RmsNorm};
 use crate::step::StepInputs;
 use crate::text::DecoderLayer;
-use crate::weights::Weights;
+use crate::weights::{QuantPlan, QuantType, WeightSource, Weights};
 
 /// Which positions of a step need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,37 +24,77 @@ pub enum LogitsFor {
     Last,
 }
 
+/// How to load a model: the compute dtype and device are separate from the stored format;
+/// `quant` quantizes dense weights at load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+    pub quant: Option<QuantType>,
+}
+
+impl LoadOptions {
+    pub fn new(dtype: DType, device: &Device) -> Self {
+        LoadOptions {
+            dtype,
+            device: device.clone(),
+            quant: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TextModel {
     config: ModelConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
+    /// The output projection is the embedding table itself (counted once).
+    tied_lm_head: bool,
     inv_freq: Vec<f32>,
     dtype: DType,
     device: Device,
 }
 
 impl TextModel {
-    /// Reads `dir/config.json` and the checkpoint's text weights.
+    /// Reads `dir/config.json` and the checkpoint's text weights (or a GGUF file).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let config = ModelConfig::load(dir)?;
-        let checkpoint = Checkpoint::open(dir)?;
-        Self::from_checkpoint(&checkpoint, config, dtype, device)
+        Self::load_with(dir, &LoadOptions::new(dtype, device))
+    }
+
+    /// Loads a Hugging Face folder or a GGUF file with `options`.
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let (source, config) = WeightSource::open(path)?;
+        Self::from_source(&source, config, options)
     }
 
     /// Builds the model from an open checkpoint with an already resolved (possibly altered)
     /// config.
     pub fn from_checkpoint(
-        checkpoint: &Checkpoint,
+        checkpoint: Checkpoint,
         config: ModelConfig,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let vb = Weights::new(checkpoint, checkpoint.text_prefix(), dtype, device);
+        Self::from_source(
+            &WeightSource::from(checkpoint),
+            config,
+            &LoadOptions::new(dtype, device),
+        )
+    }
+
+    /// Builds the model from any weight source with a resolved config.
+    pub fn from_source(source: &WeightSource, config: ModelConfig, options: &LoadOptions) -> Result<Self> {
+        let (dtype, device) = (options.dtype, &options.device);
+        let plan = options.quant.map(|base| QuantPlan {
+            base,
+            n_layers: config.layers.len(),
+        });
+        let vb = Weights::new(source, source.text_prefix(), dtype, device).with_quant(plan);
         let (v, d) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = vb.get("embed_tokens.weight", &[v, d])?;
+        let embed_tokens =
+            vb.embedding_absolute(&format!("{}embed_tokens.weight", source.text_prefix()), v, d)?;
         let layers_vb = vb.pp("layers");
         let layers = config
             .layers
@@ -63,11 +103,12 @@ impl TextModel {
             .map(|(i, plan)| DecoderLayer::load(&layers_vb.pp(i), &config, plan))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&vb, "norm", d, config.rms_norm_eps)?;
-        let lm_head_name = checkpoint.lm_head_name();
-        let lm_head = if config.tie_word_embeddings && !checkpoint.contains(lm_head_name) {
-            Linear::from_weight(embed_tokens.clone())
+        let lm_head_name = source.lm_head_name();
+        let tied_lm_head = config.tie_word_embeddings && !source.contains(lm_head_name);
+        let lm_head = if tied_lm_head {
+            embed_tokens.as_linear()
         } else {
-            Linear::from_weight(vb.get_absolute(lm_head_name, &[v, d])?)
+            vb.linear_absolute(lm_head_name, d, v)?
         };
         let inv_freq = config.rope.inv_freq(config.head_dim);
         Ok(TextModel {
@@ -76,6 +117,7 @@ impl TextModel {
             layers,
             norm,
             lm_head,
+            tied_lm_head,
             inv_freq,
             dtype,
             device: device.clone(),
@@ -92,6 +134,18 @@ impl TextModel {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Bytes the text weights occupy in memory, as loaded.
+    pub fn weight_bytes(&self) -> usize {
+        self.embed_tokens.stored_bytes()
+            + if self.tied_lm_head {
+                0
+            } else {
+                self.lm_head.stored_bytes()
+            }
+            + self.norm.stored_bytes()
+            + self.layers.iter().map(DecoderLayer::stored_bytes).sum::<usize>()
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -150,8 +204,7 @@ impl TextModel {
                 max_positions: self.config.max_position_embeddings,
             });
         }
-        let ids_t = Tensor::from_slice(ids, ids.len(), &self.device)?;
-        Ok(self.embed_tokens.index_select(&ids_t, 0)?)
+        self.embed_tokens.forward(ids, self.dtype, &self.device)
     }
 
     /// Runs the decoder layers over embeddings [T, D] (image rows may already be fused in),

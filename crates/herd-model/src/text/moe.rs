@@ -21,13 +21,10 @@ use crate::weights::Weights;
 #[derive(Debug, Clone)]
 pub struct Moe {
     router: Linear,
-    /// [E, D, 2F], used as stored: x @ W; columns [..F] gate, [F..] up.
-    gate_up_proj: Tensor,
-    /// [E, F, D]
-    down_proj: Tensor,
+    /// Per expert: gate_proj and up_proj [F, D], down_proj [D, F], each in its stored format.
+    experts: Vec<[Linear; 3]>,
     shared_expert: Mlp,
     top_k: usize,
-    width: usize,
     routing: Routing,
 }
 
@@ -47,14 +44,11 @@ impl Moe {
         width: usize,
     ) -> Result<Self> {
         let d = config.hidden_size;
-        let experts = vb.pp("experts");
         Ok(Moe {
             router: Linear::load(vb, "router", d, n_experts)?,
-            gate_up_proj: experts.get("gate_up_proj", &[n_experts, d, 2 * width])?,
-            down_proj: experts.get("down_proj", &[n_experts, width, d])?,
+            experts: vb.pp("experts").experts(n_experts, d, width)?,
             shared_expert: Mlp::load(&vb.pp("shared_expert"), d, width)?,
             top_k,
-            width,
             routing: config.routing,
         })
     }
@@ -82,17 +76,28 @@ impl Moe {
             if self.routing.score_at == ScoreAt::ExpertInput {
                 x_nd = x_nd.broadcast_mul(&scores_n1)?;
             }
-            let gate_up_n2f = x_nd.matmul(&self.gate_up_proj.get(e)?)?;
-            let gate_nf = gate_up_n2f.narrow(1, 0, self.width)?;
-            let up_nf = gate_up_n2f.narrow(1, self.width, self.width)?;
+            let [gate_proj, up_proj, down_proj] = &self.experts[e];
+            let gate_nf = gate_proj.forward(&x_nd)?;
+            let up_nf = up_proj.forward(&x_nd)?;
             let act_nf = (candle_nn::ops::silu(&gate_nf)? * up_nf)?;
-            let mut y_nd = act_nf.matmul(&self.down_proj.get(e)?)?;
+            let mut y_nd = down_proj.forward(&act_nf)?;
             if self.routing.score_at == ScoreAt::ExpertOutput {
                 y_nd = y_nd.broadcast_mul(&scores_n1)?;
             }
             out_td = out_td.index_add(&tokens_n, &y_nd, 0)?;
         }
         Ok(out_td)
+    }
+
+    pub fn stored_bytes(&self) -> usize {
+        self.router.stored_bytes()
+            + self.shared_expert.stored_bytes()
+            + self
+                .experts
+                .iter()
+                .flatten()
+                .map(Linear::stored_bytes)
+                .sum::<usize>()
     }
 }
 

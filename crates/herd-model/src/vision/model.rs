@@ -106,8 +106,8 @@ impl VisionModel {
         let Some(config) = VisionConfig::from_json(&top)? else {
             return Ok(None);
         };
-        let checkpoint = crate::Checkpoint::open(dir)?;
-        let vb = Weights::new(&checkpoint, "", dtype, device);
+        let source = crate::weights::WeightSource::from(crate::Checkpoint::open(dir)?);
+        let vb = Weights::new(&source, "", dtype, device);
         Self::load(&vb, &config, text_hidden).map(Some)
     }
 

@@ -1,5 +1,6 @@
-//! Checkpoints stored as f16 and bf16 load exactly: upcasting to f32 loses nothing, so an f16
-//! checkpoint computes the same logits as its f32 twin holding the same (rounded) values.
+//! Checkpoints stored as f16 and bf16 stay in that format in memory and compute, with f32
+//! activations, the logits of their f32 twin holding the same (rounded) values: widening is
+//! exact, only the summation order differs.
 
 use std::collections::HashMap;
 
@@ -30,7 +31,7 @@ fn rounded_copies(stored: DType) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 #[test]
-fn f16_and_bf16_checkpoints_load_exactly() {
+fn f16_and_bf16_checkpoints_compute_what_their_upcast_twins_compute() {
     let reference = Reference::load("scout-tiny");
     let ids = reference.prompt(0).ids;
     for stored in [DType::F16, DType::BF16] {
@@ -40,9 +41,13 @@ fn f16_and_bf16_checkpoints_load_exactly() {
         let d = assert_close(
             &full_logits(&a, &ids),
             &full_logits(&b, &ids),
-            1e-6,
+            2e-6,
             &format!("{stored:?}"),
         );
-        assert_eq!(d, 0.0, "{stored:?} upcast must be exact");
+        println!("{stored:?} stored vs f32 twin: max abs diff {d:.2e}");
+        assert!(
+            a.weight_bytes() * 10 < b.weight_bytes() * 6,
+            "{stored:?} weights are kept at 2 bytes"
+        );
     }
 }

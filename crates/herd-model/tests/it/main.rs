@@ -10,6 +10,7 @@ mod mutations;
 mod ops;
 mod parity;
 mod vision;
+mod weights;
 
 use candle_core::{DType, Device, Tensor};
 use herd_model::{KvCache, LogitsFor, TextModel};

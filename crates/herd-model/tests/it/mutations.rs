@@ -16,7 +16,7 @@ fn mutated_divergence(name: &str, mutate: impl Fn(&mut ModelConfig)) -> f32 {
     let mut config = ModelConfig::load(&dir).expect("config");
     mutate(&mut config);
     let checkpoint = Checkpoint::open(&dir).expect("checkpoint");
-    let model = TextModel::from_checkpoint(&checkpoint, config, DType::F32, &Device::Cpu).expect("model");
+    let model = TextModel::from_checkpoint(checkpoint, config, DType::F32, &Device::Cpu).expect("model");
     let reference = Reference::load(name);
     reference
         .prompts()

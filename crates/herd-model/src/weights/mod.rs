@@ -1,0 +1,17 @@
+//! Where weights come from and how they are held: a [`WeightSource`] (a Hugging Face
+//! safetensors folder or a GGUF file) hands out tensors by their Hugging Face names in their
+//! stored format ([`Stored`]); the [`Weights`] view turns them into model parts (`Linear`,
+//! `Embedding`, experts), quantizing at load when a [`QuantPlan`] says so.
+
+pub mod gguf;
+pub mod gguf_llama4;
+pub mod plan;
+pub mod quant;
+pub mod safetensors;
+pub mod source;
+pub mod view;
+
+pub use plan::QuantPlan;
+pub use quant::{QuantTensor, QuantType};
+pub use source::{ExpertWeights, Stored, WeightSource};
+pub use view::Weights;

@@ -1,0 +1,290 @@
+//! Block-quantized weights in llama.cpp's ggml layouts (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), kept
+//! quantized in memory. The blocks are candle's `k_quants` types, whose byte layout is ggml's, so
+//! a GGUF tensor's bytes are read straight into them and written straight back out.
+//!
+//! A [`QuantTensor`] is a row-major matrix `[rows, cols]`; each row is `cols / block_len` blocks.
+//! Its product [`QuantTensor::matmul_t`] quantizes the activations to the format's dot-product
+//! type (Q8_0 / Q8_K), as llama.cpp does; [`QuantTensor::dequantize`] is the plain reference.
+
+use std::fmt;
+
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::{GgmlDType, QuantizedType};
+use candle_core::CpuStorage;
+
+use crate::error::{Error, Result};
+
+/// The block formats herd computes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantType {
+    Q8_0,
+    Q4_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 5] = [Self::Q8_0, Self::Q4_0, Self::Q4K, Self::Q5K, Self::Q6K];
+
+    /// ggml's type id (the number in a GGUF tensor header).
+    pub fn ggml_type_id(self) -> u32 {
+        match self {
+            Self::Q4_0 => 2,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
+        }
+    }
+
+    pub fn from_ggml_type_id(id: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.ggml_type_id() == id)
+    }
+
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4K => GgmlDType::Q4K,
+            Self::Q5K => GgmlDType::Q5K,
+            Self::Q6K => GgmlDType::Q6K,
+        }
+    }
+
+    /// Values per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            Self::Q8_0 | Self::Q4_0 => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block (ggml's `type_size`).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q8_0 => std::mem::size_of::<BlockQ8_0>(),
+            Self::Q4_0 => std::mem::size_of::<BlockQ4_0>(),
+            Self::Q4K => std::mem::size_of::<BlockQ4K>(),
+            Self::Q5K => std::mem::size_of::<BlockQ5K>(),
+            Self::Q6K => std::mem::size_of::<BlockQ6K>(),
+        }
+    }
+
+    /// Stored bytes of a `[rows, cols]` matrix, or `None` if a row is not whole blocks.
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> Option<usize> {
+        if !cols.is_multiple_of(self.block_len()) {
+            return None;
+        }
+        rows.checked_mul(cols / self.block_len())?
+            .checked_mul(self.block_bytes())
+    }
+
+    /// The name llama.cpp prints (`Q8_0`, `Q4_K`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q8_0 => "Q8_0",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
+    /// Parses `q8_0`, `Q4_K`, `q6k`, … (case and underscore insensitive).
+    pub fn parse(text: &str) -> Option<Self> {
+        let key: String = text
+            .chars()
+            .filter(|c| *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().replace('_', "").to_ascii_lowercase() == key)
+    }
+}
+
+impl fmt::Display for QuantType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A quantized `[rows, cols]` matrix (for a linear layer: `[out, in]`, as nn.Linear stores it).
+pub struct QuantTensor {
+    ty: QuantType,
+    rows: usize,
+    cols: usize,
+    blocks: Box<dyn QuantizedType>,
+}
+
+impl fmt::Debug for QuantTensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QuantTensor[{}; {}×{}]", self.ty, self.rows, self.cols)
+    }
+}
+
+impl QuantTensor {
+    /// Builds the matrix from its stored bytes, filled by `read` (e.g. a file read), with no
+    /// intermediate copy.
+    pub fn read_with(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        name: &str,
+        read: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<Self> {
+        let n_blocks = Self::n_blocks(ty, rows, cols, name)?;
+        let blocks = match ty {
+            QuantType::Q8_0 => read_blocks::<BlockQ8_0>(n_blocks, read)?,
+            QuantType::Q4_0 => read_blocks::<BlockQ4_0>(n_blocks, read)?,
+            QuantType::Q4K => read_blocks::<BlockQ4K>(n_blocks, read)?,
+            QuantType::Q5K => read_blocks::<BlockQ5K>(n_blocks, read)?,
+            QuantType::Q6K => read_blocks::<BlockQ6K>(n_blocks, read)?,
+        };
+        Ok(QuantTensor {
+            ty,
+            rows,
+            cols,
+            blocks,
+        })
+    }
+
+    /// Quantizes a row-major f32 matrix with llama.cpp's reference quantizers.
+    pub fn quantize(ty: QuantType, rows: usize, cols: usize, values: &[f32], name: &str) -> Result<Self> {
+        let n_blocks = Self::n_blocks(ty, rows, cols, name)?;
+        if values.len() != rows * cols {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                actual: vec![values.len()],
+            });
+        }
+        let mut blocks = ty.ggml().cpu_zeros(n_blocks * ty.block_len());
+        blocks.from_float(values);
+        Ok(QuantTensor {
+            ty,
+            rows,
+            cols,
+            blocks,
+        })
+    }
+
+    fn n_blocks(ty: QuantType, rows: usize, cols: usize, name: &str) -> Result<usize> {
+        if !cols.is_multiple_of(ty.block_len()) || cols == 0 {
+            return Err(Error::Quantization {
+                name: name.to_string(),
+                message: format!(
+                    "rows of {cols} values are not whole {ty} blocks of {}",
+                    ty.block_len()
+                ),
+            });
+        }
+        rows.checked_mul(cols / ty.block_len())
+            .ok_or_else(|| Error::Quantization {
+                name: name.to_string(),
+                message: format!("{rows}×{cols} overflows"),
+            })
+    }
+
+    pub fn quant_type(&self) -> QuantType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The stored bytes, exactly as a GGUF holds them.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `as_ptr` points at the block vector's storage, which holds exactly
+        // `storage_size_in_bytes` initialised bytes and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr(), self.blocks.storage_size_in_bytes()) }
+    }
+
+    pub fn stored_bytes(&self) -> usize {
+        self.blocks.storage_size_in_bytes()
+    }
+
+    /// `x Wᵀ`: x is row-major [T, cols] f32 → [T, rows] f32.
+    pub fn matmul_t(&self, x: &[f32], t: usize) -> Result<Vec<f32>> {
+        if x.len() != t * self.cols {
+            return Err(Error::Quantization {
+                name: format!("{self:?}"),
+                message: format!("input of {} values is not {t} rows of {}", x.len(), self.cols),
+            });
+        }
+        let mut out = vec![0f32; t * self.rows];
+        if t > 0 {
+            self.blocks.matmul_t((t, self.cols, self.rows), x, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The whole matrix in f32, row-major (the slow twin's weight).
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        match self.blocks.dequantize(self.rows * self.cols)? {
+            CpuStorage::F32(v) => Ok(v),
+            other => Err(Error::Quantization {
+                name: format!("{self:?}"),
+                message: format!(
+                    "dequantized to {:?}, expected f32",
+                    candle_core::backend::BackendStorage::dtype(&other)
+                ),
+            }),
+        }
+    }
+
+    /// Rows `ids` in f32, [ids.len(), cols] row-major: an embedding lookup that dequantizes only
+    /// the rows it needs.
+    pub fn rows_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        match self.blocks.embedding(ids, self.rows, self.cols)? {
+            CpuStorage::F32(v) => Ok(v),
+            other => Err(Error::Quantization {
+                name: format!("{self:?}"),
+                message: format!(
+                    "rows came back as {:?}, expected f32",
+                    candle_core::backend::BackendStorage::dtype(&other)
+                ),
+            }),
+        }
+    }
+
+    /// The rows `range` as their own matrix (a GGUF stacks every expert in one tensor).
+    pub fn slice_rows(&self, start: usize, n: usize, name: &str) -> Result<Self> {
+        let row_bytes = self.stored_bytes() / self.rows.max(1);
+        let bytes = self
+            .bytes()
+            .get(start * row_bytes..(start + n) * row_bytes)
+            .ok_or_else(|| Error::Quantization {
+                name: name.to_string(),
+                message: format!("rows {start}..{} of {}", start + n, self.rows),
+            })?;
+        Self::read_with(self.ty, n, self.cols, name, |dst| {
+            dst.copy_from_slice(bytes);
+            Ok(())
+        })
+    }
+}
+
+fn read_blocks<T: GgmlType + 'static>(
+    n_blocks: usize,
+    read: impl FnOnce(&mut [u8]) -> Result<()>,
+) -> Result<Box<dyn QuantizedType>> {
+    let mut blocks: Vec<T> = vec![T::zeros(); n_blocks];
+    // SAFETY: ggml block types are `#[repr(C)]` structs of integers and f16 with no padding
+    // (their sizes are ggml's type sizes), so every byte pattern is a valid value and the
+    // vector's storage is exactly `n_blocks * size_of::<T>()` initialised bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            blocks.as_mut_ptr().cast::<u8>(),
+            n_blocks * std::mem::size_of::<T>(),
+        )
+    };
+    read(bytes)?;
+    Ok(Box::new(blocks))
+}

@@ -1,0 +1,212 @@
+//! One `.safetensors` file: the JSON header parsed and checked against the file's length, tensor
+//! data read on demand with positioned reads straight into the buffer the tensor will own.
+//!
+//! Deviation from mmap loading: candle's CPU tensors own their memory, so a mapped file would
+//! be copied anyway and both copies would count as resident while loading. Reading each tensor
+//! into its final buffer keeps the peak at the size of the weights.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Headers larger than this are refused (real ones are a few MB at most).
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+pub const DENSE_DTYPES: &str = "f32, bf16 and f16 safetensors";
+
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    /// safetensors' spelling: `BF16`, `F32`, `F8_E4M3`, …
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    pub start: u64,
+    pub end: u64,
+}
+
+impl TensorInfo {
+    pub fn n_bytes(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    file: File,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+#[derive(Deserialize)]
+struct RawInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+fn element_bytes(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => 1,
+        _ => return None,
+    })
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let bad = |message: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        let file = File::open(path).map_err(io)?;
+        let file_len = meta.len();
+        let mut len_bytes = [0u8; 8];
+        file.read_exact_at(&mut len_bytes, 0)
+            .map_err(|_| bad("shorter than a safetensors header".into()))?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > MAX_HEADER_BYTES || header_len > file_len.saturating_sub(8) {
+            return Err(bad(format!(
+                "header length {header_len} does not fit a file of {file_len} bytes"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact_at(&mut header, 8).map_err(io)?;
+        let raw: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        let data_start = 8 + header_len;
+        let mut tensors = BTreeMap::new();
+        for (name, value) in raw {
+            if name == "__metadata__" {
+                continue;
+            }
+            let info: RawInfo = serde_json::from_value(value)
+                .map_err(|e| bad(format!("tensor `{name}`: malformed entry: {e}")))?;
+            let (lo, hi) = info.data_offsets;
+            let elem = element_bytes(&info.dtype)
+                .ok_or_else(|| bad(format!("tensor `{name}`: unknown dtype {}", info.dtype)))?;
+            let numel = info
+                .shape
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+                .and_then(|n| n.checked_mul(elem));
+            let end = data_start.checked_add(hi);
+            match (numel, end) {
+                (Some(n), Some(end)) if lo <= hi && hi - lo == n && end <= file_len => {
+                    tensors.insert(
+                        name,
+                        TensorInfo {
+                            dtype: info.dtype,
+                            shape: info.shape,
+                            start: data_start + lo,
+                            end,
+                        },
+                    );
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "tensor `{name}` ({} {:?}) has data offsets {lo}..{hi}, which do not match its \
+                         size or lie beyond the end of the file ({file_len} bytes)",
+                        info.dtype, info.shape
+                    )))
+                }
+            }
+        }
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            file,
+            tensors,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    /// Reads the tensor's bytes into `dst` (whose length must be the tensor's byte size).
+    pub fn read_bytes(&self, info: &TensorInfo, dst: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(dst, info.start)
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The tensor in its stored dtype (f32, bf16 or f16), on the CPU.
+    pub fn read_dense(&self, name: &str, info: &TensorInfo) -> Result<Tensor> {
+        let shape = info.shape.clone();
+        let numel: usize = shape.iter().product();
+        Ok(match info.dtype.as_str() {
+            "F32" => Tensor::from_vec(self.read_plain::<f32>(info, numel)?, shape, &Device::Cpu)?,
+            "BF16" => Tensor::from_vec(self.read_plain::<bf16>(info, numel)?, shape, &Device::Cpu)?,
+            "F16" => Tensor::from_vec(self.read_plain::<f16>(info, numel)?, shape, &Device::Cpu)?,
+            other => {
+                return Err(Error::TensorDtype {
+                    name: name.to_string(),
+                    dtype: other.to_string(),
+                    supported: DENSE_DTYPES,
+                })
+            }
+        })
+    }
+
+    fn read_plain<T: Plain>(&self, info: &TensorInfo, numel: usize) -> Result<Vec<T>> {
+        let mut values = vec![T::ZERO; numel];
+        self.read_bytes(info, as_bytes_mut(&mut values))?;
+        Ok(values)
+    }
+}
+
+/// Little-endian plain-old-data element types: any byte pattern is a valid value.
+pub trait Plain: Copy {
+    const ZERO: Self;
+}
+impl Plain for f32 {
+    const ZERO: Self = 0.0;
+}
+impl Plain for bf16 {
+    const ZERO: Self = bf16::ZERO;
+}
+impl Plain for f16 {
+    const ZERO: Self = f16::ZERO;
+}
+impl Plain for u8 {
+    const ZERO: Self = 0;
+}
+
+pub fn as_bytes_mut<T: Plain>(values: &mut [T]) -> &mut [u8] {
+    // SAFETY: `Plain` types have no padding and accept every bit pattern; the byte slice covers
+    // exactly the values' memory and borrows it mutably for its lifetime.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
+}
+
+/// A stored dtype as candle names it, if candle computes with it.
+pub fn dense_dtype(safetensors_dtype: &str) -> Option<DType> {
+    match safetensors_dtype {
+        "F32" => Some(DType::F32),
+        "BF16" => Some(DType::BF16),
+        "F16" => Some(DType::F16),
+        _ => None,
+    }
+}

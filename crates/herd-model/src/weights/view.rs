@@ -1,0 +1,146 @@
+//! A prefix-scoped view of a [`WeightSource`], in the spirit of candle's `VarBuilder`: module
+//! loaders ask for `vb.pp("self_attn").linear("q_proj.weight", …)`, so code and checkpoint keys
+//! grep together. The view knows the compute dtype and device, and whether to quantize at load.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::plan::TensorRole;
+use super::source::{to_dense, Stored};
+use super::{QuantPlan, QuantTensor, WeightSource};
+use crate::error::Result;
+use crate::nn::{Embedding, Linear};
+
+#[derive(Clone)]
+pub struct Weights<'a> {
+    source: &'a WeightSource,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+    quant: Option<QuantPlan>,
+}
+
+impl<'a> Weights<'a> {
+    pub fn new(source: &'a WeightSource, prefix: &str, dtype: DType, device: &Device) -> Self {
+        Weights {
+            source,
+            prefix: prefix.to_string(),
+            dtype,
+            device: device.clone(),
+            quant: None,
+        }
+    }
+
+    /// The same view, quantizing dense matrices at load as `plan` says.
+    pub fn with_quant(mut self, plan: Option<QuantPlan>) -> Self {
+        self.quant = plan;
+        self
+    }
+
+    /// The same view one level deeper: `pp("layers").pp(3)` → `…layers.3.`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        Weights {
+            prefix: format!("{}{name}.", self.prefix),
+            ..self.clone()
+        }
+    }
+
+    /// Tensor `name` under this prefix, shape-checked, in the compute dtype (norms, biases and
+    /// other small tensors that are not worth keeping in a stored format).
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_absolute(&format!("{}{name}", self.prefix), shape)
+    }
+
+    /// Tensor by its full checkpoint name, ignoring the prefix, in the compute dtype.
+    pub fn get_absolute(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let dense = to_dense(name, self.source.stored(name, shape)?)?;
+        Ok(dense
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?
+            .reshape(shape)?)
+    }
+
+    /// A linear layer's weight `name` [out, in] under this prefix, in its stored format.
+    pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+        self.linear_absolute(&format!("{}{name}", self.prefix), in_dim, out_dim)
+    }
+
+    pub fn linear_absolute(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+        let stored = self.source.stored(name, &[out_dim, in_dim])?;
+        self.to_linear(name, stored)
+    }
+
+    /// The embedding table [V, D] by its full name.
+    pub fn embedding_absolute(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
+        Ok(match self.linear_absolute(name, dim, vocab)? {
+            Linear::Dense(t) => Embedding::Dense(t),
+            Linear::Quantized(q) => Embedding::Quantized(q),
+        })
+    }
+
+    /// The routed experts under this prefix as (gate, up, down) linears per expert.
+    pub fn experts(&self, n_experts: usize, d: usize, f: usize) -> Result<Vec<[Linear; 3]>> {
+        let w = self.source.experts(&self.prefix, n_experts, d, f)?;
+        let names = ["gate_proj", "up_proj", "down_proj"].map(|p| format!("{}{p}", self.prefix));
+        w.gate
+            .into_iter()
+            .zip(w.up)
+            .zip(w.down)
+            .map(|((g, u), dn)| {
+                Ok([
+                    self.to_linear(&names[0], g)?,
+                    self.to_linear(&names[1], u)?,
+                    self.to_linear(&names[2], dn)?,
+                ])
+            })
+            .collect()
+    }
+
+    /// Stored → Linear: quantized stays quantized; dense stays in its stored dtype (moved to
+    /// the device) unless the quantization plan picks a type for it.
+    fn to_linear(&self, name: &str, stored: Stored) -> Result<Linear> {
+        match stored {
+            Stored::Quantized(q) => Ok(Linear::Quantized(Arc::new(q))),
+            Stored::Dense(t) => {
+                let (rows, cols) = t.dims2()?;
+                let target = self
+                    .quant
+                    .and_then(|plan| plan.type_for(TensorRole::of(name), cols));
+                match target {
+                    Some(ty) => {
+                        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                        Ok(Linear::Quantized(Arc::new(QuantTensor::quantize(
+                            ty, rows, cols, &values, name,
+                        )?)))
+                    }
+                    None => Ok(Linear::Dense(self.placed(t)?)),
+                }
+            }
+        }
+    }
+
+    /// A stored dense weight on the view's device. Under f32 compute it keeps its stored dtype
+    /// (f32 activations multiply bf16/f16 weights directly); under reduced-precision compute a
+    /// weight of another dtype is converted once, here, so candle's same-dtype matmul applies.
+    fn placed(&self, t: Tensor) -> Result<Tensor> {
+        let t = if t.dtype() != self.dtype && self.dtype != DType::F32 {
+            t.to_dtype(self.dtype)?
+        } else {
+            t
+        };
+        Ok(t.to_device(&self.device)?)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn source(&self) -> &WeightSource {
+        self.source
+    }
+}

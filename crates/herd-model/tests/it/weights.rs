@@ -1,0 +1,225 @@
+//! Weight formats: every fast product beside its slow twin, quantization round trips, and
+//! stored formats kept as stored.
+
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use herd_model::kernels::half_matmul;
+use herd_model::nn::{Linear, WeightFormat};
+use herd_model::weights::{QuantTensor, QuantType};
+use herd_testkit::{assert_close, fixture_path};
+use std::sync::Arc;
+
+/// Deterministic pseudo-random values in [-1, 1) (no RNG crate needed).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[test]
+fn half_matmul_matches_slow_twin_on_odd_shapes() {
+    // Rows of x on both sides of the streaming/GEMM switch; odd widths; panels that do not
+    // divide the output count.
+    for (t, n, k) in [
+        (1, 1, 1),
+        (1, 17, 33),
+        (3, 70, 129),
+        (4, 5, 8),
+        (5, 65, 31),
+        (17, 130, 100),
+        (33, 64, 256),
+    ] {
+        let x = values(t * k, 1);
+        let w32 = values(n * k, 2);
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let fast = half_matmul::matmul_t(&x, t, &wb, n, k);
+        let slow = half_matmul::matmul_t_slow(&x, t, &wb, n, k);
+        let tol = 1e-5 * (k as f32).sqrt() * max_abs(&slow).max(1.0);
+        assert!(
+            max_diff(&fast, &slow) <= tol,
+            "bf16 t={t} n={n} k={k}: {}",
+            max_diff(&fast, &slow)
+        );
+        let fast = half_matmul::matmul_t(&x, t, &wh, n, k);
+        let slow = half_matmul::matmul_t_slow(&x, t, &wh, n, k);
+        assert!(
+            max_diff(&fast, &slow) <= tol,
+            "f16 t={t} n={n} k={k}: {}",
+            max_diff(&fast, &slow)
+        );
+    }
+}
+
+#[test]
+fn half_matmul_mutation_twin_detects_a_wrong_weight() {
+    // The agreement test above must be able to fail: one changed weight is seen.
+    let (t, n, k) = (5, 9, 40);
+    let x = values(t * k, 3);
+    let mut w: Vec<bf16> = values(n * k, 4).iter().map(|&v| bf16::from_f32(v)).collect();
+    let good = half_matmul::matmul_t_slow(&x, t, &w, n, k);
+    w[k * 7 + 3] = bf16::from_f32(5.0);
+    let bad = half_matmul::matmul_t(&x, t, &w, n, k);
+    assert!(max_diff(&good, &bad) > 1e-2);
+}
+
+#[test]
+fn dense_linear_keeps_its_stored_dtype_and_matches_the_upcast_product() {
+    let dev = Device::Cpu;
+    for dtype in [DType::BF16, DType::F16] {
+        let w = Tensor::from_vec(values(48 * 80, 5), (48, 80), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let linear = Linear::from_weight(w.clone());
+        assert_eq!(linear.format(), WeightFormat::Dense(dtype));
+        assert_eq!(linear.stored_bytes(), 48 * 80 * 2);
+        for t in [1, 2, 9] {
+            let x = Tensor::from_vec(values(t * 80, 6 + t as u64), (t, 80), &dev).unwrap();
+            let fast = linear.forward(&x).unwrap();
+            let slow = linear.forward_slow(&x).unwrap();
+            assert_eq!(fast.dtype(), DType::F32);
+            assert_close(&fast, &slow, 1e-5, &format!("{dtype:?} t={t}"));
+        }
+    }
+}
+
+/// Quantized products equal their slow twin (dequantize, then an f32 matmul) up to the error of
+/// quantizing the activations to 8 bits, as llama.cpp does: each activation moves by at most
+/// half a step of its block's scale (max |x| / 127 over 32 values for Q8_0 / Q4_0, 256 for the
+/// K-quants), so each output moves by at most Σ |w| · step / 2. The test checks that bound,
+/// row by row.
+#[test]
+fn quantized_linear_matches_dequantized_slow_twin() {
+    let dev = Device::Cpu;
+    for ty in QuantType::ALL {
+        for (rows, cols) in [(3, 256), (37, 512), (64, 768)] {
+            let q = QuantTensor::quantize(ty, rows, cols, &values(rows * cols, 7), "w").unwrap();
+            assert_eq!(q.stored_bytes(), ty.matrix_bytes(rows, cols).unwrap());
+            let w = q.dequantize().unwrap();
+            let linear = Linear::Quantized(Arc::new(q));
+            for t in [1, 6] {
+                let xv = values(t * cols, 8 + t as u64);
+                let x = Tensor::from_vec(xv.clone(), (t, cols), &dev).unwrap();
+                let fast = linear
+                    .forward(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let slow = linear
+                    .forward_slow(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let mut worst = 0f32;
+                for ti in 0..t {
+                    let x_row = &xv[ti * cols..(ti + 1) * cols];
+                    let step: Vec<f32> = x_row
+                        .chunks(ty.block_len())
+                        .flat_map(|b| {
+                            let s = max_abs(b) / 127.0;
+                            std::iter::repeat_n(s, b.len())
+                        })
+                        .collect();
+                    for j in 0..rows {
+                        let w_row = &w[j * cols..(j + 1) * cols];
+                        let bound: f32 = w_row
+                            .iter()
+                            .zip(&step)
+                            .map(|(w, s)| w.abs() * s * 0.5)
+                            .sum::<f32>()
+                            * 1.01
+                            + 1e-4;
+                        let d = (fast[ti * rows + j] - slow[ti * rows + j]).abs();
+                        assert!(d <= bound, "{ty} {rows}x{cols} t={t} row {j}: {d} > {bound}");
+                        worst = worst.max(d / bound);
+                    }
+                }
+                println!("{ty} {rows}x{cols} t={t}: worst diff / bound {worst:.3}");
+            }
+        }
+    }
+}
+
+#[test]
+fn quantization_round_trip_error_is_what_each_format_promises() {
+    // Relative RMS error of quantize → dequantize on uniform values; the bounds are loose
+    // multiples of what llama.cpp's formats achieve (8, 6, 5 and 4 bits).
+    let (rows, cols) = (16, 512);
+    let v = values(rows * cols, 9);
+    let rms = |a: &[f32]| (a.iter().map(|x| x * x).sum::<f32>() / a.len() as f32).sqrt();
+    for (ty, bound) in [
+        (QuantType::Q8_0, 0.01),
+        (QuantType::Q6K, 0.03),
+        (QuantType::Q5K, 0.05),
+        (QuantType::Q4K, 0.1),
+        (QuantType::Q4_0, 0.12),
+    ] {
+        let q = QuantTensor::quantize(ty, rows, cols, &v, "w").unwrap();
+        let back = q.dequantize().unwrap();
+        let err: Vec<f32> = v.iter().zip(&back).map(|(a, b)| a - b).collect();
+        let rel = rms(&err) / rms(&v);
+        println!("{ty}: relative RMS error {rel:.4}");
+        assert!(rel < bound, "{ty}: {rel}");
+        // Bytes round trip: reading the stored bytes back gives the same tensor.
+        let again = QuantTensor::read_with(ty, rows, cols, "w", |dst| {
+            dst.copy_from_slice(q.bytes());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(again.dequantize().unwrap(), back);
+        // Row lookup (embeddings) dequantizes exactly the rows asked for.
+        let picked = q.rows_f32(&[5, 0, 5]).unwrap();
+        assert_eq!(&picked[..cols], &back[5 * cols..6 * cols]);
+        assert_eq!(&picked[cols..2 * cols], &back[..cols]);
+    }
+}
+
+#[test]
+fn quantizing_rows_that_are_not_whole_blocks_is_an_error() {
+    let err =
+        QuantTensor::quantize(QuantType::Q4K, 2, 100, &values(200, 1), "blk.0.attn_q.weight").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("blk.0.attn_q.weight") && msg.contains("Q4_K"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bf16_checkpoint_stays_bf16_in_memory() {
+    // sharded-bf16 stores its text weights in bf16: loading with f32 compute keeps them there.
+    let dir = fixture_path("sharded-bf16");
+    let model = herd_model::TextModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    let checkpoint = herd_model::Checkpoint::open(&dir).unwrap();
+    let stored = checkpoint.stored_bytes(checkpoint.text_prefix())
+        + checkpoint.stored_bytes(checkpoint.lm_head_name());
+    // Norm weights (a few hundred values) are held in the compute dtype; everything else as stored.
+    let resident = model.weight_bytes();
+    println!("sharded-bf16: stored {stored} B, resident {resident} B");
+    assert!(
+        resident >= stored && resident <= stored + stored / 100,
+        "{resident} vs {stored}"
+    );
+}

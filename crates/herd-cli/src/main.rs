@@ -21,6 +21,8 @@ fn main() -> std::process::ExitCode {
         Command::Render(a) => commands::render::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Preprocess(a) => commands::preprocess::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
+        Command::Synth(a) => commands::synth::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

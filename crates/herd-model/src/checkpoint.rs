@@ -117,6 +117,12 @@ impl Checkpoint {
             .sum()
     }
 
+    /// The stored dtype of `name` in safetensors' spelling (`BF16`, `F8_E4M3`, …).
+    pub fn dtype_of(&self, name: &str) -> Option<&str> {
+        let shard = self.shards.get(*self.index.get(name)?)?;
+        shard.tensors().get(name).map(|t| t.dtype.as_str())
+    }
+
     /// The header entry of `name`, after checking its shape.
     pub fn info(&self, name: &str, shape: &[usize]) -> Result<(&SafetensorsFile, &TensorInfo)> {
         let shard = self
@@ -145,6 +151,12 @@ impl Checkpoint {
     pub fn stored(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let (shard, info) = self.info(name, shape)?;
         shard.read_dense(name, info)
+    }
+
+    /// Rows `start .. start + n` of `name` (shape-checked) seen as `[rows, last dim]`, as stored.
+    pub fn stored_rows(&self, name: &str, shape: &[usize], start: usize, n: usize) -> Result<Tensor> {
+        let (shard, info) = self.info(name, shape)?;
+        shard.read_rows(name, info, start, n)
     }
 
     /// Loads tensor `name`, checks it has `shape`, converts it to `dtype` on `device`.

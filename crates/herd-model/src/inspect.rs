@@ -193,7 +193,7 @@ fn human_count(n: u64) -> String {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const GIB: f64 = (1u64 << 30) as f64;
     const MIB: f64 = (1u64 << 20) as f64;
     match n as f64 {
@@ -248,4 +248,75 @@ pub fn vision_report(
         human_bytes(17 * per_tile)
     );
     out
+}
+
+/// The bytes the text weights will occupy once loaded with `options` — computed from headers
+/// alone, tensor by tensor, with the same rules the loader follows: quantized tensors stay
+/// as stored (or widen to f32 with `dequantize`), dense ones keep their stored dtype under f32
+/// compute (are converted to the compute dtype otherwise), `--quant` picks each matrix's type
+/// as [`crate::weights::QuantPlan`] does, norms are held in the compute dtype, a tied output
+/// projection is the embedding table.
+pub fn resident_weight_bytes(
+    source: &crate::WeightSource,
+    config: &ModelConfig,
+    options: &crate::LoadOptions,
+) -> crate::Result<u64> {
+    use crate::weights::plan::TensorRole;
+    use crate::weights::source::StoredFormat;
+    let compute = options.dtype.size_in_bytes() as u64;
+    let plan = options.quant.map(|base| crate::weights::QuantPlan {
+        base,
+        n_layers: config.layers.len(),
+    });
+    let matrix = |name: &str, rows: usize, cols: usize| -> crate::Result<u64> {
+        let n = (rows * cols) as u64;
+        Ok(match source.stored_format(name)? {
+            StoredFormat::Quantized(_) if options.dequantize => n * 4,
+            StoredFormat::Quantized(q) => q.matrix_bytes(rows, cols).unwrap_or(0) as u64,
+            StoredFormat::Dense { element_bytes } => {
+                match plan.and_then(|p| p.type_for(TensorRole::of(name), cols)) {
+                    Some(_) if options.dequantize => n * 4,
+                    Some(q) => q.matrix_bytes(rows, cols).unwrap_or(0) as u64,
+                    None if options.dtype == candle_core::DType::F32 => n * element_bytes as u64,
+                    None => n * compute,
+                }
+            }
+        })
+    };
+    let p = source.text_prefix();
+    let (v, d) = (config.vocab_size, config.hidden_size);
+    let (dh, h, hkv) = (config.head_dim, config.n_heads, config.n_kv_heads);
+    let mut total = matrix(&format!("{p}embed_tokens.weight"), v, d)?;
+    let norms = (config.layers.len() * 2 + 1) as u64 * d as u64 * compute;
+    total += norms;
+    for (i, layer) in config.layers.iter().enumerate() {
+        let l = format!("{p}layers.{i}.");
+        total += matrix(&format!("{l}self_attn.q_proj.weight"), h * dh, d)?
+            + matrix(&format!("{l}self_attn.k_proj.weight"), hkv * dh, d)?
+            + matrix(&format!("{l}self_attn.v_proj.weight"), hkv * dh, d)?
+            + matrix(&format!("{l}self_attn.o_proj.weight"), d, h * dh)?;
+        let ff = format!("{l}feed_forward.");
+        match layer.feed_forward {
+            FeedForwardKind::Dense { width } => {
+                total += matrix(&format!("{ff}gate_proj.weight"), width, d)?
+                    + matrix(&format!("{ff}up_proj.weight"), width, d)?
+                    + matrix(&format!("{ff}down_proj.weight"), d, width)?;
+            }
+            FeedForwardKind::Moe { n_experts, width, .. } => {
+                let e = n_experts;
+                total += matrix(&format!("{ff}router.weight"), e, d)?
+                    + matrix(&format!("{ff}experts.gate_proj"), e * width, d)?
+                    + matrix(&format!("{ff}experts.up_proj"), e * width, d)?
+                    + matrix(&format!("{ff}experts.down_proj"), e * d, width)?
+                    + matrix(&format!("{ff}shared_expert.gate_proj.weight"), width, d)?
+                    + matrix(&format!("{ff}shared_expert.up_proj.weight"), width, d)?
+                    + matrix(&format!("{ff}shared_expert.down_proj.weight"), d, width)?;
+            }
+        }
+    }
+    let lm_head = source.lm_head_name();
+    if !config.tie_word_embeddings || source.contains(lm_head) {
+        total += matrix(lm_head, v, d)?;
+    }
+    Ok(total)
 }

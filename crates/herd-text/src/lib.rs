@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod detokenizer;
 pub mod error;
+pub mod gguf_vocab;
 pub mod image_layout;
 mod pyjson;
 pub mod special_tokens;
@@ -18,4 +19,5 @@ pub mod tool_calls;
 pub use chat::{ChatTemplate, Message};
 pub use detokenizer::IncrementalDecoder;
 pub use error::TextError;
+pub use gguf_vocab::GgufVocab;
 pub use tokenizer::{SpecialTokens, Tokenizer};

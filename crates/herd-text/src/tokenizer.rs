@@ -158,6 +158,16 @@ impl Tokenizer {
     }
 }
 
+impl Tokenizer {
+    /// Loads a `tokenizer.json` held in memory; `path` names it in errors.
+    pub fn from_json_bytes(json: &[u8], path: &Path) -> Result<Self, TextError> {
+        Ok(Tokenizer {
+            backend: hf_backend(json, path)?,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 fn load_hf(path: &Path) -> Result<Backend, TextError> {
     let raw = std::fs::read(path).map_err(|source| TextError::Io {
         path: path.to_path_buf(),
@@ -175,7 +185,11 @@ fn load_hf(path: &Path) -> Result<Backend, TextError> {
     } else {
         raw
     };
-    let parse = tokenizers::Tokenizer::from_bytes(&json).map_err(|e| TextError::Tokenizer {
+    hf_backend(&json, path)
+}
+
+fn hf_backend(json: &[u8], path: &Path) -> Result<Backend, TextError> {
+    let parse = tokenizers::Tokenizer::from_bytes(json).map_err(|e| TextError::Tokenizer {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;

@@ -39,6 +39,51 @@ pub enum Command {
     Chat(ChatArgs),
     /// Write an image's preprocessed tiles (pixel_values) and tile grid to a safetensors file.
     Preprocess(PreprocessArgs),
+    /// Write a checkpoint folder as a GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M,
+    /// Q6_K) that llama.cpp reads, with its tensor names, metadata and vocabulary.
+    Quantize(QuantizeArgs),
+    /// Write a random-weight checkpoint of real shapes (bf16 safetensors, config, tokenizer)
+    /// for benchmarks and memory checks, e.g. `--preset bench-moe-2.7b`.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Shapes to use: `bench-moe-2.7b` (hidden 2048, 16 layers, 16 q / 8 kv heads × 128,
+    /// 16 experts + shared, top-1, expert width 1024, vocab 202048; 5.5 GB).
+    #[arg(long, default_value = "bench-moe-2.7b")]
+    pub preset: String,
+    /// Output folder (created).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Seed of the weight generator (same seed, same bytes).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Override the number of layers (smaller models for quick checks).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Override the vocabulary size (at least 265).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Output GGUF file (written beside, then renamed into place).
+    #[arg(long, value_name = "FILE.gguf")]
+    pub out: PathBuf,
+    /// File type: F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub file_type: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Args)]
@@ -102,12 +147,15 @@ pub struct PreprocessArgs {
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Checkpoint folder (config.json; weights are optional here).
-    #[arg(long, value_name = "DIR")]
+    /// Checkpoint folder (config.json; weights are optional here) or GGUF file.
+    #[arg(long, value_name = "DIR|FILE.gguf")]
     pub model: PathBuf,
-    /// Element type used for the byte figures.
+    /// Element type used for the byte figures of configs without weights.
     #[arg(long, value_enum, default_value_t = model::DTypeArg::F32)]
     pub dtype: model::DTypeArg,
+    /// Report the resident weight bytes as if loaded with `--quant TYPE`.
+    #[arg(long, value_name = "TYPE")]
+    pub quant: Option<String>,
 }
 
 #[derive(Args)]

@@ -5,16 +5,27 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use herd_model::TextModel;
+use herd_model::{LoadOptions, QuantType, TextModel};
+
+fn parse_quant(text: &str) -> std::result::Result<QuantType, String> {
+    QuantType::parse(text).ok_or_else(|| format!("`{text}`: expected q8_0, q4_0, q4_k, q5_k or q6_k"))
+}
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Checkpoint folder as downloaded from Hugging Face (config.json + *.safetensors).
-    #[arg(long, value_name = "DIR")]
+    /// A checkpoint folder as downloaded from Hugging Face (config.json + *.safetensors), or a
+    /// GGUF file (the first part of a split GGUF opens all parts). Weights stay in their stored
+    /// format (bf16, Q8_0, Q4_K, …) in memory.
+    #[arg(long, value_name = "DIR|FILE.gguf")]
     pub model: PathBuf,
-    /// Compute precision. f32 matches the reference to ~1e-5; bf16 halves memory.
+    /// Activation (compute) precision, separate from how weights are stored. f32 matches the
+    /// reference to ~1e-5.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// Quantize dense weights at load: q8_0, q4_0, q4_k, q5_k or q6_k (with llama.cpp's
+    /// choices of which tensors keep more bits, as `herd quantize`).
+    #[arg(long, value_name = "TYPE", value_parser = parse_quant)]
+    pub quant: Option<QuantType>,
     /// `cpu`, or `cuda` / `cuda:N` when herd is built with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -55,8 +66,13 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<TextModel> {
-        let device = self.device()?;
-        TextModel::load(&self.model, self.dtype.dtype(), &device)
+        let options = LoadOptions {
+            dtype: self.dtype.dtype(),
+            device: self.device()?,
+            quant: self.quant,
+            dequantize: false,
+        };
+        TextModel::load_with(&self.model, &options)
             .with_context(|| format!("loading {}", self.model.display()))
     }
 }

@@ -10,7 +10,7 @@ use herd_engine::generate_with_images;
 use herd_text::chat::Content;
 use herd_text::image_layout::{expand_images, ImageTokenIds};
 use herd_text::tool_calls;
-use herd_text::{ChatTemplate, Message, SpecialTokens, Tokenizer};
+use herd_text::{Message, SpecialTokens};
 
 use crate::args::ChatArgs;
 use crate::commands::stream::TokenStream;
@@ -20,9 +20,8 @@ const HELP: &str = "commands: /image PATH (attach an image to your next message)
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let dir = &args.model.model;
-    let tokenizer =
-        Tokenizer::from_dir(dir).with_context(|| format!("chat needs {}'s tokenizer", dir.display()))?;
-    let template = ChatTemplate::from_dir(dir)?;
+    let tokenizer = crate::commands::text::tokenizer(dir).context("chat needs the model's tokenizer")?;
+    let template = crate::commands::text::chat_template(dir, &tokenizer)?;
     let model = args.model.load()?;
     let stops = checkpoint_stop_ids(dir, model.config(), Some(&tokenizer))?;
     let params = args.sampling.params(&stops)?;

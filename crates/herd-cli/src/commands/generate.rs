@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use herd_engine::generate_with_images;
 use herd_text::image_layout::{image_layout, ImageTokenIds};
-use herd_text::{SpecialTokens, Tokenizer};
+use herd_text::SpecialTokens;
 
 use crate::args::tokens::parse_ids;
 use crate::args::GenerateArgs;
@@ -17,8 +17,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let (head, tail, tokenizer) = match (&args.tokens, &args.prompt) {
         (Some(tokens), _) => (Vec::new(), parse_ids(tokens)?, None),
         (None, Some(text)) => {
-            let tokenizer = Tokenizer::from_dir(dir)
-                .with_context(|| format!("--prompt needs {}'s tokenizer", dir.display()))?;
+            let tokenizer =
+                crate::commands::text::tokenizer(dir).context("--prompt needs the model's tokenizer")?;
             // A raw completion starts with BOS, as transformers' tokenizer and Meta's
             // `encode(bos=True)` do; special-token text in the prompt is text unless allowed.
             let special = if args.allow_special {

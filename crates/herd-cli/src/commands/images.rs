@@ -57,6 +57,12 @@ pub fn encode(
     if paths.is_empty() {
         return Ok(None);
     }
+    if crate::commands::text::is_gguf(dir) {
+        bail!(
+            "{} is a GGUF file: herd reads the vision tower from Hugging Face folders only, so --image needs the folder",
+            dir.display()
+        );
+    }
     let Some(vision) = VisionModel::load_dir(dir, text_hidden, dtype, device)? else {
         bail!(
             "{} is a text-only checkpoint: it has no vision tower for --image",

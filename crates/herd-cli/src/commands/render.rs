@@ -1,7 +1,7 @@
 //! `herd render`: what the model will actually see for a conversation.
 
 use anyhow::{bail, Context, Result};
-use herd_text::{ChatTemplate, Message, SpecialTokens, Tokenizer};
+use herd_text::{Message, SpecialTokens};
 use serde_json::Value;
 
 use crate::args::RenderArgs;
@@ -15,7 +15,8 @@ pub fn run(args: RenderArgs) -> Result<()> {
         };
         tools = Some(list);
     }
-    let template = ChatTemplate::from_dir(&args.model)?;
+    let tokenizer = crate::commands::text::tokenizer(&args.model)?;
+    let template = crate::commands::text::chat_template(&args.model, &tokenizer)?;
     let generation_prompt = !args.no_generation_prompt;
     if args.text {
         println!(
@@ -24,7 +25,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+
     let special = if args.allow_special {
         SpecialTokens::Parse
     } else {

@@ -85,11 +85,20 @@ impl<'a> TokenStream<'a> {
         } else {
             0.0
         };
+        let peak = peak_rss_bytes().map_or(String::new(), |b| format!(", peak RSS {:.1} MB", b as f64 / 1e6));
         format!(
-            "[{} prompt tokens, {} generated, finished by {finish}; prefill {:.1} ms, decode {tps:.1} tok/s]",
+            "[{} prompt tokens, {} generated, finished by {finish}; prefill {:.1} ms, decode {tps:.1} tok/s{peak}]",
             generation.prompt_tokens,
             generation.tokens.len(),
             ttft.as_secs_f64() * 1e3
         )
     }
+}
+
+/// This process's peak resident set (`VmHWM` of /proc/self/status), where Linux reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -1,27 +1,128 @@
-//! What the text commands share: the checkpoint's BOS and stop ids.
+//! What the text commands share: the model's tokenizer, chat template, BOS and stop ids — from
+//! a Hugging Face folder, or from a GGUF file (its metadata, unless a tokenizer file sits
+//! beside it).
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use herd_model::generation_config::{stop_token_ids, GenerationConfig};
+use herd_model::weights::gguf::{GgufFile, Value};
 use herd_model::ModelConfig;
-use herd_text::Tokenizer;
+use herd_text::{ChatTemplate, GgufVocab, Tokenizer};
 
-/// The id that starts a sequence: `bos_token_id` from config.json, else the tokenizer's
-/// `<|begin_of_text|>`.
-pub fn bos_id(dir: &Path, tokenizer: &Tokenizer) -> Result<Option<u32>> {
-    let from_config = ModelConfig::load(dir).ok().and_then(|c| c.bos_token_id);
+/// True when `model` names a GGUF file rather than a checkpoint folder.
+pub fn is_gguf(model: &Path) -> bool {
+    model.is_file()
+}
+
+/// The folder a GGUF file sits in (tokenizer files beside it take precedence over its
+/// metadata).
+fn gguf_dir(model: &Path) -> &Path {
+    model
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The model's tokenizer: the folder's tokenizer.json / tokenizer.model; for a GGUF, one of
+/// those beside it, else the vocabulary the GGUF carries.
+pub fn tokenizer(model: &Path) -> Result<Tokenizer> {
+    if !is_gguf(model) {
+        return Tokenizer::from_dir(model).with_context(|| format!("{}'s tokenizer", model.display()));
+    }
+    if let Ok(t) = Tokenizer::from_dir(gguf_dir(model)) {
+        return Ok(t);
+    }
+    let gguf = GgufFile::open(model)?;
+    let text = |key: &str| {
+        gguf.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let strings = |key: &str| -> Vec<String> {
+        gguf.get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    let Some(types) = gguf.get("tokenizer.ggml.token_type").and_then(Value::as_array) else {
+        bail!(
+            "{} has no tokenizer.ggml.token_type (and no tokenizer file beside it)",
+            model.display()
+        );
+    };
+    let vocab = GgufVocab {
+        model: text("tokenizer.ggml.model"),
+        pre: text("tokenizer.ggml.pre"),
+        tokens: strings("tokenizer.ggml.tokens"),
+        token_types: types
+            .iter()
+            .map(|v| match v {
+                Value::I32(t) => *t,
+                other => other.as_u64().map_or(-1, |t| t as i32),
+            })
+            .collect(),
+        merges: strings("tokenizer.ggml.merges"),
+    };
+    Ok(Tokenizer::from_gguf_vocab(&vocab, model)?)
+}
+
+/// The chat template: the folder's; for a GGUF, `tokenizer.chat_template` (Llama 4's built-in
+/// format if absent).
+pub fn chat_template(model: &Path, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+    if !is_gguf(model) {
+        return Ok(ChatTemplate::from_dir(model)?);
+    }
+    let gguf = GgufFile::open(model)?;
+    let token = |key: &str, default: &str| {
+        gguf.get(key)
+            .and_then(Value::as_u64)
+            .and_then(|id| tokenizer.decode(&[id as u32]).ok())
+            .unwrap_or_else(|| default.to_string())
+    };
+    Ok(
+        match gguf.get("tokenizer.chat_template").and_then(Value::as_str) {
+            Some(source) => ChatTemplate::new(
+                source,
+                &token("tokenizer.ggml.bos_token_id", "<|begin_of_text|>"),
+                &token("tokenizer.ggml.eos_token_id", "<|eot|>"),
+            ),
+            None => ChatTemplate::llama4(),
+        },
+    )
+}
+
+/// The resolved config of a folder or GGUF (reads only headers).
+fn config(model: &Path) -> Result<ModelConfig> {
+    if is_gguf(model) {
+        Ok(herd_model::WeightSource::open(model)?.1)
+    } else {
+        Ok(ModelConfig::load(model)?)
+    }
+}
+
+/// The id that starts a sequence: `bos_token_id` of the config (a GGUF's
+/// `tokenizer.ggml.bos_token_id`), else the tokenizer's `<|begin_of_text|>`.
+pub fn bos_id(model: &Path, tokenizer: &Tokenizer) -> Result<Option<u32>> {
+    let from_config = config(model).ok().and_then(|c| c.bos_token_id);
     Ok(from_config.or_else(|| tokenizer.special_id(herd_text::special_tokens::BEGIN_OF_TEXT)))
 }
 
-/// Every id that ends a reply: `eos_token_id` of config.json and generation_config.json, and
-/// — when a tokenizer is loaded — Llama 4's end-of-turn and end-of-message tokens.
+/// Every id that ends a reply: `eos_token_id` of config.json and generation_config.json (a
+/// GGUF's `tokenizer.ggml.eos_token_id`), and — when a tokenizer is loaded — Llama 4's
+/// end-of-turn and end-of-message tokens.
 pub fn checkpoint_stop_ids(
-    dir: &Path,
+    model: &Path,
     config: &ModelConfig,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<Vec<u32>> {
-    let mut ids = stop_token_ids(&config.eos_token_ids, &GenerationConfig::load(dir)?);
+    let generation = if is_gguf(model) {
+        GenerationConfig::default()
+    } else {
+        GenerationConfig::load(model)?
+    };
+    let mut ids = stop_token_ids(&config.eos_token_ids, &generation);
     if let Some(t) = tokenizer {
         for token in [herd_text::special_tokens::EOT, herd_text::special_tokens::EOM] {
             if let Some(id) = t.special_id(token).filter(|id| !ids.contains(id)) {

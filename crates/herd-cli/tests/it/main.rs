@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 use candle_core::Device;
 use herd_testkit::{assert_close, fixture_path, Reference};
 
+mod weights;
+
 fn herd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(args)

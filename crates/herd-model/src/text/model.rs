@@ -31,6 +31,10 @@ pub struct LoadOptions {
     pub dtype: DType,
     pub device: Device,
     pub quant: Option<QuantType>,
+    /// Widen quantized weights to dense f32 at load: every product becomes the slow twin's
+    /// (dequantize, then an f32 matmul). For checking a quantized file's decoding against a
+    /// reference computed on its dequantized weights.
+    pub dequantize: bool,
 }
 
 impl LoadOptions {
@@ -39,6 +43,7 @@ impl LoadOptions {
             dtype,
             device: device.clone(),
             quant: None,
+            dequantize: false,
         }
     }
 }
@@ -91,7 +96,9 @@ impl TextModel {
             base,
             n_layers: config.layers.len(),
         });
-        let vb = Weights::new(source, source.text_prefix(), dtype, device).with_quant(plan);
+        let vb = Weights::new(source, source.text_prefix(), dtype, device)
+            .with_quant(plan)
+            .with_dequantize(options.dequantize);
         let (v, d) = (config.vocab_size, config.hidden_size);
         let embed_tokens =
             vb.embedding_absolute(&format!("{}embed_tokens.weight", source.text_prefix()), v, d)?;
@@ -110,7 +117,11 @@ impl TextModel {
         } else {
             vb.linear_absolute(lm_head_name, d, v)?
         };
-        let inv_freq = config.rope.inv_freq(config.head_dim);
+        let mut inv_freq = config.rope.inv_freq(config.head_dim);
+        if let Some(factors) = source.rope_freqs(inv_freq.len())? {
+            // llama.cpp divides each pair's frequency by its factor (llama3 scaling in a GGUF).
+            inv_freq.iter_mut().zip(&factors).for_each(|(f, s)| *f /= s);
+        }
         Ok(TextModel {
             config,
             embed_tokens,

@@ -60,7 +60,10 @@ const GLOBAL_NAMES: [(&str, &str); 3] = [
 
 /// The GGUF name of a Hugging Face text tensor name (with or without `model.`).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    let name = hf.strip_prefix(TEXT_PREFIX).unwrap_or(hf);
+    // Both Hugging Face layouts: `model.*` / `lm_head.weight` and the multimodal
+    // `language_model.model.*` / `language_model.lm_head.weight`.
+    let name = hf.strip_prefix("language_model.").unwrap_or(hf);
+    let name = name.strip_prefix(TEXT_PREFIX).unwrap_or(name);
     if let Some(&(_, g)) = GLOBAL_NAMES.iter().find(|(h, _)| *h == name) {
         return Some(g.to_string());
     }

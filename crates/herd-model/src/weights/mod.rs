@@ -5,6 +5,8 @@
 
 pub mod gguf;
 pub mod gguf_llama4;
+pub mod gguf_vocab;
+pub mod gguf_writer;
 pub mod plan;
 pub mod quant;
 pub mod safetensors;
@@ -13,5 +15,5 @@ pub mod view;
 
 pub use plan::QuantPlan;
 pub use quant::{QuantTensor, QuantType};
-pub use source::{ExpertWeights, Stored, WeightSource};
+pub use source::{Stored, StoredFormat, WeightSource};
 pub use view::Weights;

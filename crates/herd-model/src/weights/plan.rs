@@ -4,7 +4,8 @@
 //!
 //! - norms, the router (`ffn_gate_inp`) and anything not 2-D stay as stored;
 //! - the output projection gets Q6_K when the base is a K-quant (Q8_0 stays Q8_0);
-//! - with a Q4_K base, `attn_v` and `ffn_down` (dense, shared and routed experts) get Q6_K on
+//! - with a Q4_K or Q5_K base (`Q4_K_M`, `Q5_K_M`), `attn_v` and `ffn_down` (dense, shared and
+//!   routed experts) get Q6_K on
 //!   the layers `use_more_bits` picks (the first and last eighth, and every third between);
 //! - a row that is not whole blocks of the chosen type falls back to Q8_0 (32-value blocks),
 //!   or stays dense if not even that fits. Deviation: llama.cpp falls back to Q5_0/Q5_1 for
@@ -61,7 +62,8 @@ impl QuantPlan {
             TensorRole::Router => return None,
             TensorRole::Output if k_quant => QuantType::Q6K,
             TensorRole::AttnV { layer } | TensorRole::FfnDown { layer }
-                if self.base == QuantType::Q4K && use_more_bits(layer, self.n_layers) =>
+                if matches!(self.base, QuantType::Q4K | QuantType::Q5K)
+                    && use_more_bits(layer, self.n_layers) =>
             {
                 QuantType::Q6K
             }

@@ -150,6 +150,33 @@ impl QuantTensor {
         })
     }
 
+    /// Quantizes a matrix a slab of rows at a time: `fill(first_row, values)` writes rows
+    /// `first_row ..` as f32 into `values` (whose length is a whole number of rows). Only one slab
+    /// is ever widened to f32, so quantizing an embedding table costs its quantized size plus
+    /// one slab, not its f32 size.
+    pub fn quantize_with(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        name: &str,
+        fill: impl FnMut(usize, &mut [f32]) -> Result<()>,
+    ) -> Result<Self> {
+        let n_blocks = Self::n_blocks(ty, rows, cols, name)?;
+        let blocks = match ty {
+            QuantType::Q8_0 => quantize_blocks::<BlockQ8_0>(n_blocks, rows, cols, fill)?,
+            QuantType::Q4_0 => quantize_blocks::<BlockQ4_0>(n_blocks, rows, cols, fill)?,
+            QuantType::Q4K => quantize_blocks::<BlockQ4K>(n_blocks, rows, cols, fill)?,
+            QuantType::Q5K => quantize_blocks::<BlockQ5K>(n_blocks, rows, cols, fill)?,
+            QuantType::Q6K => quantize_blocks::<BlockQ6K>(n_blocks, rows, cols, fill)?,
+        };
+        Ok(QuantTensor {
+            ty,
+            rows,
+            cols,
+            blocks,
+        })
+    }
+
     /// Quantizes a row-major f32 matrix with llama.cpp's reference quantizers.
     pub fn quantize(ty: QuantType, rows: usize, cols: usize, values: &[f32], name: &str) -> Result<Self> {
         let n_blocks = Self::n_blocks(ty, rows, cols, name)?;
@@ -269,6 +296,33 @@ impl QuantTensor {
             Ok(())
         })
     }
+}
+
+/// Rows per slab in [`QuantTensor::quantize_with`]: (at most) 16 MiB of f32.
+pub const SLAB_VALUES: usize = 1 << 22;
+
+fn quantize_blocks<T: GgmlType + 'static>(
+    n_blocks: usize,
+    rows: usize,
+    cols: usize,
+    mut fill: impl FnMut(usize, &mut [f32]) -> Result<()>,
+) -> Result<Box<dyn QuantizedType>> {
+    let mut blocks: Vec<T> = vec![T::zeros(); n_blocks];
+    let blocks_per_row = n_blocks / rows.max(1);
+    let slab_rows = (SLAB_VALUES / cols.max(1)).max(1);
+    let mut values = vec![0f32; slab_rows.min(rows) * cols];
+    let mut first = 0;
+    while first < rows {
+        let n = slab_rows.min(rows - first);
+        let slab = &mut values[..n * cols];
+        fill(first, slab)?;
+        T::from_float(
+            slab,
+            &mut blocks[first * blocks_per_row..(first + n) * blocks_per_row],
+        );
+        first += n;
+    }
+    Ok(Box::new(blocks))
 }
 
 fn read_blocks<T: GgmlType + 'static>(

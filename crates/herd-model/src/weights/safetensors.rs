@@ -171,6 +171,28 @@ impl SafetensorsFile {
         })
     }
 
+    /// Rows `start .. start + n` of the tensor seen as `[rows, cols]` (`cols` its last
+    /// dimension; for a 3-D tensor, the first two dims flattened), read directly from the file.
+    pub fn read_rows(&self, name: &str, info: &TensorInfo, start: usize, n: usize) -> Result<Tensor> {
+        let cols = info.shape.last().copied().unwrap_or(1);
+        let rows: usize = info.shape.iter().rev().skip(1).product();
+        let elem = element_bytes(&info.dtype).unwrap_or(1);
+        if start + n > rows {
+            return Err(Error::Checkpoint {
+                path: self.path.clone(),
+                message: format!("tensor `{name}`: rows {start}..{} of {rows}", start + n),
+            });
+        }
+        let row_bytes = cols as u64 * elem;
+        let part = TensorInfo {
+            dtype: info.dtype.clone(),
+            shape: vec![n, cols],
+            start: info.start + start as u64 * row_bytes,
+            end: info.start + (start + n) as u64 * row_bytes,
+        };
+        self.read_dense(name, &part)
+    }
+
     fn read_plain<T: Plain>(&self, info: &TensorInfo, numel: usize) -> Result<Vec<T>> {
         let mut values = vec![T::ZERO; numel];
         self.read_bytes(info, as_bytes_mut(&mut values))?;

@@ -7,7 +7,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::weights::gguf::GgufFile;
 use crate::weights::gguf_llama4::{self, gguf_name};
-use crate::weights::QuantTensor;
+use crate::weights::{QuantTensor, QuantType};
 
 /// A tensor in the format its file stores it.
 #[derive(Debug)]
@@ -25,14 +25,6 @@ impl Stored {
             Stored::Quantized(q) => Ok((q.rows(), q.cols())),
         }
     }
-}
-
-/// One MoE layer's routed experts, each matrix `[out, in]` as nn.Linear stores it:
-/// gate and up `[F, D]`, down `[D, F]`.
-pub struct ExpertWeights {
-    pub gate: Vec<Stored>,
-    pub up: Vec<Stored>,
-    pub down: Vec<Stored>,
 }
 
 pub enum WeightSource {
@@ -64,6 +56,30 @@ impl WeightSource {
         }
     }
 
+    /// llama.cpp's `rope_freqs` (a GGUF's llama3 scaling: the factor each RoPE pair's
+    /// frequency is divided by), if the source has them; `n_pairs` values.
+    pub fn rope_freqs(&self, n_pairs: usize) -> Result<Option<Vec<f32>>> {
+        let WeightSource::Gguf(g) = self else {
+            return Ok(None);
+        };
+        if g.tensor_info("rope_freqs.weight").is_none() {
+            return Ok(None);
+        }
+        let t = to_dense("rope_freqs.weight", g.read("rope_freqs.weight")?)?;
+        let factors = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        if factors.len() != n_pairs || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+            return Err(Error::TensorShape {
+                name: "rope_freqs.weight".into(),
+                expected: vec![n_pairs],
+                actual: vec![factors.len()],
+            });
+        }
+        Ok(Some(factors))
+    }
+
     /// Tensor `name` with `shape` (HF order), as stored.
     pub fn stored(&self, name: &str, shape: &[usize]) -> Result<Stored> {
         match self {
@@ -83,44 +99,91 @@ impl WeightSource {
         }
     }
 
-    /// The routed experts under `prefix` (`…feed_forward.experts.`), split per expert.
-    pub fn experts(&self, prefix: &str, n_experts: usize, d: usize, f: usize) -> Result<ExpertWeights> {
+    /// Rows `start .. start + n` of 2-D tensor `name` ([rows, cols], HF order), as stored.
+    pub fn stored_rows(&self, name: &str, shape: &[usize], start: usize, n: usize) -> Result<Stored> {
         match self {
-            WeightSource::Safetensors(c) => fused_experts(c, prefix, n_experts, d, f),
-            WeightSource::Gguf(g) => stacked_experts(g, prefix, n_experts, d, f),
+            WeightSource::Safetensors(c) => Ok(Stored::Dense(c.stored_rows(name, shape, start, n)?)),
+            WeightSource::Gguf(g) => {
+                let gname = gguf_tensor(g, name)?;
+                let actual = g.tensor_info(&gname).map(|t| t.shape()).unwrap_or_default();
+                if actual != shape {
+                    return Err(Error::TensorShape {
+                        name: gname,
+                        expected: shape.to_vec(),
+                        actual,
+                    });
+                }
+                g.read_rows(&gname, start, n)
+            }
+        }
+    }
+
+    /// Expert `e` of the MoE layer under `prefix` (`…feed_forward.experts.`): its gate, up
+    /// and down matrices, `[F, D]`, `[F, D]`, `[D, F]`, read one expert at a time so a layer's
+    /// experts are never all in memory in a format they will not keep.
+    pub fn expert(
+        &self,
+        prefix: &str,
+        e: usize,
+        n_experts: usize,
+        d: usize,
+        f: usize,
+    ) -> Result<[Stored; 3]> {
+        match self {
+            WeightSource::Safetensors(c) => fused_expert(c, prefix, e, n_experts, d, f),
+            WeightSource::Gguf(g) => stacked_expert(g, prefix, e, n_experts, d, f),
         }
     }
 }
 
 /// transformers' fused layout: `gate_up_proj` [E, D, 2F] and `down_proj` [E, F, D], used as
-/// `x @ W`. Each expert's slices are transposed once, at load, into nn.Linear's `[out, in]`
-/// in the stored dtype (never widened), so experts run through the same `Linear` as everything
-/// else.
-fn fused_experts(
+/// `x @ W`. One expert's slabs ([D, 2F] and [F, D]) are read and transposed once, at load,
+/// into nn.Linear's `[out, in]` in the stored dtype (never widened), so experts run through
+/// the same `Linear` as everything else.
+fn fused_expert(
     c: &Checkpoint,
     prefix: &str,
+    e: usize,
     n_experts: usize,
     d: usize,
     f: usize,
-) -> Result<ExpertWeights> {
-    let gate_up = c.stored(&format!("{prefix}gate_up_proj"), &[n_experts, d, 2 * f])?;
-    let down = c.stored(&format!("{prefix}down_proj"), &[n_experts, f, d])?;
-    let mut experts = ExpertWeights {
-        gate: Vec::with_capacity(n_experts),
-        up: Vec::with_capacity(n_experts),
-        down: Vec::with_capacity(n_experts),
+) -> Result<[Stored; 3]> {
+    let gu = c.stored_rows(&format!("{prefix}gate_up_proj"), &[n_experts, d, 2 * f], e * d, d)?; // [D, 2F]
+    let down = c.stored_rows(&format!("{prefix}down_proj"), &[n_experts, f, d], e * f, f)?; // [F, D]
+    Ok([
+        Stored::Dense(gu.narrow(1, 0, f)?.t()?.contiguous()?),
+        Stored::Dense(gu.narrow(1, f, f)?.t()?.contiguous()?),
+        Stored::Dense(down.t()?.contiguous()?),
+    ])
+}
+
+/// llama.cpp's split layout: `ffn_gate_exps` / `ffn_up_exps` [E, F, D] and `ffn_down_exps`
+/// [E, D, F] (row-major), each expert a contiguous run of rows.
+fn stacked_expert(
+    g: &GgufFile,
+    prefix: &str,
+    e: usize,
+    n_experts: usize,
+    d: usize,
+    f: usize,
+) -> Result<[Stored; 3]> {
+    let read = |proj: &str, shape: [usize; 3]| -> Result<Stored> {
+        let gname = gguf_tensor(g, &format!("{prefix}{proj}"))?;
+        let actual = g.tensor_info(&gname).map(|t| t.shape()).unwrap_or_default();
+        if actual != shape {
+            return Err(Error::TensorShape {
+                name: gname,
+                expected: shape.to_vec(),
+                actual,
+            });
+        }
+        g.read_rows(&gname, e * shape[1], shape[1])
     };
-    for e in 0..n_experts {
-        let gu = gate_up.get(e)?; // [D, 2F]
-        experts
-            .gate
-            .push(Stored::Dense(gu.narrow(1, 0, f)?.t()?.contiguous()?));
-        experts
-            .up
-            .push(Stored::Dense(gu.narrow(1, f, f)?.t()?.contiguous()?));
-        experts.down.push(Stored::Dense(down.get(e)?.t()?.contiguous()?));
-    }
-    Ok(experts)
+    Ok([
+        read("gate_proj", [n_experts, f, d])?,
+        read("up_proj", [n_experts, f, d])?,
+        read("down_proj", [n_experts, d, f])?,
+    ])
 }
 
 /// The GGUF name for HF name `name`, or a missing-tensor error naming both.
@@ -138,43 +201,62 @@ fn gguf_tensor(g: &GgufFile, name: &str) -> Result<String> {
     }
 }
 
-/// llama.cpp's split layout: `ffn_gate_exps` / `ffn_up_exps` [E, F, D] and `ffn_down_exps`
-/// [E, D, F] (row-major), each expert a contiguous run of rows, read one expert at a time.
-fn stacked_experts(
-    g: &GgufFile,
-    prefix: &str,
-    n_experts: usize,
-    d: usize,
-    f: usize,
-) -> Result<ExpertWeights> {
-    let mut experts = ExpertWeights {
-        gate: Vec::with_capacity(n_experts),
-        up: Vec::with_capacity(n_experts),
-        down: Vec::with_capacity(n_experts),
-    };
-    for (proj, shape, out) in [
-        ("gate_proj", [n_experts, f, d], &mut experts.gate),
-        ("up_proj", [n_experts, f, d], &mut experts.up),
-        ("down_proj", [n_experts, d, f], &mut experts.down),
-    ] {
-        let gname = gguf_tensor(g, &format!("{prefix}{proj}"))?;
-        let actual = g.tensor_info(&gname).map(|t| t.shape()).unwrap_or_default();
-        if actual != shape {
-            return Err(Error::TensorShape {
-                name: gname,
-                expected: shape.to_vec(),
-                actual,
-            });
-        }
-        let rows = shape[1];
-        for e in 0..n_experts {
-            out.push(g.read_rows(&gname, e * rows, rows)?);
-        }
-    }
-    Ok(experts)
+/// How a tensor is stored, read from headers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredFormat {
+    /// f32 / bf16 / f16 with this element size.
+    Dense {
+        element_bytes: usize,
+    },
+    Quantized(QuantType),
 }
 
 impl WeightSource {
+    /// The stored format of tensor `name` (HF name; for experts, the `…experts.` prefix plus
+    /// `gate_proj` / `up_proj` / `down_proj`), from headers alone.
+    pub fn stored_format(&self, name: &str) -> Result<StoredFormat> {
+        let missing = |dir: &std::path::Path| Error::MissingTensor {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+        };
+        match self {
+            WeightSource::Safetensors(c) => {
+                let fused = name
+                    .strip_suffix("gate_proj")
+                    .or_else(|| name.strip_suffix("up_proj"))
+                    .filter(|p| p.ends_with("experts."))
+                    .map(|p| format!("{p}gate_up_proj"));
+                let lookup = fused.unwrap_or_else(|| name.to_string());
+                let dtype = c.dtype_of(&lookup).ok_or_else(|| missing(c.dir()))?;
+                match crate::weights::safetensors::dense_dtype(dtype) {
+                    Some(d) => Ok(StoredFormat::Dense {
+                        element_bytes: d.size_in_bytes(),
+                    }),
+                    None => Err(Error::TensorDtype {
+                        name: lookup,
+                        dtype: dtype.to_string(),
+                        supported: crate::weights::safetensors::DENSE_DTYPES,
+                    }),
+                }
+            }
+            WeightSource::Gguf(g) => {
+                let gname = gguf_tensor(g, name)?;
+                let info = g.tensor_info(&gname).ok_or_else(|| missing(g.path()))?;
+                match info.ggml_type {
+                    0 => Ok(StoredFormat::Dense { element_bytes: 4 }),
+                    1 | 30 => Ok(StoredFormat::Dense { element_bytes: 2 }),
+                    id => QuantType::from_ggml_type_id(id)
+                        .map(StoredFormat::Quantized)
+                        .ok_or_else(|| Error::TensorDtype {
+                            name: gname,
+                            dtype: crate::weights::gguf::ggml_type_name(id),
+                            supported: crate::weights::gguf::SUPPORTED_TYPES,
+                        }),
+                }
+            }
+        }
+    }
+
     /// Opens a model path: a GGUF file (or the first part of a split one), or a Hugging Face
     /// folder (config.json + safetensors). Returns the source and its resolved config.
     pub fn open(path: &std::path::Path) -> Result<(Self, crate::ModelConfig)> {
@@ -185,7 +267,9 @@ impl WeightSource {
         if !path.exists() {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),
-                message: "no such file or folder".into(),
+                message:
+                    "no such file or folder (expected a checkpoint folder with config.json, or a .gguf file)"
+                        .into(),
             });
         }
         let gguf = GgufFile::open(path)?;

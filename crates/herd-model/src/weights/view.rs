@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::plan::TensorRole;
-use super::source::{to_dense, Stored};
+use super::source::{to_dense, Stored, StoredFormat};
 use super::{QuantPlan, QuantTensor, WeightSource};
 use crate::error::Result;
 use crate::nn::{Embedding, Linear};
@@ -19,6 +19,7 @@ pub struct Weights<'a> {
     dtype: DType,
     device: Device,
     quant: Option<QuantPlan>,
+    dequantize: bool,
 }
 
 impl<'a> Weights<'a> {
@@ -29,7 +30,14 @@ impl<'a> Weights<'a> {
             dtype,
             device: device.clone(),
             quant: None,
+            dequantize: false,
         }
+    }
+
+    /// The same view, widening quantized weights to dense f32 (the slow twin's weights).
+    pub fn with_dequantize(mut self, dequantize: bool) -> Self {
+        self.dequantize = dequantize;
+        self
     }
 
     /// The same view, quantizing dense matrices at load as `plan` says.
@@ -67,7 +75,23 @@ impl<'a> Weights<'a> {
     }
 
     pub fn linear_absolute(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
-        let stored = self.source.stored(name, &[out_dim, in_dim])?;
+        let shape = [out_dim, in_dim];
+        let target = self
+            .quant
+            .and_then(|plan| plan.type_for(TensorRole::of(name), in_dim));
+        if let (Some(ty), Ok(StoredFormat::Dense { .. })) = (target, self.source.stored_format(name)) {
+            // Quantize a slab of rows at a time, read straight from the file: the dense
+            // matrix is never whole in memory.
+            let q = QuantTensor::quantize_with(ty, out_dim, in_dim, name, |first, values| {
+                let n = values.len() / in_dim;
+                let slab = to_dense(name, self.source.stored_rows(name, &shape, first, n)?)?;
+                let slab = slab.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                values.copy_from_slice(&slab);
+                Ok(())
+            })?;
+            return self.to_linear(name, Stored::Quantized(q));
+        }
+        let stored = self.source.stored(name, &shape)?;
         self.to_linear(name, stored)
     }
 
@@ -79,15 +103,13 @@ impl<'a> Weights<'a> {
         })
     }
 
-    /// The routed experts under this prefix as (gate, up, down) linears per expert.
+    /// The routed experts under this prefix as (gate, up, down) linears per expert, each
+    /// converted to its final format before the next is read.
     pub fn experts(&self, n_experts: usize, d: usize, f: usize) -> Result<Vec<[Linear; 3]>> {
-        let w = self.source.experts(&self.prefix, n_experts, d, f)?;
         let names = ["gate_proj", "up_proj", "down_proj"].map(|p| format!("{}{p}", self.prefix));
-        w.gate
-            .into_iter()
-            .zip(w.up)
-            .zip(w.down)
-            .map(|((g, u), dn)| {
+        (0..n_experts)
+            .map(|e| {
+                let [g, u, dn] = self.source.expert(&self.prefix, e, n_experts, d, f)?;
                 Ok([
                     self.to_linear(&names[0], g)?,
                     self.to_linear(&names[1], u)?,
@@ -101,6 +123,10 @@ impl<'a> Weights<'a> {
     /// the device) unless the quantization plan picks a type for it.
     fn to_linear(&self, name: &str, stored: Stored) -> Result<Linear> {
         match stored {
+            Stored::Quantized(q) if self.dequantize => {
+                let w = Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), &Device::Cpu)?;
+                Ok(Linear::Dense(self.placed(w)?))
+            }
             Stored::Quantized(q) => Ok(Linear::Quantized(Arc::new(q))),
             Stored::Dense(t) => {
                 let (rows, cols) = t.dims2()?;
@@ -110,9 +136,8 @@ impl<'a> Weights<'a> {
                 match target {
                     Some(ty) => {
                         let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                        Ok(Linear::Quantized(Arc::new(QuantTensor::quantize(
-                            ty, rows, cols, &values, name,
-                        )?)))
+                        let q = QuantTensor::quantize(ty, rows, cols, &values, name)?;
+                        self.to_linear(name, Stored::Quantized(q))
                     }
                     None => Ok(Linear::Dense(self.placed(t)?)),
                 }

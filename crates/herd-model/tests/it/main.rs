@@ -5,6 +5,7 @@
 mod checkpoint_errors;
 mod config;
 mod dtypes;
+mod gguf;
 mod long_context;
 mod mutations;
 mod ops;

@@ -6,6 +6,7 @@ mod checkpoint_errors;
 mod config;
 mod dtypes;
 mod gguf;
+mod gguf_parity;
 mod long_context;
 mod mutations;
 mod ops;

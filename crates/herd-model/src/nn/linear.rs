@@ -146,3 +146,27 @@ fn output(y: Vec<f32>, mut lead: Vec<usize>, n: usize, device: &Device, dtype: D
     lead.push(n);
     Ok(Tensor::from_vec(y, lead, device)?.to_dtype(dtype)?)
 }
+
+/// `y = x Wᵀ + b` (the vision tower's layers): the weight through [`Linear`], in its stored
+/// format; the bias, small, in the compute dtype.
+#[derive(Debug, Clone)]
+pub struct BiasedLinear {
+    linear: Linear,
+    /// [out]
+    bias: Tensor,
+}
+
+impl BiasedLinear {
+    /// Loads `{name}.weight` [out, in] and `{name}.bias` [out].
+    pub fn load(vb: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(BiasedLinear {
+            linear: Linear::load(vb, name, in_dim, out_dim)?,
+            bias: vb.get(&format!("{name}.bias"), &[out_dim])?,
+        })
+    }
+
+    /// x: [..., in] → [..., out]
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.linear.forward(x)?.broadcast_add(&self.bias)?)
+    }
+}

@@ -7,7 +7,7 @@ pub mod norm;
 pub mod rope;
 
 pub use embedding::Embedding;
-pub use linear::{Linear, WeightFormat};
+pub use linear::{BiasedLinear, Linear, WeightFormat};
 pub use mlp::Mlp;
 pub use norm::{rms_normalize, RmsNorm};
 pub use rope::RotaryTables;

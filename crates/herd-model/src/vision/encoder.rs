@@ -3,9 +3,10 @@
 //! 1/√Dh). Shapes: N tiles, L = P + 1 tokens, C width, H heads, Dh head dim.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_nn::LayerNorm;
 
 use crate::error::Result;
+use crate::nn::BiasedLinear as Linear;
 use crate::weights::Weights;
 
 /// LayerNorm (eps 1e-5, torch's default: `norm_eps` in the config is unused).
@@ -17,12 +18,9 @@ pub fn layer_norm(vb: &Weights, name: &str, dim: usize) -> Result<LayerNorm> {
     ))
 }
 
-/// nn.Linear with bias.
+/// nn.Linear with bias, its weight in the stored format like the text model's.
 pub fn linear_b(vb: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
-    Ok(Linear::new(
-        vb.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
-        Some(vb.get(&format!("{name}.bias"), &[out_dim])?),
-    ))
+    Linear::load(vb, name, in_dim, out_dim)
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +80,6 @@ impl EncoderLayer {
         let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [N, H, L, L]
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, l, c))?;
-        Ok(self.o_proj.forward(&out)?)
+        self.o_proj.forward(&out)
     }
 }

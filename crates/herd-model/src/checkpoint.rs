@@ -153,6 +153,14 @@ impl Checkpoint {
         shard.read_dense(name, info)
     }
 
+    /// The raw bytes of `name` (shape-checked), e.g. FP8 values.
+    pub fn stored_bytes_of(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        let (shard, info) = self.info(name, shape)?;
+        let mut bytes = vec![0u8; info.n_bytes() as usize];
+        shard.read_bytes(info, &mut bytes)?;
+        Ok(bytes)
+    }
+
     /// Rows `start .. start + n` of `name` (shape-checked) seen as `[rows, last dim]`, as stored.
     pub fn stored_rows(&self, name: &str, shape: &[usize], start: usize, n: usize) -> Result<Tensor> {
         let (shard, info) = self.info(name, shape)?;

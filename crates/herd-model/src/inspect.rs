@@ -271,7 +271,8 @@ pub fn resident_weight_bytes(
     let matrix = |name: &str, rows: usize, cols: usize| -> crate::Result<u64> {
         let n = (rows * cols) as u64;
         Ok(match source.stored_format(name)? {
-            StoredFormat::Quantized(_) if options.dequantize => n * 4,
+            StoredFormat::Quantized(_) | StoredFormat::Fp8 if options.dequantize => n * 4,
+            StoredFormat::Fp8 => n + rows as u64 * 4,
             StoredFormat::Quantized(q) => q.matrix_bytes(rows, cols).unwrap_or(0) as u64,
             StoredFormat::Dense { element_bytes } => {
                 match plan.and_then(|p| p.type_for(TensorRole::of(name), cols)) {

@@ -313,7 +313,7 @@ fn encode(name: &str, stored: &Stored, kind: &Kind) -> Result<Vec<u8>> {
     }
     let dense = match stored {
         Stored::Dense(t) => t.clone(),
-        Stored::Quantized(_) => to_dense(name, stored_clone(stored)?)?,
+        Stored::Quantized(_) | Stored::Fp8(_) => to_dense(name, stored_clone(stored)?)?,
     };
     let values = dense
         .to_dtype(candle_core::DType::F32)?
@@ -393,6 +393,7 @@ fn encode_rows(source: &WeightSource, name: &str, shape: &[usize], kind: &Kind) 
 fn stored_clone(stored: &Stored) -> Result<Stored> {
     Ok(match stored {
         Stored::Dense(t) => Stored::Dense(t.clone()),
+        Stored::Fp8(m) => Stored::Fp8(m.clone()),
         Stored::Quantized(q) => Stored::Quantized(QuantTensor::read_with(
             q.quant_type(),
             q.rows(),

@@ -72,7 +72,22 @@ impl ModelArgs {
             quant: self.quant,
             dequantize: false,
         };
-        TextModel::load_with(&self.model, &options)
-            .with_context(|| format!("loading {}", self.model.display()))
+        let load = || -> Result<TextModel> {
+            let (source, config) = herd_model::WeightSource::open(&self.model)?;
+            // A bar on stderr while the weights load (indicatif draws nothing when stderr is
+            // not a terminal).
+            let bar = indicatif::ProgressBar::new(config.layers.len() as u64 + 2);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("loading {bar:40} {pos}/{len} {elapsed_precise}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let model = TextModel::from_source_with_progress(&source, config, &options, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            Ok(model)
+        };
+        load().with_context(|| format!("loading {}", self.model.display()))
     }
 }

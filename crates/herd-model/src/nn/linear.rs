@@ -13,6 +13,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::kernels::half_matmul::{self, HalfElement};
+use crate::weights::fp8::Fp8Matrix;
 use crate::weights::{QuantTensor, QuantType, Weights};
 
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub enum Linear {
     Dense(Tensor),
     /// [out, in] in ggml blocks (CPU).
     Quantized(Arc<QuantTensor>),
+    /// [out, in] float8_e4m3fn with a scale per output channel (CPU).
+    Fp8(Arc<Fp8Matrix>),
 }
 
 /// How a weight is held in memory, for reports and tests.
@@ -28,6 +31,7 @@ pub enum Linear {
 pub enum WeightFormat {
     Dense(DType),
     Quantized(QuantType),
+    Fp8,
 }
 
 impl std::fmt::Display for WeightFormat {
@@ -35,6 +39,7 @@ impl std::fmt::Display for WeightFormat {
         match self {
             WeightFormat::Dense(d) => write!(f, "{}", d.as_str()),
             WeightFormat::Quantized(q) => write!(f, "{q}"),
+            WeightFormat::Fp8 => f.write_str("fp8_e4m3 (per-channel scale)"),
         }
     }
 }
@@ -54,6 +59,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => WeightFormat::Dense(w.dtype()),
             Linear::Quantized(q) => WeightFormat::Quantized(q.quant_type()),
+            Linear::Fp8(_) => WeightFormat::Fp8,
         }
     }
 
@@ -62,6 +68,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => Ok(w.dims2()?),
             Linear::Quantized(q) => Ok((q.rows(), q.cols())),
+            Linear::Fp8(m) => Ok((m.rows(), m.cols())),
         }
     }
 
@@ -70,6 +77,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
             Linear::Quantized(q) => q.stored_bytes(),
+            Linear::Fp8(m) => m.stored_bytes(),
         }
     }
 
@@ -89,6 +97,11 @@ impl Linear {
                 let y = q.matmul_t(&x32, t)?;
                 output(y, lead, q.rows(), x.device(), x.dtype())
             }
+            Linear::Fp8(m) => {
+                let (lead, x32) = flat_f32(x, m.cols())?;
+                let t = x32.len() / m.cols().max(1);
+                output(m.matmul_t(&x32, t), lead, m.rows(), x.device(), x.dtype())
+            }
         }
     }
 
@@ -104,6 +117,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => Ok(w.to_dtype(DType::F32)?.to_device(device)?),
             Linear::Quantized(q) => Ok(Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), device)?),
+            Linear::Fp8(m) => Ok(Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), device)?),
         }
     }
 }

@@ -91,6 +91,18 @@ impl TextModel {
 
     /// Builds the model from any weight source with a resolved config.
     pub fn from_source(source: &WeightSource, config: ModelConfig, options: &LoadOptions) -> Result<Self> {
+        Self::from_source_with_progress(source, config, options, |_, _| {})
+    }
+
+    /// [`Self::from_source`], calling `progress(done, total)` as the embedding, each layer and
+    /// the output projection are loaded (for a progress bar on long loads).
+    pub fn from_source_with_progress(
+        source: &WeightSource,
+        config: ModelConfig,
+        options: &LoadOptions,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let total = config.layers.len() + 2;
         let (dtype, device) = (options.dtype, &options.device);
         let plan = options.quant.map(|base| QuantPlan {
             base,
@@ -102,12 +114,17 @@ impl TextModel {
         let (v, d) = (config.vocab_size, config.hidden_size);
         let embed_tokens =
             vb.embedding_absolute(&format!("{}embed_tokens.weight", source.text_prefix()), v, d)?;
+        progress(1, total);
         let layers_vb = vb.pp("layers");
         let layers = config
             .layers
             .iter()
             .enumerate()
-            .map(|(i, plan)| DecoderLayer::load(&layers_vb.pp(i), &config, plan))
+            .map(|(i, plan)| {
+                let layer = DecoderLayer::load(&layers_vb.pp(i), &config, plan);
+                progress(i + 2, total);
+                layer
+            })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&vb, "norm", d, config.rms_norm_eps)?;
         let lm_head_name = source.lm_head_name();
@@ -117,6 +134,7 @@ impl TextModel {
         } else {
             vb.linear_absolute(lm_head_name, d, v)?
         };
+        progress(total, total);
         let mut inv_freq = config.rope.inv_freq(config.head_dim);
         if let Some(factors) = source.rope_freqs(inv_freq.len())? {
             // llama.cpp divides each pair's frequency by its factor (llama3 scaling in a GGUF).

@@ -5,6 +5,7 @@ use candle_core::Tensor;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::weights::fp8::Fp8Matrix;
 use crate::weights::gguf::GgufFile;
 use crate::weights::gguf_llama4::{self, gguf_name};
 use crate::weights::{QuantTensor, QuantType};
@@ -15,6 +16,8 @@ pub enum Stored {
     /// f32 / bf16 / f16 on the CPU.
     Dense(Tensor),
     Quantized(QuantTensor),
+    /// float8_e4m3fn with per-row scales (FP8 checkpoints).
+    Fp8(Fp8Matrix),
 }
 
 impl Stored {
@@ -23,6 +26,7 @@ impl Stored {
         match self {
             Stored::Dense(t) => Ok(t.dims2()?),
             Stored::Quantized(q) => Ok((q.rows(), q.cols())),
+            Stored::Fp8(m) => Ok((m.rows(), m.cols())),
         }
     }
 }
@@ -83,6 +87,7 @@ impl WeightSource {
     /// Tensor `name` with `shape` (HF order), as stored.
     pub fn stored(&self, name: &str, shape: &[usize]) -> Result<Stored> {
         match self {
+            WeightSource::Safetensors(c) if c.dtype_of(name) == Some("F8_E4M3") => fp8_matrix(c, name, shape),
             WeightSource::Safetensors(c) => Ok(Stored::Dense(c.stored(name, shape)?)),
             WeightSource::Gguf(g) => {
                 let gname = gguf_tensor(g, name)?;
@@ -148,6 +153,30 @@ fn fused_expert(
     d: usize,
     f: usize,
 ) -> Result<[Stored; 3]> {
+    // Meta's FP8 checkpoint (and its converter's offline-quantization mode) store one
+    // nn.Linear per expert instead: `experts.{e}.{gate,up,down}_proj.weight`, `[out, in]`.
+    if !c.contains(&format!("{prefix}gate_up_proj")) && c.contains(&format!("{prefix}0.gate_proj.weight")) {
+        let one = |proj: &str, shape: [usize; 2]| -> Result<Stored> {
+            let name = format!("{prefix}{e}.{proj}.weight");
+            if c.dtype_of(&name) == Some("F8_E4M3") {
+                fp8_matrix(c, &name, &shape)
+            } else {
+                Ok(Stored::Dense(c.stored(&name, &shape)?))
+            }
+        };
+        return Ok([
+            one("gate_proj", [f, d])?,
+            one("up_proj", [f, d])?,
+            one("down_proj", [d, f])?,
+        ]);
+    }
+    if c.dtype_of(&format!("{prefix}gate_up_proj")) == Some("F8_E4M3") {
+        return Err(Error::TensorDtype {
+            name: format!("{prefix}gate_up_proj"),
+            dtype: "F8_E4M3 (fused fbgemm layout)".into(),
+            supported: "FP8 experts stored per expert (experts.{e}.*_proj.weight + weight_scale), as Meta's FP8 checkpoint stores them",
+        });
+    }
     let gu = c.stored_rows(&format!("{prefix}gate_up_proj"), &[n_experts, d, 2 * f], e * d, d)?; // [D, 2F]
     let down = c.stored_rows(&format!("{prefix}down_proj"), &[n_experts, f, d], e * f, f)?; // [F, D]
     Ok([
@@ -186,6 +215,85 @@ fn stacked_expert(
     ])
 }
 
+/// A folder's `quantization_config`, if any, must describe weights herd reads as stored: FP8
+/// with a per-channel scale (compressed-tensors `float-quantized` 8-bit float weights, or
+/// fbgemm's `fbgemm_fp8`). GPTQ, AWQ, bitsandbytes and the like are refused by name rather
+/// than loaded as garbage.
+fn check_quantization_config(dir: &std::path::Path) -> Result<()> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+    let Some(q) = value.get("quantization_config").filter(|q| !q.is_null()) else {
+        return Ok(());
+    };
+    let method = q
+        .get("quant_method")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("(missing)");
+    let ok = match method {
+        "fbgemm_fp8" => true,
+        "compressed-tensors" => {
+            let format_ok = q.get("format").and_then(serde_json::Value::as_str) == Some("float-quantized");
+            let weights_ok = q
+                .get("config_groups")
+                .and_then(serde_json::Value::as_object)
+                .is_some_and(|groups| {
+                    groups.values().all(|g| {
+                        let w = &g["weights"];
+                        w["num_bits"].as_u64() == Some(8)
+                            && w["type"].as_str() == Some("float")
+                            && matches!(w["strategy"].as_str(), Some("channel") | Some("tensor"))
+                    })
+                });
+            format_ok && weights_ok
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(
+            "quantization_config",
+            format!(
+                "quant_method `{method}` with this configuration is not supported; herd reads FP8 (float8_e4m3) weights \
+                 with per-channel scales (compressed-tensors float-quantized, fbgemm_fp8), or use a GGUF"
+            ),
+        ))
+    }
+}
+
+/// An FP8 weight `name` ([out, in] float8_e4m3fn) with its per-row `{name}_scale` ([out, 1] or
+/// [out], bf16 or f32).
+fn fp8_matrix(c: &Checkpoint, name: &str, shape: &[usize]) -> Result<Stored> {
+    let [rows, cols] = shape else {
+        return Err(Error::TensorShape {
+            name: name.to_string(),
+            expected: vec![0, 0],
+            actual: shape.to_vec(),
+        });
+    };
+    let bytes = c.stored_bytes_of(name, shape)?;
+    let scale_name = format!("{name}_scale");
+    if c.dtype_of(&scale_name).is_none() {
+        return Err(Error::MissingTensor {
+            name: format!("{scale_name} (the per-channel scale of FP8 weight {name})"),
+            dir: c.dir().to_path_buf(),
+        });
+    }
+    let t = c
+        .stored(&scale_name, &[*rows, 1])
+        .or_else(|_| c.stored(&scale_name, &[*rows]))?;
+    let scale = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(Stored::Fp8(Fp8Matrix::new(*rows, *cols, bytes, scale, name)?))
+}
+
 /// The GGUF name for HF name `name`, or a missing-tensor error naming both.
 fn gguf_tensor(g: &GgufFile, name: &str) -> Result<String> {
     match gguf_name(name) {
@@ -209,6 +317,8 @@ pub enum StoredFormat {
         element_bytes: usize,
     },
     Quantized(QuantType),
+    /// One byte per value plus an f32 scale per row.
+    Fp8,
 }
 
 impl WeightSource {
@@ -226,8 +336,15 @@ impl WeightSource {
                     .or_else(|| name.strip_suffix("up_proj"))
                     .filter(|p| p.ends_with("experts."))
                     .map(|p| format!("{p}gate_up_proj"));
-                let lookup = fused.unwrap_or_else(|| name.to_string());
+                let per_expert = name
+                    .rsplit_once("experts.")
+                    .filter(|(p, _)| !c.contains(&format!("{p}experts.gate_up_proj")))
+                    .map(|(p, proj)| format!("{p}experts.0.{proj}.weight"));
+                let lookup = per_expert.or(fused).unwrap_or_else(|| name.to_string());
                 let dtype = c.dtype_of(&lookup).ok_or_else(|| missing(c.dir()))?;
+                if dtype == "F8_E4M3" {
+                    return Ok(StoredFormat::Fp8);
+                }
                 match crate::weights::safetensors::dense_dtype(dtype) {
                     Some(d) => Ok(StoredFormat::Dense {
                         element_bytes: d.size_in_bytes(),
@@ -262,6 +379,7 @@ impl WeightSource {
     pub fn open(path: &std::path::Path) -> Result<(Self, crate::ModelConfig)> {
         if path.is_dir() {
             let config = crate::ModelConfig::load(path)?;
+            check_quantization_config(path)?;
             return Ok((WeightSource::Safetensors(Checkpoint::open(path)?), config));
         }
         if !path.exists() {
@@ -294,6 +412,11 @@ impl From<Checkpoint> for WeightSource {
 pub fn to_dense(name: &str, stored: Stored) -> Result<Tensor> {
     match stored {
         Stored::Dense(t) => Ok(t),
+        Stored::Fp8(m) => Ok(Tensor::from_vec(
+            m.dequantize(),
+            (m.rows(), m.cols()),
+            &candle_core::Device::Cpu,
+        )?),
         Stored::Quantized(q) => {
             let (r, c) = (q.rows(), q.cols());
             Tensor::from_vec(q.dequantize()?, (r, c), &candle_core::Device::Cpu).map_err(|e| {

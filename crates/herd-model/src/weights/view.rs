@@ -100,6 +100,12 @@ impl<'a> Weights<'a> {
         Ok(match self.linear_absolute(name, dim, vocab)? {
             Linear::Dense(t) => Embedding::Dense(t),
             Linear::Quantized(q) => Embedding::Quantized(q),
+            // No checkpoint stores its embedding table in FP8; widen it if one does.
+            Linear::Fp8(m) => Embedding::Dense(Tensor::from_vec(
+                m.dequantize(),
+                (m.rows(), m.cols()),
+                &Device::Cpu,
+            )?),
         })
     }
 
@@ -128,6 +134,11 @@ impl<'a> Weights<'a> {
                 Ok(Linear::Dense(self.placed(w)?))
             }
             Stored::Quantized(q) => Ok(Linear::Quantized(Arc::new(q))),
+            Stored::Fp8(m) if self.dequantize => {
+                let w = Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), &Device::Cpu)?;
+                Ok(Linear::Dense(self.placed(w)?))
+            }
+            Stored::Fp8(m) => Ok(Linear::Fp8(Arc::new(m))),
             Stored::Dense(t) => {
                 let (rows, cols) = t.dims2()?;
                 let target = self

@@ -5,6 +5,7 @@
 mod checkpoint_errors;
 mod config;
 mod dtypes;
+mod fp8;
 mod gguf;
 mod gguf_parity;
 mod long_context;

@@ -62,6 +62,7 @@ impl Checkpoint {
                 }
             }
         }
+        check_weight_map(dir, &shards, &index)?;
         let (text_prefix, lm_head) = LAYOUTS
             .iter()
             .find(|(prefix, _)| index.contains_key(&format!("{prefix}embed_tokens.weight")))
@@ -171,6 +172,37 @@ impl Checkpoint {
     pub fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         Ok(self.stored(name, shape)?.to_dtype(dtype)?.to_device(device)?)
     }
+}
+
+/// The index's `weight_map` must say where each tensor really is: an entry naming the wrong
+/// shard, or a tensor the shard does not hold, is an error (a sign of a mixed-up download).
+fn check_weight_map(dir: &Path, shards: &[SafetensorsFile], index: &HashMap<String, usize>) -> Result<()> {
+    let index_path = dir.join(INDEX_FILE);
+    if !index_path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&index_path).map_err(|source| Error::Io {
+        path: index_path.clone(),
+        source,
+    })?;
+    let map: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: index_path.clone(),
+        source,
+    })?;
+    for (name, shard) in &map.weight_map {
+        let actual = index.get(name).and_then(|&i| shards.get(i));
+        let actual_name = actual.and_then(|s| s.path().file_name()).and_then(|n| n.to_str());
+        if actual_name != Some(shard.as_str()) {
+            return Err(Error::Checkpoint {
+                path: index_path,
+                message: format!(
+                    "weight_map puts `{name}` in {shard}, but {}",
+                    actual_name.map_or("no shard holds it".to_string(), |a| format!("it is in {a}"))
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A shard name from the index must be a plain relative path inside the folder.

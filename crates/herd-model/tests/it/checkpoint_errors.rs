@@ -155,3 +155,42 @@ fn bad_token_ids_and_context_overflow_are_errors() {
         .forward(&[5, 6], &mut cache, herd_model::LogitsFor::Last)
         .unwrap();
 }
+
+#[test]
+fn shard_index_cannot_reach_outside_the_folder_or_misplace_tensors() {
+    for (tag, bad) in [
+        ("abs", "/etc/passwd"),
+        ("dotdot", "../model-00001-of-00004.safetensors"),
+    ] {
+        let dir = copy_fixture("sharded-bf16", tag);
+        let path = dir.join("model.safetensors.index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let first = index["weight_map"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
+        index["weight_map"][&first] = serde_json::Value::String(bad.into());
+        std::fs::write(&path, index.to_string()).unwrap();
+        let e = load_err(&dir).to_string();
+        assert!(e.contains(bad) && e.contains("inside the folder"), "{e}");
+    }
+    // An entry naming the wrong (existing) shard.
+    let dir = copy_fixture("sharded-bf16", "wrongshard");
+    let path = dir.join("model.safetensors.index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let map = index["weight_map"].as_object().unwrap().clone();
+    let (name, shard) = map.iter().next().unwrap();
+    let other = map.values().find(|s| *s != shard).unwrap().clone();
+    index["weight_map"][name] = other.clone();
+    std::fs::write(&path, index.to_string()).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains(name.as_str()) && e.contains(other.as_str().unwrap()),
+        "{e}"
+    );
+}

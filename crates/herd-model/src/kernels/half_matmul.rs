@@ -8,6 +8,7 @@
 //! Panels run in parallel on rayon's pool; each writes its own column block.
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
+
 use rayon::prelude::*;
 
 /// Weight rows widened at once in the prefill path ([PANEL_ROWS, K] f32 per worker).
@@ -21,14 +22,27 @@ pub trait HalfElement: Copy + Send + Sync + 'static {
     fn widen(src: &[Self], dst: &mut [f32]);
     /// Widens one value (the slow twin's path).
     fn to_f32_scalar(self) -> f32;
+    /// `Σ x[i]·w[i]` with w widened on the fly; `buf` is scratch of w's length for formats
+    /// that widen through a buffer.
+    fn dot(x: &[f32], w: &[Self], buf: &mut [f32]) -> f32 {
+        Self::widen(w, buf);
+        dot(x, buf)
+    }
 }
 
 impl HalfElement for bf16 {
     fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+        // bf16 is the top half of an f32: a shift, which the compiler vectorises (half's own
+        // conversion quiets NaNs value by value and does not).
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+        }
     }
     fn to_f32_scalar(self) -> f32 {
         f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+    fn dot(x: &[f32], w: &[Self], _buf: &mut [f32]) -> f32 {
+        simd::dot_bf16(x, w)
     }
 }
 
@@ -75,12 +89,11 @@ pub fn matmul_t<W: HalfElement>(x: &[f32], t: usize, w: &[W], n: usize, k: usize
 
 /// Streams `rows` weight rows once each: [t, rows].
 fn gemv_panel<W: HalfElement>(x: &[f32], t: usize, w: &[W], rows: usize, k: usize) -> Vec<f32> {
-    let mut wide = vec![0f32; k];
+    let mut buf = vec![0f32; k];
     let mut out = vec![0f32; t * rows];
     for (r, w_row) in w.chunks_exact(k).enumerate() {
-        W::widen(w_row, &mut wide);
         for (ti, x_row) in x.chunks_exact(k).enumerate() {
-            out[ti * rows + r] = dot(x_row, &wide);
+            out[ti * rows + r] = W::dot(x_row, w_row, &mut buf);
         }
     }
     out
@@ -133,6 +146,73 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
 }
+
+/// The bf16 dot product, compiled three times (AVX-512, AVX2+FMA, baseline) and picked at run
+/// time: the same loop, which the compiler vectorises to the widest unit it may use.
+mod simd {
+    use std::sync::OnceLock;
+
+    use half::bf16;
+
+    #[inline(always)]
+    fn dot_bf16_portable(x: &[f32], w: &[bf16]) -> f32 {
+        const LANES: usize = 16;
+        let mut acc = [0f32; LANES];
+        let n = x.len().min(w.len()) / LANES * LANES;
+        for (cx, cw) in x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)) {
+            for i in 0..LANES {
+                acc[i] += cx[i] * f32::from_bits(u32::from(cw[i].to_bits()) << 16);
+            }
+        }
+        let tail: f32 = x[n..]
+            .iter()
+            .zip(&w[n..])
+            .map(|(a, b)| a * f32::from_bits(u32::from(b.to_bits()) << 16))
+            .sum();
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_bf16_avx512(x: &[f32], w: &[bf16]) -> f32 {
+        dot_bf16_portable(x, w)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_bf16_avx2(x: &[f32], w: &[bf16]) -> f32 {
+        dot_bf16_portable(x, w)
+    }
+
+    type DotFn = fn(&[f32], &[bf16]) -> f32;
+
+    fn pick() -> DotFn {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return |x, w| unsafe { dot_bf16_avx512(x, w) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                return |x, w| unsafe { dot_bf16_avx2(x, w) };
+            }
+        }
+        dot_bf16_portable
+    }
+
+    pub fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
+        static DOT: OnceLock<DotFn> = OnceLock::new();
+        (DOT.get_or_init(pick))(x, w)
+    }
+
+    /// The portable path, for tests that check every variant agrees.
+    pub fn dot_bf16_baseline(x: &[f32], w: &[bf16]) -> f32 {
+        dot_bf16_portable(x, w)
+    }
+}
+
+pub use simd::{dot_bf16, dot_bf16_baseline};
 
 /// The slow twin: widen every element, one f32 multiply-add at a time.
 pub fn matmul_t_slow<W: HalfElement>(x: &[f32], t: usize, w: &[W], n: usize, k: usize) -> Vec<f32> {

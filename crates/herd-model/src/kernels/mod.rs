@@ -2,3 +2,4 @@
 //! weights). Each has a `*_slow` twin, tested to agree on random and odd shapes.
 
 pub mod half_matmul;
+pub mod transpose;

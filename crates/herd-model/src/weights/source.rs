@@ -5,6 +5,7 @@ use candle_core::Tensor;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::kernels::transpose::transpose_tensor;
 use crate::weights::fp8::Fp8Matrix;
 use crate::weights::gguf::GgufFile;
 use crate::weights::gguf_llama4::{self, gguf_name};
@@ -179,10 +180,11 @@ fn fused_expert(
     }
     let gu = c.stored_rows(&format!("{prefix}gate_up_proj"), &[n_experts, d, 2 * f], e * d, d)?; // [D, 2F]
     let down = c.stored_rows(&format!("{prefix}down_proj"), &[n_experts, f, d], e * f, f)?; // [F, D]
+    let gu_t = transpose_tensor(&gu)?; // [2F, D]: gate rows, then up rows
     Ok([
-        Stored::Dense(gu.narrow(1, 0, f)?.t()?.contiguous()?),
-        Stored::Dense(gu.narrow(1, f, f)?.t()?.contiguous()?),
-        Stored::Dense(down.t()?.contiguous()?),
+        Stored::Dense(gu_t.narrow(0, 0, f)?),
+        Stored::Dense(gu_t.narrow(0, f, f)?),
+        Stored::Dense(transpose_tensor(&down)?),
     ])
 }
 

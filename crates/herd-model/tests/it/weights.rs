@@ -223,3 +223,37 @@ fn bf16_checkpoint_stays_bf16_in_memory() {
         "{resident} vs {stored}"
     );
 }
+
+#[test]
+fn tiled_transpose_matches_candles() {
+    use herd_model::kernels::transpose::{transpose_slow, transpose_tensor};
+    for (r, c) in [(1, 1), (3, 70), (33, 65), (64, 32)] {
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let t = Tensor::from_vec(values(r * c, 11), (r, c), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let fast = transpose_tensor(&t).unwrap().to_dtype(DType::F32).unwrap();
+            let slow = transpose_slow(&t).unwrap().to_dtype(DType::F32).unwrap();
+            assert_close(&fast, &slow, 0.0, &format!("{r}x{c} {dtype:?}"));
+        }
+    }
+}
+
+#[test]
+fn bf16_dot_agrees_across_instruction_sets() {
+    // The dispatched dot (AVX-512 / AVX2 where the CPU has them) against the portable build
+    // and against the slow twin's element-by-element sum.
+    for n in [1, 15, 16, 17, 100, 2048, 2051] {
+        let x = values(n, 12);
+        let w: Vec<bf16> = values(n, 13).iter().map(|&v| bf16::from_f32(v)).collect();
+        let fast = half_matmul::dot_bf16(&x, &w);
+        let base = half_matmul::dot_bf16_baseline(&x, &w);
+        let slow = half_matmul::matmul_t_slow(&x, 1, &w, 1, n)[0];
+        let tol = 1e-5 * (n as f32).sqrt();
+        assert!(
+            (fast - slow).abs() <= tol && (base - slow).abs() <= tol,
+            "n={n}: {fast} {base} {slow}"
+        );
+    }
+}

@@ -39,8 +39,9 @@ run() { # label model-path extra-args...
     peak=$(sed -n 's/.*peak RSS \([0-9.]*\) MB.*/\1/p' <<<"$summary")
     prefill=$(sed -n 's/.*prefill \([0-9.]*\) ms.*/\1/p' <<<"$summary")
     decode=$(sed -n 's/.*decode \([0-9.]*\) tok\/s.*/\1/p' <<<"$summary")
-    wall=$(echo "$t1 - $t0" | bc)
-    rows+=("$(printf '%-22s %9.2f %11.2f %11.2f %8.3f %10.1f %9.2f %8.1f' "$label" "$(echo "$file_bytes/1e9" | bc -l)" "$(echo "$resident/1e9" | bc -l)" "$(echo "$peak/1e3" | bc -l)" "$(echo "$peak*1e6/$file_bytes" | bc -l)" "$prefill" "$decode" "$wall")")
+    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    rows+=("$(awk -v l="$label" -v f="$file_bytes" -v r="$resident" -v p="$peak" -v pre="$prefill" -v d="$decode" -v w="$wall" \
+        'BEGIN { printf "%-22s %9.2f %11.2f %11.2f %9.3f %10.1f %10.2f %8.1f", l, f/1e9, r/1e9, p/1e3, p*1e6/f, pre, d, w }')")
     json+="$sep{\"format\":\"$label\",\"file_bytes\":$file_bytes,\"resident_bytes\":$resident,\"peak_rss_mb\":$peak,\"prefill_ms\":$prefill,\"decode_tok_s\":$decode,\"wall_s\":$wall}"
     sep=","
 }

@@ -156,7 +156,8 @@ mod simd {
 
     #[inline(always)]
     fn dot_bf16_portable(x: &[f32], w: &[bf16]) -> f32 {
-        const LANES: usize = 16;
+        // Four AVX-512 registers of partial sums, so consecutive FMAs do not wait on each other.
+        const LANES: usize = 64;
         let mut acc = [0f32; LANES];
         let n = x.len().min(w.len()) / LANES * LANES;
         for (cx, cw) in x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)) {

@@ -1,8 +1,8 @@
 //! gguf-tiny against transformers (tools/reference/make_gguf_fixtures.py): the bf16 checkpoint as
 //! a safetensors folder and as llama.cpp's own converter wrote it into a GGUF, on every row of
-//! two short prompts and across the 8192 chunk boundary of an 8200-token prompt; the converter's
-//! Q8_0 file exactly on its dequantized weights, and within a stated bound with the quantized
-//! kernels.
+//! two short prompts and across the 8192 chunk boundary of an 8200-token prompt; llama.cpp's
+//! Q8_0, Q4_K_M and Q6_K files exactly on their dequantized weights, and within stated bounds
+//! with the quantized kernels.
 
 use candle_core::{DType, Device, Tensor};
 use herd_model::{LoadOptions, LogitsFor, TextModel};
@@ -107,29 +107,56 @@ fn converter_bf16_gguf_matches_transformers_across_the_chunk_boundary() {
     check(&load("model-bf16.gguf", false), "", 1e-4, "GGUF bf16");
 }
 
+/// llama.cpp's own quantized files: the converter's Q8_0, and llama-quantize's Q4_K_M and Q6_K
+/// made from the converter's BF16 (tools/reference/make_gguf_fixtures.py).
+const QUANTIZED: [(&str, &str); 3] = [
+    ("model-q8_0.gguf", "q8_0."),
+    ("model-q4_k_m.gguf", "q4_k_m."),
+    ("model-q6_k.gguf", "q6_k."),
+];
+
 #[test]
-fn converter_q8_0_gguf_decodes_exactly() {
-    // Dequantized to f32 at load, the Q8_0 file is the reference's model: every block decodes
-    // as gguf-py decodes it.
-    check(
-        &load("model-q8_0.gguf", true),
-        "q8_0.",
-        1e-4,
-        "GGUF Q8_0 dequantized",
-    );
+fn llama_cpp_quantized_files_decode_exactly() {
+    // Dequantized to f32 at load, each file is the reference's model: every block decodes as
+    // gguf-py decodes it.
+    for (file, prefix) in QUANTIZED {
+        check(&load(file, true), prefix, 1e-4, &format!("{file} dequantized"));
+    }
 }
 
-/// The Q8_0 kernels quantize activations to 8 bits too (as llama.cpp does), so they are not
+/// The quantized kernels round activations to 8 bits too (as llama.cpp does), so they are not
 /// exact. Stated bounds, per row of logits (max abs difference over the row's max |logit|),
-/// against transformers on the file's dequantized weights:
-/// - the short prompts, whose router gaps are ≥ 0.1 (no expert choice can flip): every row
-///   within 5%;
-/// - the long prompt's rows, whose router gaps go down to 6e-4 — below the activation noise,
-///   so some tokens route to another expert and their rows differ wholesale: median within 5%,
-///   top-1 agreement ≥ 85% over all rows.
+/// against transformers on each file's dequantized weights, over every reference row (two
+/// short prompts and 24 rows of the 8200-token one):
+/// - median within 5% and top-1 agreement at least 90%, for every format;
+/// - Q8_0 only: every short-prompt row within 7%. Its short prompts' router gaps (≥ 8.5e-2)
+///   exceed the activation noise, so no expert choice flips there. The K-quant files' gaps
+///   (1.5e-2, 2.6e-2) and the long prompt's (down to 3e-5) do not: a token routed to another
+///   expert differs wholesale, as it does in llama.cpp (which agrees with herd on these files
+///   to 0.1–0.2 in logits, tools/reference/check_herd_gguf.py).
+/// Observed: Q8_0 median 2.8%, short max 4.6%, top-1 100%; Q6_K 3.7%, 92.8%; Q4_K_M 3.9%, 94.2%.
 #[test]
-fn converter_q8_0_gguf_with_quantized_kernels_is_within_its_bound() {
-    let model = load("model-q8_0.gguf", false);
+fn llama_cpp_quantized_files_with_quantized_kernels_are_within_their_bounds() {
+    // (file, prefix, bound on every short-prompt row)
+    let bounds = [
+        ("model-q8_0.gguf", "q8_0.", Some(0.07)),
+        ("model-q6_k.gguf", "q6_k.", None),
+        ("model-q4_k_m.gguf", "q4_k_m.", None),
+    ];
+    for (file, prefix, short_max) in bounds {
+        let (s_max, a_med, a_top1) = kernel_stats(&load(file, false), prefix, file);
+        if let Some(bound) = short_max {
+            assert!(s_max < bound, "{file}: short-prompt rows max {s_max}");
+        }
+        assert!(
+            a_med < 0.05 && a_top1 >= 0.9,
+            "{file}: all rows median {a_med}, top-1 {a_top1}"
+        );
+    }
+}
+
+/// (short-prompt max, all-rows median, all-rows top-1) of the row differences.
+fn kernel_stats(model: &TextModel, prefix: &str, what: &str) -> (f32, f32, f32) {
     let r = Reference::load("gguf-tiny");
     let argmax = |v: &[f32]| {
         v.iter()
@@ -152,11 +179,14 @@ fn converter_q8_0_gguf_with_quantized_kernels_is_within_its_bound() {
     let mut short = Vec::new();
     for i in 0..2 {
         let ids = r.ids(&format!("short.{i}.ids"));
-        let (all, _, _) = prefill_and_greedy(&model, &ids, 0);
-        short.extend(stats(&all, &r.tensor(&format!("q8_0.short.{i}.logits"))));
+        let (all, _, _) = prefill_and_greedy(model, &ids, 0);
+        short.extend(stats(&all, &r.tensor(&format!("{prefix}short.{i}.logits"))));
     }
-    let (all, _, _) = prefill_and_greedy(&model, &r.ids("long.ids"), 0);
-    let long = stats(&rows_of(&all, &r.ids("long.rows")), &r.tensor("q8_0.long.logits"));
+    let (all, _, _) = prefill_and_greedy(model, &r.ids("long.ids"), 0);
+    let long = stats(
+        &rows_of(&all, &r.ids("long.rows")),
+        &r.tensor(&format!("{prefix}long.logits")),
+    );
     let summary = |rows: &[(f32, bool)]| {
         let mut d: Vec<f32> = rows.iter().map(|r| r.0).collect();
         d.sort_by(f32::total_cmp);
@@ -167,15 +197,11 @@ fn converter_q8_0_gguf_with_quantized_kernels_is_within_its_bound() {
     let all_rows: Vec<(f32, bool)> = short.iter().chain(&long).copied().collect();
     let (a_med, a_max, a_top1) = summary(&all_rows);
     println!(
-        "Q8_0 kernels vs transformers on the dequantized weights: short prompts {} rows: median {s_med:.4}, max {s_max:.4}, top-1 {:.1}%; all {} rows: median {a_med:.4}, max {a_max:.4}, top-1 {:.1}%",
+        "{what} kernels vs transformers on its dequantized weights: short prompts {} rows: median {s_med:.4}, max {s_max:.4}, top-1 {:.1}%; all {} rows: median {a_med:.4}, max {a_max:.4}, top-1 {:.1}%",
         short.len(),
         s_top1 * 100.0,
         all_rows.len(),
         a_top1 * 100.0
     );
-    assert!(s_max < 0.05, "short-prompt rows: max {s_max}");
-    assert!(
-        a_med < 0.05 && a_top1 >= 0.85,
-        "all rows: median {a_med}, top-1 {a_top1}"
-    );
+    (s_max, a_med, a_top1)
 }

@@ -134,6 +134,7 @@ fn llama_cpp_quantized_files_decode_exactly() {
 ///   (1.5e-2, 2.6e-2) and the long prompt's (down to 3e-5) do not: a token routed to another
 ///   expert differs wholesale, as it does in llama.cpp (which agrees with herd on these files
 ///   to 0.1–0.2 in logits, tools/reference/check_herd_gguf.py).
+///
 /// Observed: Q8_0 median 2.8%, short max 4.6%, top-1 100%; Q6_K 3.7%, 92.8%; Q4_K_M 3.9%, 94.2%.
 #[test]
 fn llama_cpp_quantized_files_with_quantized_kernels_are_within_their_bounds() {

@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod gguf_llama4;
 pub mod gguf_vocab;
 pub mod gguf_writer;
+pub mod kquant;
 pub mod plan;
 pub mod quant;
 pub mod safetensors;

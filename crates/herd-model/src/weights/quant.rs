@@ -12,6 +12,7 @@ use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, 
 use candle_core::quantized::{GgmlDType, QuantizedType};
 use candle_core::CpuStorage;
 
+use super::kquant;
 use crate::error::{Error, Result};
 
 /// The block formats herd computes with.
@@ -163,11 +164,21 @@ impl QuantTensor {
     ) -> Result<Self> {
         let n_blocks = Self::n_blocks(ty, rows, cols, name)?;
         let blocks = match ty {
-            QuantType::Q8_0 => quantize_blocks::<BlockQ8_0>(n_blocks, rows, cols, fill)?,
-            QuantType::Q4_0 => quantize_blocks::<BlockQ4_0>(n_blocks, rows, cols, fill)?,
-            QuantType::Q4K => quantize_blocks::<BlockQ4K>(n_blocks, rows, cols, fill)?,
-            QuantType::Q5K => quantize_blocks::<BlockQ5K>(n_blocks, rows, cols, fill)?,
-            QuantType::Q6K => quantize_blocks::<BlockQ6K>(n_blocks, rows, cols, fill)?,
+            QuantType::Q8_0 => {
+                quantize_blocks::<BlockQ8_0>(n_blocks, rows, cols, fill, BlockQ8_0::from_float)?
+            }
+            QuantType::Q4_0 => {
+                quantize_blocks::<BlockQ4_0>(n_blocks, rows, cols, fill, BlockQ4_0::from_float)?
+            }
+            QuantType::Q4K => quantize_blocks::<BlockQ4K>(n_blocks, rows, cols, fill, |x, b| {
+                kquant::quantize_q4_k(x, block_bytes_mut(b))
+            })?,
+            QuantType::Q5K => quantize_blocks::<BlockQ5K>(n_blocks, rows, cols, fill, |x, b| {
+                kquant::quantize_q5_k(x, block_bytes_mut(b))
+            })?,
+            QuantType::Q6K => quantize_blocks::<BlockQ6K>(n_blocks, rows, cols, fill, |x, b| {
+                kquant::quantize_q6_k(x, block_bytes_mut(b))
+            })?,
         };
         Ok(QuantTensor {
             ty,
@@ -177,9 +188,11 @@ impl QuantTensor {
         })
     }
 
-    /// Quantizes a row-major f32 matrix with llama.cpp's reference quantizers.
+    /// Quantizes a row-major f32 matrix with llama.cpp's reference quantizers (Q4_K, Q5_K, Q6_K:
+    /// herd's port of ggml's current `quantize_row_*_ref`, byte-identical to `llama-quantize`
+    /// without an importance matrix; Q8_0, Q4_0: candle's ports).
     pub fn quantize(ty: QuantType, rows: usize, cols: usize, values: &[f32], name: &str) -> Result<Self> {
-        let n_blocks = Self::n_blocks(ty, rows, cols, name)?;
+        Self::n_blocks(ty, rows, cols, name)?;
         if values.len() != rows * cols {
             return Err(Error::TensorShape {
                 name: name.to_string(),
@@ -187,13 +200,10 @@ impl QuantTensor {
                 actual: vec![values.len()],
             });
         }
-        let mut blocks = ty.ggml().cpu_zeros(n_blocks * ty.block_len());
-        blocks.from_float(values);
-        Ok(QuantTensor {
-            ty,
-            rows,
-            cols,
-            blocks,
+        Self::quantize_with(ty, rows, cols, name, |first, slab| {
+            let start = first * cols;
+            slab.copy_from_slice(&values[start..start + slab.len()]);
+            Ok(())
         })
     }
 
@@ -306,6 +316,7 @@ fn quantize_blocks<T: GgmlType + 'static>(
     rows: usize,
     cols: usize,
     mut fill: impl FnMut(usize, &mut [f32]) -> Result<()>,
+    encode: impl Fn(&[f32], &mut [T]),
 ) -> Result<Box<dyn QuantizedType>> {
     let mut blocks: Vec<T> = vec![T::zeros(); n_blocks];
     let blocks_per_row = n_blocks / rows.max(1);
@@ -316,7 +327,7 @@ fn quantize_blocks<T: GgmlType + 'static>(
         let n = slab_rows.min(rows - first);
         let slab = &mut values[..n * cols];
         fill(first, slab)?;
-        T::from_float(
+        encode(
             slab,
             &mut blocks[first * blocks_per_row..(first + n) * blocks_per_row],
         );
@@ -330,15 +341,15 @@ fn read_blocks<T: GgmlType + 'static>(
     read: impl FnOnce(&mut [u8]) -> Result<()>,
 ) -> Result<Box<dyn QuantizedType>> {
     let mut blocks: Vec<T> = vec![T::zeros(); n_blocks];
+    read(block_bytes_mut(&mut blocks))?;
+    Ok(Box::new(blocks))
+}
+
+/// The bytes of a slice of ggml blocks, as a GGUF stores them.
+fn block_bytes_mut<T: GgmlType>(blocks: &mut [T]) -> &mut [u8] {
     // SAFETY: ggml block types are `#[repr(C)]` structs of integers and f16 with no padding
     // (their sizes are ggml's type sizes), so every byte pattern is a valid value and the
-    // vector's storage is exactly `n_blocks * size_of::<T>()` initialised bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts_mut(
-            blocks.as_mut_ptr().cast::<u8>(),
-            n_blocks * std::mem::size_of::<T>(),
-        )
-    };
-    read(bytes)?;
-    Ok(Box::new(blocks))
+    // slice's storage is exactly `len * size_of::<T>()` initialised bytes, borrowed mutably
+    // for the returned lifetime.
+    unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
 }

@@ -212,6 +212,18 @@ pub fn quantize_to_gguf(
             message: "the output exists and is not a regular file; refusing to replace it".into(),
         });
     }
+    // Writing over one of the files being read would corrupt both.
+    if let (Ok(target), WeightSource::Safetensors(c)) = (out.canonicalize(), &source) {
+        if c.files()
+            .iter()
+            .any(|f| f.canonicalize().is_ok_and(|f| f == target))
+        {
+            return Err(Error::Checkpoint {
+                path: out.to_path_buf(),
+                message: "the output is one of the checkpoint's own files; refusing to overwrite it".into(),
+            });
+        }
+    }
     check_gguf_conventions(&config)?;
     let raw: Json = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).map_err(
         |source| Error::Io {
@@ -232,7 +244,7 @@ pub fn quantize_to_gguf(
         _ => None,
     };
     let tensors = plan_tensors(&source, &config, ftype, plan)?;
-    let mut metadata = model_metadata(src, &config, text_raw, ftype, &source)?;
+    let mut metadata = model_metadata(src, &config, text_raw, ftype)?;
     metadata.extend(gguf_vocab::metadata(src, config.vocab_size, config.bos_token_id)?);
     let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
     let rope_factors = rope_freqs(&config);
@@ -538,7 +550,6 @@ fn model_metadata(
     config: &ModelConfig,
     raw: &Json,
     ftype: FileType,
-    source: &WeightSource,
 ) -> Result<Vec<(String, Value)>> {
     let a = gguf_llama4::ARCH;
     let u = |v: usize| Value::U32(v as u32);
@@ -601,6 +612,5 @@ fn model_metadata(
     if matches!(ftype, FileType::Quant(_)) {
         m.push(("general.quantization_version".into(), Value::U32(2)));
     }
-    let _ = source;
     Ok(m)
 }

@@ -397,3 +397,26 @@ fn resident_bytes_estimate_equals_what_a_load_holds() {
         );
     }
 }
+
+#[test]
+fn quantize_refuses_to_overwrite_its_own_input() {
+    let dir = tmp("own-input");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture_path("gguf-tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .extension()
+            .is_some_and(|e| e == "json" || e == "safetensors")
+        {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let target = dir.join("model.safetensors");
+    let before = std::fs::read(&target).unwrap();
+    let e = quantize_to_gguf(&dir, &target, FileType::Quant(QuantType::Q8_0), |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("refusing to overwrite"), "{e}");
+    assert!(
+        std::fs::read(&target).unwrap() == before,
+        "the input is untouched"
+    );
+}

@@ -15,7 +15,7 @@ pub use sampling::SamplingArgs;
 #[command(
     name = "herd",
     version,
-    about = "Run Meta's Llama 4 models (Scout, Maverick, Llama Guard 4) from Hugging Face checkpoints."
+    about = "Run Meta's Llama 4 models (Scout, Maverick, Llama Guard 4) from Hugging Face checkpoints (bf16, FP8) and GGUF files."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,7 +29,7 @@ pub enum Command {
     /// Write the logits at every position of a token sequence to a safetensors file.
     Logits(LogitsArgs),
     /// Print the resolved layer plan, parameter counts and memory needs (reads only config.json
-    /// and safetensors headers).
+    /// and safetensors headers, or a GGUF's header).
     Inspect(InspectArgs),
     /// Tokenize JSON strings read from stdin, one per line (or decode id arrays with --decode).
     Tokenize(TokenizeArgs),
@@ -160,10 +160,11 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// Checkpoint folder whose tokenizer.json (or tokenizer.model) to use.
+    /// Checkpoint folder whose tokenizer.json (or tokenizer.model) to use, or a GGUF file (its
+    /// vocabulary, unless a tokenizer file sits beside it).
     #[arg(
         long,
-        value_name = "DIR",
+        value_name = "DIR|FILE.gguf",
         required_unless_present = "tokenizer",
         conflicts_with = "tokenizer"
     )]
@@ -184,8 +185,9 @@ pub struct TokenizeArgs {
 
 #[derive(Args)]
 pub struct RenderArgs {
-    /// Checkpoint folder (its chat template and tokenizer are used; weights are not read).
-    #[arg(long, value_name = "DIR")]
+    /// Checkpoint folder or GGUF file (its chat template and tokenizer are used; weights are not
+    /// read).
+    #[arg(long, value_name = "DIR|FILE.gguf")]
     pub model: PathBuf,
     /// A JSON list of messages (`[{"role": "user", "content": "Hi"}]`), or an object with
     /// `messages` (and optionally `tools`).

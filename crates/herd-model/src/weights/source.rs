@@ -90,18 +90,7 @@ impl WeightSource {
         match self {
             WeightSource::Safetensors(c) if c.dtype_of(name) == Some("F8_E4M3") => fp8_matrix(c, name, shape),
             WeightSource::Safetensors(c) => Ok(Stored::Dense(c.stored(name, shape)?)),
-            WeightSource::Gguf(g) => {
-                let gname = gguf_tensor(g, name)?;
-                let actual = g.tensor_info(&gname).map(|t| t.shape()).unwrap_or_default();
-                if actual != shape {
-                    return Err(Error::TensorShape {
-                        name: gname,
-                        expected: shape.to_vec(),
-                        actual,
-                    });
-                }
-                g.read(&gname)
-            }
+            WeightSource::Gguf(g) => g.read(&gguf_tensor_shaped(g, name, shape)?),
         }
     }
 
@@ -109,18 +98,7 @@ impl WeightSource {
     pub fn stored_rows(&self, name: &str, shape: &[usize], start: usize, n: usize) -> Result<Stored> {
         match self {
             WeightSource::Safetensors(c) => Ok(Stored::Dense(c.stored_rows(name, shape, start, n)?)),
-            WeightSource::Gguf(g) => {
-                let gname = gguf_tensor(g, name)?;
-                let actual = g.tensor_info(&gname).map(|t| t.shape()).unwrap_or_default();
-                if actual != shape {
-                    return Err(Error::TensorShape {
-                        name: gname,
-                        expected: shape.to_vec(),
-                        actual,
-                    });
-                }
-                g.read_rows(&gname, start, n)
-            }
+            WeightSource::Gguf(g) => g.read_rows(&gguf_tensor_shaped(g, name, shape)?, start, n),
         }
     }
 
@@ -199,15 +177,7 @@ fn stacked_expert(
     f: usize,
 ) -> Result<[Stored; 3]> {
     let read = |proj: &str, shape: [usize; 3]| -> Result<Stored> {
-        let gname = gguf_tensor(g, &format!("{prefix}{proj}"))?;
-        let actual = g.tensor_info(&gname).map(|t| t.shape()).unwrap_or_default();
-        if actual != shape {
-            return Err(Error::TensorShape {
-                name: gname,
-                expected: shape.to_vec(),
-                actual,
-            });
-        }
+        let gname = gguf_tensor_shaped(g, &format!("{prefix}{proj}"), &shape)?;
         g.read_rows(&gname, e * shape[1], shape[1])
     };
     Ok([
@@ -294,6 +264,20 @@ fn fp8_matrix(c: &Checkpoint, name: &str, shape: &[usize]) -> Result<Stored> {
         .flatten_all()?
         .to_vec1::<f32>()?;
     Ok(Stored::Fp8(Fp8Matrix::new(*rows, *cols, bytes, scale, name)?))
+}
+
+/// [`gguf_tensor`], after checking the tensor has `shape` (HF order).
+fn gguf_tensor_shaped(g: &GgufFile, name: &str, shape: &[usize]) -> Result<String> {
+    let gname = gguf_tensor(g, name)?;
+    let actual = g.tensor_info(&gname).map(|t| t.shape()).unwrap_or_default();
+    if actual != shape {
+        return Err(Error::TensorShape {
+            name: gname,
+            expected: shape.to_vec(),
+            actual,
+        });
+    }
+    Ok(gname)
 }
 
 /// The GGUF name for HF name `name`, or a missing-tensor error naming both.

@@ -82,18 +82,7 @@ fn a_wrong_name_map_breaks_gguf_parity() {
         "blk.0.ffn_up.weight" => "blk.0.ffn_gate.weight".to_string(),
         other => other.to_string(),
     };
-    let specs: Vec<TensorSpec> = names
-        .iter()
-        .map(|n| {
-            let t = g.tensor_info(n).unwrap();
-            TensorSpec {
-                name: swapped(n),
-                dims: t.dims.clone(),
-                ggml_type: t.ggml_type,
-                n_bytes: t.n_bytes,
-            }
-        })
-        .collect();
+    let specs = specs_of(&g, &names, swapped);
     let out = tmp("swapped.gguf");
     gguf_writer::write(&out, &metadata, &specs, |i| Ok(raw_bytes(&g, &names[i]))).unwrap();
     let ids = prompt(20);
@@ -108,6 +97,22 @@ fn a_wrong_name_map_breaks_gguf_parity() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(diff > 1e-2, "swapping gate and up went unnoticed ({diff})");
+}
+
+/// Table entries for `names` of `g`, renamed by `rename` (to copy tensors into a new GGUF).
+fn specs_of(g: &GgufFile, names: &[String], rename: impl Fn(&str) -> String) -> Vec<TensorSpec> {
+    names
+        .iter()
+        .map(|n| {
+            let t = g.tensor_info(n).unwrap();
+            TensorSpec {
+                name: rename(n),
+                dims: t.dims.clone(),
+                ggml_type: t.ggml_type,
+                n_bytes: t.n_bytes,
+            }
+        })
+        .collect()
 }
 
 /// A tensor's stored bytes, whatever its type.
@@ -130,18 +135,7 @@ fn split_gguf_loads_from_its_first_part() {
     let dir = tmp("split");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, part) in [first, second].into_iter().enumerate() {
-        let specs: Vec<TensorSpec> = part
-            .iter()
-            .map(|n| {
-                let t = g.tensor_info(n).unwrap();
-                TensorSpec {
-                    name: n.clone(),
-                    dims: t.dims.clone(),
-                    ggml_type: t.ggml_type,
-                    n_bytes: t.n_bytes,
-                }
-            })
-            .collect();
+        let specs = specs_of(&g, part, |n| n.to_string());
         let mut meta = if i == 0 { metadata.clone() } else { Vec::new() };
         meta.push(("split.no".into(), Value::U16(i as u16)));
         meta.push(("split.count".into(), Value::U16(2)));
@@ -338,18 +332,7 @@ fn unsupported_and_broken_gguf_files_are_named_errors() {
         .filter(|n| *n != "blk.0.attn_q.weight")
         .cloned()
         .collect();
-    let specs: Vec<TensorSpec> = names
-        .iter()
-        .map(|n| {
-            let t = src.tensor_info(n).unwrap();
-            TensorSpec {
-                name: n.clone(),
-                dims: t.dims.clone(),
-                ggml_type: t.ggml_type,
-                n_bytes: t.n_bytes,
-            }
-        })
-        .collect();
+    let specs = specs_of(&src, &names, |n| n.to_string());
     let meta: Vec<(String, Value)> = src
         .metadata()
         .iter()

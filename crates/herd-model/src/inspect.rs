@@ -284,40 +284,14 @@ pub fn resident_weight_bytes(
             }
         })
     };
-    let p = source.text_prefix();
-    let (v, d) = (config.vocab_size, config.hidden_size);
-    let (dh, h, hkv) = (config.head_dim, config.n_heads, config.n_kv_heads);
-    let mut total = matrix(&format!("{p}embed_tokens.weight"), v, d)?;
-    let norms = (config.layers.len() * 2 + 1) as u64 * d as u64 * compute;
-    total += norms;
-    for (i, layer) in config.layers.iter().enumerate() {
-        let l = format!("{p}layers.{i}.");
-        total += matrix(&format!("{l}self_attn.q_proj.weight"), h * dh, d)?
-            + matrix(&format!("{l}self_attn.k_proj.weight"), hkv * dh, d)?
-            + matrix(&format!("{l}self_attn.v_proj.weight"), hkv * dh, d)?
-            + matrix(&format!("{l}self_attn.o_proj.weight"), d, h * dh)?;
-        let ff = format!("{l}feed_forward.");
-        match layer.feed_forward {
-            FeedForwardKind::Dense { width } => {
-                total += matrix(&format!("{ff}gate_proj.weight"), width, d)?
-                    + matrix(&format!("{ff}up_proj.weight"), width, d)?
-                    + matrix(&format!("{ff}down_proj.weight"), d, width)?;
-            }
-            FeedForwardKind::Moe { n_experts, width, .. } => {
-                let e = n_experts;
-                total += matrix(&format!("{ff}router.weight"), e, d)?
-                    + matrix(&format!("{ff}experts.gate_proj"), e * width, d)?
-                    + matrix(&format!("{ff}experts.up_proj"), e * width, d)?
-                    + matrix(&format!("{ff}experts.down_proj"), e * d, width)?
-                    + matrix(&format!("{ff}shared_expert.gate_proj.weight"), width, d)?
-                    + matrix(&format!("{ff}shared_expert.up_proj.weight"), width, d)?
-                    + matrix(&format!("{ff}shared_expert.down_proj.weight"), d, width)?;
-            }
-        }
-    }
-    let lm_head = source.lm_head_name();
-    if !config.tie_word_embeddings || source.contains(lm_head) {
-        total += matrix(lm_head, v, d)?;
+    let mut total = 0;
+    for t in crate::weights::tensors::text_tensors(config, source) {
+        let (rows, cols) = t.rows_cols();
+        total += if t.shape.len() == 1 {
+            cols as u64 * compute // norms, held in the compute dtype
+        } else {
+            matrix(&t.name, rows, cols)?
+        };
     }
     Ok(total)
 }

@@ -22,6 +22,7 @@ use crate::weights::gguf_llama4::{
 use crate::weights::gguf_writer::{self, TensorSpec};
 use crate::weights::plan::TensorRole;
 use crate::weights::source::{to_dense, Stored};
+use crate::weights::tensors::text_tensors;
 use crate::weights::{gguf_vocab, QuantPlan, QuantTensor, QuantType, WeightSource};
 
 /// What `herd quantize --type` writes, named as llama.cpp names its file types.
@@ -323,11 +324,7 @@ fn encode(name: &str, stored: &Stored, kind: &Kind) -> Result<Vec<u8>> {
             return Ok(q.bytes().to_vec());
         }
     }
-    let dense = match stored {
-        Stored::Dense(t) => t.clone(),
-        Stored::Quantized(_) | Stored::Fp8(_) => to_dense(name, stored_clone(stored)?)?,
-    };
-    let values = dense
+    let values = to_dense(name, stored)?
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
@@ -359,7 +356,7 @@ fn encode_rows(source: &WeightSource, name: &str, shape: &[usize], kind: &Kind) 
         return encode(name, &source.stored(name, shape)?, kind);
     }
     let slab_f32 = |first: usize, n: usize| -> Result<Vec<f32>> {
-        let slab = to_dense(name, source.stored_rows(name, shape, first, n)?)?;
+        let slab = to_dense(name, &source.stored_rows(name, shape, first, n)?)?;
         Ok(slab
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
@@ -402,23 +399,6 @@ fn encode_rows(source: &WeightSource, name: &str, shape: &[usize], kind: &Kind) 
     }
 }
 
-fn stored_clone(stored: &Stored) -> Result<Stored> {
-    Ok(match stored {
-        Stored::Dense(t) => Stored::Dense(t.clone()),
-        Stored::Fp8(m) => Stored::Fp8(m.clone()),
-        Stored::Quantized(q) => Stored::Quantized(QuantTensor::read_with(
-            q.quant_type(),
-            q.rows(),
-            q.cols(),
-            "copy",
-            |d| {
-                d.copy_from_slice(q.bytes());
-                Ok(())
-            },
-        )?),
-    })
-}
-
 /// The type a 2-D tensor is written in.
 fn kind_for(ftype: FileType, plan: Option<QuantPlan>, hf: &str, cols: usize) -> Kind {
     let role = TensorRole::of(hf);
@@ -440,90 +420,36 @@ fn plan_tensors(
     ftype: FileType,
     plan: Option<QuantPlan>,
 ) -> Result<Vec<Planned>> {
-    let p = source.text_prefix();
-    let (v, d) = (config.vocab_size, config.hidden_size);
-    let (dh, h, hkv) = (config.head_dim, config.n_heads, config.n_kv_heads);
     let mut out = Vec::new();
-    let mut push = |hf: String, shape: Vec<usize>, expert: Option<(usize, usize)>| -> Result<()> {
-        let gname = gguf_name(&hf).ok_or_else(|| Error::Kernel(format!("no GGUF name for {hf}")))?;
-        let cols = *shape.last().unwrap_or(&0);
-        let rows: usize = shape.iter().rev().skip(1).product();
-        let kind = if shape.len() == 1 {
+    for t in text_tensors(config, source) {
+        // GGUF names the output projection `output.weight` whatever the HF layout calls it.
+        let gname = if t.name == source.lm_head_name() {
+            "output.weight".to_string()
+        } else {
+            gguf_name(&t.name).ok_or_else(|| Error::Kernel(format!("no GGUF name for {}", t.name)))?
+        };
+        let (rows, cols) = t.rows_cols();
+        let kind = if t.shape.len() == 1 {
             Kind::F32
         } else {
-            kind_for(ftype, plan, &hf, cols)
+            kind_for(ftype, plan, &t.name, cols)
         };
-        let n_bytes = kind_bytes(&kind, rows, cols).ok_or_else(|| Error::Kernel(format!("{hf}: size")))?;
+        let n_bytes =
+            kind_bytes(&kind, rows, cols).ok_or_else(|| Error::Kernel(format!("{}: size", t.name)))?;
         out.push(Planned {
             spec: TensorSpec {
                 name: gname,
-                dims: shape.iter().rev().copied().collect(),
+                dims: t.shape.iter().rev().copied().collect(),
                 ggml_type: ggml_type(&kind),
                 n_bytes,
             },
-            hf,
-            shape,
-            expert,
+            hf: t.name,
+            shape: t.shape,
+            expert: t.expert,
             kind,
         });
-        Ok(())
-    };
-    push(format!("{p}embed_tokens.weight"), vec![v, d], None)?;
-    for (i, layer) in config.layers.iter().enumerate() {
-        let l = format!("{p}layers.{i}.");
-        push(format!("{l}input_layernorm.weight"), vec![d], None)?;
-        push(format!("{l}self_attn.q_proj.weight"), vec![h * dh, d], None)?;
-        push(format!("{l}self_attn.k_proj.weight"), vec![hkv * dh, d], None)?;
-        push(format!("{l}self_attn.v_proj.weight"), vec![hkv * dh, d], None)?;
-        push(format!("{l}self_attn.o_proj.weight"), vec![d, h * dh], None)?;
-        push(format!("{l}post_attention_layernorm.weight"), vec![d], None)?;
-        let ff = format!("{l}feed_forward.");
-        match layer.feed_forward {
-            FeedForwardKind::Dense { width } => {
-                push(format!("{ff}gate_proj.weight"), vec![width, d], None)?;
-                push(format!("{ff}up_proj.weight"), vec![width, d], None)?;
-                push(format!("{ff}down_proj.weight"), vec![d, width], None)?;
-            }
-            FeedForwardKind::Moe { n_experts, width, .. } => {
-                push(format!("{ff}router.weight"), vec![n_experts, d], None)?;
-                push(
-                    format!("{ff}experts.gate_proj"),
-                    vec![n_experts, width, d],
-                    Some((i, 0)),
-                )?;
-                push(
-                    format!("{ff}experts.up_proj"),
-                    vec![n_experts, width, d],
-                    Some((i, 1)),
-                )?;
-                push(
-                    format!("{ff}experts.down_proj"),
-                    vec![n_experts, d, width],
-                    Some((i, 2)),
-                )?;
-                push(
-                    format!("{ff}shared_expert.gate_proj.weight"),
-                    vec![width, d],
-                    None,
-                )?;
-                push(format!("{ff}shared_expert.up_proj.weight"), vec![width, d], None)?;
-                push(
-                    format!("{ff}shared_expert.down_proj.weight"),
-                    vec![d, width],
-                    None,
-                )?;
-            }
-        }
     }
-    push(format!("{p}norm.weight"), vec![d], None)?;
-    let tied = config.tie_word_embeddings && !source.contains(source.lm_head_name());
-    if !tied {
-        push(source.lm_head_name().to_string(), vec![v, d], None)?;
-    }
-    // GGUF names the output projection `output.weight` whatever the HF layout called it.
-    if let Some(last) = out.last_mut().filter(|_| !tied) {
-        last.spec.name = "output.weight".into();
-    }
+    let dh = config.head_dim;
     if config.rope.scaling.is_some() {
         let n = dh / 2;
         out.insert(

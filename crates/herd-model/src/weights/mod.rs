@@ -13,6 +13,7 @@ pub mod plan;
 pub mod quant;
 pub mod safetensors;
 pub mod source;
+pub mod tensors;
 pub mod view;
 
 pub use plan::QuantPlan;

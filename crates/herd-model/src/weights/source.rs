@@ -70,7 +70,7 @@ impl WeightSource {
         if g.tensor_info("rope_freqs.weight").is_none() {
             return Ok(None);
         }
-        let t = to_dense("rope_freqs.weight", g.read("rope_freqs.weight")?)?;
+        let t = to_dense("rope_freqs.weight", &g.read("rope_freqs.weight")?)?;
         let factors = t
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
@@ -88,8 +88,7 @@ impl WeightSource {
     /// Tensor `name` with `shape` (HF order), as stored.
     pub fn stored(&self, name: &str, shape: &[usize]) -> Result<Stored> {
         match self {
-            WeightSource::Safetensors(c) if c.dtype_of(name) == Some("F8_E4M3") => fp8_matrix(c, name, shape),
-            WeightSource::Safetensors(c) => Ok(Stored::Dense(c.stored(name, shape)?)),
+            WeightSource::Safetensors(c) => safetensors_stored(c, name, shape),
             WeightSource::Gguf(g) => g.read(&gguf_tensor_shaped(g, name, shape)?),
         }
     }
@@ -136,12 +135,7 @@ fn fused_expert(
     // nn.Linear per expert instead: `experts.{e}.{gate,up,down}_proj.weight`, `[out, in]`.
     if !c.contains(&format!("{prefix}gate_up_proj")) && c.contains(&format!("{prefix}0.gate_proj.weight")) {
         let one = |proj: &str, shape: [usize; 2]| -> Result<Stored> {
-            let name = format!("{prefix}{e}.{proj}.weight");
-            if c.dtype_of(&name) == Some("F8_E4M3") {
-                fp8_matrix(c, &name, &shape)
-            } else {
-                Ok(Stored::Dense(c.stored(&name, &shape)?))
-            }
+            safetensors_stored(c, &format!("{prefix}{e}.{proj}.weight"), &shape)
         };
         return Ok([
             one("gate_proj", [f, d])?,
@@ -235,6 +229,15 @@ fn check_quantization_config(dir: &std::path::Path) -> Result<()> {
                  with per-channel scales (compressed-tensors float-quantized, fbgemm_fp8), or use a GGUF"
             ),
         ))
+    }
+}
+
+/// Tensor `name` of a safetensors folder as stored: FP8 with its scale, or dense.
+fn safetensors_stored(c: &Checkpoint, name: &str, shape: &[usize]) -> Result<Stored> {
+    if c.dtype_of(name) == Some("F8_E4M3") {
+        fp8_matrix(c, name, shape)
+    } else {
+        Ok(Stored::Dense(c.stored(name, shape)?))
     }
 }
 
@@ -395,9 +398,9 @@ impl From<Checkpoint> for WeightSource {
 }
 
 /// Widens a stored tensor to a dense one (for small tensors such as norms).
-pub fn to_dense(name: &str, stored: Stored) -> Result<Tensor> {
+pub fn to_dense(name: &str, stored: &Stored) -> Result<Tensor> {
     match stored {
-        Stored::Dense(t) => Ok(t),
+        Stored::Dense(t) => Ok(t.clone()),
         Stored::Fp8(m) => Ok(Tensor::from_vec(
             m.dequantize(),
             (m.rows(), m.cols()),

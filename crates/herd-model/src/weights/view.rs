@@ -62,7 +62,7 @@ impl<'a> Weights<'a> {
 
     /// Tensor by its full checkpoint name, ignoring the prefix, in the compute dtype.
     pub fn get_absolute(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let dense = to_dense(name, self.source.stored(name, shape)?)?;
+        let dense = to_dense(name, &self.source.stored(name, shape)?)?;
         Ok(dense
             .to_dtype(self.dtype)?
             .to_device(&self.device)?
@@ -84,7 +84,7 @@ impl<'a> Weights<'a> {
             // matrix is never whole in memory.
             let q = QuantTensor::quantize_with(ty, out_dim, in_dim, name, |first, values| {
                 let n = values.len() / in_dim;
-                let slab = to_dense(name, self.source.stored_rows(name, &shape, first, n)?)?;
+                let slab = to_dense(name, &self.source.stored_rows(name, &shape, first, n)?)?;
                 let slab = slab.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 values.copy_from_slice(&slab);
                 Ok(())

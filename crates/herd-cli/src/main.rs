@@ -13,6 +13,14 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("HERD_LOG"))
         .with_writer(std::io::stderr)
         .init();
+    let mut limits = herd_limits::Limits::default();
+    for setting in &cli.limits {
+        if let Err(e) = limits.set(setting) {
+            eprintln!("error: --limit {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    limits.install();
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Logits(a) => commands::logits::run(a),

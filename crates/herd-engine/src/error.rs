@@ -9,6 +9,17 @@ pub enum EngineError {
     #[error("empty prompt: generation needs at least one token")]
     EmptyPrompt,
 
+    /// The prompt alone fills the context: nothing could be generated.
+    #[error("the prompt has {prompt_tokens} tokens; the model's context holds {max_positions}")]
+    PromptTooLong {
+        prompt_tokens: usize,
+        max_positions: usize,
+    },
+
+    /// The model produced NaN or +inf logits: its weights are broken (or overflow the dtype).
+    #[error("the logits at position {position} are not finite (NaN or +inf): the model's weights are broken or overflow its dtype; `--check-finite` names the first layer at fault")]
+    NonFiniteLogits { position: usize },
+
     #[error(transparent)]
     Model(#[from] herd_model::Error),
 }

@@ -54,6 +54,12 @@ pub fn generate_with_images<M: LanguageModel>(
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }
+    if prompt.len() > model.max_positions() {
+        return Err(EngineError::PromptTooLong {
+            prompt_tokens: prompt.len(),
+            max_positions: model.max_positions(),
+        });
+    }
     let mut sampler = Sampler::new(params.clone())?;
     let mut cache = model.new_cache();
     let mut logits = Vec::new();
@@ -68,6 +74,13 @@ pub fn generate_with_images<M: LanguageModel>(
     let mut history = prompt.to_vec();
     let mut tokens = Vec::new();
     let finish_reason = loop {
+        // -inf is a masked token; NaN or +inf means the forward pass went wrong, and sampling
+        // from it would pick garbage (token 0 forever) without a word.
+        if logits.iter().any(|l| l.is_nan() || *l == f32::INFINITY) {
+            return Err(EngineError::NonFiniteLogits {
+                position: history.len() - 1,
+            });
+        }
         let next = sampler.sample(&logits, &history);
         if params.stop_token_ids.contains(&next) {
             break FinishReason::Stop(next);

@@ -13,12 +13,15 @@ use std::path::Path;
 use base64::Engine;
 use candle_core::{Device, Tensor};
 use half::bf16;
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+pub use image::RgbImage;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 use serde::Deserialize;
 
 /// Largest image side herd accepts, and the decoder's memory ceiling (decompression bombs).
 pub const MAX_SIDE: u32 = 16_384;
 const MAX_DECODE_BYTES: u64 = 512 << 20;
+/// Most tiles one image may become (Llama 4 uses 16; each tile is 144 prompt tokens).
+pub const MAX_PATCHES: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -34,6 +37,8 @@ pub enum ImageError {
     Size { what: String, width: u32, height: u32 },
     #[error("preprocessor_config.json: {0}")]
     Config(String),
+    #[error(transparent)]
+    Read(#[from] herd_limits::ReadError),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }
@@ -69,13 +74,10 @@ impl PreprocessConfig {
     /// `dir/preprocessor_config.json`, or transformers' defaults when absent.
     pub fn load(dir: &Path) -> Result<Self, ImageError> {
         let path = dir.join("preprocessor_config.json");
-        if !path.is_file() {
+        if std::fs::symlink_metadata(&path).is_err() {
             return Ok(Self::default());
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| ImageError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = herd_limits::read_file_to_string(&path, herd_limits::FileKind::Config)?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ImageError::Config(e.to_string()))?;
         let mut config: PreprocessConfig =
@@ -84,13 +86,19 @@ impl PreprocessConfig {
             let h = size.get("height").and_then(|v| v.as_u64());
             let w = size.get("width").and_then(|v| v.as_u64());
             match (h, w) {
-                (Some(h), Some(w)) if h == w && h > 0 => config.tile = h as u32,
+                (Some(h), Some(w)) if h == w && h > 0 && h <= u64::from(MAX_SIDE) => config.tile = h as u32,
                 _ => {
                     return Err(ImageError::Config(format!(
                         "size must be a square {{height, width}}, found {size}"
                     )))
                 }
             }
+        }
+        if config.max_patches > MAX_PATCHES {
+            return Err(ImageError::Config(format!(
+                "max_patches {} is beyond {MAX_PATCHES} tiles per image",
+                config.max_patches
+            )));
         }
         if config.max_patches == 0 || config.image_std.contains(&0.0) {
             return Err(ImageError::Config(
@@ -124,10 +132,7 @@ impl ProcessedImage {
 
 /// Decodes an image from a file.
 pub fn load_file(path: &Path) -> Result<RgbImage, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = herd_limits::read_file(path, herd_limits::FileKind::Image)?;
     decode(&bytes, &path.display().to_string())
 }
 
@@ -141,6 +146,13 @@ pub fn load_data_url(url: &str) -> Result<RgbImage, ImageError> {
         .strip_prefix("data:")
         .ok_or_else(|| bad("must start with `data:`"))?;
     let (meta, payload) = rest.split_once(',').ok_or_else(|| bad("has no `,`"))?;
+    let limit = herd_limits::Limits::current().image_bytes;
+    // base64 holds 3 bytes in 4 characters.
+    if payload.len() as u64 / 4 * 3 > limit {
+        return Err(bad(&format!(
+            "holds more than {limit} bytes (raise with --limit image-bytes=N)"
+        )));
+    }
     if !meta.ends_with(";base64") {
         return Err(bad("must be base64-encoded"));
     }
@@ -169,17 +181,29 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(fail)?;
+    let (width, height) = decoder.dimensions();
+    let max_pixels = herd_limits::Limits::current().image_pixels;
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(ImageError::Decode {
+            what: what.into(),
+            message: format!(
+                "{width}×{height} is more than {max_pixels} pixels (raise with --limit image-pixels=N)"
+            ),
+        });
+    }
     let orientation = decoder.orientation().map_err(fail)?;
     let is_jpeg = reader_format_is_jpeg(bytes);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(fail)?;
-    if is_jpeg {
-        // The reference decodes JPEG with libjpeg-turbo (through PIL); image-rs' decoder
-        // differs by a few grey levels near colour edges. libjpeg-turbo's decoder (as shipped
-        // in mozjpeg) gives the reference's pixels. image-rs still validates the file above.
-        if let Some(rgb) = decode_jpeg_like_libjpeg(bytes) {
-            img = DynamicImage::ImageRgb8(rgb);
-        }
-    }
+    // JPEGs are decoded by libjpeg-turbo (the reference's pixels, see below); image-rs decodes
+    // everything else, and still validates JPEGs first.
+    let mut img = match is_jpeg.then(|| decode_jpeg_like_pil(bytes)) {
+        Some(Ok(rgb)) => DynamicImage::ImageRgb8(rgb),
+        // A JPEG libjpeg refuses may still be one image-rs reads; if neither can, both say why.
+        Some(Err(libjpeg)) => DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Decode {
+            what: what.into(),
+            message: format!("{e} (libjpeg: {libjpeg})"),
+        })?,
+        None => DynamicImage::from_decoder(decoder).map_err(fail)?,
+    };
     img.apply_orientation(orientation);
     let (width, height) = (img.width(), img.height());
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
@@ -196,15 +220,49 @@ fn reader_format_is_jpeg(bytes: &[u8]) -> bool {
     image::guess_format(bytes).is_ok_and(|f| f == image::ImageFormat::Jpeg)
 }
 
-/// RGB pixels from libjpeg-turbo's decoder with its defaults (islow IDCT, fancy upsampling),
-/// as PIL decodes; `None` where it cannot (e.g. CMYK), and image-rs' pixels are kept.
-fn decode_jpeg_like_libjpeg(bytes: &[u8]) -> Option<RgbImage> {
-    let decompress = mozjpeg::Decompress::new_mem(bytes).ok()?;
-    let (width, height) = (decompress.width() as u32, decompress.height() as u32);
-    let mut started = decompress.rgb().ok()?;
-    let pixels: Vec<u8> = started.read_scanlines().ok()?;
-    started.finish().ok()?;
-    RgbImage::from_raw(width, height, pixels)
+/// RGB pixels as PIL gives them: libjpeg-turbo's decoder with its defaults (islow IDCT, fancy
+/// upsampling; image-rs' decoder differs by a few grey levels near colour edges). CMYK and
+/// YCCK files are decoded to CMYK, un-inverted when an Adobe marker says Photoshop inverted
+/// them (PIL's `CMYK;I`), and converted as PIL's `convert("RGB")` does.
+fn decode_jpeg_like_pil(bytes: &[u8]) -> Result<RgbImage, String> {
+    // libjpeg reports corrupt data by unwinding (mozjpeg's `unwinding` feature): contain it.
+    let decoded = herd_limits::catch_panic(|| -> std::io::Result<Option<RgbImage>> {
+        let decompress = mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(14)]).from_mem(bytes)?;
+        let (width, height) = (decompress.width() as u32, decompress.height() as u32);
+        match decompress.color_space() {
+            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK => {
+                let adobe = decompress.markers().any(|m| m.data.starts_with(b"Adobe"));
+                let mut started = decompress.to_colorspace(mozjpeg::ColorSpace::JCS_CMYK)?;
+                let cmyk: Vec<[u8; 4]> = started.read_scanlines()?;
+                started.finish()?;
+                let rgb = cmyk.iter().flat_map(|&p| cmyk_to_rgb(p, adobe)).collect();
+                Ok(RgbImage::from_raw(width, height, rgb))
+            }
+            _ => {
+                let mut started = decompress.rgb()?;
+                let pixels: Vec<u8> = started.read_scanlines()?;
+                started.finish()?;
+                Ok(RgbImage::from_raw(width, height, pixels))
+            }
+        }
+    });
+    match decoded {
+        Ok(Ok(Some(rgb))) => Ok(rgb),
+        Ok(Ok(None)) => Err("the decoder returned fewer pixels than the image has".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!("libjpeg could not decode it: {panic}")),
+    }
+}
+
+/// Pillow's `cmyk2rgb`: `channel = (255 - k) - (c · (255 - k)) / 255`, its rounding included.
+fn cmyk_to_rgb(p: [u8; 4], adobe_inverted: bool) -> [u8; 3] {
+    let p = if adobe_inverted { p.map(|v| 255 - v) } else { p };
+    let nk = 255 - u32::from(p[3]);
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    [0, 1, 2].map(|c| (nk - muldiv255(u32::from(p[c]), nk)) as u8)
 }
 
 /// RGB as transformers' `convert_to_rgb`: images with alpha are composited over white.

@@ -9,12 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 
+/// Temperatures below this are greedy (as vLLM's `_SAMPLING_EPS`): dividing logits by a
+/// denormal makes every probability inf/NaN and the draw meaningless.
+pub const MIN_TEMPERATURE: f32 = 1e-5;
+
 /// Everything that decides which tokens a request produces. Validate with
 /// [`SamplingParams::validate`] before use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SamplingParams {
-    /// 0 = greedy; otherwise logits are divided by it.
+    /// 0 (or below [`MIN_TEMPERATURE`]) = greedy; otherwise logits are divided by it.
     pub temperature: f32,
     /// Nucleus: keep the smallest set of most likely tokens whose probability sum reaches it.
     /// 1 = off.
@@ -108,7 +112,7 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let mut logits = logits.to_vec();
         apply_repetition_penalty(&mut logits, history, self.params.repetition_penalty);
-        if self.params.temperature == 0.0 {
+        if self.params.temperature < MIN_TEMPERATURE {
             return argmax(&logits);
         }
         let probs = self.filtered_probabilities(&logits);

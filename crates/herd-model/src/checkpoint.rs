@@ -30,7 +30,48 @@ pub struct Checkpoint {
 
 #[derive(Deserialize)]
 struct ShardIndex {
-    weight_map: HashMap<String, String>,
+    #[serde(deserialize_with = "unique_entries")]
+    weight_map: Vec<(String, String)>,
+}
+
+/// `weight_map` as written: a JSON object whose keys must not repeat (serde's maps would keep
+/// the last of two entries for one tensor without a word).
+fn unique_entries<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<Vec<(String, String)>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object mapping tensor names to shard file names")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            while let Some((name, shard)) = map.next_entry::<String, String>()? {
+                if !seen.insert(name.clone()) {
+                    return Err(serde::de::Error::custom(format!("`{name}` is listed twice")));
+                }
+                out.push((name, shard));
+            }
+            Ok(out)
+        }
+    }
+    de.deserialize_map(Entries)
+}
+
+impl ShardIndex {
+    /// The folder's index, if it has one.
+    fn load(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(INDEX_FILE);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Ok(None);
+        }
+        crate::json_file::read_json_as(&path).map(Some)
+    }
 }
 
 /// The layouts herd knows: (text prefix, lm_head name).
@@ -42,7 +83,8 @@ const LAYOUTS: [(&str, &str); 2] = [
 impl Checkpoint {
     /// Opens `dir`, reading only headers; tensor data stays on disk until used.
     pub fn open(dir: &Path) -> Result<Self> {
-        let files = shard_files(dir)?;
+        let shard_index = ShardIndex::load(dir)?;
+        let files = shard_files(dir, shard_index.as_ref())?;
         let shards = files
             .iter()
             .map(|f| SafetensorsFile::open(f))
@@ -62,7 +104,9 @@ impl Checkpoint {
                 }
             }
         }
-        check_weight_map(dir, &shards, &index)?;
+        if let Some(map) = &shard_index {
+            check_weight_map(dir, map, &shards, &index)?;
+        }
         let (text_prefix, lm_head) = LAYOUTS
             .iter()
             .find(|(prefix, _)| index.contains_key(&format!("{prefix}embed_tokens.weight")))
@@ -176,19 +220,13 @@ impl Checkpoint {
 
 /// The index's `weight_map` must say where each tensor really is: an entry naming the wrong
 /// shard, or a tensor the shard does not hold, is an error (a sign of a mixed-up download).
-fn check_weight_map(dir: &Path, shards: &[SafetensorsFile], index: &HashMap<String, usize>) -> Result<()> {
+fn check_weight_map(
+    dir: &Path,
+    map: &ShardIndex,
+    shards: &[SafetensorsFile],
+    index: &HashMap<String, usize>,
+) -> Result<()> {
     let index_path = dir.join(INDEX_FILE);
-    if !index_path.is_file() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(&index_path).map_err(|source| Error::Io {
-        path: index_path.clone(),
-        source,
-    })?;
-    let map: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: index_path.clone(),
-        source,
-    })?;
     for (name, shard) in &map.weight_map {
         let actual = index.get(name).and_then(|&i| shards.get(i));
         let actual_name = actual.and_then(|s| s.path().file_name()).and_then(|n| n.to_str());
@@ -212,18 +250,10 @@ fn inside_folder(shard: &str) -> bool {
 }
 
 /// The safetensors files of a checkpoint: the single file, or every shard the index names.
-fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+fn shard_files(dir: &Path, index: Option<&ShardIndex>) -> Result<Vec<PathBuf>> {
     let index_path = dir.join(INDEX_FILE);
-    if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path).map_err(|source| Error::Io {
-            path: index_path.clone(),
-            source,
-        })?;
-        let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: index_path.clone(),
-            source,
-        })?;
-        let shards: BTreeSet<&String> = index.weight_map.values().collect();
+    if let Some(index) = index {
+        let shards: BTreeSet<&String> = index.weight_map.iter().map(|(_, shard)| shard).collect();
         if shards.is_empty() {
             return Err(Error::Checkpoint {
                 path: index_path,
@@ -240,7 +270,8 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
                     });
                 }
                 let path = dir.join(shard);
-                if path.is_file() {
+                // Present but not a regular file: opening it says so.
+                if std::fs::symlink_metadata(&path).is_ok() {
                     Ok(path)
                 } else {
                     Err(Error::Checkpoint {

@@ -13,6 +13,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error(transparent)]
+    Read(#[from] herd_limits::ReadError),
+
     #[error("{path}: not valid JSON: {source}")]
     Json {
         path: PathBuf,
@@ -72,6 +75,14 @@ pub enum Error {
     /// The prompt's `<|patch|>` tokens and the images' feature rows do not pair up.
     #[error("the prompt has {patch_tokens} <|patch|> tokens but the images give {features} feature rows")]
     ImageTokens { patch_tokens: usize, features: usize },
+
+    /// A layer produced NaN or ±inf (broken weights, or an overflow in a narrow dtype).
+    #[error("{what} is not finite at position {position} (NaN or ±inf): the weights are broken or overflow {dtype}")]
+    NonFinite {
+        what: String,
+        position: usize,
+        dtype: String,
+    },
 
     #[error("empty input: a forward step needs at least one token")]
     EmptyInput,

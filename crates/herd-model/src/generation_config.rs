@@ -22,14 +22,10 @@ impl GenerationConfig {
     /// Reads `dir/generation_config.json`, or the empty default when the folder has none.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("generation_config.json");
-        if !path.is_file() {
+        if std::fs::symlink_metadata(&path).is_err() {
             return Ok(Self::default());
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let raw: Raw = serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+        let raw: Raw = crate::json_file::read_json_as(&path)?;
         let eos_token_ids = raw
             .eos_token_id
             .map(|ids| ids.to_vec())

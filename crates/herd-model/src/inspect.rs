@@ -30,22 +30,28 @@ pub struct KvFootprint {
 impl KvFootprint {
     /// Total bytes for a context of `n_tokens`.
     pub fn bytes_at(&self, n_tokens: usize) -> u64 {
-        self.global_bytes_per_token * n_tokens as u64
-            + self.chunked_bytes_per_token * n_tokens.min(self.chunked_max_tokens) as u64
+        self.global_bytes_per_token
+            .saturating_mul(n_tokens as u64)
+            .saturating_add(
+                self.chunked_bytes_per_token
+                    .saturating_mul(n_tokens.min(self.chunked_max_tokens) as u64),
+            )
     }
 }
 
+/// Parameter counts; computed in u128 so that no config can wrap them (a config past u64
+/// saturates, and config resolution refuses anything near that).
 pub fn param_counts(config: &ModelConfig) -> ParamCounts {
-    let d = config.hidden_size as u64;
-    let dh = config.head_dim as u64;
-    let (h, hkv) = (config.n_heads as u64, config.n_kv_heads as u64);
+    let d = config.hidden_size as u128;
+    let dh = config.head_dim as u128;
+    let (h, hkv) = (config.n_heads as u128, config.n_kv_heads as u128);
     let attention = d * h * dh * 2 + d * hkv * dh * 2 + 2 * d; // q, o, k, v, two norms
-    let mut total = 0;
-    let mut active = 0;
+    let mut total: u128 = 0;
+    let mut active: u128 = 0;
     for plan in &config.layers {
         let (ff_total, ff_active) = match plan.feed_forward {
             FeedForwardKind::Dense { width } => {
-                let p = 3 * d * width as u64;
+                let p = 3 * d * width as u128;
                 (p, p)
             }
             FeedForwardKind::Moe {
@@ -53,26 +59,27 @@ pub fn param_counts(config: &ModelConfig) -> ParamCounts {
                 top_k,
                 width,
             } => {
-                let expert = 3 * d * width as u64;
-                let router = d * n_experts as u64;
+                let expert = 3 * d * width as u128;
+                let router = d * n_experts as u128;
                 let shared = expert;
                 (
-                    router + shared + expert * n_experts as u64,
-                    router + shared + expert * top_k as u64,
+                    router + shared + expert * n_experts as u128,
+                    router + shared + expert * top_k as u128,
                 )
             }
         };
         total += attention + ff_total;
         active += attention + ff_active;
     }
-    let v = config.vocab_size as u64;
+    let v = config.vocab_size as u128;
     let lm_head = if config.tie_word_embeddings { 0 } else { v * d };
     let edges = v * d + d + lm_head; // embeddings, final norm, head
+    let saturate = |n: u128| u64::try_from(n).unwrap_or(u64::MAX);
     ParamCounts {
-        total: total + edges,
+        total: saturate(total + edges),
         // An embedding lookup reads one row, but counting conventions (and Meta's "17B
         // active") include the whole table.
-        active: active + edges,
+        active: saturate(active + edges),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod generation_config;
 pub mod inspect;
+pub mod json_file;
 pub mod kernels;
 pub mod kv_cache;
 pub mod nn;

@@ -207,35 +207,20 @@ pub fn quantize_to_gguf(
                 .into(),
         });
     }
-    if out.exists() && !out.is_file() {
-        return Err(Error::Checkpoint {
-            path: out.to_path_buf(),
-            message: "the output exists and is not a regular file; refusing to replace it".into(),
-        });
-    }
-    // Writing over one of the files being read would corrupt both.
-    if let (Ok(target), WeightSource::Safetensors(c)) = (out.canonicalize(), &source) {
-        if c.files()
-            .iter()
-            .any(|f| f.canonicalize().is_ok_and(|f| f == target))
-        {
-            return Err(Error::Checkpoint {
-                path: out.to_path_buf(),
-                message: "the output is one of the checkpoint's own files; refusing to overwrite it".into(),
-            });
-        }
-    }
-    check_gguf_conventions(&config)?;
-    let raw: Json = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).map_err(
-        |source| Error::Io {
-            path: src.join("config.json"),
-            source,
-        },
-    )?)
-    .map_err(|source| Error::Json {
-        path: src.join("config.json"),
-        source,
+    // Never a device, a link or one of the checkpoint's own files (writing over a file being
+    // read would corrupt both).
+    let mut inputs: Vec<&std::path::Path> = vec![src];
+    let shards = match &source {
+        WeightSource::Safetensors(c) => c.files(),
+        WeightSource::Gguf(g) => g.paths().to_vec(),
+    };
+    inputs.extend(shards.iter().map(|p| p.as_path()));
+    herd_limits::check_output(out, &inputs).map_err(|e| Error::Checkpoint {
+        path: out.to_path_buf(),
+        message: e.to_string(),
     })?;
+    check_gguf_conventions(&config)?;
+    let raw: Json = crate::json_file::read_json(&src.join("config.json"))?;
     let text_raw = raw.get("text_config").filter(|t| t.is_object()).unwrap_or(&raw);
     let plan = match ftype {
         FileType::Quant(base) => Some(QuantPlan {

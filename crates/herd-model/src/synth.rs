@@ -193,6 +193,12 @@ pub fn write(spec: &SynthSpec, out: &Path, seed: u64, mut progress: impl FnMut(u
     {
         return Err(Error::config("synth", format!("unusable shapes {spec:?}")));
     }
+    if std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(Error::Checkpoint {
+            path: out.to_path_buf(),
+            message: "is a symbolic link; herd does not write through links (give the real path)".into(),
+        });
+    }
     std::fs::create_dir_all(out).map_err(io(out))?;
     let json_out = |name: &str, value: &serde_json::Value| -> Result<()> {
         let path = out.join(name);

@@ -15,6 +15,9 @@ use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use aho_corasick::{AhoCorasick, MatchKind};
+use herd_limits::{FileKind, Limits};
+
 use crate::error::TextError;
 use crate::pyjson;
 use crate::tokenizer::{SpecialTokens, Tokenizer};
@@ -60,6 +63,52 @@ impl Message {
     }
 }
 
+/// A JSON list of messages (OpenAI's `messages`), checked one by one so an error names the
+/// message at fault. `content` may be null only beside `tool_calls` (as OpenAI's API has it).
+pub fn parse_messages(value: Value) -> Result<Vec<Message>, TextError> {
+    let Value::Array(items) = value else {
+        return Err(TextError::Messages("expected a list of messages".into()));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut item)| {
+            let Some(map) = item.as_object_mut() else {
+                return Err(TextError::Messages(format!(
+                    "message {i}: expected an object, found {item}"
+                )));
+            };
+            let role = match map.get("role") {
+                Some(Value::String(r)) => r.clone(),
+                Some(other) => {
+                    return Err(TextError::Messages(format!(
+                        "message {i}: `role` must be a string, found {other}"
+                    )))
+                }
+                None => return Err(TextError::Messages(format!("message {i}: no `role`"))),
+            };
+            match map.get("content") {
+                Some(Value::Null) if map.get("tool_calls").is_some_and(|t| !t.is_null()) => {
+                    map.insert("content".into(), Value::String(String::new()));
+                }
+                Some(Value::Null) => {
+                    return Err(TextError::Messages(format!(
+                        "message {i} ({role}): `content` is null; give a string or a list of parts"
+                    )))
+                }
+                Some(Value::String(_) | Value::Array(_)) | None => {}
+                Some(other) => {
+                    return Err(TextError::Messages(format!(
+                        "message {i} ({role}): `content` must be a string or a list of parts, found {other}"
+                    )))
+                }
+            }
+            serde_json::from_value(item)
+                .map_err(|e| TextError::Messages(format!("message {i} ({role}): {e}")))
+        })
+        .collect()
+}
+
 /// A chat template with the tokens it refers to.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
@@ -95,12 +144,15 @@ impl ChatTemplate {
     pub fn from_dir(dir: &Path) -> Result<Self, TextError> {
         let read = |name: &str| -> Result<Option<String>, TextError> {
             let path = dir.join(name);
-            if !path.is_file() {
+            if std::fs::symlink_metadata(&path).is_err() {
                 return Ok(None);
             }
-            std::fs::read_to_string(&path)
-                .map(Some)
-                .map_err(|source| TextError::Io { path, source })
+            let kind = if name.ends_with(".jinja") {
+                FileKind::Template
+            } else {
+                FileKind::Config
+            };
+            Ok(Some(herd_limits::read_file_to_string(&path, kind)?))
         };
         let parse = |name: &str, text: &str| -> Result<Value, TextError> {
             serde_json::from_str(text).map_err(|e| TextError::Template(format!("{name}: {e}")))
@@ -139,20 +191,32 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// Renders the conversation to text.
+    /// Renders the conversation to text, within the current [`Limits`]: the template's source
+    /// (`template_bytes`), the conversation (`prompt_bytes`), the instructions it may run
+    /// (`template_steps`) and the text it may write (`template_output_bytes`).
     pub fn render(
         &self,
         messages: &[Message],
         tools: Option<&[Value]>,
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
+        let limits = Limits::current();
+        if self.source.len() as u64 > limits.template_bytes {
+            return Err(TextError::Template(format!(
+                "the template is {} bytes, more than {} (raise with --limit template-bytes=N)",
+                self.source.len(),
+                limits.template_bytes
+            )));
+        }
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(limits.template_steps));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.add_filter("indent", indent);
         let template = env
             .template_from_str(&self.source)
             .map_err(|e| TextError::Template(e.to_string()))?;
@@ -162,12 +226,39 @@ impl ChatTemplate {
         if let Some(tools) = tools {
             ctx.insert("tools".into(), Value::Array(tools.to_vec()));
         }
+        let size = serde_json::to_vec(&ctx).map_or(u64::MAX, |v| v.len() as u64);
+        if size > limits.prompt_bytes {
+            return Err(TextError::Messages(format!(
+                "the conversation is {size} bytes, more than {} (raise with --limit prompt-bytes=N)",
+                limits.prompt_bytes
+            )));
+        }
         ctx.insert("add_generation_prompt".into(), Value::Bool(add_generation_prompt));
         ctx.insert("bos_token".into(), Value::String(self.bos_token.clone()));
         ctx.insert("eos_token".into(), Value::String(self.eos_token.clone()));
-        template
-            .render(JValue::from_serialize(&ctx))
-            .map_err(|e| TextError::Template(template_error(&e)))
+        let mut out = CappedOutput {
+            bytes: Vec::new(),
+            cap: limits.template_output_bytes,
+            exceeded: false,
+        };
+        let rendered = template.render_captured_to(JValue::from_serialize(&ctx), &mut out);
+        if out.exceeded {
+            return Err(TextError::Template(format!(
+                "the template wrote more than {} bytes (raise with --limit template-output-bytes=N)",
+                limits.template_output_bytes
+            )));
+        }
+        rendered.map_err(|e| {
+            TextError::Template(if e.kind() == ErrorKind::OutOfFuel {
+                format!(
+                    "the template ran more than {} steps (raise with --limit template-steps=N)",
+                    limits.template_steps
+                )
+            } else {
+                template_error(&e)
+            })
+        })?;
+        String::from_utf8(out.bytes).map_err(|e| TextError::Template(e.to_string()))
     }
 
     /// Renders and tokenizes the conversation. With [`SpecialTokens::AsText`] (the safe
@@ -188,7 +279,7 @@ impl ChatTemplate {
             return tokenizer.encode(&text, SpecialTokens::Parse);
         }
         let specials = tokenizer.special_tokens();
-        let guard = SpecialGuard::new(&specials);
+        let guard = SpecialGuard::new(&specials)?;
         let messages: Vec<Message> = messages
             .iter()
             .map(|m| guard.defuse_message(m))
@@ -197,17 +288,18 @@ impl ChatTemplate {
         let text = self.render(&messages, tools.as_deref(), add_generation_prompt)?;
         // Every special-token string left in `text` came from the template.
         let mut ids = Vec::new();
-        let mut rest = text.as_str();
-        while let Some((at, token)) = find_first(rest, &specials) {
-            ids.extend(tokenizer.encode(&guard.restore(&rest[..at]), SpecialTokens::AsText)?);
+        let mut last = 0;
+        for m in guard.matcher.find_iter(&text) {
+            ids.extend(tokenizer.encode(&guard.restore(&text[last..m.start()]), SpecialTokens::AsText)?);
+            let token = &specials[m.pattern().as_usize()];
             ids.push(
                 tokenizer
                     .special_id(token)
                     .ok_or_else(|| TextError::Encode(format!("no id for {token}")))?,
             );
-            rest = &rest[at + token.len()..];
+            last = m.end();
         }
-        ids.extend(tokenizer.encode(&guard.restore(rest), SpecialTokens::AsText)?);
+        ids.extend(tokenizer.encode(&guard.restore(&text[last..]), SpecialTokens::AsText)?);
         Ok(ids)
     }
 }
@@ -229,30 +321,13 @@ fn pick_template(v: &Value) -> Result<String, TextError> {
     }
 }
 
-/// The earliest special-token occurrence in `text` (longest token wins at a position).
-fn find_first<'a>(text: &str, specials: &'a [String]) -> Option<(usize, &'a str)> {
-    let mut best: Option<(usize, &str)> = None;
-    let mut search_from = 0;
-    while let Some(offset) = text[search_from..].find("<|") {
-        let at = search_from + offset;
-        for s in specials {
-            if text[at..].starts_with(s.as_str()) && best.is_none_or(|(_, b)| s.len() > b.len()) {
-                best = Some((at, s));
-            }
-        }
-        if best.is_some() {
-            return best;
-        }
-        search_from = at + 2;
-    }
-    None
-}
-
 /// Swaps special-token strings in user-supplied text for private-use placeholders before
 /// rendering, and back after, so the template sees (almost) the same text but the splitter can
 /// tell its own special tokens from the user's.
 struct SpecialGuard<'a> {
     specials: &'a [String],
+    /// Every special token, leftmost-longest (one linear pass over the text).
+    matcher: AhoCorasick,
 }
 
 /// U+10FFFD and U+10FFFC are noncharacters-adjacent private-use code points no tokenizer input
@@ -261,22 +336,25 @@ const OPEN: char = '\u{10FFFD}';
 const CLOSE: char = '\u{10FFFC}';
 
 impl<'a> SpecialGuard<'a> {
-    fn new(specials: &'a [String]) -> Self {
-        SpecialGuard { specials }
+    fn new(specials: &'a [String]) -> Result<Self, TextError> {
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(specials)
+            .map_err(|e| TextError::Encode(format!("special tokens: {e}")))?;
+        Ok(SpecialGuard { specials, matcher })
     }
 
     fn defuse(&self, text: &str) -> String {
         let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some((at, token)) = find_first(rest, self.specials) {
-            let index = self.specials.iter().position(|s| s == token).unwrap_or(0);
-            out.push_str(&rest[..at]);
+        let mut last = 0;
+        for m in self.matcher.find_iter(text) {
+            out.push_str(&text[last..m.start()]);
             out.push(OPEN);
-            out.push_str(&index.to_string());
+            out.push_str(&m.pattern().as_usize().to_string());
             out.push(CLOSE);
-            rest = &rest[at + token.len()..];
+            last = m.end();
         }
-        out.push_str(rest);
+        out.push_str(&text[last..]);
         out
     }
 
@@ -318,15 +396,59 @@ impl<'a> SpecialGuard<'a> {
     }
 
     fn defuse_message(&self, m: &Message) -> Result<Message, TextError> {
-        let mut value = serde_json::to_value(m).map_err(|e| TextError::Messages(e.to_string()))?;
-        // The role picks the header: it is never user text to protect, and must stay intact.
-        if let Value::Object(map) = &mut value {
-            for (_, v) in map.iter_mut().filter(|(k, _)| k.as_str() != "role") {
-                *v = self.defuse_value(v);
-            }
-        }
+        // The role too: the template writes it between header tokens, so a role holding
+        // `<|header_end|>…` would forge turns just as content would. Ordinary roles have no
+        // special-token text and pass unchanged.
+        let value =
+            self.defuse_value(&serde_json::to_value(m).map_err(|e| TextError::Messages(e.to_string()))?);
         serde_json::from_value(value).map_err(|e| TextError::Messages(e.to_string()))
     }
+}
+
+/// The rendering's output, refusing to grow past `cap` bytes.
+struct CappedOutput {
+    bytes: Vec<u8>,
+    cap: u64,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.bytes.len() + buf.len()) as u64 > self.cap {
+            self.exceeded = true;
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Widest indent `tojson` and `indent` accept: a template asking for more is an attack (one
+/// call would allocate width × lines bytes before any output limit could see it).
+const MAX_INDENT: usize = 256;
+
+fn indent(
+    value: minijinja::value::StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<JValue, minijinja::Error> {
+    let w = match width {
+        Some(w) => Some(w),
+        None => kwargs.get::<Option<usize>>("width")?,
+    };
+    if let Some(w) = w.filter(|&w| w > MAX_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("indent width {w} is beyond {MAX_INDENT}"),
+        ));
+    }
+    minijinja::filters::indent(value, width, first, blank, kwargs)
 }
 
 fn raise_exception(message: String) -> Result<JValue, minijinja::Error> {
@@ -336,6 +458,12 @@ fn raise_exception(message: String) -> Result<JValue, minijinja::Error> {
 fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
+    if let Some(n) = indent.filter(|&n| n > MAX_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson indent {n} is beyond {MAX_INDENT}"),
+        ));
+    }
     let json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     Ok(JValue::from_safe_string(pyjson::dumps(&json, indent)))

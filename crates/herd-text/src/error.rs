@@ -11,6 +11,9 @@ pub enum TextError {
         source: std::io::Error,
     },
 
+    #[error(transparent)]
+    Read(#[from] herd_limits::ReadError),
+
     /// A tokenizer file that cannot be used.
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },

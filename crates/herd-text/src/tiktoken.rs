@@ -30,10 +30,7 @@ pub struct Tiktoken {
 
 impl Tiktoken {
     pub fn load(path: &Path) -> Result<Self, TextError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TextError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = herd_limits::read_file_to_string(path, herd_limits::FileKind::Tokenizer)?;
         let bad = |message: String| TextError::Tokenizer {
             path: path.to_path_buf(),
             message,
@@ -62,6 +59,13 @@ impl Tiktoken {
         if n_ranks as u32 != FIRST_SPECIAL_ID {
             return Err(bad(format!(
                 "{n_ranks} ranks; Llama 4's tokenizer.model has {FIRST_SPECIAL_ID}"
+            )));
+        }
+        // Byte-level BPE falls back to single bytes: without all 256 of them some text has no
+        // encoding at all (tiktoken would panic on it).
+        if let Some(b) = (0..=255u8).find(|b| !ranks.contains_key([*b].as_slice())) {
+            return Err(bad(format!(
+                "no token for the single byte 0x{b:02x}: a byte-level BPE needs all 256"
             )));
         }
         let special_tokens = llama4_special_tokens();

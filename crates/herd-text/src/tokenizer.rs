@@ -5,7 +5,6 @@
 //! a user's text cannot forge `<|eot|>` or a header) encodes them as ordinary text;
 //! [`SpecialTokens::Parse`] (what the HF tokenizer always does) turns them into their ids.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::TextError;
@@ -43,7 +42,8 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self, TextError> {
         for name in ["tokenizer.json", "tokenizer.json.gz", "tokenizer.model"] {
             let path = dir.join(name);
-            if path.is_file() {
+            // Present but not a regular file (a FIFO, a device): loading it says so.
+            if std::fs::symlink_metadata(&path).is_ok() {
                 return Self::from_file(&path);
             }
         }
@@ -86,8 +86,16 @@ impl Tokenizer {
                     SpecialTokens::Parse => parse,
                     SpecialTokens::AsText => as_text,
                 };
-                let encoding = tokenizer
-                    .encode_fast(text, false)
+                // A tokenizer.json's Split regex runs in Oniguruma, whose Rust binding panics
+                // when a pattern backtracks past its retry limit: that is the file's fault,
+                // and an error here, not a crash.
+                let encoding = herd_limits::catch_panic(|| tokenizer.encode_fast(text, false))
+                    .map_err(|panic| {
+                        TextError::Encode(format!(
+                            "{}: the pre-tokenizer regex failed on this text ({panic})",
+                            self.path.display()
+                        ))
+                    })?
                     .map_err(|e| TextError::Encode(e.to_string()))?;
                 Ok(encoding.get_ids().to_vec())
             }
@@ -169,19 +177,22 @@ impl Tokenizer {
 }
 
 fn load_hf(path: &Path) -> Result<Backend, TextError> {
-    let raw = std::fs::read(path).map_err(|source| TextError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let raw = herd_limits::read_file(path, herd_limits::FileKind::Tokenizer)?;
     let json = if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
+        let limits = herd_limits::Limits::current();
+        let cap = limits.decompressed_bytes.min(limits.tokenizer_bytes);
+        herd_limits::read_capped(flate2::read::GzDecoder::new(raw.as_slice()), cap)
             .map_err(|e| TextError::Tokenizer {
                 path: path.to_path_buf(),
                 message: format!("not a gzip file: {e}"),
-            })?;
-        out
+            })?
+            .ok_or_else(|| TextError::Tokenizer {
+                path: path.to_path_buf(),
+                message: format!(
+                    "unpacks to more than {cap} bytes (raise with --limit decompressed-bytes=N and \
+                     --limit tokenizer-bytes=N)"
+                ),
+            })?
     } else {
         raw
     };

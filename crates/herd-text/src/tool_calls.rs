@@ -162,6 +162,8 @@ fn parse_pythonic(text: &str) -> Option<Vec<ToolCall>> {
         s: text.as_bytes(),
         text,
         i: 0,
+        depth: 0,
+        max_depth: herd_limits::Limits::current().nesting_depth,
     };
     p.consume(b'[')?;
     let mut calls = Vec::new();
@@ -186,6 +188,10 @@ struct PyParser<'a> {
     s: &'a [u8],
     text: &'a str,
     i: usize,
+    /// Lists and dicts open around the current value; past `max_depth` the text is not a
+    /// call (a reply of 20k brackets must not overflow the stack).
+    depth: u32,
+    max_depth: u32,
 }
 
 impl PyParser<'_> {
@@ -251,6 +257,16 @@ impl PyParser<'_> {
     }
 
     fn value(&mut self) -> Option<Value> {
+        if self.depth >= self.max_depth {
+            return None;
+        }
+        self.depth += 1;
+        let value = self.value_inner();
+        self.depth -= 1;
+        value
+    }
+
+    fn value_inner(&mut self) -> Option<Value> {
         self.ws();
         match *self.s.get(self.i)? {
             b'"' | b'\'' => self.string().map(Value::String),
@@ -451,12 +467,24 @@ enum Possible {
     No,
 }
 
+/// How much of the held text [`still_possible`] looks at.
+const HEAD_BYTES: usize = 256;
+
 /// Could `text` (starting at a candidate) still become a tool call?
 fn still_possible(text: &str) -> Possible {
     if text.starts_with(PYTHON_START) {
         return Possible::Yes;
     }
-    let rest: String = text.chars().skip(1).collect();
+    // The decision needs only the first few characters; looking at all the held text on every
+    // push would make streaming a long reply quadratic.
+    let mut head_end = text.len().min(HEAD_BYTES);
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let head = &text[..head_end];
+    let rest = head
+        .get(head.chars().next().map_or(0, char::len_utf8)..)
+        .unwrap_or("");
     let rest = rest.trim_start();
     if rest.is_empty() {
         return Possible::Yes;
@@ -481,6 +509,7 @@ fn still_possible(text: &str) -> Possible {
         return Possible::No;
     }
     match rest[ident_len..].trim_start().chars().next() {
+        // Undecided within the window: keep holding (the end of the message decides).
         None | Some('(') => Possible::Yes,
         Some(_) => Possible::No,
     }

@@ -20,6 +20,12 @@ pub use sampling::SamplingArgs;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Raise or lower a limit on untrusted input, NAME=VALUE (repeatable; K/M/G suffixes).
+    /// Names and defaults: config-bytes=16M, tokenizer-bytes=256M, template-bytes=1M,
+    /// decompressed-bytes=256M, template-steps=10000000, template-output-bytes=64M,
+    /// prompt-bytes=64M, nesting-depth=128, image-bytes=64M, image-pixels=268435456.
+    #[arg(long = "limit", value_name = "NAME=VALUE", global = true)]
+    pub limits: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -105,9 +111,10 @@ pub struct GenerateArgs {
     /// Let special-token text in --prompt (e.g. `<|eot|>`) become special tokens.
     #[arg(long)]
     pub allow_special: bool,
-    /// An image for the prompt (repeatable). With --prompt the images come first, each as its
-    /// full token layout; with --tokens the ids must already hold the layouts.
-    #[arg(long = "image", value_name = "FILE")]
+    /// An image file or `data:image/...;base64,...` URL for the prompt (repeatable). With
+    /// --prompt the images come first, each as its full token layout; with --tokens the ids
+    /// must already hold the layouts.
+    #[arg(long = "image", value_name = "FILE|DATA-URL")]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -128,8 +135,8 @@ pub struct LogitsArgs {
     #[arg(long, conflicts_with = "images")]
     pub decode: bool,
     /// Image whose features replace the `<|patch|>` tokens of IDS (repeatable, in order; IDS
-    /// must already contain each image's expanded layout).
-    #[arg(long = "image", value_name = "FILE")]
+    /// must already contain each image's expanded layout). A file or a data URL.
+    #[arg(long = "image", value_name = "FILE|DATA-URL")]
     pub images: Vec<PathBuf>,
 }
 
@@ -138,7 +145,8 @@ pub struct PreprocessArgs {
     /// Checkpoint folder (only config.json and preprocessor_config.json are read).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    #[arg(long, value_name = "FILE")]
+    /// The image: a file or a `data:image/...;base64,...` URL.
+    #[arg(long, value_name = "FILE|DATA-URL")]
     pub image: PathBuf,
     /// Output: `pixel_values` [tiles, 3, S, S] (f32) and `aspect_ratio` [rows, cols] (i64).
     #[arg(long, value_name = "FILE.safetensors")]

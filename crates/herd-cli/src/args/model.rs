@@ -29,6 +29,10 @@ pub struct ModelArgs {
     /// `cpu`, or `cuda` / `cuda:N` when herd is built with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Debugging: check every layer's output for NaN/inf and stop naming the first layer at
+    /// fault (costs one pass over the activations per layer).
+    #[arg(long)]
+    pub check_finite: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,11 +85,13 @@ impl ModelArgs {
                 indicatif::ProgressStyle::with_template("loading {bar:40} {pos}/{len} {elapsed_precise}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let model = TextModel::from_source_with_progress(&source, config, &options, |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            })?;
+            let mut model =
+                TextModel::from_source_with_progress(&source, config, &options, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                })?;
             bar.finish_and_clear();
+            model.set_check_finite(self.check_finite);
             Ok(model)
         };
         load().with_context(|| format!("loading {}", self.model.display()))

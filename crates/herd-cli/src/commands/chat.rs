@@ -16,7 +16,7 @@ use crate::args::ChatArgs;
 use crate::commands::stream::TokenStream;
 use crate::commands::text::checkpoint_stop_ids;
 
-const HELP: &str = "commands: /image PATH (attach an image to your next message), /system TEXT (set the system prompt and restart), /reset (forget the conversation), /help, /exit (or Ctrl-D). Ctrl-C stops a reply.";
+const HELP: &str = "commands: /image PATH|DATA-URL (attach an image to your next message), /system TEXT (set the system prompt and restart), /reset (forget the conversation), /help, /exit (or Ctrl-D). Ctrl-C stops a reply.";
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let dir = &args.model.model;
@@ -51,7 +51,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             ("/help", _) => eprintln!("{HELP}"),
             ("/image", path) => {
                 let path = std::path::PathBuf::from(path.trim());
-                match herd_engine::image::load_file(&path) {
+                match crate::commands::images::load_image(&path) {
                     Ok(_) => {
                         eprintln!("(image attached to your next message)");
                         pending.push(path);
@@ -72,7 +72,16 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 eprintln!("(system prompt set; conversation cleared)");
             }
             _ if line.trim().is_empty() => {}
+            (command, _) if command.starts_with('/') && !command.starts_with("//") => {
+                eprintln!("error: unknown command `{command}` (start a message with // to send a leading /)");
+                eprintln!("{HELP}");
+            }
             _ => {
+                // `//text` sends `/text`.
+                let line = line
+                    .strip_prefix('/')
+                    .filter(|l| l.starts_with('/'))
+                    .unwrap_or(line);
                 let images_before = images.len();
                 let mut message = Message::new("user", line);
                 if !pending.is_empty() {

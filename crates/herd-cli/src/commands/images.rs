@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use herd_engine::image::{load_file, preprocess, PreprocessConfig, ProcessedImage};
+use herd_engine::image::{preprocess, PreprocessConfig, ProcessedImage};
 use herd_engine::ImageFeatures;
 use herd_model::vision::VisionModel;
 
@@ -21,7 +21,7 @@ pub struct EncodedImages {
 /// must match the vision tower's, or the vision tower's tile size with transformers' defaults.
 pub fn preprocess_config(dir: &Path, vision_tile: Option<usize>) -> Result<PreprocessConfig> {
     let mut config = PreprocessConfig::load(dir)?;
-    if !dir.join("preprocessor_config.json").is_file() {
+    if std::fs::symlink_metadata(dir.join("preprocessor_config.json")).is_err() {
         if let Some(tile) = vision_tile {
             config.tile = tile as u32;
         }
@@ -36,14 +36,19 @@ pub fn preprocess_config(dir: &Path, vision_tile: Option<usize>) -> Result<Prepr
 
 /// Preprocesses one image file for checkpoint `dir` (reads only its config files).
 pub fn preprocess_file(dir: &Path, path: &Path, device: &Device) -> Result<ProcessedImage> {
-    let top: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("config.json"))
-            .with_context(|| format!("reading {}/config.json", dir.display()))?,
-    )?;
+    let top = herd_model::json_file::read_json(&dir.join("config.json"))?;
     let vision = herd_model::vision::VisionConfig::from_json(&top)?;
     let config = preprocess_config(dir, vision.map(|v| v.image_size))?;
-    let img = load_file(path)?;
+    let img = load_image(path)?;
     Ok(preprocess(&img, &config, device)?)
+}
+
+/// An image from a file, or from a `data:image/...;base64,...` URL given in its place.
+pub fn load_image(path: &Path) -> Result<herd_engine::image::RgbImage> {
+    Ok(match path.to_str().filter(|p| p.starts_with("data:")) {
+        Some(url) => herd_engine::image::load_data_url(url)?,
+        None => herd_engine::image::load_file(path)?,
+    })
 }
 
 /// Runs every image through the vision tower (batched over its tiles).
@@ -73,7 +78,7 @@ pub fn encode(
     let mut rows = Vec::new();
     let mut grids = Vec::new();
     for path in paths {
-        let img = load_file(path)?;
+        let img = load_image(path)?;
         let processed = preprocess(&img, &config, device)?;
         rows.push(
             vision

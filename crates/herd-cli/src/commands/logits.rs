@@ -39,8 +39,10 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     };
     let logits = logits.to_device(&candle_core::Device::Cpu)?;
     let (n, v) = logits.dims2()?;
-    candle_core::safetensors::save(&HashMap::from([("logits", logits)]), &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    herd_limits::write_output(&args.out, &[&args.model.model], |tmp| {
+        candle_core::safetensors::save(&HashMap::from([("logits", logits)]), tmp)
+    })?
+    .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote logits [{n}, {v}] to {}", args.out.display());
     Ok(())
 }

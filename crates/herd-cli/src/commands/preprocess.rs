@@ -14,10 +14,12 @@ pub fn run(args: PreprocessArgs) -> Result<()> {
     let (rows, cols) = processed.aspect_ratio;
     let aspect = Tensor::new(&[rows as i64, cols as i64], &Device::Cpu)?;
     let dims = processed.pixel_values.dims().to_vec();
-    candle_core::safetensors::save(
-        &HashMap::from([("pixel_values", processed.pixel_values), ("aspect_ratio", aspect)]),
-        &args.out,
-    )
+    herd_limits::write_output(&args.out, &[&args.model, &args.image], |tmp| {
+        candle_core::safetensors::save(
+            &HashMap::from([("pixel_values", processed.pixel_values), ("aspect_ratio", aspect)]),
+            tmp,
+        )
+    })?
     .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "wrote pixel_values {dims:?} and aspect_ratio [{rows}, {cols}] to {}",

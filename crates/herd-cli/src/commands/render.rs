@@ -43,7 +43,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
 }
 
 fn read_json(path: &std::path::Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = herd_limits::read_file_to_string(path, herd_limits::FileKind::Prompt)?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
@@ -63,7 +63,6 @@ fn read_messages(path: &std::path::Path) -> Result<(Vec<Message>, Option<Vec<Val
         }
         _ => bail!("{}: expected a list of messages", path.display()),
     };
-    let messages: Vec<Message> = serde_json::from_value(messages)
-        .with_context(|| format!("{}: each message needs a `role` and a `content`", path.display()))?;
+    let messages = herd_text::chat::parse_messages(messages).with_context(|| path.display().to_string())?;
     Ok((messages, tools))
 }

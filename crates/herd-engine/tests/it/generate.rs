@@ -155,3 +155,63 @@ fn seeded_sampling_on_a_real_model_is_reproducible() {
     assert_eq!(first, run());
     assert_eq!(first.len(), 24);
 }
+
+/// A model whose logits turn NaN after `good` feeds (broken weights).
+struct Broken {
+    good: usize,
+    feeds: RefCell<usize>,
+}
+
+impl LanguageModel for Broken {
+    type Cache = ();
+
+    fn new_cache(&self) {}
+
+    fn max_positions(&self) -> usize {
+        100
+    }
+
+    fn feed(&self, _ids: &[u32], _cache: &mut ()) -> Result<Vec<f32>, EngineError> {
+        let mut feeds = self.feeds.borrow_mut();
+        *feeds += 1;
+        let bad = if *feeds > self.good { f32::NAN } else { 0.0 };
+        Ok(vec![1.0, bad, f32::NEG_INFINITY])
+    }
+}
+
+#[test]
+fn non_finite_logits_stop_generation_with_an_error() {
+    let model = Broken {
+        good: 2,
+        feeds: RefCell::new(0),
+    };
+    let mut emitted = Vec::new();
+    let err = generate(&model, &[1], &greedy(10, &[]), |t| {
+        emitted.push(t);
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, EngineError::NonFiniteLogits { position: 2 }),
+        "{err}"
+    );
+    assert_eq!(emitted, vec![0, 0], "-inf alone is a mask, not an error");
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_up_front() {
+    let model = counter(4096);
+    let prompt = vec![1u32; 25_002];
+    let err = generate(&model, &prompt, &greedy(1, &[]), |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::PromptTooLong {
+                prompt_tokens: 25_002,
+                max_positions: 4096
+            }
+        ),
+        "{err}"
+    );
+    assert!(model.feeds.borrow().is_empty(), "nothing was computed");
+}

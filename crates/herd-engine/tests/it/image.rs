@@ -174,3 +174,40 @@ fn exif_orientation_is_applied() {
     assert!(img.get_pixel(35, 5)[1] > 150, "{:?}", img.get_pixel(35, 5));
     assert!(img.get_pixel(5, 5)[0] > 150, "{:?}", img.get_pixel(5, 5));
 }
+
+#[test]
+fn cmyk_jpegs_decode_to_pils_rgb() {
+    // An Adobe (inverted) CMYK JPEG: once a crash with an empty stderr.
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(image("cmyk.rgb.json")).unwrap()).unwrap();
+    let img = load_file(&image("cmyk.jpg")).unwrap();
+    assert_eq!(
+        (u64::from(img.width()), u64::from(img.height())),
+        (
+            expected["width"].as_u64().unwrap(),
+            expected["height"].as_u64().unwrap()
+        )
+    );
+    let want: Vec<u8> = expected["rgb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u8)
+        .collect();
+    assert_eq!(img.into_raw(), want, "PIL's Image.open(...).convert('RGB')");
+}
+
+#[test]
+fn corrupt_jpegs_are_errors_not_crashes() {
+    let bytes = std::fs::read(image("cmyk.jpg")).unwrap();
+    for cut in [20, bytes.len() / 2, bytes.len() - 2] {
+        let mut broken = bytes[..cut].to_vec();
+        broken.extend_from_slice(&[0xff, 0xd9]);
+        let _ = decode(&broken, "cut"); // an image or an error, never a panic
+    }
+    let mut flipped = bytes.clone();
+    for b in flipped.iter_mut().skip(200).step_by(7) {
+        *b ^= 0x5a;
+    }
+    let _ = decode(&flipped, "flipped");
+}

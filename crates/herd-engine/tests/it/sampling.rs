@@ -105,3 +105,14 @@ fn invalid_parameters_are_named() {
         assert!(Sampler::new(p).is_err());
     }
 }
+
+#[test]
+fn denormal_temperatures_are_greedy_not_nan() {
+    // 1e-45 divides logits into inf/NaN: every probability NaN, the least likely token drawn.
+    for t in [1e-45f32, 1e-30, 9.9e-6] {
+        let mut s = Sampler::new(params(|p| p.temperature = t)).unwrap();
+        for _ in 0..20 {
+            assert_eq!(s.sample(&logits(), &[]), 0, "temperature {t}");
+        }
+    }
+}

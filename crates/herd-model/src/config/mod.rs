@@ -115,6 +115,18 @@ pub enum ScoreAt {
     ExpertOutput,
 }
 
+/// Ceilings on config values, far above every Llama 4 model (Maverick: 48 layers, 5120 wide,
+/// 128 experts, vocab 202048, 1M positions) and far below what would overflow a size or
+/// exhaust memory before the checkpoint is even read.
+const MAX_LAYERS: usize = 1 << 12;
+const MAX_WIDTH: usize = 1 << 20;
+const MAX_HEADS: usize = 1 << 12;
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_EXPERTS: usize = 1 << 14;
+const MAX_POSITIONS: usize = 1 << 32;
+/// 17.6T parameters: every byte count derived from a config stays far from u64's end.
+const MAX_PARAMS: u64 = 1 << 44;
+
 /// The validated text-model configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -139,19 +151,13 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and resolves `dir/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
-        Self::from_json(&value)
+        Self::from_json(&crate::json_file::read_json(&dir.join("config.json"))?)
     }
 
     /// Resolves a parsed `config.json` (nested or flat).
     pub fn from_json(value: &Value) -> Result<Self> {
         let top_type = value.get("model_type").and_then(Value::as_str);
-        let text = match value.get("text_config") {
+        let (text, prefix) = match value.get("text_config") {
             Some(text) if !text.is_null() => {
                 if let Some(t) = top_type.filter(|t| *t != "llama4") {
                     return Err(Error::config(
@@ -159,12 +165,26 @@ impl ModelConfig {
                         format!("`{t}` is not a Llama 4 model (expected `llama4`)"),
                     ));
                 }
-                text
+                (text, "text_config.")
             }
-            _ => value,
+            _ => (value, ""),
         };
-        let raw: RawTextConfig =
-            serde_json::from_value(text.clone()).map_err(|e| Error::config("text_config", e.to_string()))?;
+        let raw: RawTextConfig = serde_path_to_error::deserialize(text.clone()).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." {
+                prefix.trim_end_matches('.').to_string()
+            } else {
+                format!("{prefix}{field}")
+            };
+            Error::config(
+                if field.is_empty() {
+                    "config".to_string()
+                } else {
+                    field
+                },
+                e.into_inner().to_string(),
+            )
+        })?;
         resolve(&raw)
     }
 
@@ -198,6 +218,30 @@ fn resolve(raw: &RawTextConfig) -> Result<ModelConfig> {
     for (field, v) in positive {
         if v == 0 {
             return Err(Error::config(field, "must be positive"));
+        }
+    }
+    for (field, v, max) in [
+        ("vocab_size", raw.vocab_size, MAX_VOCAB),
+        ("hidden_size", raw.hidden_size, MAX_WIDTH),
+        ("intermediate_size", raw.intermediate_size, MAX_WIDTH),
+        ("intermediate_size_mlp", raw.intermediate_size_mlp, MAX_WIDTH),
+        ("num_hidden_layers", raw.num_hidden_layers, MAX_LAYERS),
+        ("num_attention_heads", raw.num_attention_heads, MAX_HEADS),
+        ("num_key_value_heads", raw.num_key_value_heads, MAX_HEADS),
+        ("head_dim", raw.head_dim.unwrap_or(0), MAX_WIDTH),
+        ("num_local_experts", raw.num_local_experts, MAX_EXPERTS),
+        ("num_experts_per_tok", raw.num_experts_per_tok, MAX_EXPERTS),
+        (
+            "max_position_embeddings",
+            raw.max_position_embeddings,
+            MAX_POSITIONS,
+        ),
+    ] {
+        if v > max {
+            return Err(Error::config(
+                field,
+                format!("{v} is beyond any model herd can run (at most {max})"),
+            ));
         }
     }
     if !raw.num_attention_heads.is_multiple_of(raw.num_key_value_heads) {
@@ -282,7 +326,7 @@ fn resolve(raw: &RawTextConfig) -> Result<ModelConfig> {
             .collect::<Result<_>>()?,
         None => Vec::new(),
     };
-    Ok(ModelConfig {
+    let config = ModelConfig {
         vocab_size: raw.vocab_size,
         hidden_size: raw.hidden_size,
         n_heads: raw.num_attention_heads,
@@ -301,7 +345,15 @@ fn resolve(raw: &RawTextConfig) -> Result<ModelConfig> {
         eos_token_ids,
         pad_token_id: raw.pad_token_id.map(|id| token("pad_token_id", id)).transpose()?,
         layers,
-    })
+    };
+    let params = crate::inspect::param_counts(&config).total;
+    if params > MAX_PARAMS {
+        return Err(Error::config(
+            "num_hidden_layers",
+            format!("the config describes {params} parameters, beyond any model herd can run (at most {MAX_PARAMS})"),
+        ));
+    }
+    Ok(config)
 }
 
 /// `no_rope_layers[i] == 1` means layer i USES RoPE (the name is misleading). An empty or

@@ -35,22 +35,46 @@ impl RopeConfig {
             (_, Some(s)) if !s.is_null() => ("rope_scaling", Some(s)),
             _ => ("rope_scaling", None),
         };
-        let theta = block
-            .and_then(|b| b.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .or(raw.rope_theta)
-            .unwrap_or(DEFAULT_THETA);
+        if let Some(b) = block.filter(|b| !b.is_object()) {
+            return Err(Error::config(
+                field,
+                format!(
+                    "must be an object like {{\"rope_type\": \"llama3\", \"factor\": 16.0, ...}}, found {b}"
+                ),
+            ));
+        }
+        let theta = match block.and_then(|b| b.get("rope_theta")) {
+            Some(v) => v.as_f64().ok_or_else(|| {
+                Error::config(
+                    format!("{field}.rope_theta"),
+                    format!("must be a number, found {v}"),
+                )
+            })?,
+            None => raw.rope_theta.unwrap_or(DEFAULT_THETA),
+        };
         if !(theta.is_finite() && theta > 1.0) {
             return Err(Error::config("rope_theta", format!("{theta} must exceed 1")));
         }
         let Some(block) = block else {
             return Ok(RopeConfig { theta, scaling: None });
         };
-        let kind = block
-            .get("rope_type")
-            .or_else(|| block.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
+        // transformers 4.x wrote `type`, later `rope_type`; a block without either would
+        // silently mean "no scaling" although it holds scaling parameters.
+        let kind = match block.get("rope_type").or_else(|| block.get("type")) {
+            Some(serde_json::Value::String(kind)) => kind.as_str(),
+            Some(other) => {
+                return Err(Error::config(
+                    format!("{field}.rope_type"),
+                    format!("must be a string (`default` or `llama3`), found {other}"),
+                ))
+            }
+            None => {
+                return Err(Error::config(
+                    format!("{field}.rope_type"),
+                    "is missing (expected `default` or `llama3`)",
+                ))
+            }
+        };
         let scaling = match kind {
             "default" => None,
             "llama3" => Some(Llama3Scaling::from_block(field, block)?),

@@ -60,6 +60,8 @@ pub struct TextModel {
     inv_freq: Vec<f32>,
     dtype: DType,
     device: Device,
+    /// Debugging: check every layer's output for NaN/inf (one pass over the activations).
+    check_finite: bool,
 }
 
 impl TextModel {
@@ -128,7 +130,7 @@ impl TextModel {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&vb, "norm", d, config.rms_norm_eps)?;
         let lm_head_name = source.lm_head_name();
-        let tied_lm_head = config.tie_word_embeddings && !source.contains(lm_head_name);
+        let tied_lm_head = config.tie_word_embeddings;
         let lm_head = if tied_lm_head {
             embed_tokens.as_linear()
         } else {
@@ -147,6 +149,7 @@ impl TextModel {
             norm,
             lm_head,
             tied_lm_head,
+            check_finite: false,
             inv_freq,
             dtype,
             device: device.clone(),
@@ -213,6 +216,12 @@ impl TextModel {
         Ok(logits.to_dtype(DType::F32)?)
     }
 
+    /// Debugging aid: when on, every layer's output is checked for NaN/inf and the first
+    /// offending layer is named in [`Error::NonFinite`].
+    pub fn set_check_finite(&mut self, on: bool) {
+        self.check_finite = on;
+    }
+
     /// Token embeddings [T, D], after checking the ids and the context length.
     pub fn embed(&self, ids: &[u32], cache: &KvCache) -> Result<Tensor> {
         if ids.is_empty() {
@@ -249,10 +258,29 @@ impl TextModel {
             &self.device,
         )?;
         let mut h = x_td.clone();
-        for (layer, layer_cache) in self.layers.iter().zip(cache.layers_mut()) {
+        if self.check_finite {
+            check_finite(&h, "the input embedding", start)?;
+        }
+        for (i, (layer, layer_cache)) in self.layers.iter().zip(cache.layers_mut()).enumerate() {
             h = layer.forward(&h, &step, layer_cache)?;
+            if self.check_finite {
+                check_finite(&h, &format!("the output of layer {i}"), start)?;
+            }
         }
         cache.advance(t)?;
         Ok(h)
+    }
+}
+
+/// Fails on the first row of `x_td` [T, D] holding NaN or ±inf; `start` is row 0's position.
+fn check_finite(x_td: &Tensor, what: &str, start: usize) -> Result<()> {
+    let rows = x_td.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    match rows.iter().position(|r| r.iter().any(|v| !v.is_finite())) {
+        None => Ok(()),
+        Some(row) => Err(Error::NonFinite {
+            what: what.to_string(),
+            position: start + row,
+            dtype: format!("{:?}", x_td.dtype()),
+        }),
     }
 }

@@ -97,8 +97,8 @@ impl VisionConfig {
         let Some(vision) = top.get("vision_config").filter(|v| !v.is_null()) else {
             return Ok(None);
         };
-        let raw: Raw = serde_json::from_value(vision.clone())
-            .map_err(|e| Error::config("vision_config", e.to_string()))?;
+        let raw: Raw = serde_path_to_error::deserialize(vision.clone())
+            .map_err(|e| Error::config(format!("vision_config.{}", e.path()), e.into_inner().to_string()))?;
         let field = |name: &str, message: String| Error::config(format!("vision_config.{name}"), message);
         if raw.hidden_act != "gelu" {
             return Err(field(
@@ -119,6 +119,20 @@ impl VisionConfig {
                 format!("head dim {head_dim} must be a multiple of 4 (2-D RoPE)"),
             ));
         }
+        for (name, v, max) in [
+            ("hidden_size", raw.hidden_size, 1 << 16),
+            ("num_hidden_layers", raw.num_hidden_layers, 1 << 10),
+            ("image_size", raw.image_size, 1 << 13),
+            ("patch_size", raw.patch_size, 1 << 13),
+            ("num_channels", raw.num_channels, 4),
+            ("projector_input_dim", raw.projector_input_dim, 1 << 18),
+            ("projector_output_dim", raw.projector_output_dim, 1 << 18),
+            ("vision_output_dim", raw.vision_output_dim, 1 << 18),
+        ] {
+            if v == 0 || v > max {
+                return Err(field(name, format!("{v} must be between 1 and {max}")));
+            }
+        }
         if raw.patch_size == 0 || !raw.image_size.is_multiple_of(raw.patch_size) {
             return Err(field(
                 "image_size",
@@ -129,6 +143,12 @@ impl VisionConfig {
             ));
         }
         let grid = raw.image_size / raw.patch_size;
+        if grid > 256 {
+            return Err(field(
+                "patch_size",
+                format!("{grid}×{grid} patches per tile; herd supports at most 256×256"),
+            ));
+        }
         if raw.pixel_shuffle_ratio != 0.5 || !grid.is_multiple_of(2) {
             return Err(field(
                 "pixel_shuffle_ratio",
@@ -159,13 +179,22 @@ impl VisionConfig {
                 ),
             ));
         }
-        let rope_theta = raw
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .or(raw.rope_theta)
-            .unwrap_or(10_000.0);
+        let rope_theta = match raw.rope_parameters.as_ref().filter(|p| !p.is_null()) {
+            Some(p) => match p.get("rope_theta") {
+                Some(v) => v.as_f64().ok_or_else(|| {
+                    field(
+                        "rope_parameters.rope_theta",
+                        format!("must be a number, found {v}"),
+                    )
+                })?,
+                None if p.is_object() => raw.rope_theta.unwrap_or(10_000.0),
+                None => return Err(field("rope_parameters", format!("must be an object, found {p}"))),
+            },
+            None => raw.rope_theta.unwrap_or(10_000.0),
+        };
+        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+            return Err(field("rope_theta", format!("{rope_theta} must exceed 1")));
+        }
         let image_token_id = top
             .get("image_token_index")
             .and_then(Value::as_u64)

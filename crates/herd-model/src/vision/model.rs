@@ -96,13 +96,7 @@ impl VisionModel {
         dtype: candle_core::DType,
         device: &candle_core::Device,
     ) -> Result<Option<Self>> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let top: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+        let top = crate::json_file::read_json(&dir.join("config.json"))?;
         let Some(config) = VisionConfig::from_json(&top)? else {
             return Ok(None);
         };

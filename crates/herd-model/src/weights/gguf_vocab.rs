@@ -15,17 +15,6 @@ const TOKEN_NORMAL: i32 = 1;
 const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 
-fn read_json(path: &Path) -> Result<Json> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 fn bad(path: &Path, message: impl Into<String>) -> Error {
     Error::Checkpoint {
         path: path.to_path_buf(),
@@ -43,7 +32,7 @@ pub fn metadata(dir: &Path, vocab_size: usize, bos: Option<u32>) -> Result<Vec<(
             "no tokenizer.json: a GGUF carries its vocabulary, and herd builds it from tokenizer.json",
         ));
     }
-    let tok = read_json(&path)?;
+    let tok: Json = crate::json_file::read_json_of_kind(&path, herd_limits::FileKind::Tokenizer)?;
     let model = &tok["model"];
     if model["type"].as_str() != Some("BPE") {
         return Err(bad(
@@ -107,11 +96,7 @@ pub fn metadata(dir: &Path, vocab_size: usize, bos: Option<u32>) -> Result<Vec<(
             .and_then(|i| u32::try_from(i).ok())
     };
     let config_path = dir.join("tokenizer_config.json");
-    let config = if config_path.is_file() {
-        read_json(&config_path)?
-    } else {
-        Json::Null
-    };
+    let config = crate::json_file::read_optional_json(&config_path)?.unwrap_or(Json::Null);
     let special = |key: &str| -> Option<u32> {
         match &config[key] {
             Json::String(s) => id_of(s),
@@ -123,8 +108,11 @@ pub fn metadata(dir: &Path, vocab_size: usize, bos: Option<u32>) -> Result<Vec<(
         Some(t) => Some(t.to_string()),
         None => {
             let jinja = dir.join("chat_template.jinja");
-            if jinja.is_file() {
-                Some(std::fs::read_to_string(&jinja).map_err(|source| Error::Io { path: jinja, source })?)
+            if std::fs::symlink_metadata(&jinja).is_ok() {
+                Some(herd_limits::read_file_to_string(
+                    &jinja,
+                    herd_limits::FileKind::Template,
+                )?)
             } else {
                 None
             }

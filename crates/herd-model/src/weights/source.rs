@@ -186,13 +186,7 @@ fn stacked_expert(
 /// fbgemm's `fbgemm_fp8`). GPTQ, AWQ, bitsandbytes and the like are refused by name rather
 /// than loaded as garbage.
 fn check_quantization_config(dir: &std::path::Path) -> Result<()> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+    let value = crate::json_file::read_json(&dir.join("config.json"))?;
     let Some(q) = value.get("quantization_config").filter(|q| !q.is_null()) else {
         return Ok(());
     };
@@ -369,7 +363,9 @@ impl WeightSource {
         if path.is_dir() {
             let config = crate::ModelConfig::load(path)?;
             check_quantization_config(path)?;
-            return Ok((WeightSource::Safetensors(Checkpoint::open(path)?), config));
+            let source = WeightSource::Safetensors(Checkpoint::open(path)?);
+            source.check_matches(&config)?;
+            return Ok((source, config));
         }
         if !path.exists() {
             return Err(Error::Checkpoint {
@@ -381,7 +377,57 @@ impl WeightSource {
         }
         let gguf = GgufFile::open(path)?;
         let config = crate::ModelConfig::from_json(&gguf_llama4::config_json(&gguf)?)?;
-        Ok((WeightSource::Gguf(gguf), config))
+        let source = WeightSource::Gguf(gguf);
+        source.check_matches(&config)?;
+        Ok((source, config))
+    }
+
+    /// Refuses a config that would silently ignore weights: layers past `num_hidden_layers`,
+    /// or an `lm_head` beside `tie_word_embeddings: true` (transformers would drop it and use
+    /// the embedding; a file with both is ambiguous, so herd asks).
+    fn check_matches(&self, config: &crate::ModelConfig) -> Result<()> {
+        let n_layers = config.n_layers();
+        let (names, layer_prefix): (Vec<&str>, String) = match self {
+            WeightSource::Safetensors(c) => (
+                c.names().into_iter().collect(),
+                format!("{}layers.", c.text_prefix()),
+            ),
+            WeightSource::Gguf(g) => (
+                g.tensors().keys().map(String::as_str).collect(),
+                "blk.".to_string(),
+            ),
+        };
+        let extra: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|name| {
+                name.strip_prefix(layer_prefix.as_str())
+                    .and_then(|rest| rest.split('.').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i >= n_layers)
+            })
+            .collect();
+        if let Some(first) = extra.first() {
+            return Err(Error::config(
+                "num_hidden_layers",
+                format!(
+                    "is {n_layers} but the weights hold {} tensors of further layers (`{first}`, ...): \
+                     the config does not describe these weights",
+                    extra.len()
+                ),
+            ));
+        }
+        if config.tie_word_embeddings && self.contains(self.lm_head_name()) {
+            return Err(Error::config(
+                "tie_word_embeddings",
+                format!(
+                    "is true but the weights hold `{}` too: set it to false to use that output \
+                     projection, or remove the tensor to use the embedding",
+                    self.lm_head_name()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

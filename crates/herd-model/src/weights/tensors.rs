@@ -72,7 +72,7 @@ pub fn text_tensors(config: &ModelConfig, source: &WeightSource) -> Vec<TextTens
     }
     push(format!("{p}norm.weight"), vec![d], None);
     let lm_head = source.lm_head_name();
-    if !config.tie_word_embeddings || source.contains(lm_head) {
+    if !config.tie_word_embeddings {
         push(lm_head.to_string(), vec![v, d], None);
     }
     out

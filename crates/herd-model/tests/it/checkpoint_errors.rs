@@ -106,7 +106,7 @@ fn wrong_shape_names_tensor_and_both_shapes() {
 fn empty_folder_and_bad_config_are_errors() {
     let dir = std::env::temp_dir().join(format!("herd-test-empty-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    assert!(matches!(load_err(&dir), Error::Io { .. }));
+    assert!(matches!(load_err(&dir), Error::Read(_)));
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();
     assert!(matches!(load_err(&dir), Error::Json { .. }));
     std::fs::write(dir.join("config.json"), "{}").unwrap();

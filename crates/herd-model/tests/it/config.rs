@@ -254,7 +254,7 @@ fn unsupported_or_inconsistent_fields_are_named() {
             "layer_types",
         ),
         (with(scout(), "eos_token_id", json!(-1)), "eos_token_id"),
-        (with(scout(), "hidden_size", json!("big")), "text_config"),
+        (with(scout(), "hidden_size", json!("big")), "hidden_size"),
         (json!({"model_type": "mllama", "text_config": {}}), "model_type"),
     ];
     for (v, field) in cases {

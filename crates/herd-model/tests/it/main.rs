@@ -8,6 +8,7 @@ mod dtypes;
 mod fp8;
 mod gguf;
 mod gguf_parity;
+mod hostile;
 mod kquant;
 mod long_context;
 mod mutations;

@@ -4,6 +4,7 @@
 
 mod chat;
 mod detokenizer;
+mod hostile;
 mod tokenizer;
 mod tool_calls;
 

@@ -185,3 +185,70 @@ fn a_catastrophic_split_regex_is_an_encode_error_not_a_panic() {
         .to_string();
     assert!(err.contains("regex"), "{err}");
 }
+
+#[test]
+fn long_texts_encode_in_line_aligned_pieces_with_the_same_ids() {
+    use rand::{Rng, SeedableRng};
+    let gz = std::fs::read(fixtures().join("tokenizer/tokenizer.json.gz")).unwrap();
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut json).unwrap();
+    let parse = tokenizers::Tokenizer::from_bytes(&json).unwrap();
+    let mut as_text = parse.clone();
+    as_text.set_encode_special_tokens(true);
+
+    let words = [
+        "hello",
+        "World",
+        " ",
+        "  ",
+        "\t",
+        "don't",
+        "x.",
+        "...",
+        "42",
+        "12345",
+        "é",
+        "日本語",
+        "🙂",
+        ",",
+        "(",
+        "\n",
+        "\r\n",
+        "\n\n",
+        " \n",
+        "CamelCase",
+        "_snake",
+        "<|eot|>",
+        "<|",
+        "\u{a0}",
+        "'s",
+        "//",
+        "\n  indented",
+    ];
+    // With line breaks (cuts after them) and without (cuts before spaces).
+    for (seed, newlines) in [(14, true), (15, false)] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut text = String::new();
+        while text.len() < 2_200_000 {
+            let w = words[rng.random_range(0..words.len())];
+            if newlines || !w.contains(['\n', '\r']) {
+                text.push_str(w);
+            }
+        }
+        let pieces = herd_text::tokenizer::line_aligned_pieces(&text, 1 << 20);
+        assert!(pieces.len() >= 2, "the test must cut");
+        assert_eq!(pieces.concat(), text);
+        for (mode, whole) in [(SpecialTokens::AsText, &as_text), (SpecialTokens::Parse, &parse)] {
+            let expected = whole
+                .encode_fast(text.as_str(), false)
+                .unwrap()
+                .get_ids()
+                .to_vec();
+            assert_eq!(
+                hf().encode(&text, mode).unwrap(),
+                expected,
+                "{mode:?}, newlines: {newlines}"
+            );
+        }
+    }
+}

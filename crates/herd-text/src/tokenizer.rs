@@ -257,10 +257,14 @@ fn load_hf(path: &Path) -> Result<Backend, TextError> {
 }
 
 fn hf_backend(json: &[u8], path: &Path) -> Result<Backend, TextError> {
-    let parse = tokenizers::Tokenizer::from_bytes(json).map_err(|e| TextError::Tokenizer {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    // The `tokenizers` crate panics on some malformed files (found by fuzzing): contain it.
+    let parse = herd_limits::catch_panic(|| tokenizers::Tokenizer::from_bytes(json))
+        .map_err(|panic| format!("malformed ({panic})"))
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|message| TextError::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        })?;
     let mut as_text = parse.clone();
     as_text.set_encode_special_tokens(true);
     let piecewise = parse.get_normalizer().is_none()

@@ -252,3 +252,15 @@ fn long_texts_encode_in_line_aligned_pieces_with_the_same_ids() {
         }
     }
 }
+
+#[test]
+fn a_syntax_error_inside_the_decoder_is_an_error_not_a_panic() {
+    // Found by fuzzing: the `tokenizers` crate `expect`s its decoder to deserialize.
+    let path = fixtures().join("../fuzz/regressions/tokenizer-json/decoder-syntax-error.json");
+    let bytes = std::fs::read(&path).unwrap();
+    let err = Tokenizer::from_json_bytes(&bytes, &path)
+        .err()
+        .expect("loaded")
+        .to_string();
+    assert!(err.contains("malformed"), "{err}");
+}

@@ -3,7 +3,7 @@
 # JSON line. Crashing inputs land in target/fuzz/crashes/TARGET/; copy the ones worth keeping
 # to fuzz/regressions/TARGET/ (replayed by CI) after fixing them.
 #
-#   tools/fuzz/run.sh [SECONDS] [TARGET...]
+#   tools/fuzz/run.sh [SECONDS] [TARGET[=SECONDS]...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-120}"
@@ -17,8 +17,11 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <("$bin" list | awk '{print $1}')
 fi
 lines=()
-for t in "${targets[@]}"; do
-    lines+=("$("$bin" run "$t" --seconds "$seconds" --out target/fuzz || true)")
+for spec in "${targets[@]}"; do
+    t="${spec%%=*}"
+    s="$seconds"
+    [[ "$spec" == *=* ]] && s="${spec#*=}"
+    lines+=("$("$bin" run "$t" --seconds "$s" --out target/fuzz || true)")
 done
 printf '%-16s %8s %14s %12s %8s\n' target seconds executions exec/s crashes
 for l in "${lines[@]}"; do

@@ -161,7 +161,7 @@ pub const TARGETS: [Target; 9] = [
         about: "text through both real tokenizers (tokenizer.model, tokenizer.json), both special modes, and back",
         seeds: |_| vec![b"Hello world".to_vec(), b"<|eot|><|header_start|>user<|header_end|>".to_vec(), "日本語 🙂 \r\n\t x".as_bytes().to_vec()],
         dictionary: &[b"<|", b"|>", b"<|eot|>", b"<|python_start|>", b"\xf0\x9f", b"  ", b"\n"],
-        max_len: 1 << 14,
+        max_len: 1 << 12,
         run: |s, input| {
             let text = String::from_utf8_lossy(input);
             for tok in s.tokenizers() {

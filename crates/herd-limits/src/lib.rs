@@ -10,6 +10,9 @@
 //! published Llama 4 checkpoint with room to spare; `herd --limit NAME=VALUE` raises (or
 //! lowers) any of them.
 
+// Parses untrusted bytes: no unchecked indexing or arithmetic (a bad header must not panic).
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 mod contain;
 mod file;
 mod output;

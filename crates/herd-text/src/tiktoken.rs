@@ -6,6 +6,9 @@
 //! non-whitespace characters (keeps the regex fast); herd does the same, so ids match Meta's
 //! even for such inputs (they differ from the HF tokenizer's there, LLAMA4.md §9.9).
 
+// Parses untrusted bytes: no unchecked indexing or arithmetic (a bad header must not panic).
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -37,19 +40,19 @@ impl Tiktoken {
         };
         let mut ranks: FxHashMap<Vec<u8>, u32> = FxHashMap::default();
         let mut seen_ranks = HashSet::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (line_no, line) in (1usize..).zip(text.lines()).filter(|(_, l)| !l.trim().is_empty()) {
             let mut parts = line.split_whitespace();
             let (Some(token), Some(rank), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(bad(format!("line {}: expected `base64 rank`", n + 1)));
+                return Err(bad(format!("line {line_no}: expected `base64 rank`")));
             };
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(token)
-                .map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
+                .map_err(|e| bad(format!("line {line_no}: {e}")))?;
             let rank: u32 = rank
                 .parse()
-                .map_err(|_| bad(format!("line {}: rank `{rank}`", n + 1)))?;
+                .map_err(|_| bad(format!("line {line_no}: rank `{rank}`")))?;
             if !seen_ranks.insert(rank) || ranks.insert(bytes, rank).is_some() {
-                return Err(bad(format!("line {}: duplicate token or rank {rank}", n + 1)));
+                return Err(bad(format!("line {line_no}: duplicate token or rank {rank}")));
             }
         }
         let n_ranks = ranks.len();
@@ -71,8 +74,8 @@ impl Tiktoken {
         let special_tokens = llama4_special_tokens();
         let specials: FxHashMap<String, u32> = special_tokens
             .iter()
-            .enumerate()
-            .map(|(i, s)| (s.clone(), FIRST_SPECIAL_ID + i as u32))
+            .zip(FIRST_SPECIAL_ID..)
+            .map(|(s, id)| (s.clone(), id))
             .collect();
         let bpe = CoreBPE::new(ranks, specials, LLAMA4_PATTERN).map_err(|e| bad(e.to_string()))?;
         Ok(Tiktoken {
@@ -83,7 +86,7 @@ impl Tiktoken {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.n_ranks + self.special_tokens.len()
+        self.n_ranks.saturating_add(self.special_tokens.len())
     }
 
     pub fn special_tokens(&self) -> &[String] {
@@ -119,8 +122,8 @@ impl Tiktoken {
     pub fn special_id(&self, token: &str) -> Option<u32> {
         self.special_tokens
             .iter()
-            .position(|s| s == token)
-            .map(|i| FIRST_SPECIAL_ID + i as u32)
+            .zip(FIRST_SPECIAL_ID..)
+            .find_map(|(s, id)| (s == token).then_some(id))
     }
 }
 
@@ -133,14 +136,14 @@ fn python_isspace(c: char) -> bool {
 fn char_chunks(text: &str, max_chars: usize) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut start = 0;
-    let mut count = 0;
+    let mut count: usize = 0;
     for (i, _) in text.char_indices() {
         if count == max_chars {
             pieces.push(&text[start..i]);
             start = i;
             count = 0;
         }
-        count += 1;
+        count = count.saturating_add(1);
     }
     pieces.push(&text[start..]);
     pieces
@@ -150,7 +153,7 @@ fn char_chunks(text: &str, max_chars: usize) -> Vec<&str> {
 /// `max_len` consecutive whitespace or consecutive non-whitespace characters.
 fn split_long_runs(text: &str, max_len: usize) -> Vec<&str> {
     let mut pieces = Vec::new();
-    let mut run_len = 0;
+    let mut run_len: usize = 0;
     let mut run_is_space = text.chars().next().is_some_and(python_isspace);
     let mut start = 0;
     for (i, c) in text.char_indices() {
@@ -159,7 +162,7 @@ fn split_long_runs(text: &str, max_len: usize) -> Vec<&str> {
             run_len = 1;
             run_is_space = is_space;
         } else {
-            run_len += 1;
+            run_len = run_len.saturating_add(1);
             if run_len > max_len {
                 pieces.push(&text[start..i]);
                 start = i;

@@ -10,6 +10,9 @@
 //! are cut). Anything that does not parse completely stays plain text: never an error, never
 //! a panic. [`StreamParser`] does the same on a stream, passing prose through as it arrives.
 
+// Parses untrusted bytes: no unchecked indexing or arithmetic (a bad header must not panic).
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
@@ -34,7 +37,9 @@ pub fn parse(text: &str) -> ParsedMessage {
     let text = cut_at_end_of_turn(text);
     if let Some(start) = text.find(PYTHON_START) {
         let prose = text[..start].trim_end();
-        let inner = &text[start + PYTHON_START.len()..];
+        let inner = text
+            .get(start.saturating_add(PYTHON_START.len())..)
+            .unwrap_or_default();
         let (block, after) = inner.split_once(PYTHON_END).unwrap_or((inner, ""));
         let mut calls = Vec::new();
         for segment in [block, after] {
@@ -195,15 +200,23 @@ struct PyParser<'a> {
 }
 
 impl PyParser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.i = self.i.saturating_add(n);
+    }
+
     fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
+        while self.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            self.advance(1);
         }
     }
 
     fn eat(&mut self, c: u8) -> bool {
-        if self.s.get(self.i) == Some(&c) {
-            self.i += 1;
+        if self.peek() == Some(c) {
+            self.advance(1);
             true
         } else {
             false
@@ -218,13 +231,12 @@ impl PyParser<'_> {
     fn identifier(&mut self) -> Option<&str> {
         self.ws();
         let start = self.i;
-        while self.i < self.s.len() {
-            let c = self.s[self.i];
+        while let Some(c) = self.peek() {
             let ok = c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || (c >= 0x80);
             if !ok {
                 break;
             }
-            self.i += 1;
+            self.advance(1);
         }
         let ident = self.text.get(start..self.i)?;
         is_identifier(ident).then_some(ident)
@@ -260,19 +272,19 @@ impl PyParser<'_> {
         if self.depth >= self.max_depth {
             return None;
         }
-        self.depth += 1;
+        self.depth = self.depth.saturating_add(1);
         let value = self.value_inner();
-        self.depth -= 1;
+        self.depth = self.depth.saturating_sub(1);
         value
     }
 
     fn value_inner(&mut self) -> Option<Value> {
         self.ws();
-        match *self.s.get(self.i)? {
+        match self.peek()? {
             b'"' | b'\'' => self.string().map(Value::String),
-            b'[' | b'(' => {
-                let close = if self.s[self.i] == b'[' { b']' } else { b')' };
-                self.i += 1;
+            open @ (b'[' | b'(') => {
+                let close = if open == b'[' { b']' } else { b')' };
+                self.advance(1);
                 let mut items = Vec::new();
                 loop {
                     self.ws();
@@ -290,7 +302,7 @@ impl PyParser<'_> {
                 Some(Value::Array(items))
             }
             b'{' => {
-                self.i += 1;
+                self.advance(1);
                 let mut map = Map::new();
                 loop {
                     self.ws();
@@ -318,8 +330,11 @@ impl PyParser<'_> {
 
     fn scalar(&mut self) -> Option<Value> {
         let start = self.i;
-        while self.i < self.s.len() && !matches!(self.s[self.i], b',' | b')' | b']' | b'}' | b':') {
-            self.i += 1;
+        while self
+            .peek()
+            .is_some_and(|c| !matches!(c, b',' | b')' | b']' | b'}' | b':'))
+        {
+            self.advance(1);
         }
         let word = self.text.get(start..self.i)?.trim();
         match word {
@@ -341,8 +356,8 @@ impl PyParser<'_> {
     }
 
     fn string(&mut self) -> Option<String> {
-        let quote = self.s[self.i];
-        self.i += 1;
+        let quote = self.peek()?;
+        self.advance(1);
         let mut out = String::new();
         let rest = self.text.get(self.i..)?;
         let mut chars = rest.char_indices();
@@ -365,7 +380,7 @@ impl PyParser<'_> {
                     });
                 }
                 c if c as u32 == quote as u32 => {
-                    self.i += at + 1;
+                    self.advance(at.saturating_add(1));
                     return Some(out);
                 }
                 c => out.push(c),
@@ -406,7 +421,7 @@ impl StreamParser {
                 None => {
                     // Keep a possible partial `<|python_start|>` at the end.
                     let keep = partial_marker_len(&self.held);
-                    let emit = self.held.len() - keep;
+                    let emit = self.held.len().saturating_sub(keep);
                     out.push_str(&self.held[..emit]);
                     self.held.drain(..emit);
                     break;
@@ -479,7 +494,7 @@ fn still_possible(text: &str) -> Possible {
     // push would make streaming a long reply quadratic.
     let mut head_end = text.len().min(HEAD_BYTES);
     while !text.is_char_boundary(head_end) {
-        head_end -= 1;
+        head_end = head_end.saturating_sub(1);
     }
     let head = &text[..head_end];
     let rest = head
@@ -520,9 +535,10 @@ fn partial_marker_len(text: &str) -> usize {
     (1..PYTHON_START.len())
         .rev()
         .find(|&n| {
-            text.len() >= n
-                && text.is_char_boundary(text.len() - n)
-                && PYTHON_START.starts_with(&text[text.len() - n..])
+            text.len()
+                .checked_sub(n)
+                .and_then(|at| text.get(at..))
+                .is_some_and(|tail| PYTHON_START.starts_with(tail))
         })
         .unwrap_or(0)
 }

@@ -8,6 +8,9 @@
 //! section); the data section starts at the header's end rounded up to `general.alignment`
 //! (default 32). All integers little-endian; strings are a u64 length and UTF-8 bytes.
 
+// Parses untrusted bytes: no unchecked indexing or arithmetic (a bad header must not panic).
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -212,7 +215,8 @@ impl GgufFile {
     }
 
     pub fn path(&self) -> &Path {
-        &self.paths[0]
+        // `open` always has at least one path.
+        self.paths.first().map_or(Path::new(""), PathBuf::as_path)
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -296,19 +300,29 @@ impl GgufFile {
             .ok_or_else(|| gguf_error(self.path(), format!("tensor `{name}` is missing")))?;
         let cols = info.dims.first().copied().unwrap_or(0);
         let total_rows = info.dims.iter().skip(1).product::<usize>();
-        if start + n > total_rows || cols == 0 {
-            return Err(gguf_error(
+        let out_of_range = || {
+            gguf_error(
                 self.path(),
-                format!("tensor `{name}`: rows {start}..{} of {total_rows}", start + n),
-            ));
+                format!("tensor `{name}`: rows {start}..{start}+{n} of {total_rows}"),
+            )
+        };
+        if start.checked_add(n).is_none_or(|stop| stop > total_rows) || cols == 0 {
+            return Err(out_of_range());
         }
-        let row_bytes = info.n_bytes / total_rows as u64;
+        // Within the validated tensor, so none of these overflow; checked anyway.
+        let row_bytes = info
+            .n_bytes
+            .checked_div(total_rows as u64)
+            .ok_or_else(out_of_range)?;
         let part = TensorInfo {
             dims: vec![cols, n],
             ggml_type: info.ggml_type,
             file: info.file,
-            offset: info.offset + start as u64 * row_bytes,
-            n_bytes: n as u64 * row_bytes,
+            offset: (start as u64)
+                .checked_mul(row_bytes)
+                .and_then(|b| b.checked_add(info.offset))
+                .ok_or_else(out_of_range)?,
+            n_bytes: (n as u64).checked_mul(row_bytes).ok_or_else(out_of_range)?,
         };
         self.read_info(name, &part)
     }
@@ -320,7 +334,12 @@ impl GgufFile {
     }
 
     fn read_into(&self, info: &TensorInfo, dst: &mut [u8]) -> Result<()> {
-        let path = &self.paths[info.file.min(self.paths.len() - 1)];
+        let (Some(path), Some(file)) = (self.paths.get(info.file), self.files.get(info.file)) else {
+            return Err(gguf_error(
+                self.path(),
+                format!("tensor in split file {}, which is not open", info.file),
+            ));
+        };
         if dst.len() as u64 != info.n_bytes {
             return Err(gguf_error(
                 path,
@@ -331,12 +350,10 @@ impl GgufFile {
                 ),
             ));
         }
-        self.files[info.file]
-            .read_exact_at(dst, info.offset)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })
+        file.read_exact_at(dst, info.offset).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })
     }
 }
 
@@ -395,7 +412,7 @@ impl Header<'_> {
                 format!("file ends inside {what} (at byte {})", self.pos),
             )
         })?;
-        self.pos += n;
+        self.pos = self.pos.saturating_add(n);
         Ok(buf)
     }
 
@@ -407,7 +424,7 @@ impl Header<'_> {
                 format!("file ends inside {what} (at byte {})", self.pos),
             )
         })?;
-        self.pos += N as u64;
+        self.pos = self.pos.saturating_add(N as u64);
         Ok(buf)
     }
 
@@ -463,7 +480,7 @@ impl Header<'_> {
                 }
                 let mut items = Vec::with_capacity(len.min(1 << 16) as usize);
                 for _ in 0..len {
-                    items.push(self.value(item_type, what, depth + 1)?);
+                    items.push(self.value(item_type, what, depth.saturating_add(1))?);
                 }
                 Value::Array(items)
             }
@@ -544,22 +561,30 @@ fn read_one(path: &Path, file_index: usize) -> Result<GgufFile> {
             }
         },
     };
-    let data_start = h.pos.div_ceil(alignment) * alignment;
+    let data_start = h
+        .pos
+        .div_ceil(alignment)
+        .checked_mul(alignment)
+        .ok_or_else(|| gguf_error(path, "header too long".into()))?;
     let mut tensors = BTreeMap::new();
     for (name, dims, ggml_type, offset) in raw {
         let numel = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let n_bytes = match (GGML_TYPES.iter().find(|t| t.0 == ggml_type), numel) {
             (Some(&(_, tname, block, bytes)), Some(numel)) => {
-                if dims[0] % block != 0 {
+                let row = dims.first().copied().unwrap_or(0);
+                if row.checked_rem(block) != Some(0) {
                     return Err(gguf_error(
                         path,
                         format!(
-                            "tensor `{name}`: rows of {} values are not whole {tname} blocks of {block}",
-                            dims[0]
+                            "tensor `{name}`: rows of {row} values are not whole {tname} blocks of {block}"
                         ),
                     ));
                 }
-                numel / block * bytes
+                // numel is a multiple of the row length, hence of the block.
+                numel
+                    .checked_div(block)
+                    .and_then(|b| b.checked_mul(bytes))
+                    .ok_or_else(|| gguf_error(path, format!("tensor `{name}` dims {dims:?} overflow")))?
             }
             (None, _) => 0, // reported if anyone reads it
             (_, None) => {
@@ -571,7 +596,7 @@ fn read_one(path: &Path, file_index: usize) -> Result<GgufFile> {
         };
         let start = data_start.checked_add(offset);
         match start.and_then(|s| s.checked_add(n_bytes)) {
-            Some(end) if end <= file_len && offset % alignment == 0 => {}
+            Some(end) if end <= file_len && offset.checked_rem(alignment) == Some(0) => {}
             _ => {
                 return Err(gguf_error(
                     path,
@@ -592,7 +617,7 @@ fn read_one(path: &Path, file_index: usize) -> Result<GgufFile> {
             dims,
             ggml_type,
             file: file_index,
-            offset: data_start + offset,
+            offset: data_start.saturating_add(offset),
             n_bytes,
         };
         if tensors.insert(name.clone(), info).is_some() {

@@ -9,6 +9,9 @@
 //! tuning with floor 8192 and scale 0.1, QK-norm unless the model has 128 experts (Maverick),
 //! sigmoid top-k routing with the score on the expert input.
 
+// Parses untrusted bytes: no unchecked indexing or arithmetic (a bad header must not panic).
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use serde_json::{json, Map, Value as Json};
 
 use super::gguf::{GgufFile, Value};

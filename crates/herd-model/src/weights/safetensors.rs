@@ -5,6 +5,9 @@
 //! be copied anyway and both copies would count as resident while loading. Reading each tensor
 //! into its final buffer keeps the peak at the size of the weights.
 
+// Parses untrusted bytes: no unchecked indexing or arithmetic (a bad header must not panic).
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -33,7 +36,7 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn n_bytes(&self) -> u64 {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
 }
 
@@ -90,7 +93,7 @@ impl SafetensorsFile {
         file.read_exact_at(&mut header, 8).map_err(io)?;
         let raw: BTreeMap<String, serde_json::Value> =
             serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-        let data_start = 8 + header_len;
+        let data_start = header_len.saturating_add(8);
         let mut tensors = BTreeMap::new();
         for (name, value) in raw {
             if name == "__metadata__" {
@@ -108,13 +111,13 @@ impl SafetensorsFile {
                 .and_then(|n| n.checked_mul(elem));
             let end = data_start.checked_add(hi);
             match (numel, end) {
-                (Some(n), Some(end)) if lo <= hi && hi - lo == n && end <= file_len => {
+                (Some(n), Some(end)) if hi.checked_sub(lo) == Some(n) && end <= file_len => {
                     tensors.insert(
                         name,
                         TensorInfo {
                             dtype: info.dtype,
                             shape: info.shape,
-                            start: data_start + lo,
+                            start: data_start.saturating_add(lo),
                             end,
                         },
                     );
@@ -177,18 +180,27 @@ impl SafetensorsFile {
         let cols = info.shape.last().copied().unwrap_or(1);
         let rows: usize = info.shape.iter().rev().skip(1).product();
         let elem = element_bytes(&info.dtype).unwrap_or(1);
-        if start + n > rows {
-            return Err(Error::Checkpoint {
-                path: self.path.clone(),
-                message: format!("tensor `{name}`: rows {start}..{} of {rows}", start + n),
-            });
-        }
-        let row_bytes = cols as u64 * elem;
+        let out_of_range = || Error::Checkpoint {
+            path: self.path.clone(),
+            message: format!("tensor `{name}`: rows {start}..{start}+{n} of {rows}"),
+        };
+        let stop = start
+            .checked_add(n)
+            .filter(|&stop| stop <= rows)
+            .ok_or_else(out_of_range)?;
+        // Within the validated tensor, so none of these overflow; checked anyway.
+        let row_bytes = (cols as u64).checked_mul(elem).ok_or_else(out_of_range)?;
+        let offset = |row: usize| {
+            (row as u64)
+                .checked_mul(row_bytes)
+                .and_then(|b| b.checked_add(info.start))
+                .ok_or_else(out_of_range)
+        };
         let part = TensorInfo {
             dtype: info.dtype.clone(),
             shape: vec![n, cols],
-            start: info.start + start as u64 * row_bytes,
-            end: info.start + (start + n) as u64 * row_bytes,
+            start: offset(start)?,
+            end: offset(stop)?,
         };
         self.read_dense(name, &part)
     }

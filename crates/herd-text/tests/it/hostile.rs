@@ -104,6 +104,10 @@ fn runaway_templates_stop_with_an_error() {
         ),
         ("{{ messages | tojson(indent=1000000000) }}", "indent"),
         ("{{ 'a\nb' | indent(1000000000) }}", "indent"),
+        // Doubling a string (or a list) 40 times: once a 4 GB allocation abort.
+        ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}", "too large"),
+        ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}", "too large"),
+        ("{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}", "too large"),
     ];
     for (source, needle) in cases {
         let err = ChatTemplate::new(source, "<|begin_of_text|>", "<|eot|>")

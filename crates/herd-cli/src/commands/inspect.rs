@@ -47,8 +47,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         );
     }
     if args.model.is_dir() {
-        let top: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(args.model.join("config.json"))?)?;
+        let top = herd_model::json_file::read_json(&args.model.join("config.json"))?;
         if let Some(vision) = herd_model::vision::VisionConfig::from_json(&top)? {
             print!("{}", inspect::vision_report(&vision, config.hidden_size, bytes));
         }

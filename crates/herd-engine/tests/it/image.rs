@@ -211,3 +211,23 @@ fn corrupt_jpegs_are_errors_not_crashes() {
     }
     let _ = decode(&flipped, "flipped");
 }
+
+#[test]
+fn preprocessor_configs_with_absurd_sizes_are_errors() {
+    let dir = std::env::temp_dir().join(format!("herd-preproc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (config, needle) in [
+        (r#"{"max_patches": 4294967295}"#, "max_patches"),
+        (r#"{"size": {"height": 0, "width": 0}}"#, "size"),
+        (r#"{"size": {"height": 4294967296, "width": 4294967296}}"#, "size"),
+    ] {
+        std::fs::write(dir.join("preprocessor_config.json"), config).unwrap();
+        let err = PreprocessConfig::load(&dir).unwrap_err().to_string();
+        assert!(err.contains(needle), "{config}: {err}");
+    }
+    std::fs::remove_file(dir.join("preprocessor_config.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("preprocessor_config.json")).unwrap();
+    let err = PreprocessConfig::load(&dir).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -250,5 +250,13 @@ fn limits_are_enforced_and_raised_by_flag() {
         format!("image-pixels={}", d.image_pixels),
     ] {
         assert!(help.contains(&expected), "{expected} not in --help: {help}");
+        // ... and so does the README's table.
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let (name, value) = expected.split_once('=').unwrap();
+        assert!(
+            readme.contains(&format!("| `{name}` | {value} |")),
+            "README: {expected}"
+        );
     }
 }

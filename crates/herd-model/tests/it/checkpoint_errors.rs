@@ -4,19 +4,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use herd_model::{Error, TextModel};
-use herd_testkit::fixture_path;
 
-/// Copies a fixture's files into a fresh temporary folder.
-fn copy_fixture(name: &str, tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("herd-test-{name}-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture_path(name)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    dir
-}
+use crate::copy_fixture;
 
 fn load_err(dir: &Path) -> Error {
     match TextModel::load(dir, DType::F32, &Device::Cpu) {

@@ -2,7 +2,7 @@
 //! naming the field or file, never a panic, a huge allocation or a silently wrong model.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use herd_model::config::ModelConfig;
@@ -11,16 +11,7 @@ use herd_model::{Error, LogitsFor, TextModel};
 use herd_testkit::fixture_path;
 use serde_json::{json, Value};
 
-fn copy_fixture(name: &str, tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("herd-hostile-{name}-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture_path(name)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    dir
-}
+use crate::copy_fixture;
 
 fn tiny_config() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture_path("scout-tiny").join("config.json")).unwrap())

@@ -20,6 +20,18 @@ mod weights;
 use candle_core::{DType, Device, Tensor};
 use herd_model::{KvCache, LogitsFor, TextModel};
 
+/// Copies a fixture's files into a fresh temporary folder (`tag` keeps tests apart).
+pub fn copy_fixture(name: &str, tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("herd-test-{name}-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(herd_testkit::fixture_path(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
 pub fn load_fixture(name: &str, dtype: DType) -> TextModel {
     TextModel::load(&herd_testkit::fixture_path(name), dtype, &Device::Cpu)
         .unwrap_or_else(|e| panic!("loading fixture {name}: {e}"))

@@ -32,8 +32,8 @@ enum Backend {
         parse: Box<tokenizers::Tokenizer>,
         as_text: Box<tokenizers::Tokenizer>,
         byte_decoder: Box<[Option<u8>; 512]>,
-        /// No normalizer and no added token that strips or holds whitespace: the pieces of
-        /// [`line_aligned_pieces`] may be encoded one by one.
+        /// Llama 4's pre-tokenizer, no normalizer and no added token that strips or holds
+        /// whitespace: the pieces of [`line_aligned_pieces`] may be encoded one by one.
         piecewise: bool,
     },
     Tiktoken(Box<Tiktoken>),
@@ -187,13 +187,15 @@ impl Tokenizer {
 /// 50 MB prompt took 7 GB): long texts go through it a piece at a time.
 const HF_PIECE_BYTES: usize = 1 << 20;
 
-/// `text` cut into pieces of about `target` bytes, each cut at a point no GPT-2/Llama-style
-/// split regex lets a pre-token span: just after a line break followed by a non-space (words
-/// take a leading space, never a leading newline; newline runs end there), or just before a
-/// space or tab that follows a non-space (a pre-token holds whitespace only at its start,
-/// except punctuation's trailing line breaks). Encoding the pieces one by one gives the ids
-/// of the whole; text without such a point stays whole.
+/// `text` cut into pieces of about `target` bytes, each cut at a point Llama 4's split regex
+/// ([`crate::tiktoken::LLAMA4_PATTERN`]) never lets a pre-token span: just after a line break
+/// followed by a non-space other than `/` (words take a leading space, never a leading newline;
+/// newline runs end there; only punctuation's `[\r\n/]*` tail crosses a line break), or just
+/// before a space or tab that follows a non-space (a pre-token holds such whitespace only at
+/// its start). Encoding the pieces one by one gives the ids of the whole; text without such a
+/// point stays whole. Other regexes need other cut points: see `is_llama4_pre_tokenizer`.
 pub fn line_aligned_pieces(text: &str, target: usize) -> Vec<&str> {
+    let target = target.max(1);
     let mut pieces = Vec::new();
     let mut start = 0;
     while text.len() - start > target {
@@ -205,9 +207,10 @@ pub fn line_aligned_pieces(text: &str, target: usize) -> Vec<&str> {
         let cut = text[from..].char_indices().find_map(|(i, c)| {
             let before = previous.replace(c)?;
             let newline = |c: char| c == '\n' || c == '\r';
-            // (a) a line break followed by a non-space; (b) a space or tab (not a line break)
-            // after a non-space: both always start a new pre-token.
-            let safe = (newline(before) && !c.is_whitespace())
+            // (a) a line break followed by a non-space other than `/` (punctuation pre-tokens
+            // end in `[\r\n/]*`, so `;\n//` is one); (b) a space or tab (not a line break)
+            // after a non-space. Both always start a new pre-token.
+            let safe = (newline(before) && !c.is_whitespace() && c != '/')
                 || (!before.is_whitespace() && c.is_whitespace() && !newline(c));
             safe.then_some(from + i)
         });
@@ -268,6 +271,7 @@ fn hf_backend(json: &[u8], path: &Path) -> Result<Backend, TextError> {
     let mut as_text = parse.clone();
     as_text.set_encode_special_tokens(true);
     let piecewise = parse.get_normalizer().is_none()
+        && parse.get_pre_tokenizer().is_some_and(is_llama4_pre_tokenizer)
         && parse
             .get_added_tokens_decoder()
             .values()
@@ -278,6 +282,28 @@ fn hf_backend(json: &[u8], path: &Path) -> Result<Backend, TextError> {
         byte_decoder: Box::new(byte_decoder()),
         piecewise,
     })
+}
+
+/// Llama 4's pre-tokenizer exactly: its split regex, then byte-level without a prefix space
+/// (the cut points of [`line_aligned_pieces`] are proven for this regex only).
+fn is_llama4_pre_tokenizer(p: &tokenizers::PreTokenizerWrapper) -> bool {
+    let Ok(v) = serde_json::to_value(p) else {
+        return false;
+    };
+    let steps = v.get("pretokenizers").and_then(serde_json::Value::as_array);
+    match steps.map(Vec::as_slice) {
+        Some([split, byte_level]) => {
+            split.get("type") == Some(&"Split".into())
+                && split.pointer("/pattern/Regex").and_then(serde_json::Value::as_str)
+                    == Some(crate::tiktoken::LLAMA4_PATTERN)
+                && split.get("behavior") == Some(&"Isolated".into())
+                && split.get("invert") == Some(&false.into())
+                && byte_level.get("type") == Some(&"ByteLevel".into())
+                && byte_level.get("add_prefix_space") == Some(&false.into())
+                && byte_level.get("use_regex") == Some(&false.into())
+        }
+        _ => false,
+    }
 }
 
 /// Inverse of GPT-2's `bytes_to_unicode`: printable bytes map to themselves, the others to

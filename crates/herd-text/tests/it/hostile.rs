@@ -268,3 +268,44 @@ fn a_syntax_error_inside_the_decoder_is_an_error_not_a_panic() {
         .to_string();
     assert!(err.contains("malformed"), "{err}");
 }
+
+#[test]
+fn every_cut_point_is_a_pre_token_boundary_of_llama4s_regex() {
+    // Small pieces, many random texts: each cut is tested, not only the few a 1 MiB piece
+    // size makes. `;\n//` (punctuation's `[\r\n/]*` tail) once broke rule (a).
+    use rand::{Rng, SeedableRng};
+    let gz = std::fs::read(fixtures().join("tokenizer/tokenizer.json.gz")).unwrap();
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut json).unwrap();
+    let mut whole = tokenizers::Tokenizer::from_bytes(&json).unwrap();
+    whole.set_encode_special_tokens(true);
+    let atoms = [
+        "a", "Bc", "x1", "42", "1234", " ", "  ", "\t", "\n", "\r\n", "\n\n", "/", "//", ".", ";", "*", "'s", "é", "日",
+        "\u{a0}", "\u{2003}", "🙂", "<|", "|>", "(", ")", "-", "_", "\u{300}",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1414);
+    for case in 0..400 {
+        let n = rng.random_range(1..80);
+        let text: String = (0..n).map(|_| atoms[rng.random_range(0..atoms.len())]).collect();
+        let target = rng.random_range(1..24);
+        let pieces = herd_text::tokenizer::line_aligned_pieces(&text, target);
+        assert_eq!(pieces.concat(), text);
+        let mut ids = Vec::new();
+        for p in &pieces {
+            ids.extend_from_slice(whole.encode_fast(*p, false).unwrap().get_ids());
+        }
+        let expected = whole.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(ids, expected, "case {case}: {text:?} cut as {pieces:?}");
+    }
+    for known in ["x = 1;\n// c", "a.\n/b", " */\n/*"] {
+        for target in 1..known.len() {
+            let pieces = herd_text::tokenizer::line_aligned_pieces(known, target);
+            let ids: Vec<u32> = pieces
+                .iter()
+                .flat_map(|p| whole.encode_fast(*p, false).unwrap().get_ids().to_vec())
+                .collect();
+            assert_eq!(ids, whole.encode_fast(known, false).unwrap().get_ids(), "{known:?} at {target}");
+        }
+    }
+    assert_eq!(herd_text::tokenizer::line_aligned_pieces("a b", 0), vec!["a", " b"]);
+}

@@ -23,3 +23,19 @@ rgb = decoded.convert("RGB")
     json.dumps({"width": w, "height": h, "rgb": [v for p in rgb.get_flattened_data() for v in p]}) + "\n"
 )
 print("wrote", out / "cmyk.jpg")
+
+# The same file without its Adobe APP14 segment: Pillow still reads a 4-channel JPEG as
+# inverted CMYK ("CMYK;I", "assume adobe conventions"), whatever the markers say.
+data = (out / "cmyk.jpg").read_bytes()
+i = data.find(b"\xff\xee")
+assert i > 0, "no APP14 segment"
+seg_len = int.from_bytes(data[i + 2 : i + 4], "big")
+stripped = data[:i] + data[i + 2 + seg_len :]
+(out / "cmyk-noadobe.jpg").write_bytes(stripped)
+decoded = Image.open(out / "cmyk-noadobe.jpg")
+assert decoded.mode == "CMYK" and "adobe" not in decoded.info
+rgb = decoded.convert("RGB")
+(out / "cmyk-noadobe.rgb.json").write_text(
+    json.dumps({"width": w, "height": h, "rgb": [v for p in rgb.get_flattened_data() for v in p]}) + "\n"
+)
+print("wrote", out / "cmyk-noadobe.jpg")

@@ -17,7 +17,7 @@ pub enum EngineError {
     },
 
     /// The model produced NaN or +inf logits: its weights are broken (or overflow the dtype).
-    #[error("the logits at position {position} are not finite (NaN or +inf): the model's weights are broken or overflow its dtype; `--check-finite` names the first layer at fault")]
+    #[error("the logits at position {position} are not finite (NaN or +inf): the model's weights are broken or overflow its dtype; `TextModel::set_check_finite` (herd's --check-finite) names the first layer at fault")]
     NonFiniteLogits { position: usize },
 
     #[error(transparent)]

@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 /// Largest image side herd accepts, and the decoder's memory ceiling (decompression bombs).
 pub const MAX_SIDE: u32 = 16_384;
-const MAX_DECODE_BYTES: u64 = 512 << 20;
+/// (Four bytes a pixel at the largest side: `--limit image-pixels` is the bound that binds.)
+const MAX_DECODE_BYTES: u64 = 4 * MAX_SIDE as u64 * MAX_SIDE as u64;
 /// Most tiles one image may become (Llama 4 uses 16; each tile is 144 prompt tokens).
 pub const MAX_PATCHES: u32 = 1024;
 
@@ -74,7 +75,7 @@ impl PreprocessConfig {
     /// `dir/preprocessor_config.json`, or transformers' defaults when absent.
     pub fn load(dir: &Path) -> Result<Self, ImageError> {
         let path = dir.join("preprocessor_config.json");
-        if std::fs::symlink_metadata(&path).is_err() {
+        if !herd_limits::exists(&path) {
             return Ok(Self::default());
         }
         let text = herd_limits::read_file_to_string(&path, herd_limits::FileKind::Config)?;
@@ -182,6 +183,19 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(fail)?;
     let (width, height) = decoder.dimensions();
+    // `into_decoder` skips image-rs' own allocation check (only `decode` makes it), and the
+    // libjpeg path holds four bytes a pixel for CMYK: bound both before decoding.
+    let decoded_bytes = decoder
+        .total_bytes()
+        .max(u64::from(width) * u64::from(height) * 4);
+    if decoded_bytes > MAX_DECODE_BYTES {
+        return Err(ImageError::Decode {
+            what: what.into(),
+            message: format!(
+                "{width}×{height} needs {decoded_bytes} bytes decoded, more than {MAX_DECODE_BYTES}"
+            ),
+        });
+    }
     let max_pixels = herd_limits::Limits::current().image_pixels;
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(ImageError::Decode {
@@ -194,7 +208,7 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
     let orientation = decoder.orientation().map_err(fail)?;
     let is_jpeg = reader_format_is_jpeg(bytes);
     // JPEGs are decoded by libjpeg-turbo (the reference's pixels, see below); image-rs decodes
-    // everything else, and still validates JPEGs first.
+    // everything else (for JPEGs it has read only the header).
     let mut img = match is_jpeg.then(|| decode_jpeg_like_pil(bytes)) {
         Some(Ok(rgb)) => DynamicImage::ImageRgb8(rgb),
         // A JPEG libjpeg refuses may still be one image-rs reads; if neither can, both say why.
@@ -222,20 +236,23 @@ fn reader_format_is_jpeg(bytes: &[u8]) -> bool {
 
 /// RGB pixels as PIL gives them: libjpeg-turbo's decoder with its defaults (islow IDCT, fancy
 /// upsampling; image-rs' decoder differs by a few grey levels near colour edges). CMYK and
-/// YCCK files are decoded to CMYK, un-inverted when an Adobe marker says Photoshop inverted
-/// them (PIL's `CMYK;I`), and converted as PIL's `convert("RGB")` does.
+/// YCCK files are decoded to CMYK, un-inverted as Pillow always does (its `CMYK;I` raw mode,
+/// "assume adobe conventions", with or without an Adobe marker), and converted as PIL's
+/// `convert("RGB")` does.
 fn decode_jpeg_like_pil(bytes: &[u8]) -> Result<RgbImage, String> {
     // libjpeg reports corrupt data by unwinding (mozjpeg's `unwinding` feature): contain it.
     let decoded = herd_limits::catch_panic(|| -> std::io::Result<Option<RgbImage>> {
-        let decompress = mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(14)]).from_mem(bytes)?;
+        let decompress = mozjpeg::Decompress::new_mem(bytes)?;
         let (width, height) = (decompress.width() as u32, decompress.height() as u32);
         match decompress.color_space() {
             mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK => {
-                let adobe = decompress.markers().any(|m| m.data.starts_with(b"Adobe"));
                 let mut started = decompress.to_colorspace(mozjpeg::ColorSpace::JCS_CMYK)?;
                 let cmyk: Vec<[u8; 4]> = started.read_scanlines()?;
                 started.finish()?;
-                let rgb = cmyk.iter().flat_map(|&p| cmyk_to_rgb(p, adobe)).collect();
+                let rgb = cmyk
+                    .iter()
+                    .flat_map(|&p| cmyk_to_rgb(p.map(|v| 255 - v)))
+                    .collect();
                 Ok(RgbImage::from_raw(width, height, rgb))
             }
             _ => {
@@ -255,8 +272,7 @@ fn decode_jpeg_like_pil(bytes: &[u8]) -> Result<RgbImage, String> {
 }
 
 /// Pillow's `cmyk2rgb`: `channel = (255 - k) - (c · (255 - k)) / 255`, its rounding included.
-fn cmyk_to_rgb(p: [u8; 4], adobe_inverted: bool) -> [u8; 3] {
-    let p = if adobe_inverted { p.map(|v| 255 - v) } else { p };
+fn cmyk_to_rgb(p: [u8; 4]) -> [u8; 3] {
     let nk = 255 - u32::from(p[3]);
     let muldiv255 = |a: u32, b: u32| {
         let t = a * b + 128;

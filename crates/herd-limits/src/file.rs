@@ -65,6 +65,16 @@ pub enum ReadError {
     },
 }
 
+/// Whether a directory entry named `path` exists (a dangling link, a FIFO or an unreadable
+/// entry does: reading it then says what is wrong). Only "not found" means absent, so an
+/// optional file that is there but broken is an error, never silently skipped.
+pub fn exists(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 /// The bytes of `path`, which must be a regular file (after following links) of at most
 /// `kind`'s limit under the current [`Limits`].
 pub fn read_file(path: &Path, kind: FileKind) -> Result<Vec<u8>, ReadError> {
@@ -104,7 +114,7 @@ pub fn read_capped(reader: impl Read, limit: u64) -> std::io::Result<Option<Vec<
 
 /// Opens `path` for reading if it is a regular file. The open does not block on a FIFO
 /// (`O_NONBLOCK`), and the type is checked on the open descriptor.
-fn open_regular(path: &Path) -> Result<File, ReadError> {
+pub fn open_regular(path: &Path) -> Result<File, ReadError> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let io = |source| ReadError::Io {
         path: path.to_path_buf(),

@@ -19,6 +19,6 @@ mod output;
 mod policy;
 
 pub use contain::catch_panic;
-pub use file::{read_capped, read_file, read_file_to_string, FileKind, ReadError};
-pub use output::{check_output, write_output, OutputError};
+pub use file::{exists, open_regular, read_capped, read_file, read_file_to_string, FileKind, ReadError};
+pub use output::{check_output, create_output_file, write_output, OutputError};
 pub use policy::{LimitParseError, Limits, LIMIT_NAMES};

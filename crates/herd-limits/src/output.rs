@@ -16,6 +16,12 @@ pub enum OutputError {
     NotRegular { path: PathBuf },
     #[error("{path} is {input}, an input of this command; refusing to overwrite it")]
     IsInput { path: PathBuf, input: String },
+    #[error("cannot list {path} to check the output is not one of its files: {source}")]
+    Input {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -46,8 +52,8 @@ pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<(), OutputError> {
             continue;
         };
         if input_meta.is_dir() {
-            let entries = std::fs::read_dir(input).map_err(|source| OutputError::Io {
-                path: out.to_path_buf(),
+            let entries = std::fs::read_dir(input).map_err(|source| OutputError::Input {
+                path: input.to_path_buf(),
                 source,
             })?;
             for entry in entries.flatten() {
@@ -68,6 +74,28 @@ pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<(), OutputError> {
     Ok(())
 }
 
+/// Creates `path` for writing, refusing what [`check_output`] refuses; an existing regular
+/// file is replaced. Never follows a link at `path`, even one planted after the check
+/// (`O_NOFOLLOW`, `O_EXCL`).
+pub fn create_output_file(path: &Path) -> Result<std::fs::File, OutputError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    check_output(path, &[])?;
+    let io = |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)
+}
+
 /// Checks `out` (see [`check_output`]), lets `write` fill a temporary file beside it, and
 /// renames that into place; on failure the temporary file is removed and `out` is untouched.
 pub fn write_output<E>(
@@ -79,7 +107,12 @@ pub fn write_output<E>(
     let name = out
         .file_name()
         .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = out.with_file_name(format!(".{name}.{}-{nanos}.tmp", std::process::id()));
+    // Reserve the name (never through a link); `write` then fills it.
+    create_output_file(&tmp)?;
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Ok(Err(e));

@@ -30,44 +30,14 @@ pub struct Checkpoint {
 
 #[derive(Deserialize)]
 struct ShardIndex {
-    #[serde(deserialize_with = "unique_entries")]
-    weight_map: Vec<(String, String)>,
-}
-
-/// `weight_map` as written: a JSON object whose keys must not repeat (serde's maps would keep
-/// the last of two entries for one tensor without a word).
-fn unique_entries<'de, D: serde::Deserializer<'de>>(
-    de: D,
-) -> std::result::Result<Vec<(String, String)>, D::Error> {
-    struct Entries;
-    impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = Vec<(String, String)>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an object mapping tensor names to shard file names")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> std::result::Result<Self::Value, A::Error> {
-            let mut seen = std::collections::HashSet::new();
-            let mut out = Vec::new();
-            while let Some((name, shard)) = map.next_entry::<String, String>()? {
-                if !seen.insert(name.clone()) {
-                    return Err(serde::de::Error::custom(format!("`{name}` is listed twice")));
-                }
-                out.push((name, shard));
-            }
-            Ok(out)
-        }
-    }
-    de.deserialize_map(Entries)
+    weight_map: crate::json_file::UniqueMap<String>,
 }
 
 impl ShardIndex {
     /// The folder's index, if it has one.
     fn load(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join(INDEX_FILE);
-        if std::fs::symlink_metadata(&path).is_err() {
+        if !herd_limits::exists(&path) {
             return Ok(None);
         }
         crate::json_file::read_json_as(&path).map(Some)
@@ -227,7 +197,7 @@ fn check_weight_map(
     index: &HashMap<String, usize>,
 ) -> Result<()> {
     let index_path = dir.join(INDEX_FILE);
-    for (name, shard) in &map.weight_map {
+    for (name, shard) in &map.weight_map.0 {
         let actual = index.get(name).and_then(|&i| shards.get(i));
         let actual_name = actual.and_then(|s| s.path().file_name()).and_then(|n| n.to_str());
         if actual_name != Some(shard.as_str()) {
@@ -253,7 +223,7 @@ fn inside_folder(shard: &str) -> bool {
 fn shard_files(dir: &Path, index: Option<&ShardIndex>) -> Result<Vec<PathBuf>> {
     let index_path = dir.join(INDEX_FILE);
     if let Some(index) = index {
-        let shards: BTreeSet<&String> = index.weight_map.iter().map(|(_, shard)| shard).collect();
+        let shards: BTreeSet<&String> = index.weight_map.0.iter().map(|(_, shard)| shard).collect();
         if shards.is_empty() {
             return Err(Error::Checkpoint {
                 path: index_path,
@@ -271,7 +241,7 @@ fn shard_files(dir: &Path, index: Option<&ShardIndex>) -> Result<Vec<PathBuf>> {
                 }
                 let path = dir.join(shard);
                 // Present but not a regular file: opening it says so.
-                if std::fs::symlink_metadata(&path).is_ok() {
+                if herd_limits::exists(&path) {
                     Ok(path)
                 } else {
                     Err(Error::Checkpoint {

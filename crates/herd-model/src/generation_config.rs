@@ -22,7 +22,7 @@ impl GenerationConfig {
     /// Reads `dir/generation_config.json`, or the empty default when the folder has none.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("generation_config.json");
-        if std::fs::symlink_metadata(&path).is_err() {
+        if !herd_limits::exists(&path) {
             return Ok(Self::default());
         }
         let raw: Raw = crate::json_file::read_json_as(&path)?;

@@ -8,7 +8,6 @@
 //! preset and seed give the same bytes.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -200,10 +199,17 @@ pub fn write(spec: &SynthSpec, out: &Path, seed: u64, mut progress: impl FnMut(u
         });
     }
     std::fs::create_dir_all(out).map_err(io(out))?;
+    // Never through a link or over a device inside the folder either.
+    let create = |path: &Path| {
+        herd_limits::create_output_file(path).map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    };
     let json_out = |name: &str, value: &serde_json::Value| -> Result<()> {
         let path = out.join(name);
         let text = serde_json::to_string_pretty(value).map_err(|e| Error::config("synth", e.to_string()))?;
-        std::fs::write(&path, text).map_err(io(&path))
+        create(&path)?.write_all(text.as_bytes()).map_err(io(&path))
     };
     json_out("config.json", &spec.config_json())?;
     json_out("tokenizer.json", &tokenizer_json(spec))?;
@@ -230,7 +236,7 @@ pub fn write(spec: &SynthSpec, out: &Path, seed: u64, mut progress: impl FnMut(u
         header_bytes.push(b' ');
     }
     let path = out.join("model.safetensors");
-    let mut w = BufWriter::with_capacity(1 << 22, File::create(&path).map_err(io(&path))?);
+    let mut w = BufWriter::with_capacity(1 << 22, create(&path)?);
     w.write_all(&(header_bytes.len() as u64).to_le_bytes())
         .map_err(io(&path))?;
     w.write_all(&header_bytes).map_err(io(&path))?;

@@ -144,7 +144,7 @@ impl ChatTemplate {
     pub fn from_dir(dir: &Path) -> Result<Self, TextError> {
         let read = |name: &str| -> Result<Option<String>, TextError> {
             let path = dir.join(name);
-            if std::fs::symlink_metadata(&path).is_err() {
+            if !herd_limits::exists(&path) {
                 return Ok(None);
             }
             let kind = if name.ends_with(".jinja") {
@@ -334,6 +334,8 @@ struct SpecialGuard<'a> {
 /// plausibly contains; a special token `k` becomes `\u{10FFFD}k\u{10FFFC}`.
 const OPEN: char = '\u{10FFFD}';
 const CLOSE: char = '\u{10FFFC}';
+/// Digits of the largest special-token index a placeholder holds.
+const MAX_INDEX_DIGITS: usize = 20;
 
 impl<'a> SpecialGuard<'a> {
     fn new(specials: &'a [String]) -> Result<Self, TextError> {
@@ -364,10 +366,13 @@ impl<'a> SpecialGuard<'a> {
         while let Some(start) = rest.find(OPEN) {
             out.push_str(&rest[..start]);
             let after = &rest[start + OPEN.len_utf8()..];
-            match after
-                .find(CLOSE)
-                .and_then(|end| Some((end, after[..end].parse::<usize>().ok()?)))
-            {
+            // A placeholder's index has a few digits: look no further for its end (a text of
+            // many lone OPENs would otherwise be rescanned to its end for each one).
+            let end = after
+                .char_indices()
+                .take(MAX_INDEX_DIGITS + 1)
+                .find_map(|(i, c)| (c == CLOSE).then_some(i));
+            match end.and_then(|end| Some((end, after[..end].parse::<usize>().ok()?))) {
                 Some((end, index)) if index < self.specials.len() => {
                     out.push_str(&self.specials[index]);
                     rest = &after[end + CLOSE.len_utf8()..];

@@ -46,7 +46,7 @@ impl Tokenizer {
         for name in ["tokenizer.json", "tokenizer.json.gz", "tokenizer.model"] {
             let path = dir.join(name);
             // Present but not a regular file (a FIFO, a device): loading it says so.
-            if std::fs::symlink_metadata(&path).is_ok() {
+            if herd_limits::exists(&path) {
                 return Self::from_file(&path);
             }
         }
@@ -81,8 +81,16 @@ impl Tokenizer {
         }
     }
 
-    /// Encodes `text` without BOS/EOS.
+    /// Encodes `text` without BOS/EOS. Text past the `prompt-bytes` limit is refused (every
+    /// prompt, chat line and request passes here).
     pub fn encode(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>, TextError> {
+        let limit = herd_limits::Limits::current().prompt_bytes;
+        if text.len() as u64 > limit {
+            return Err(TextError::Encode(format!(
+                "a text of {} bytes is more than {limit} (raise with --limit prompt-bytes=N)",
+                text.len()
+            )));
+        }
         match &self.backend {
             Backend::Hf {
                 parse,
@@ -294,7 +302,9 @@ fn is_llama4_pre_tokenizer(p: &tokenizers::PreTokenizerWrapper) -> bool {
     match steps.map(Vec::as_slice) {
         Some([split, byte_level]) => {
             split.get("type") == Some(&"Split".into())
-                && split.pointer("/pattern/Regex").and_then(serde_json::Value::as_str)
+                && split
+                    .pointer("/pattern/Regex")
+                    .and_then(serde_json::Value::as_str)
                     == Some(crate::tiktoken::LLAMA4_PATTERN)
                 && split.get("behavior") == Some(&"Isolated".into())
                 && split.get("invert") == Some(&false.into())

@@ -155,7 +155,13 @@ fn json_call(v: Value) -> Option<ToolCall> {
     map.is_empty().then_some(ToolCall { name, arguments })
 }
 
+/// Longest function name taken for a call (OpenAI allows 64 characters); longer is prose.
+const MAX_NAME_BYTES: usize = 128;
+
 fn is_identifier(s: &str) -> bool {
+    if s.len() > MAX_NAME_BYTES {
+        return false;
+    }
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
         && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-')
@@ -524,7 +530,10 @@ fn still_possible(text: &str) -> Possible {
         return Possible::No;
     }
     match rest[ident_len..].trim_start().chars().next() {
-        // Undecided within the window: keep holding (the end of the message decides).
+        // A "name" filling the whole window is prose (no function is named so), not a call:
+        // holding it would stall the stream until the message ends.
+        None if head_end < text.len() => Possible::No,
+        // The text so far ends in the name (or the space after it): wait for more.
         None | Some('(') => Possible::Yes,
         Some(_) => Possible::No,
     }

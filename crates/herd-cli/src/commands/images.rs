@@ -21,7 +21,7 @@ pub struct EncodedImages {
 /// must match the vision tower's, or the vision tower's tile size with transformers' defaults.
 pub fn preprocess_config(dir: &Path, vision_tile: Option<usize>) -> Result<PreprocessConfig> {
     let mut config = PreprocessConfig::load(dir)?;
-    if std::fs::symlink_metadata(dir.join("preprocessor_config.json")).is_err() {
+    if !herd_limits::exists(&dir.join("preprocessor_config.json")) {
         if let Some(tile) = vision_tile {
             config.tile = tile as u32;
         }

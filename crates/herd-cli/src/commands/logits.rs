@@ -39,7 +39,9 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     };
     let logits = logits.to_device(&candle_core::Device::Cpu)?;
     let (n, v) = logits.dims2()?;
-    herd_limits::write_output(&args.out, &[&args.model.model], |tmp| {
+    let mut inputs: Vec<&std::path::Path> = vec![&args.model.model];
+    inputs.extend(args.images.iter().map(|p| p.as_path()));
+    herd_limits::write_output(&args.out, &inputs, |tmp| {
         candle_core::safetensors::save(&HashMap::from([("logits", logits)]), tmp)
     })?
     .with_context(|| format!("writing {}", args.out.display()))?;

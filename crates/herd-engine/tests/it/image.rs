@@ -177,10 +177,16 @@ fn exif_orientation_is_applied() {
 
 #[test]
 fn cmyk_jpegs_decode_to_pils_rgb() {
-    // An Adobe (inverted) CMYK JPEG: once a crash with an empty stderr.
+    // CMYK JPEGs, with and without an Adobe marker: once a crash with an empty stderr.
+    for name in ["cmyk", "cmyk-noadobe"] {
+        cmyk_matches_pil(name);
+    }
+}
+
+fn cmyk_matches_pil(name: &str) {
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(image("cmyk.rgb.json")).unwrap()).unwrap();
-    let img = load_file(&image("cmyk.jpg")).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(image(&format!("{name}.rgb.json"))).unwrap()).unwrap();
+    let img = load_file(&image(&format!("{name}.jpg"))).unwrap();
     assert_eq!(
         (u64::from(img.width()), u64::from(img.height())),
         (
@@ -194,7 +200,11 @@ fn cmyk_jpegs_decode_to_pils_rgb() {
         .iter()
         .map(|v| v.as_u64().unwrap() as u8)
         .collect();
-    assert_eq!(img.into_raw(), want, "PIL's Image.open(...).convert('RGB')");
+    assert_eq!(
+        img.into_raw(),
+        want,
+        "{name}: PIL's Image.open(...).convert('RGB')"
+    );
 }
 
 #[test]

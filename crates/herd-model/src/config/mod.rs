@@ -349,8 +349,11 @@ fn resolve(raw: &RawTextConfig) -> Result<ModelConfig> {
     let params = crate::inspect::param_counts(&config).total;
     if params > MAX_PARAMS {
         return Err(Error::config(
-            "num_hidden_layers",
-            format!("the config describes {params} parameters, beyond any model herd can run (at most {MAX_PARAMS})"),
+            "config",
+            format!(
+                "its sizes (layers × widths × experts × vocabulary) describe {params} parameters, \
+                 beyond any model herd can run (at most {MAX_PARAMS})"
+            ),
         ));
     }
     Ok(config)

@@ -43,17 +43,20 @@ impl RopeConfig {
                 ),
             ));
         }
-        let theta = match block.and_then(|b| b.get("rope_theta")) {
-            Some(v) => v.as_f64().ok_or_else(|| {
-                Error::config(
-                    format!("{field}.rope_theta"),
-                    format!("must be a number, found {v}"),
-                )
-            })?,
-            None => raw.rope_theta.unwrap_or(DEFAULT_THETA),
+        let (theta_field, theta) = match block.and_then(|b| b.get("rope_theta")) {
+            Some(v) => (
+                format!("{field}.rope_theta"),
+                v.as_f64().ok_or_else(|| {
+                    Error::config(
+                        format!("{field}.rope_theta"),
+                        format!("must be a number, found {v}"),
+                    )
+                })?,
+            ),
+            None => ("rope_theta".to_string(), raw.rope_theta.unwrap_or(DEFAULT_THETA)),
         };
         if !(theta.is_finite() && theta > 1.0) {
-            return Err(Error::config("rope_theta", format!("{theta} must exceed 1")));
+            return Err(Error::config(theta_field, format!("{theta} must exceed 1")));
         }
         let Some(block) = block else {
             return Ok(RopeConfig { theta, scaling: None });

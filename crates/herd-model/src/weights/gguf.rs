@@ -497,12 +497,9 @@ fn read_one(path: &Path, file_index: usize) -> Result<GgufFile> {
         path: path.to_path_buf(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() {
-        return Err(gguf_error(path, "not a regular file".into()));
-    }
-    let file_len = meta.len();
-    let file = File::open(path).map_err(io)?;
+    // Regular files only, checked on the open descriptor (a FIFO would block).
+    let file = herd_limits::open_regular(path)?;
+    let file_len = file.metadata().map_err(io)?.len();
     let mut h = Header {
         reader: BufReader::with_capacity(1 << 20, &file),
         pos: 0,

@@ -26,7 +26,7 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
 /// (`[PAD{id}]` for ids the tokenizer does not use, as the converter writes them).
 pub fn metadata(dir: &Path, vocab_size: usize, bos: Option<u32>) -> Result<Vec<(String, Value)>> {
     let path = dir.join("tokenizer.json");
-    if !path.is_file() {
+    if !herd_limits::exists(&path) {
         return Err(bad(
             dir,
             "no tokenizer.json: a GGUF carries its vocabulary, and herd builds it from tokenizer.json",
@@ -108,7 +108,7 @@ pub fn metadata(dir: &Path, vocab_size: usize, bos: Option<u32>) -> Result<Vec<(
         Some(t) => Some(t.to_string()),
         None => {
             let jinja = dir.join("chat_template.jinja");
-            if std::fs::symlink_metadata(&jinja).is_ok() {
+            if herd_limits::exists(&jinja) {
                 Some(herd_limits::read_file_to_string(
                     &jinja,
                     herd_limits::FileKind::Template,

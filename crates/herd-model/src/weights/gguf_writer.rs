@@ -75,7 +75,10 @@ pub fn write(
     }
     let tmp: PathBuf = path.with_extension("gguf.partial");
     let result = (|| -> Result<()> {
-        let file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let file = herd_limits::create_output_file(&tmp).map_err(|e| Error::Checkpoint {
+            path: tmp.clone(),
+            message: e.to_string(),
+        })?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let io = io_error(&tmp);
         w.write_all(b"GGUF").map_err(&io)?;

@@ -74,12 +74,9 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if !meta.is_file() {
-            return Err(bad("not a regular file".into()));
-        }
-        let file = File::open(path).map_err(io)?;
-        let file_len = meta.len();
+        // Regular files only, checked on the open descriptor (a FIFO would block).
+        let file = herd_limits::open_regular(path)?;
+        let file_len = file.metadata().map_err(io)?.len();
         let mut len_bytes = [0u8; 8];
         file.read_exact_at(&mut len_bytes, 0)
             .map_err(|_| bad("shorter than a safetensors header".into()))?;
@@ -91,11 +88,11 @@ impl SafetensorsFile {
         }
         let mut header = vec![0u8; header_len as usize];
         file.read_exact_at(&mut header, 8).map_err(io)?;
-        let raw: BTreeMap<String, serde_json::Value> =
+        let raw: crate::json_file::UniqueMap<serde_json::Value> =
             serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
         let data_start = header_len.saturating_add(8);
         let mut tensors = BTreeMap::new();
-        for (name, value) in raw {
+        for (name, value) in raw.0 {
             if name == "__metadata__" {
                 continue;
             }

@@ -280,8 +280,8 @@ fn every_cut_point_is_a_pre_token_boundary_of_llama4s_regex() {
     let mut whole = tokenizers::Tokenizer::from_bytes(&json).unwrap();
     whole.set_encode_special_tokens(true);
     let atoms = [
-        "a", "Bc", "x1", "42", "1234", " ", "  ", "\t", "\n", "\r\n", "\n\n", "/", "//", ".", ";", "*", "'s", "é", "日",
-        "\u{a0}", "\u{2003}", "🙂", "<|", "|>", "(", ")", "-", "_", "\u{300}",
+        "a", "Bc", "x1", "42", "1234", " ", "  ", "\t", "\n", "\r\n", "\n\n", "/", "//", ".", ";", "*", "'s",
+        "é", "日", "\u{a0}", "\u{2003}", "🙂", "<|", "|>", "(", ")", "-", "_", "\u{300}",
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(1414);
     for case in 0..400 {
@@ -294,7 +294,11 @@ fn every_cut_point_is_a_pre_token_boundary_of_llama4s_regex() {
         for p in &pieces {
             ids.extend_from_slice(whole.encode_fast(*p, false).unwrap().get_ids());
         }
-        let expected = whole.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
+        let expected = whole
+            .encode_fast(text.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(ids, expected, "case {case}: {text:?} cut as {pieces:?}");
     }
     for known in ["x = 1;\n// c", "a.\n/b", " */\n/*"] {
@@ -304,8 +308,15 @@ fn every_cut_point_is_a_pre_token_boundary_of_llama4s_regex() {
                 .iter()
                 .flat_map(|p| whole.encode_fast(*p, false).unwrap().get_ids().to_vec())
                 .collect();
-            assert_eq!(ids, whole.encode_fast(known, false).unwrap().get_ids(), "{known:?} at {target}");
+            assert_eq!(
+                ids,
+                whole.encode_fast(known, false).unwrap().get_ids(),
+                "{known:?} at {target}"
+            );
         }
     }
-    assert_eq!(herd_text::tokenizer::line_aligned_pieces("a b", 0), vec!["a", " b"]);
+    assert_eq!(
+        herd_text::tokenizer::line_aligned_pieces("a b", 0),
+        vec!["a", " b"]
+    );
 }

@@ -212,11 +212,14 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_fuel(Some(limits.template_steps));
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(bounded_string_methods);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_filter("indent", indent);
+        env.add_filter("join", join);
+        env.add_filter("replace", replace);
+        env.add_filter("format", format);
         let template = env
             .template_from_str(&self.source)
             .map_err(|e| TextError::Template(e.to_string()))?;
@@ -453,7 +456,121 @@ fn indent(
             format!("indent width {w} is beyond {MAX_INDENT}"),
         ));
     }
+    let s = value.as_str();
+    let lines = s.bytes().filter(|&b| b == b'\n').count() + 1;
+    within_string_limit(s.len() as u64 + (lines * w.unwrap_or(4)) as u64)?;
     minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+// One filter or method call can build a string many times its input (`join` of a long list,
+// `replace` of every character, `indent` of many lines, a `format` width): each is checked
+// before it allocates, against the rendering's output limit (no single string of a prompt
+// need be longer than the whole prompt). minijinja itself bounds `~`, `+` and `*`.
+
+fn within_string_limit(bytes: u64) -> Result<(), minijinja::Error> {
+    let limit = Limits::current().template_output_bytes;
+    if bytes > limit {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "the template builds a string of {bytes} bytes, more than {limit} (template-output-bytes)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of `value`'s items as `join` writes them, plus the separators; stops counting past
+/// the limit.
+fn joined_len(value: &JValue, joiner: usize) -> Result<u64, minijinja::Error> {
+    let limit = Limits::current().template_output_bytes;
+    let mut total: u64 = 0;
+    for item in value.try_iter()? {
+        let n = item.as_str().map_or_else(|| item.to_string().len(), str::len);
+        total = total.saturating_add((n + joiner) as u64);
+        if total > limit {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+fn join(
+    state: &minijinja::State,
+    value: &JValue,
+    joiner: Option<minijinja::value::StringInput<'_>>,
+) -> Result<JValue, minijinja::Error> {
+    let joiner_len = joiner.as_ref().map_or(0, |j| j.as_str().len());
+    within_string_limit(joined_len(value, joiner_len)?)?;
+    minijinja::filters::join(state, value, joiner)
+}
+
+/// Length of `s` with every `from` replaced by a `to` of `to_len` bytes.
+fn replaced_len(s: &str, from: &str, to_len: usize) -> u64 {
+    let count = if from.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(from).count()
+    };
+    (s.len() as u64).saturating_add((count as u64).saturating_mul(to_len as u64))
+}
+
+fn replace(
+    state: &minijinja::State,
+    value: minijinja::value::StringInput<'_>,
+    from: minijinja::value::StringInput<'_>,
+    to: minijinja::value::StringInput<'_>,
+) -> Result<JValue, minijinja::Error> {
+    within_string_limit(replaced_len(value.as_str(), from.as_str(), to.as_str().len()))?;
+    minijinja::filters::replace(state, value, from, to)
+}
+
+/// A printf or `str.format` specification may ask for any field width: refuse widths that
+/// alone exceed the limit (a seven-digit width is already a megabyte per field).
+fn check_format_widths(spec: &str) -> Result<(), minijinja::Error> {
+    let mut run = 0u64;
+    for c in spec.chars() {
+        match c.to_digit(10) {
+            Some(d) => {
+                run = run.saturating_mul(10).saturating_add(u64::from(d));
+                within_string_limit(run)?;
+            }
+            None => run = 0,
+        }
+    }
+    Ok(())
+}
+
+fn format(
+    state: &minijinja::State,
+    format_str: &JValue,
+    args: minijinja::value::Rest<JValue>,
+) -> Result<JValue, minijinja::Error> {
+    check_format_widths(format_str.as_str().unwrap_or_default())?;
+    minijinja::filters::format(state, format_str, args)
+}
+
+/// Python's string methods (`pycompat`), with the growing ones bounded like the filters.
+fn bounded_string_methods(
+    state: &minijinja::State,
+    value: &JValue,
+    method: &str,
+    args: &[JValue],
+) -> Result<JValue, minijinja::Error> {
+    if let Some(s) = value.as_str() {
+        let arg = |i: usize| args.get(i).and_then(JValue::as_str).unwrap_or_default();
+        match method {
+            "replace" => within_string_limit(replaced_len(s, arg(0), arg(1).len()))?,
+            "join" => {
+                if let Some(items) = args.first() {
+                    within_string_limit(joined_len(items, s.len())?)?;
+                }
+            }
+            "format" => check_format_widths(s)?,
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 fn raise_exception(message: String) -> Result<JValue, minijinja::Error> {

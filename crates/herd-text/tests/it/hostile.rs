@@ -108,6 +108,14 @@ fn runaway_templates_stop_with_an_error() {
         ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}", "too large"),
         ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}", "too large"),
         ("{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}", "too large"),
+        // One call building a string far larger than its input.
+        ("{% set a = 'x' * 10000000 %}{{ [a, a, a, a, a, a, a, a]|join|length }}", "builds a string"),
+        ("{% set a = 'x' * 10000000 %}{{ ', '.join([a, a, a, a, a, a, a, a])|length }}", "builds a string"),
+        ("{{ ('\n' * 50000000)|indent(4)|length }}", "builds a string"),
+        ("{{ ('x' * 10000000)|replace('x', 'yyyyyyyy')|length }}", "builds a string"),
+        ("{{ ('x' * 1000).replace('x', 'y' * 100000)|length }}", "builds a string"),
+        ("{{ '%100000000s'|format('a')|length }}", "builds a string"),
+        ("{{ '{:>100000000}'.format('a')|length }}", "builds a string"),
     ];
     for (source, needle) in cases {
         let err = ChatTemplate::new(source, "<|begin_of_text|>", "<|eot|>")

@@ -111,8 +111,11 @@ impl Tokenizer {
                 } else {
                     vec![text]
                 };
-                for piece in pieces {
-                    let encoding = herd_limits::catch_panic(|| tokenizer.encode_fast(piece, false))
+                // A few pieces at a time, encoded in parallel by the `tokenizers` crate.
+                let width = std::thread::available_parallelism().map_or(1, |n| n.get());
+                for group in pieces.chunks(width) {
+                    let group: Vec<tokenizers::EncodeInput> = group.iter().map(|&p| p.into()).collect();
+                    let encodings = herd_limits::catch_panic(|| tokenizer.encode_batch_fast(group, false))
                         .map_err(|panic| {
                             TextError::Encode(format!(
                                 "{}: the pre-tokenizer regex failed on this text ({panic})",
@@ -120,7 +123,9 @@ impl Tokenizer {
                             ))
                         })?
                         .map_err(|e| TextError::Encode(e.to_string()))?;
-                    ids.extend_from_slice(encoding.get_ids());
+                    for encoding in &encodings {
+                        ids.extend_from_slice(encoding.get_ids());
+                    }
                 }
                 Ok(ids)
             }

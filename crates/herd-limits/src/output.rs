@@ -111,11 +111,23 @@ pub fn write_output<E>(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let tmp = out.with_file_name(format!(".{name}.{}-{nanos}.tmp", std::process::id()));
-    // Reserve the name (never through a link); `write` then fills it.
-    create_output_file(&tmp)?;
+    // Reserve the name (never through a link); `write` then fills it by path.
+    let reserved = create_output_file(&tmp)?
+        .metadata()
+        .map_err(|source| OutputError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Ok(Err(e));
+    }
+    // Still the file we created (not a link swapped in while it was written)?
+    let same = std::fs::symlink_metadata(&tmp)
+        .is_ok_and(|m| m.is_file() && m.dev() == reserved.dev() && m.ino() == reserved.ino());
+    if !same {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(OutputError::NotRegular { path: tmp });
     }
     // The target may have changed while we wrote (a link put in its place): check again.
     if let Err(e) = check_output(out, inputs) {

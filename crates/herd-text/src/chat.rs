@@ -525,20 +525,72 @@ fn replace(
     minijinja::filters::replace(state, value, from, to)
 }
 
-/// A printf or `str.format` specification may ask for any field width: refuse widths that
-/// alone exceed the limit (a seven-digit width is already a megabyte per field).
+/// A printf or `str.format` string may ask for any field width: the widths and precisions of
+/// all its fields, plus the string itself, bound what it builds (before minijinja allocates).
+/// Only digits inside a field's specification count (a phone number in the text does not).
 fn check_format_widths(spec: &str) -> Result<(), minijinja::Error> {
-    let mut run = 0u64;
-    for c in spec.chars() {
-        match c.to_digit(10) {
-            Some(d) => {
-                run = run.saturating_mul(10).saturating_add(u64::from(d));
-                within_string_limit(run)?;
+    within_string_limit((spec.len() as u64).saturating_add(format_field_widths(spec)))
+}
+
+/// Sum of the numbers in the field specifications of `spec`: printf `%[(key)][flags][width]
+/// [.precision]type` and `str.format` `{…:spec}`.
+fn format_field_widths(spec: &str) -> u64 {
+    fn number(chars: &mut std::iter::Peekable<std::str::Chars>) -> u64 {
+        let mut n: u64 = 0;
+        while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+            n = n.saturating_mul(10).saturating_add(u64::from(d));
+            chars.next();
+        }
+        n
+    }
+    let mut total: u64 = 0;
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => {
+                if chars.peek() == Some(&'(') {
+                    for k in chars.by_ref() {
+                        if k == ')' {
+                            break;
+                        }
+                    }
+                }
+                while chars.peek().is_some_and(|c| "-+ #0".contains(*c)) {
+                    chars.next();
+                }
+                total = total.saturating_add(number(&mut chars));
+                if chars.peek() == Some(&'.') {
+                    chars.next();
+                    total = total.saturating_add(number(&mut chars));
+                }
             }
-            None => run = 0,
+            '{' => {
+                // Up to the closing brace; digits after the `:` are width and precision (and
+                // at most a one-digit fill).
+                let mut in_spec = false;
+                while let Some(&k) = chars.peek() {
+                    match k {
+                        '}' => {
+                            chars.next();
+                            break;
+                        }
+                        ':' => {
+                            in_spec = true;
+                            chars.next();
+                        }
+                        d if in_spec && d.is_ascii_digit() => {
+                            total = total.saturating_add(number(&mut chars))
+                        }
+                        _ => {
+                            chars.next();
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    Ok(())
+    total
 }
 
 fn format(
@@ -560,7 +612,18 @@ fn bounded_string_methods(
     if let Some(s) = value.as_str() {
         let arg = |i: usize| args.get(i).and_then(JValue::as_str).unwrap_or_default();
         match method {
-            "replace" => within_string_limit(replaced_len(s, arg(0), arg(1).len()))?,
+            "replace" => {
+                // Python's optional count caps the replacements.
+                let count = args
+                    .get(2)
+                    .and_then(|c| i64::try_from(c.clone()).ok())
+                    .filter(|&c| c >= 0);
+                let full = replaced_len(s, arg(0), arg(1).len());
+                let capped = count.map_or(full, |c| {
+                    (s.len() as u64).saturating_add((c as u64).saturating_mul(arg(1).len() as u64))
+                });
+                within_string_limit(full.min(capped))?
+            }
             "join" => {
                 if let Some(items) = args.first() {
                     within_string_limit(joined_len(items, s.len())?)?;

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::error::TextError;
 use crate::tiktoken::Tiktoken;
 
@@ -111,21 +113,24 @@ impl Tokenizer {
                 } else {
                     vec![text]
                 };
-                // A few pieces at a time, encoded in parallel by the `tokenizers` crate.
-                let width = std::thread::available_parallelism().map_or(1, |n| n.get());
-                for group in pieces.chunks(width) {
-                    let group: Vec<tokenizers::EncodeInput> = group.iter().map(|&p| p.into()).collect();
-                    let encodings = herd_limits::catch_panic(|| tokenizer.encode_batch_fast(group, false))
-                        .map_err(|panic| {
-                            TextError::Encode(format!(
-                                "{}: the pre-tokenizer regex failed on this text ({panic})",
-                                self.path.display()
-                            ))
-                        })?
-                        .map_err(|e| TextError::Encode(e.to_string()))?;
-                    for encoding in &encodings {
-                        ids.extend_from_slice(encoding.get_ids());
-                    }
+                // Pieces encoded in parallel, each on its worker with its panic contained there
+                // (rayon's collect keeps their order).
+                let encoded: Vec<Result<Vec<u32>, TextError>> = pieces
+                    .par_iter()
+                    .map(|piece| {
+                        herd_limits::catch_panic(|| tokenizer.encode_fast(*piece, false))
+                            .map_err(|panic| {
+                                TextError::Encode(format!(
+                                    "{}: the pre-tokenizer regex failed on this text ({panic})",
+                                    self.path.display()
+                                ))
+                            })?
+                            .map(|e| e.get_ids().to_vec())
+                            .map_err(|e| TextError::Encode(e.to_string()))
+                    })
+                    .collect();
+                for piece_ids in encoded {
+                    ids.extend(piece_ids?);
                 }
                 Ok(ids)
             }
@@ -281,6 +286,14 @@ fn hf_backend(json: &[u8], path: &Path) -> Result<Backend, TextError> {
             path: path.to_path_buf(),
             message,
         })?;
+    // A prompt is never padded or silently cut: a tokenizer.json's `padding`/`truncation`
+    // (some Hub files carry them, for training) do not apply to inference.
+    let mut parse = parse;
+    parse.with_padding(None);
+    parse.with_truncation(None).map_err(|e| TextError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let mut as_text = parse.clone();
     as_text.set_encode_special_tokens(true);
     let piecewise = parse.get_normalizer().is_none()

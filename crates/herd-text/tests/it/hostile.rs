@@ -116,7 +116,31 @@ fn runaway_templates_stop_with_an_error() {
         ("{{ ('x' * 1000).replace('x', 'y' * 100000)|length }}", "builds a string"),
         ("{{ '%100000000s'|format('a')|length }}", "builds a string"),
         ("{{ '{:>100000000}'.format('a')|length }}", "builds a string"),
+        // Many fields, each under the limit, together far over it.
+        ("{{ ('{0:>60000000}' * 100).format('x')|length }}", "builds a string"),
+        ("{{ ('%(a)60000000s' * 100)|format({'a': 'x'})|length }}", "builds a string"),
     ];
+    // Digits that are not widths, a counted replace: ordinary, not refused.
+    let fine = [
+        (
+            "{{ 'Call 180055512345678: %s'|format('now') }}",
+            "Call 180055512345678: now",
+        ),
+        (
+            "{{ 'at {0} since 1700000000000'.format('x') }}",
+            "at x since 1700000000000",
+        ),
+        (
+            "{{ ('x' * 1000).replace('x', 'y' * 100000, 1)|length }}",
+            "100999",
+        ),
+    ];
+    for (source, want) in fine {
+        let got = ChatTemplate::new(source, "<|begin_of_text|>", "<|eot|>")
+            .render(&user, None, true)
+            .unwrap();
+        assert_eq!(got, want, "{source}");
+    }
     for (source, needle) in cases {
         let err = ChatTemplate::new(source, "<|begin_of_text|>", "<|eot|>")
             .render(&user, None, true)

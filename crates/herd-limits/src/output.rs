@@ -111,21 +111,15 @@ pub fn write_output<E>(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let tmp = out.with_file_name(format!(".{name}.{}-{nanos}.tmp", std::process::id()));
-    // Reserve the name (never through a link); `write` then fills it by path.
-    let reserved = create_output_file(&tmp)?
-        .metadata()
-        .map_err(|source| OutputError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+    // Reserve the name (never through a link); `write` then fills it by path (writers such as
+    // safetensors' may replace it with a file of their own).
+    create_output_file(&tmp)?;
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Ok(Err(e));
     }
-    // Still the file we created (not a link swapped in while it was written)?
-    let same = std::fs::symlink_metadata(&tmp)
-        .is_ok_and(|m| m.is_file() && m.dev() == reserved.dev() && m.ino() == reserved.ino());
-    if !same {
+    // Still a regular file, not a link swapped in while it was written?
+    if !std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.file_type().is_file()) {
         let _ = std::fs::remove_file(&tmp);
         return Err(OutputError::NotRegular { path: tmp });
     }

@@ -174,10 +174,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(std::fs::read(&fresh).unwrap(), b"new");
+        // A writer that replaces the file it is given (as safetensors' does) is fine...
+        write_output(&fresh, &[], |tmp| {
+            let side = tmp.with_extension("side");
+            std::fs::write(&side, b"renamed")?;
+            std::fs::rename(&side, tmp)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"renamed");
+        // ...one that leaves a link there is not, and nothing is renamed into place.
+        let swapped = write_output(&fresh, &[], |tmp| {
+            std::fs::remove_file(tmp)?;
+            std::os::unix::fs::symlink(&input, tmp)
+        });
+        assert!(matches!(swapped, Err(OutputError::NotRegular { .. })));
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"renamed");
         let failed: Result<(), std::io::Error> =
             write_output(&fresh, &[], |_| Err(std::io::Error::other("no"))).unwrap();
         assert!(failed.is_err());
-        assert_eq!(std::fs::read(&fresh).unwrap(), b"new");
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"renamed");
         assert_eq!(std::fs::read(&input).unwrap(), b"keep");
         std::fs::remove_dir_all(&dir).unwrap();
     }

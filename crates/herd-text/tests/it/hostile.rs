@@ -17,6 +17,14 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The fixture's tokenizer.json, unpacked (for tests that edit it or load it with `tokenizers`).
+fn unpacked_tokenizer_json() -> Vec<u8> {
+    let gz = std::fs::read(fixtures().join("tokenizer/tokenizer.json.gz")).unwrap();
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut json).unwrap();
+    json
+}
+
 #[test]
 fn deeply_nested_tool_calls_are_text_not_a_stack_overflow() {
     // ~20k tokens of brackets, as a model in a loop might write.
@@ -197,10 +205,7 @@ fn a_tokenizer_model_missing_a_byte_is_refused_at_load() {
 
 #[test]
 fn a_catastrophic_split_regex_is_an_encode_error_not_a_panic() {
-    let gz = std::fs::read(fixtures().join("tokenizer/tokenizer.json.gz")).unwrap();
-    let mut json = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut json).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&unpacked_tokenizer_json()).unwrap();
     // Replace the pre-tokenizer with a Split whose regex backtracks exponentially.
     v["pre_tokenizer"] = json!({
         "type": "Split",
@@ -225,9 +230,7 @@ fn a_catastrophic_split_regex_is_an_encode_error_not_a_panic() {
 #[test]
 fn long_texts_encode_in_line_aligned_pieces_with_the_same_ids() {
     use rand::{Rng, SeedableRng};
-    let gz = std::fs::read(fixtures().join("tokenizer/tokenizer.json.gz")).unwrap();
-    let mut json = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut json).unwrap();
+    let json = unpacked_tokenizer_json();
     let parse = tokenizers::Tokenizer::from_bytes(&json).unwrap();
     let mut as_text = parse.clone();
     as_text.set_encode_special_tokens(true);
@@ -306,9 +309,7 @@ fn every_cut_point_is_a_pre_token_boundary_of_llama4s_regex() {
     // Small pieces, many random texts: each cut is tested, not only the few a 1 MiB piece
     // size makes. `;\n//` (punctuation's `[\r\n/]*` tail) once broke rule (a).
     use rand::{Rng, SeedableRng};
-    let gz = std::fs::read(fixtures().join("tokenizer/tokenizer.json.gz")).unwrap();
-    let mut json = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut json).unwrap();
+    let json = unpacked_tokenizer_json();
     let mut whole = tokenizers::Tokenizer::from_bytes(&json).unwrap();
     whole.set_encode_special_tokens(true);
     let atoms = [

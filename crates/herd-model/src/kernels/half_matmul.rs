@@ -1,32 +1,36 @@
-//! `y = x Wᵀ` with f32 activations x [T, K] and weights W [N, K] stored in bf16 or f16,
+//! `y = x Wᵀ` with f32 activations x [T, K] and weights W [N, K] stored in bf16, f16 or f32,
 //! accumulated in f32 — the weights stay in their stored precision in memory and are widened
-//! only a panel at a time. Widening bf16/f16 to f32 is exact, so this computes what the
-//! reference computes on the upcast weights (up to summation order).
+//! in registers or a panel at a time. Widening bf16/f16 to f32 is exact, so this computes what
+//! the reference computes on the upcast weights (up to summation order).
 //!
-//! Decode (few rows of x) streams each weight row once and dots it with every x row; prefill
-//! widens panels of [`PANEL_ROWS`] weight rows and hands them to the `gemm` crate's f32 kernel.
-//! Panels run in parallel on rayon's pool; each writes its own column block.
+//! Decode (few rows of x) streams each weight row once, dotting it with every x row
+//! ([`Isa`]-specific intrinsics); prefill widens panels of [`PANEL_ROWS`] weight rows and hands
+//! them to the `gemm` crate's f32 kernel. Either way each thread takes a run of weight rows
+//! ([`split_rows`]) and writes its own column block.
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
-use rayon::prelude::*;
+use super::isa::Isa;
+use super::row_split::split_rows;
 
-/// Weight rows widened at once in the prefill path ([PANEL_ROWS, K] f32 per worker).
+/// Weight rows widened at once in the prefill path ([PANEL_ROWS, K] f32 per task).
 const PANEL_ROWS: usize = 64;
 /// Up to this many activation rows take the streaming (matrix–vector) path.
-const GEMV_MAX_ROWS: usize = 4;
+pub const GEMV_MAX_ROWS: usize = 4;
 
-/// A half-precision element that widens exactly to f32.
+/// A weight element that widens exactly to f32.
 pub trait HalfElement: Copy + Send + Sync + 'static {
+    /// Whether [`HalfElement::dot`] widens through its scratch buffer.
+    const DOT_NEEDS_BUFFER: bool = true;
     /// Widens a slice (SIMD where `half` finds it).
     fn widen(src: &[Self], dst: &mut [f32]);
     /// Widens one value (the slow twin's path).
     fn to_f32_scalar(self) -> f32;
-    /// `Σ x[i]·w[i]` with w widened on the fly; `buf` is scratch of w's length for formats
-    /// that widen through a buffer.
-    fn dot(x: &[f32], w: &[Self], buf: &mut [f32]) -> f32 {
+    /// `Σ x[i]·w[i]` with w widened on the fly on `isa`; `buf` is scratch of w's length for
+    /// formats that widen through a buffer.
+    fn dot(isa: Isa, x: &[f32], w: &[Self], buf: &mut [f32]) -> f32 {
         Self::widen(w, buf);
-        dot(x, buf)
+        simd::dot_f32(isa, x, buf)
     }
 }
 
@@ -41,8 +45,9 @@ impl HalfElement for bf16 {
     fn to_f32_scalar(self) -> f32 {
         f32::from_bits(u32::from(self.to_bits()) << 16)
     }
-    fn dot(x: &[f32], w: &[Self], _buf: &mut [f32]) -> f32 {
-        simd::dot_bf16(x, w)
+    const DOT_NEEDS_BUFFER: bool = false;
+    fn dot(isa: Isa, x: &[f32], w: &[Self], _buf: &mut [f32]) -> f32 {
+        simd::dot_bf16(isa, x, w)
     }
 }
 
@@ -55,51 +60,76 @@ impl HalfElement for f16 {
     }
 }
 
-/// x: [t, k] f32, w: [n, k] → [t, n] f32.
-pub fn matmul_t<W: HalfElement>(x: &[f32], t: usize, w: &[W], n: usize, k: usize) -> Vec<f32> {
-    debug_assert_eq!(x.len(), t * k);
-    debug_assert_eq!(w.len(), n * k);
-    if t == 0 || n == 0 {
-        return vec![0.0; t * n];
+impl HalfElement for f32 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
-    let panel_rows = if t <= GEMV_MAX_ROWS { 16 } else { PANEL_ROWS };
-    // On candle's own thread pool: a second pool of the same size would oversubscribe the
-    // cores against candle's ops and block kernels (measured: 2.3 vs 6.3 tok/s on 2 cores).
-    let panels: Vec<(usize, Vec<f32>)> = candle_core::utils::with_threadpool(|| {
-        w.par_chunks(panel_rows * k.max(1))
-            .enumerate()
-            .map(|(p, w_panel)| {
-                let rows = w_panel.len() / k.max(1);
-                let out = if t <= GEMV_MAX_ROWS {
-                    gemv_panel(x, t, w_panel, rows, k)
-                } else {
-                    gemm_panel(x, t, w_panel, rows, k)
-                };
-                (p * panel_rows, out)
-            })
-            .collect()
-    });
-    // Each panel is [t, rows] for columns first..first+rows.
-    let mut y = vec![0f32; t * n];
-    for (first, block) in panels {
-        let rows = block.len() / t;
-        for (ti, src) in block.chunks_exact(rows).enumerate() {
-            y[ti * n + first..ti * n + first + rows].copy_from_slice(src);
-        }
+    fn to_f32_scalar(self) -> f32 {
+        self
     }
-    y
+    const DOT_NEEDS_BUFFER: bool = false;
+    fn dot(isa: Isa, x: &[f32], w: &[Self], _buf: &mut [f32]) -> f32 {
+        simd::dot_f32(isa, x, w)
+    }
 }
 
-/// Streams `rows` weight rows once each: [t, rows].
-fn gemv_panel<W: HalfElement>(x: &[f32], t: usize, w: &[W], rows: usize, k: usize) -> Vec<f32> {
-    let mut buf = vec![0f32; k];
-    let mut out = vec![0f32; t * rows];
-    for (r, w_row) in w.chunks_exact(k).enumerate() {
-        for (ti, x_row) in x.chunks_exact(k).enumerate() {
-            out[ti * rows + r] = W::dot(x_row, w_row, &mut buf);
-        }
+/// x: [t, k] f32, w: [n, k] → [t, n] f32, on the kernels' current [`Isa`].
+pub fn matmul_t<W: HalfElement>(x: &[f32], t: usize, w: &[W], n: usize, k: usize) -> Vec<f32> {
+    matmul_t_on(Isa::current(), x, t, w, n, k)
+}
+
+/// [`matmul_t`] on a chosen [`Isa`] (the twin tests force each one).
+///
+/// # Panics
+/// If the lengths disagree with the shape, or this CPU does not support `isa`.
+pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: usize, k: usize) -> Vec<f32> {
+    assert_eq!(x.len(), t * k);
+    assert_eq!(w.len(), n * k);
+    assert!(isa.is_supported());
+    let row_bytes = k * std::mem::size_of::<W>();
+    if t <= GEMV_MAX_ROWS {
+        split_rows(n, t, row_bytes, |rows, out| {
+            let mut buf = vec![0f32; if W::DOT_NEEDS_BUFFER { k } else { 0 }];
+            for (r, w_row) in w[rows.start * k..rows.end * k].chunks_exact(k.max(1)).enumerate() {
+                for (ti, x_row) in x.chunks_exact(k.max(1)).enumerate() {
+                    out[r * t + ti] = W::dot(isa, x_row, w_row, &mut buf);
+                }
+            }
+        })
+    } else {
+        // Fixed-height panels: the gemm kernel's summation order depends on the panel shape,
+        // and a checkpoint must compute the same whatever the thread count.
+        split_panels(n, t, PANEL_ROWS, |rows, out_rt| {
+            let block = gemm_panel(x, t, &w[rows.start * k..rows.end * k], rows.len(), k);
+            // block is [t, rows]; the split wants [rows, t].
+            for (ti, src) in block.chunks_exact(rows.len()).enumerate() {
+                for (r, v) in src.iter().enumerate() {
+                    out_rt[r * t + ti] = *v;
+                }
+            }
+        })
     }
-    out
+}
+
+/// [`split_rows`] with a fixed number of rows per task (the gemm panel height).
+fn split_panels(
+    n: usize,
+    t: usize,
+    panel: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut y_nt = vec![0f32; n * t];
+    if n == 0 || t == 0 {
+        return y_nt;
+    }
+    candle_core::utils::with_threadpool(|| {
+        y_nt.par_chunks_mut(panel * t).enumerate().for_each(|(i, out)| {
+            let first = i * panel;
+            f(first..first + out.len() / t, out)
+        });
+    });
+    super::transpose::transpose(&y_nt, n, t)
 }
 
 /// Widens the panel, then one f32 GEMM: [t, rows].
@@ -136,87 +166,210 @@ fn gemm_panel<W: HalfElement>(x: &[f32], t: usize, w: &[W], rows: usize, k: usiz
     out
 }
 
-/// f32 dot product with eight independent accumulators (so the compiler vectorises it).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
-    let (b8, b_tail) = b.split_at(a8.len());
-    for (ca, cb) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ca[i] * cb[i];
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// The bf16 dot product, compiled three times (AVX-512, AVX2+FMA, baseline) and picked at run
-/// time: the same loop, which the compiler vectorises to the widest unit it may use.
+/// Dense dot products `Σ x[i]·w[i]` with f32 x and w in f32 or bf16 (widened exactly in
+/// registers: bf16 is the top half of an f32), per [`Isa`]: AVX-512 and AVX2+FMA with explicit
+/// intrinsics, four independent accumulators so consecutive FMAs do not wait on each other; the
+/// portable loop is what the compiler makes of plain Rust.
 mod simd {
-    use std::sync::OnceLock;
-
     use half::bf16;
 
+    use crate::kernels::isa::Isa;
+
     #[inline(always)]
-    fn dot_bf16_portable(x: &[f32], w: &[bf16]) -> f32 {
-        // Four AVX-512 registers of partial sums, so consecutive FMAs do not wait on each other.
-        const LANES: usize = 64;
+    fn widen(w: bf16) -> f32 {
+        f32::from_bits(u32::from(w.to_bits()) << 16)
+    }
+
+    pub fn dot_bf16_portable(x: &[f32], w: &[bf16]) -> f32 {
+        const LANES: usize = 16;
         let mut acc = [0f32; LANES];
         let n = x.len().min(w.len()) / LANES * LANES;
         for (cx, cw) in x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)) {
             for i in 0..LANES {
-                acc[i] += cx[i] * f32::from_bits(u32::from(cw[i].to_bits()) << 16);
+                acc[i] += cx[i] * widen(cw[i]);
             }
         }
-        let tail: f32 = x[n..]
-            .iter()
-            .zip(&w[n..])
-            .map(|(a, b)| a * f32::from_bits(u32::from(b.to_bits()) << 16))
-            .sum();
+        let tail: f32 = x[n..].iter().zip(&w[n..]).map(|(a, b)| a * widen(*b)).sum();
+        acc.iter().sum::<f32>() + tail
+    }
+
+    pub fn dot_f32_portable(x: &[f32], w: &[f32]) -> f32 {
+        const LANES: usize = 16;
+        let mut acc = [0f32; LANES];
+        let n = x.len().min(w.len()) / LANES * LANES;
+        for (cx, cw) in x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)) {
+            for i in 0..LANES {
+                acc[i] += cx[i] * cw[i];
+            }
+        }
+        let tail: f32 = x[n..].iter().zip(&w[n..]).map(|(a, b)| a * b).sum();
         acc.iter().sum::<f32>() + tail
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_bf16_avx512(x: &[f32], w: &[bf16]) -> f32 {
-        dot_bf16_portable(x, w)
-    }
+    mod x86 {
+        use std::arch::x86_64::*;
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_bf16_avx2(x: &[f32], w: &[bf16]) -> f32 {
-        dot_bf16_portable(x, w)
-    }
+        use half::bf16;
 
-    type DotFn = fn(&[f32], &[bf16]) -> f32;
+        use crate::kernels::quant_dot::{prefetch, PREFETCH_BYTES};
 
-    fn pick() -> DotFn {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked just above.
-                return |x, w| unsafe { dot_bf16_avx512(x, w) };
+        #[target_feature(enable = "avx512f,avx512bw,fma")]
+        pub unsafe fn dot_bf16_avx512(x: &[f32], w: &[bf16]) -> f32 {
+            let n = x.len().min(w.len());
+            let (xp, wp) = (x.as_ptr(), w.as_ptr().cast::<u16>());
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 64 <= n {
+                prefetch(wp.add(i).cast::<u8>().wrapping_add(PREFETCH_BYTES), 128);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(wp.add(i + 16 * u).cast()));
+                    let wv = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i + 16 * u)), wv, *a);
+                }
+                i += 64;
             }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                return |x, w| unsafe { dot_bf16_avx2(x, w) };
+            while i + 16 <= n {
+                let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(wp.add(i).cast()));
+                let wv = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+                acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i)), wv, acc[0]);
+                i += 16;
             }
+            let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+            let mut s = _mm512_reduce_add_ps(sum);
+            while i < n {
+                s += *xp.add(i) * f32::from_bits(u32::from(*wp.add(i)) << 16);
+                i += 1;
+            }
+            s
         }
-        dot_bf16_portable
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn dot_bf16_avx2(x: &[f32], w: &[bf16]) -> f32 {
+            let n = x.len().min(w.len());
+            let (xp, wp) = (x.as_ptr(), w.as_ptr().cast::<u16>());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                prefetch(wp.add(i).cast::<u8>().wrapping_add(PREFETCH_BYTES), 64);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(wp.add(i + 8 * u).cast()));
+                    let wv = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8 * u)), wv, *a);
+                }
+                i += 32;
+            }
+            let mut s = hsum256(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ));
+            while i < n {
+                s += *xp.add(i) * f32::from_bits(u32::from(*wp.add(i)) << 16);
+                i += 1;
+            }
+            s
+        }
+
+        #[target_feature(enable = "avx512f,fma")]
+        pub unsafe fn dot_f32_avx512(x: &[f32], w: &[f32]) -> f32 {
+            let n = x.len().min(w.len());
+            let (xp, wp) = (x.as_ptr(), w.as_ptr());
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 64 <= n {
+                prefetch(wp.add(i).cast::<u8>().wrapping_add(PREFETCH_BYTES), 256);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(xp.add(i + 16 * u)),
+                        _mm512_loadu_ps(wp.add(i + 16 * u)),
+                        *a,
+                    );
+                }
+                i += 64;
+            }
+            let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+            let mut s = _mm512_reduce_add_ps(sum);
+            while i < n {
+                s += *xp.add(i) * *wp.add(i);
+                i += 1;
+            }
+            s
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn dot_f32_avx2(x: &[f32], w: &[f32]) -> f32 {
+            let n = x.len().min(w.len());
+            let (xp, wp) = (x.as_ptr(), w.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                prefetch(wp.add(i).cast::<u8>().wrapping_add(PREFETCH_BYTES), 128);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(xp.add(i + 8 * u)),
+                        _mm256_loadu_ps(wp.add(i + 8 * u)),
+                        *a,
+                    );
+                }
+                i += 32;
+            }
+            let mut s = hsum256(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ));
+            while i < n {
+                s += *xp.add(i) * *wp.add(i);
+                i += 1;
+            }
+            s
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn hsum256(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
     }
 
-    pub fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
-        static DOT: OnceLock<DotFn> = OnceLock::new();
-        (DOT.get_or_init(pick))(x, w)
+    /// `Σ x[i]·w[i]` on `isa`.
+    ///
+    /// # Panics
+    /// If this CPU does not support `isa`.
+    pub fn dot_bf16(isa: Isa, x: &[f32], w: &[bf16]) -> f32 {
+        assert!(isa.is_supported());
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU supports AVX-512 F/BW and FMA (asserted: part of Isa::Avx512).
+            Isa::Avx512 => unsafe { x86::dot_bf16_avx512(x, w) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU supports AVX2 and FMA (asserted).
+            Isa::Avx2 => unsafe { x86::dot_bf16_avx2(x, w) },
+            _ => dot_bf16_portable(x, w),
+        }
     }
 
-    /// The portable path, for tests that check every variant agrees.
-    pub fn dot_bf16_baseline(x: &[f32], w: &[bf16]) -> f32 {
-        dot_bf16_portable(x, w)
+    /// `Σ x[i]·w[i]` on `isa`.
+    ///
+    /// # Panics
+    /// If this CPU does not support `isa`.
+    pub fn dot_f32(isa: Isa, x: &[f32], w: &[f32]) -> f32 {
+        assert!(isa.is_supported());
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU supports AVX-512 F and FMA (asserted).
+            Isa::Avx512 => unsafe { x86::dot_f32_avx512(x, w) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU supports AVX2 and FMA (asserted).
+            Isa::Avx2 => unsafe { x86::dot_f32_avx2(x, w) },
+            _ => dot_f32_portable(x, w),
+        }
     }
 }
 
-pub use simd::{dot_bf16, dot_bf16_baseline};
+pub use simd::{dot_bf16, dot_f32};
 
 /// The slow twin: widen every element, one f32 multiply-add at a time.
 pub fn matmul_t_slow<W: HalfElement>(x: &[f32], t: usize, w: &[W], n: usize, k: usize) -> Vec<f32> {

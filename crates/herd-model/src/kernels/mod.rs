@@ -1,5 +1,12 @@
-//! CPU kernels herd owns (candle has no product of f32 activations with half-precision
-//! weights). Each has a `*_slow` twin, tested to agree on random and odd shapes.
+//! CPU kernels herd owns: products of f32 activations with weights in their stored format
+//! (bf16/f16/f32 widened in registers, ggml blocks against 8-bit activations), each built per
+//! instruction set ([`isa::Isa`]) beside a slow twin, tested to agree on random and odd shapes
+//! on every path this CPU has.
 
 pub mod half_matmul;
+pub mod isa;
+pub mod q8_activations;
+pub mod quant_dot;
+pub mod quant_matmul;
+pub mod row_split;
 pub mod transpose;

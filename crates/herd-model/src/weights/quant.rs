@@ -255,6 +255,28 @@ impl QuantTensor {
                 message: format!("input of {} values is not {t} rows of {}", x.len(), self.cols),
             });
         }
+        if crate::kernels::quant_dot::supports(self.ty) {
+            return Ok(crate::kernels::quant_matmul::matmul_t(
+                self.ty,
+                self.bytes(),
+                self.rows,
+                self.cols,
+                x,
+                t,
+            ));
+        }
+        self.matmul_t_candle(x, t)
+    }
+
+    /// `x Wᵀ` through candle's k_quants (Q4_0 and Q5_K, which herd has no kernel of its own
+    /// for; and the comparison point for those it has).
+    pub fn matmul_t_candle(&self, x: &[f32], t: usize) -> Result<Vec<f32>> {
+        if x.len() != t * self.cols {
+            return Err(Error::Quantization {
+                name: format!("{self:?}"),
+                message: format!("input of {} values is not {t} rows of {}", x.len(), self.cols),
+            });
+        }
         let mut out = vec![0f32; t * self.rows];
         if t > 0 {
             self.blocks.matmul_t((t, self.cols, self.rows), x, &mut out)?;

@@ -4,6 +4,9 @@
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use herd_model::kernels::half_matmul;
+use herd_model::kernels::isa::Isa;
+use herd_model::kernels::q8_activations::{quantize_q8_0, quantize_q8_k, Q8Activations};
+use herd_model::kernels::quant_matmul;
 use herd_model::nn::{Linear, WeightFormat};
 use herd_model::weights::{QuantTensor, QuantType};
 use herd_testkit::{assert_close, fixture_path};
@@ -241,19 +244,215 @@ fn tiled_transpose_matches_candles() {
 }
 
 #[test]
-fn bf16_dot_agrees_across_instruction_sets() {
-    // The dispatched dot (AVX-512 / AVX2 where the CPU has them) against the portable build
-    // and against the slow twin's element-by-element sum.
-    for n in [1, 15, 16, 17, 100, 2048, 2051] {
+fn dense_dots_agree_across_instruction_sets() {
+    // Every ISA this CPU has (the portable build included) against the slow twin's
+    // element-by-element sum, on lengths around each unrolling width.
+    for n in [1, 15, 16, 17, 31, 33, 63, 64, 65, 100, 2048, 2051] {
         let x = values(n, 12);
-        let w: Vec<bf16> = values(n, 13).iter().map(|&v| bf16::from_f32(v)).collect();
-        let fast = half_matmul::dot_bf16(&x, &w);
-        let base = half_matmul::dot_bf16_baseline(&x, &w);
+        let w32 = values(n, 13);
+        let w: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
         let slow = half_matmul::matmul_t_slow(&x, 1, &w, 1, n)[0];
+        let slow32 = half_matmul::matmul_t_slow(&x, 1, &w32, 1, n)[0];
         let tol = 1e-5 * (n as f32).sqrt();
+        for isa in Isa::supported() {
+            let fast = half_matmul::dot_bf16(isa, &x, &w);
+            assert!((fast - slow).abs() <= tol, "bf16 {isa} n={n}: {fast} vs {slow}");
+            let fast32 = half_matmul::dot_f32(isa, &x, &w32);
+            assert!(
+                (fast32 - slow32).abs() <= tol,
+                "f32 {isa} n={n}: {fast32} vs {slow32}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dense_matmul_agrees_with_slow_twin_on_every_isa() {
+    // Decode (t ≤ 4, streamed rows) and prefill (t > 4, gemm panels) shapes, odd sizes.
+    for &(t, n, k) in &[
+        (1, 1, 1),
+        (1, 67, 33),
+        (3, 130, 257),
+        (4, 5, 2048),
+        (5, 70, 96),
+        (9, 131, 65),
+    ] {
+        let x = values(t * k, 21);
+        let w32 = values(n * k, 22);
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let tol = 2e-6 * (k as f32).sqrt() * 4.0;
+        for isa in Isa::supported() {
+            let fast = half_matmul::matmul_t_on(isa, &x, t, &wb, n, k);
+            let slow = half_matmul::matmul_t_slow(&x, t, &wb, n, k);
+            assert!(
+                max_diff(&fast, &slow) <= tol,
+                "bf16 {isa} {t}x{n}x{k}: {}",
+                max_diff(&fast, &slow)
+            );
+            let fast = half_matmul::matmul_t_on(isa, &x, t, &wh, n, k);
+            let slow = half_matmul::matmul_t_slow(&x, t, &wh, n, k);
+            assert!(max_diff(&fast, &slow) <= tol, "f16 {isa} {t}x{n}x{k}");
+            let fast = half_matmul::matmul_t_on(isa, &x, t, &w32, n, k);
+            let slow = half_matmul::matmul_t_slow(&x, t, &w32, n, k);
+            assert!(max_diff(&fast, &slow) <= tol, "f32 {isa} {t}x{n}x{k}");
+        }
+    }
+}
+
+/// Random blocks of `ty` with `rows` rows of `cols` values (quantized from random floats, so
+/// every field is a plausible one), with a few levels pushed to their extremes.
+fn random_blocks(ty: QuantType, rows: usize, cols: usize, seed: u64) -> QuantTensor {
+    let mut w = values(rows * cols, seed);
+    // Large outliers make scales and levels reach their ends (Q8_0 ±127, 6-bit scales at 63).
+    for i in (0..w.len()).step_by(97) {
+        w[i] *= 9.0;
+    }
+    QuantTensor::quantize(ty, rows, cols, &w, "w").unwrap()
+}
+
+#[test]
+fn quant_kernels_agree_with_slow_twin_on_every_isa() {
+    // The integer dot products on every path against the slow twin (both sides dequantized to
+    // f32): exact integer sums, so only the f32 summation order differs.
+    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        let mut shapes = vec![
+            (1, 1, 256),
+            (1, 33, 512),
+            (2, 7, 2048),
+            (5, 17, 256),
+            (1, 130, 768),
+            (3, 9, 1280),
+        ];
+        if ty == QuantType::Q8_0 {
+            // Rows of 1, 3, 5 and 7 blocks: the four-block AVX-512 loop's tail.
+            shapes.extend([(1, 3, 32), (2, 5, 96), (1, 4, 160), (3, 2, 224)]);
+        }
+        for &(t, n, k) in &shapes {
+            let q = random_blocks(ty, n, k, 31 + n as u64);
+            let x: Vec<f32> = values(t * k, 32).iter().map(|v| v * 3.0).collect();
+            let slow = quant_matmul::matmul_t_slow(ty, q.bytes(), n, k, &x, t);
+            let scale = max_abs(&slow).max(1.0);
+            for isa in Isa::supported() {
+                let fast = quant_matmul::matmul_t_on(isa, ty, q.bytes(), n, k, &x, t);
+                let d = max_diff(&fast, &slow);
+                assert!(d <= 1e-5 * scale, "{ty} {isa} {t}x{n}x{k}: {d} (scale {scale})");
+            }
+        }
+    }
+}
+
+#[test]
+fn quant_kernels_are_close_to_the_unquantized_activation_product() {
+    // What the 8-bit activations cost: against dequantized weights times the f32 activations.
+    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        let (t, n, k) = (2, 64, 2048);
+        let q = random_blocks(ty, n, k, 41);
+        let x = values(t * k, 42);
+        let exact = Linear::Quantized(Arc::new(random_blocks(ty, n, k, 41)))
+            .forward_slow(&Tensor::from_vec(x.clone(), (t, k), &Device::Cpu).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let fast = quant_matmul::matmul_t(ty, q.bytes(), n, k, &x, t);
+        let rel = max_diff(&fast, &exact) / max_abs(&exact);
+        assert!(rel < 1e-2, "{ty}: relative error {rel}");
+    }
+}
+
+#[test]
+fn quant_kernels_mutation_twin_detects_a_changed_level() {
+    // One byte of one block changed: every path must see it (a kernel that skipped part of a
+    // block, or read the wrong half of a nibble, would agree with the original).
+    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        let (n, k) = (3, 512);
+        let q = random_blocks(ty, n, k, 51);
+        let x = values(k, 52);
+        let good = quant_matmul::matmul_t_slow(ty, q.bytes(), n, k, &x, 1);
+        // A level byte near the end of the last block of row 1 (past Q6_K's scales and d, it is
+        // ql; for the others, quants).
+        let row_bytes = q.bytes().len() / n;
+        for offset in [row_bytes + ty.block_bytes() + 20, 2 * row_bytes - 40] {
+            let mut bytes = q.bytes().to_vec();
+            bytes[offset] ^= 0x11;
+            for isa in Isa::supported() {
+                let bad = quant_matmul::matmul_t_on(isa, ty, &bytes, n, k, &x, 1);
+                assert!(
+                    (bad[1] - good[1]).abs() > 1e-6,
+                    "{ty} {isa}: byte {offset} ignored"
+                );
+                assert_eq!(
+                    bad[0],
+                    quant_matmul::matmul_t_on(isa, ty, q.bytes(), n, k, &x, 1)[0]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_0_kernel_takes_minus_128_levels() {
+    // ggml's quantizer never writes −128, but a GGUF can hold it: |−128| is 128 as a u8, so the
+    // sign trick must still multiply correctly.
+    let (n, k) = (2, 256);
+    let q = random_blocks(QuantType::Q8_0, n, k, 61);
+    let mut bytes = q.bytes().to_vec();
+    for blk in bytes.chunks_exact_mut(34) {
+        blk[2] = 0x80;
+        blk[33] = 0x80;
+    }
+    let x = values(k, 62);
+    let slow = quant_matmul::matmul_t_slow(QuantType::Q8_0, &bytes, n, k, &x, 1);
+    for isa in Isa::supported() {
+        let fast = quant_matmul::matmul_t_on(isa, QuantType::Q8_0, &bytes, n, k, &x, 1);
         assert!(
-            (fast - slow).abs() <= tol && (base - slow).abs() <= tol,
-            "n={n}: {fast} {base} {slow}"
+            max_diff(&fast, &slow) <= 1e-5 * max_abs(&slow),
+            "{isa}: {fast:?} vs {slow:?}"
         );
+    }
+}
+
+#[test]
+fn q8_activations_round_trip_within_half_a_step_of_their_scale() {
+    let x: Vec<f32> = values(512, 71).iter().map(|v| v * 5.0).collect();
+    for (acts, block) in [
+        (
+            {
+                let mut a = Q8Activations::default();
+                quantize_q8_0(&x, 512, &mut a);
+                a
+            },
+            32,
+        ),
+        (
+            {
+                let mut a = Q8Activations::default();
+                quantize_q8_k(&x, 512, &mut a);
+                a
+            },
+            256,
+        ),
+    ] {
+        for (i, (&q, &v)) in acts.qs.iter().zip(&x).enumerate() {
+            let d = acts.scales[i / block];
+            // Half a step, plus (Q8_0) the f16 rounding of the stored scale: ≤ 2⁻¹¹ of it.
+            let stored = if block == 32 {
+                f32::from(q).abs() * d.abs() / 2048.0
+            } else {
+                0.0
+            };
+            assert!(
+                (f32::from(q) * d - v).abs() <= d.abs() * 0.5 + stored + 1e-6,
+                "value {i}"
+            );
+        }
+        if block == 256 {
+            for (g, s) in acts.sums16.iter().enumerate() {
+                let want: i32 = acts.qs[16 * g..16 * g + 16].iter().map(|&q| i32::from(q)).sum();
+                assert_eq!(i32::from(*s), want);
+            }
+        }
     }
 }

@@ -1,0 +1,59 @@
+//! Weight-streaming speed of each matrix–vector kernel (herd's and candle's) on one matrix of
+//! `ROWS` (default 65536) × 2048: `cargo run --release -p herd-model --example kernel_speed [ISA]`,
+//! `FORMAT=Q4_K` for one format.
+#![allow(clippy::unwrap_used)]
+use std::time::Instant;
+
+use half::bf16;
+use herd_model::kernels::{half_matmul, isa::Isa, quant_matmul};
+use herd_model::weights::{QuantTensor, QuantType};
+
+fn main() {
+    let isa = std::env::args()
+        .nth(1)
+        .and_then(|a| Isa::parse(&a))
+        .unwrap_or(Isa::current());
+    let n: usize = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(65536);
+    let k = 2048;
+    let x: Vec<f32> = (0..k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 104729) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let only = std::env::var("FORMAT").ok();
+    let time = |name: &str, bytes: usize, f: &dyn Fn() -> Vec<f32>| {
+        if only.as_deref().is_some_and(|o| o != name) {
+            return;
+        }
+        f();
+        let t0 = Instant::now();
+        let mut reps = 0;
+        while reps < 20 || t0.elapsed().as_secs_f64() < 1.0 {
+            std::hint::black_box(f());
+            reps += 1;
+        }
+        let s = t0.elapsed().as_secs_f64() / f64::from(reps);
+        println!(
+            "{name:8} {isa:9} {:7.2} GB/s  {:8.3} ms",
+            bytes as f64 / s / 1e9,
+            s * 1e3
+        );
+    };
+    time("bf16", n * k * 2, &|| {
+        half_matmul::matmul_t_on(isa, &x, 1, &wb, n, k)
+    });
+    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        let q = QuantTensor::quantize(ty, n, k, &w, "w").unwrap();
+        time(ty.name(), q.stored_bytes(), &|| {
+            quant_matmul::matmul_t_on(isa, ty, q.bytes(), n, k, &x, 1)
+        });
+        time(&format!("{}/cndl", ty.name()), q.stored_bytes(), &|| {
+            q.matmul_t_candle(&x, 1).unwrap()
+        });
+    }
+}

@@ -88,10 +88,17 @@ impl SamplingParams {
     }
 }
 
-/// Draws tokens under one request's [`SamplingParams`], with its own seeded generator.
+/// Draws tokens under one request's [`SamplingParams`], with its own seeded generator. Its
+/// buffers live as long as it does: a step allocates nothing.
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
+    /// The step's logits after the repetition penalty.
+    logits: Vec<f32>,
+    /// (id, scaled logit → probability) candidates.
+    candidates: Vec<(u32, f32)>,
+    /// Which ids the history holds (repetition penalty), cleared after use.
+    seen: Vec<bool>,
 }
 
 impl Sampler {
@@ -101,7 +108,13 @@ impl Sampler {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_os_rng(),
         };
-        Ok(Sampler { params, rng })
+        Ok(Sampler {
+            params,
+            rng,
+            logits: Vec::new(),
+            candidates: Vec::new(),
+            seen: Vec::new(),
+        })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -110,26 +123,100 @@ impl Sampler {
 
     /// Picks the next token from `logits` ([V]) given the sequence so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let mut logits = logits.to_vec();
-        apply_repetition_penalty(&mut logits, history, self.params.repetition_penalty);
-        if self.params.temperature < MIN_TEMPERATURE {
-            return argmax(&logits);
+        let mut work = std::mem::take(&mut self.logits);
+        work.clear();
+        work.extend_from_slice(logits);
+        apply_repetition_penalty(&mut work, history, self.params.repetition_penalty, &mut self.seen);
+        let id = if self.params.temperature < MIN_TEMPERATURE {
+            argmax(&work)
+        } else {
+            self.select_candidates(&work);
+            let draw: f32 = self.rng.random();
+            let mut cumulative = 0.0;
+            let mut chosen = None;
+            for &(id, p) in &self.candidates {
+                cumulative += p;
+                if draw < cumulative {
+                    chosen = Some(id);
+                    break;
+                }
+            }
+            // Rounding left the sum a hair below 1: the last candidate takes the remainder.
+            chosen
+                .or_else(|| self.candidates.last().map(|c| c.0))
+                .unwrap_or_else(|| argmax(&work))
+        };
+        self.logits = work;
+        id
+    }
+
+    /// [`Self::filtered_probabilities`] into `self.candidates` without sorting the vocabulary:
+    /// top-k takes the k best by partial selection; top-p and min-p (which keep a prefix of the
+    /// sorted order) sort only a growing prefix until the cut falls inside it. Only with no
+    /// filter at all is every token sorted (the draw walks candidates most likely first).
+    fn select_candidates(&mut self, logits: &[f32]) {
+        let p = &self.params;
+        let candidates = &mut self.candidates;
+        candidates.clear();
+        candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (i as u32, l / p.temperature)),
+        );
+        let n = candidates.len();
+        if p.top_k > 0 && p.top_k < n {
+            candidates.select_nth_unstable_by(p.top_k - 1, most_likely_first);
+            candidates.truncate(p.top_k);
         }
-        let probs = self.filtered_probabilities(&logits);
-        let draw: f32 = self.rng.random();
-        let mut cumulative = 0.0;
-        for &(id, p) in &probs {
-            cumulative += p;
-            if draw < cumulative {
-                return id;
+        let filtered = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
+        if !filtered || candidates.len() <= SORTED_PREFIX {
+            candidates.sort_by(most_likely_first);
+            finish_filtering(candidates, p);
+            return;
+        }
+        // Softmax over all candidates (top-k off here, or k > SORTED_PREFIX), then the top-p
+        // and min-p cuts on a sorted prefix that grows until the cut lies inside it.
+        // f64 sums: over 200k tokens an f32 running sum drifts enough to move a top-p cut by
+        // a hundred tokens.
+        let max = candidates.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let total: f64 = candidates.iter().map(|c| f64::from((c.1 - max).exp())).sum();
+        let mut prefix = SORTED_PREFIX;
+        loop {
+            let len = candidates.len();
+            if prefix < len {
+                candidates.select_nth_unstable_by(prefix - 1, most_likely_first);
+            }
+            let head = &mut candidates[..prefix.min(len)];
+            head.sort_by(most_likely_first);
+            let mut cumulative = 0f64;
+            let first = (f64::from((head[0].1 - max).exp()) / total) as f32;
+            let threshold = p.min_p * first;
+            let mut cut = None;
+            for (i, c) in head.iter().enumerate() {
+                let prob = f64::from((c.1 - max).exp()) / total;
+                if (p.top_p < 1.0 && cumulative >= f64::from(p.top_p)) || (prob as f32) < threshold {
+                    cut = Some(i.max(1));
+                    break;
+                }
+                cumulative += prob;
+            }
+            match cut {
+                Some(keep) => {
+                    candidates.truncate(keep);
+                    break;
+                }
+                None if prefix >= len => break,
+                None => prefix = prefix.saturating_mul(4),
             }
         }
-        // Rounding left the sum a hair below 1: the last candidate takes the remainder.
-        probs.last().map_or_else(|| argmax(&logits), |&(id, _)| id)
+        // The cuts are made: what is left is renormalised among itself.
+        softmax_in_place(candidates);
     }
 
     /// The candidates after temperature, top-k, top-p and min-p, most likely first,
-    /// renormalised.
+    /// renormalised. The slow twin of what [`Self::sample`] draws from: every token sorted.
     pub fn filtered_probabilities(&self, logits: &[f32]) -> Vec<(u32, f32)> {
         let p = &self.params;
         let mut candidates: Vec<(u32, f32)> = logits
@@ -138,47 +225,76 @@ impl Sampler {
             .filter(|(_, l)| !l.is_nan())
             .map(|(i, &l)| (i as u32, l / p.temperature))
             .collect();
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        candidates.sort_by(most_likely_first);
         if p.top_k > 0 {
             candidates.truncate(p.top_k);
         }
-        softmax_in_place(&mut candidates);
-        if p.top_p < 1.0 {
-            let mut cumulative = 0.0;
-            let keep = candidates
-                .iter()
-                .take_while(|(_, prob)| {
-                    let before = cumulative;
-                    cumulative += prob;
-                    before < p.top_p
-                })
-                .count();
-            candidates.truncate(keep.max(1));
-        }
-        if p.min_p > 0.0 {
-            let threshold = p.min_p * candidates.first().map_or(0.0, |c| c.1);
-            candidates.retain(|(_, prob)| *prob >= threshold);
-        }
-        let total: f32 = candidates.iter().map(|c| c.1).sum();
-        for c in &mut candidates {
-            c.1 /= total;
-        }
+        finish_filtering(&mut candidates, p);
         candidates
+    }
+
+    /// [`Self::sample`]'s candidates for `logits` (fast path), for tests against
+    /// [`Self::filtered_probabilities`].
+    pub fn candidates_for(&mut self, logits: &[f32]) -> Vec<(u32, f32)> {
+        self.select_candidates(logits);
+        self.candidates.clone()
     }
 }
 
-fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+/// Candidates sorted by this come out most likely first; ties by lower id (a total order, so
+/// partial selection and a full sort agree).
+fn most_likely_first(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The first sorted prefix the fast path tries for top-p / min-p.
+const SORTED_PREFIX: usize = 64;
+
+/// Softmax, then the top-p and min-p cuts, then renormalisation, on candidates sorted most
+/// likely first (already cut to top-k).
+fn finish_filtering(candidates: &mut Vec<(u32, f32)>, p: &SamplingParams) {
+    softmax_in_place(candidates);
+    if p.top_p < 1.0 {
+        let mut cumulative = 0f64;
+        let keep = candidates
+            .iter()
+            .take_while(|(_, prob)| {
+                let before = cumulative;
+                cumulative += f64::from(*prob);
+                before < f64::from(p.top_p)
+            })
+            .count();
+        candidates.truncate(keep.max(1));
+    }
+    if p.min_p > 0.0 {
+        let threshold = p.min_p * candidates.first().map_or(0.0, |c| c.1);
+        candidates.retain(|(_, prob)| *prob >= threshold);
+    }
+    let total: f64 = candidates.iter().map(|c| f64::from(c.1)).sum();
+    for c in candidates.iter_mut() {
+        c.1 = (f64::from(c.1) / total) as f32;
+    }
+}
+
+/// Penalises each distinct id of `history` once; `seen` is scratch, left all false.
+fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32, seen: &mut Vec<bool>) {
     if penalty == 1.0 {
         return;
     }
-    let mut seen = vec![false; logits.len()];
+    seen.resize(logits.len(), false);
     for &id in history {
-        if let Some(s) = seen.get_mut(id as usize) {
+        let (Some(s), Some(l)) = (seen.get_mut(id as usize), logits.get_mut(id as usize)) else {
+            continue;
+        };
+        if !*s {
             *s = true;
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
         }
     }
-    for (l, _) in logits.iter_mut().zip(&seen).filter(|(_, s)| **s) {
-        *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+    for &id in history {
+        if let Some(s) = seen.get_mut(id as usize) {
+            *s = false;
+        }
     }
 }
 
@@ -198,12 +314,12 @@ fn softmax_in_place(candidates: &mut [(u32, f32)]) {
     let Some(&(_, max)) = candidates.first() else {
         return;
     };
-    let mut total = 0.0;
+    let mut total = 0f64;
     for c in candidates.iter_mut() {
         c.1 = (c.1 - max).exp();
-        total += c.1;
+        total += f64::from(c.1);
     }
     for c in candidates.iter_mut() {
-        c.1 /= total;
+        c.1 = (f64::from(c.1) / total) as f32;
     }
 }

@@ -116,3 +116,110 @@ fn denormal_temperatures_are_greedy_not_nan() {
         }
     }
 }
+
+/// Pseudo-random logits over a vocabulary of `n`, with a few ties and a steep head.
+fn vocab_logits(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..n)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+            if i % 997 == 0 {
+                3.0 // ties at the top
+            } else {
+                u * 8.0 - 6.0
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn fast_candidate_selection_agrees_with_the_full_sort() {
+    // The partial-selection path sample() draws from, against the slow twin that sorts every
+    // token, over filters that cut inside and beyond the first sorted prefix.
+    let cases: Vec<Box<dyn Fn(&mut SamplingParams)>> = vec![
+        Box::new(|_| {}),
+        Box::new(|p| p.top_k = 1),
+        Box::new(|p| p.top_k = 40),
+        Box::new(|p| p.top_k = 500),
+        Box::new(|p| p.top_p = 0.9),
+        Box::new(|p| p.top_p = 0.999),
+        Box::new(|p| p.min_p = 0.05),
+        Box::new(|p| p.min_p = 0.0001),
+        Box::new(|p| {
+            p.top_k = 300;
+            p.top_p = 0.95;
+            p.min_p = 0.01;
+        }),
+        Box::new(|p| {
+            p.temperature = 0.3;
+            p.top_p = 0.8;
+        }),
+        Box::new(|p| {
+            p.temperature = 2.0;
+            p.top_p = 0.5;
+        }),
+    ];
+    for (n, seed) in [(10, 1), (3000, 2), (202_048, 3)] {
+        let logits = vocab_logits(n, seed);
+        for (c, case) in cases.iter().enumerate() {
+            let mut s = Sampler::new(params(|p| case(p))).unwrap();
+            let slow = s.filtered_probabilities(&logits);
+            let fast = s.candidates_for(&logits);
+            // The two sum the softmax denominator in different orders, so a top-p cut that
+            // falls within rounding of a boundary may keep one token more or less; never more
+            // than that, and only there.
+            let (short, long) = if fast.len() <= slow.len() {
+                (&fast, &slow)
+            } else {
+                (&slow, &fast)
+            };
+            assert!(
+                long.len() - short.len() <= 1,
+                "case {c}, vocab {n}: {} vs {}",
+                fast.len(),
+                slow.len()
+            );
+            assert_eq!(ids(short), ids(&long[..short.len()]), "case {c}, vocab {n}");
+            if long.len() != short.len() {
+                let mut unfiltered = Sampler::new(params(|p| {
+                    case(p);
+                    p.top_p = 1.0;
+                    p.min_p = 0.0;
+                }))
+                .unwrap();
+                let all = unfiltered.filtered_probabilities(&logits);
+                let before: f32 = all[..short.len()].iter().map(|c| c.1).sum();
+                let top_p = s.params().top_p;
+                assert!(
+                    (before - top_p).abs() < 1e-4,
+                    "case {c}, vocab {n}: cut at {before} for top_p {top_p}"
+                );
+                continue;
+            }
+            for (f, w) in fast.iter().zip(&slow) {
+                assert!(
+                    (f.1 - w.1).abs() <= 1e-5 * w.1.max(1e-3),
+                    "case {c}, vocab {n}: {f:?} vs {w:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn repetition_penalty_applies_once_per_distinct_token() {
+    // A token repeated in the history is penalised once, not once per occurrence.
+    let mut s = Sampler::new(params(|p| {
+        p.temperature = 0.0;
+        p.repetition_penalty = 2.0;
+    }))
+    .unwrap();
+    // Once: 4.0 / 2 = 2.0 beats the unseen token 2's 1.9; three times (0.5) would not.
+    assert_eq!(s.sample(&[4.0, 1.0, 1.9], &[0, 0, 0, 1, 1]), 0);
+    // And the scratch is cleared: the next step with no history penalises nothing.
+    assert_eq!(s.sample(&[4.0, 1.0, 4.5], &[]), 2);
+    assert_eq!(s.sample(&[4.0, 1.0, 3.9], &[]), 0);
+}

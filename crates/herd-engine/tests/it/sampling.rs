@@ -139,7 +139,8 @@ fn vocab_logits(n: usize, seed: u64) -> Vec<f32> {
 fn fast_candidate_selection_agrees_with_the_full_sort() {
     // The partial-selection path sample() draws from, against the slow twin that sorts every
     // token, over filters that cut inside and beyond the first sorted prefix.
-    let cases: Vec<Box<dyn Fn(&mut SamplingParams)>> = vec![
+    type Case = Box<dyn Fn(&mut SamplingParams)>;
+    let cases: Vec<Case> = vec![
         Box::new(|_| {}),
         Box::new(|p| p.top_k = 1),
         Box::new(|p| p.top_k = 40),
@@ -184,7 +185,7 @@ fn fast_candidate_selection_agrees_with_the_full_sort() {
             );
             assert_eq!(ids(short), ids(&long[..short.len()]), "case {c}, vocab {n}");
             if long.len() != short.len() {
-                let mut unfiltered = Sampler::new(params(|p| {
+                let unfiltered = Sampler::new(params(|p| {
                     case(p);
                     p.top_p = 1.0;
                     p.min_p = 0.0;

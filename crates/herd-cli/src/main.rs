@@ -21,6 +21,11 @@ fn main() -> std::process::ExitCode {
         }
     }
     limits.install();
+    if let Some(n) = cli.threads {
+        // Before any pool exists: candle's pools (and herd's kernels on them) size themselves
+        // from this variable when first used. Single-threaded here, so setting it is sound.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Logits(a) => commands::logits::run(a),
@@ -31,6 +36,7 @@ fn main() -> std::process::ExitCode {
         Command::Preprocess(a) => commands::preprocess::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Synth(a) => commands::synth::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,6 +9,6 @@ pub mod model;
 pub mod sampling;
 
 pub use error::EngineError;
-pub use generate::{generate, generate_with_images, FinishReason, Generation};
+pub use generate::{generate, generate_with_images, FinishReason, Generation, PREFILL_PIECE};
 pub use model::{ImageFeatures, LanguageModel};
 pub use sampling::{Sampler, SamplingParams};

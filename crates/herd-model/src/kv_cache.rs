@@ -1,8 +1,14 @@
-//! Keys and values of past positions, per layer.
+//! Keys and values of past positions, per layer, written in place.
+//!
+//! Each layer holds one buffer per side, [Hkv, capacity, Dh], filled from slot 0: a step
+//! writes its keys and values after the ones already there (`slice_set`), and attention reads
+//! a view of the filled slots — no copy of the history per token. Capacity doubles when a
+//! step does not fit, so a global layer's history is copied O(log L) times in all, not L.
 //!
 //! Global layers keep the whole history. Chunked layers keep only the block the next position
-//! falls in, since no later query can see an earlier block: their memory is bounded by the chunk
-//! length whatever the context length (transformers keeps the last C − 1, the same bound).
+//! falls in, since no later query can see an earlier block: when a step crosses into a new
+//! block the old block's slots are reused for it, so their memory stays near the chunk length
+//! whatever the context length (transformers keeps the last C − 1, the same bound).
 
 use candle_core::Tensor;
 
@@ -10,11 +16,16 @@ use crate::config::{LayerPlan, ModelConfig};
 use crate::error::Result;
 use crate::text::mask::chunk_start;
 
-/// One layer's cache: keys/values [Hkv, L, Dh] for absolute positions `start .. start + L`.
+/// Slots a buffer starts with (grown by doubling as the history does).
+const MIN_CAPACITY: usize = 256;
+
+/// One layer's cache: keys/values for absolute positions `start .. start + len`, in slots
+/// `0 .. len` of buffers [Hkv, capacity, Dh].
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     chunk_len: Option<usize>,
     kv: Option<(Tensor, Tensor)>,
+    len: usize,
     start: usize,
 }
 
@@ -23,6 +34,7 @@ impl LayerCache {
         LayerCache {
             chunk_len: plan.attention.chunk_len(),
             kv: None,
+            len: 0,
             start: 0,
         }
     }
@@ -34,22 +46,51 @@ impl LayerCache {
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[1])
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Appends the step's keys/values [Hkv, T, Dh]; returns every key/value a query of this
-    /// step may need, [Hkv, L, Dh], starting at absolute position [`Self::start`].
+    /// Slots allocated per side.
+    pub fn capacity(&self) -> usize {
+        self.kv
+            .as_ref()
+            .map_or(0, |(k, _)| k.dims().get(1).copied().unwrap_or(0))
+    }
+
+    /// Appends the step's keys/values [Hkv, T, Dh] in place; returns views of every
+    /// key/value a query of this step may need, [Hkv, L, Dh], starting at absolute position
+    /// [`Self::start`].
     pub fn extend(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.kv {
-            Some((k, v)) => (Tensor::cat(&[k, k_new], 1)?, Tensor::cat(&[v, v_new], 1)?),
-            None => (k_new.clone(), v_new.clone()),
+        let (hkv, t, dh) = k_new.dims3()?;
+        let needed = self.len + t;
+        if needed > self.capacity() {
+            let doubled = (2 * self.capacity()).max(MIN_CAPACITY);
+            // A chunked layer never needs more than its block plus one step.
+            let doubled = self.chunk_len.map_or(doubled, |c| doubled.min(c));
+            let capacity = needed.max(doubled);
+            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((hkv, capacity, dh), k_new.dtype(), k_new.device())?;
+                if let Some(old) = old {
+                    if self.len > 0 {
+                        buf.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            let k = grow(self.kv.as_ref().map(|(k, _)| k))?;
+            let v = grow(self.kv.as_ref().map(|(_, v)| v))?;
+            self.kv = Some((k, v));
+        }
+        let Some((k, v)) = &self.kv else {
+            unreachable!("the buffers were just made")
         };
-        self.kv = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        k.slice_set(&k_new.contiguous()?, 1, self.len)?;
+        v.slice_set(&v_new.contiguous()?, 1, self.len)?;
+        self.len = needed;
+        Ok((k.narrow(1, 0, needed)?, v.narrow(1, 0, needed)?))
     }
 
     /// Drops what no query at `next_pos` or later can attend to.
@@ -58,23 +99,24 @@ impl LayerCache {
         if keep_from <= self.start {
             return Ok(());
         }
-        if let Some((k, v)) = &self.kv {
-            let len = k.dims()[1];
-            let drop = (keep_from - self.start).min(len);
-            self.kv = if drop == len {
-                None
-            } else {
-                Some((
-                    k.narrow(1, drop, len - drop)?.contiguous()?,
-                    v.narrow(1, drop, len - drop)?.contiguous()?,
-                ))
-            };
+        let drop = (keep_from - self.start).min(self.len);
+        if drop == self.len {
+            // The usual case: a new block starts; its keys reuse the old block's slots.
+            self.len = 0;
+        } else if let Some((k, v)) = &self.kv {
+            // A step straddled the boundary: move the new block's keys to the front.
+            let keep = self.len - drop;
+            let k_rest = k.narrow(1, drop, keep)?.contiguous()?;
+            let v_rest = v.narrow(1, drop, keep)?.contiguous()?;
+            k.slice_set(&k_rest, 1, 0)?;
+            v.slice_set(&v_rest, 1, 0)?;
+            self.len = keep;
         }
         self.start = keep_from;
         Ok(())
     }
 
-    /// Bytes held by this layer's keys and values.
+    /// Bytes held by this layer's key and value buffers.
     pub fn bytes(&self) -> usize {
         self.kv.as_ref().map_or(0, |(k, v)| {
             (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()

@@ -26,6 +26,9 @@ pub struct Cli {
     /// prompt-bytes=64M, nesting-depth=128, image-bytes=64M, image-pixels=268435456.
     #[arg(long = "limit", value_name = "NAME=VALUE", global = true)]
     pub limits: Vec<String>,
+    /// Threads for the compute kernels (default: the physical cores this process may use).
+    #[arg(short = 't', long = "threads", value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +54,33 @@ pub enum Command {
     /// Write a random-weight checkpoint of real shapes (bf16 safetensors, config, tokenizer)
     /// for benchmarks and memory checks, e.g. `--preset bench-moe-2.7b`.
     Synth(SynthArgs),
+    /// Measure prompt processing and decode speed, llama-bench style: a table, then one JSON
+    /// line (with this machine's memory bandwidth, probed in the same run).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths to time (prompt processing, one forward step each); 0 skips.
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    pub n_prompt: Vec<usize>,
+    /// Tokens to decode one at a time (text generation); 0 skips.
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    pub n_gen: Vec<usize>,
+    /// Context already in the cache before each test (untimed prefill), e.g. `-d 0,8192`.
+    #[arg(short = 'd', long = "depth", value_delimiter = ',', default_value = "0")]
+    pub depth: Vec<usize>,
+    /// Repetitions of each test (mean ± standard deviation are reported).
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repetitions: u32,
+    /// Seed of the random prompt tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only the JSON line (no table, no progress bar).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -1,5 +1,7 @@
 //! One file per `herd` command, plus what they share.
 
+pub mod bandwidth;
+pub mod bench;
 pub mod chat;
 pub mod generate;
 pub mod images;

@@ -112,7 +112,7 @@ pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: us
 }
 
 /// [`split_rows`] with a fixed number of rows per task (the gemm panel height).
-fn split_panels(
+pub(crate) fn split_panels(
     n: usize,
     t: usize,
     panel: usize,
@@ -136,6 +136,14 @@ fn split_panels(
 fn gemm_panel<W: HalfElement>(x: &[f32], t: usize, w: &[W], rows: usize, k: usize) -> Vec<f32> {
     let mut wide = vec![0f32; rows * k];
     W::widen(w, &mut wide);
+    gemm_f32_panel(x, t, &wide, rows, k)
+}
+
+/// x [t, k] times a panel of f32 weight rows [rows, k], transposed: [t, rows] (one
+/// single-threaded gemm call; the caller splits the rows across threads).
+pub(crate) fn gemm_f32_panel(x: &[f32], t: usize, wide: &[f32], rows: usize, k: usize) -> Vec<f32> {
+    assert_eq!(x.len(), t * k);
+    assert_eq!(wide.len(), rows * k);
     let mut out = vec![0f32; t * rows];
     // SAFETY: out is [t, rows] row-major (row stride `rows`, column stride 1); x is [t, k]
     // row-major; the right operand is the panel transposed, element (kk, j) at j·k + kk, so

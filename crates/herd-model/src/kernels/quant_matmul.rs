@@ -16,6 +16,32 @@ thread_local! {
     static SCRATCH: RefCell<Q8Activations> = RefCell::new(Q8Activations::default());
 }
 
+/// From this many activation rows (prefill) a product dequantizes panels of weight rows to f32
+/// and runs the f32 gemm kernel on them: the dequantization is paid once per weight row and
+/// shared by all T rows, where the integer dots would unpack every block T times. The f32
+/// activations are not rounded to 8 bits on this path, so prefill is closer to the reference
+/// than llama.cpp's.
+pub const PANEL_MIN_ROWS: usize = 16;
+
+/// Weight rows dequantized per task on the panel path.
+const PANEL_ROWS: usize = 64;
+
+/// x [t, k] f32 times a block-quantized matrix, through f32 panels (any format).
+pub fn matmul_t_panels(w: &crate::weights::QuantTensor, x: &[f32], t: usize) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.cols());
+    super::half_matmul::split_panels(n, t, PANEL_ROWS, |rows, out_rt| {
+        let mut wide = vec![0f32; rows.len() * k];
+        w.dequantize_rows_into(rows.start, &mut wide);
+        let block = super::half_matmul::gemm_f32_panel(x, t, &wide, rows.len(), k);
+        // block is [t, rows]; the split wants [rows, t].
+        for (ti, src) in block.chunks_exact(rows.len()).enumerate() {
+            for (r, v) in src.iter().enumerate() {
+                out_rt[r * t + ti] = *v;
+            }
+        }
+    })
+}
+
 /// x [t, k] f32, w: n rows of k values in `ty` blocks → [t, n] f32, on the current [`Isa`].
 pub fn matmul_t(ty: QuantType, w: &[u8], n: usize, k: usize, x: &[f32], t: usize) -> Vec<f32> {
     matmul_t_on(Isa::current(), ty, w, n, k, x, t)

@@ -41,4 +41,12 @@ impl FeedForward {
             FeedForward::Moe(moe) => moe.stored_bytes(),
         }
     }
+
+    /// Weight bytes one token reads (router, shared expert and top-k routed experts of a MoE).
+    pub fn active_bytes(&self) -> usize {
+        match self {
+            FeedForward::Dense(mlp) => mlp.stored_bytes(),
+            FeedForward::Moe(moe) => moe.active_bytes(),
+        }
+    }
 }

@@ -46,4 +46,12 @@ impl DecoderLayer {
             + self.post_attention_layernorm.stored_bytes()
             + self.feed_forward.stored_bytes()
     }
+
+    /// Weight bytes one token reads here (only its routed experts of a MoE layer).
+    pub fn active_bytes(&self) -> usize {
+        self.input_layernorm.stored_bytes()
+            + self.self_attn.stored_bytes()
+            + self.post_attention_layernorm.stored_bytes()
+            + self.feed_forward.active_bytes()
+    }
 }

@@ -180,6 +180,22 @@ impl TextModel {
             + self.layers.iter().map(DecoderLayer::stored_bytes).sum::<usize>()
     }
 
+    /// Weight bytes one decode step reads: every layer's active weights (routed experts only),
+    /// the final norm and the LM head; of the embedding table, one row. What decode speed is
+    /// bound by on a CPU: these bytes stream from memory once per token.
+    pub fn decode_bytes_per_token(&self) -> usize {
+        let embed_row = self.embed_tokens.stored_bytes() / self.config.vocab_size.max(1);
+        let head = if self.tied_lm_head {
+            self.embed_tokens.stored_bytes()
+        } else {
+            self.lm_head.stored_bytes()
+        };
+        embed_row
+            + head
+            + self.norm.stored_bytes()
+            + self.layers.iter().map(DecoderLayer::active_bytes).sum::<usize>()
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(&self.config)
     }

@@ -89,6 +89,17 @@ impl Moe {
         Ok(out_td)
     }
 
+    /// Weight bytes one token reads: the router, the shared expert and `top_k` routed experts.
+    pub fn active_bytes(&self) -> usize {
+        let per_expert = self
+            .experts
+            .first()
+            .map_or(0, |e| e.iter().map(Linear::stored_bytes).sum::<usize>());
+        self.router.stored_bytes()
+            + self.shared_expert.stored_bytes()
+            + self.top_k.min(self.experts.len()) * per_expert
+    }
+
     pub fn stored_bytes(&self) -> usize {
         self.router.stored_bytes()
             + self.shared_expert.stored_bytes()

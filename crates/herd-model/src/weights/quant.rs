@@ -255,6 +255,9 @@ impl QuantTensor {
                 message: format!("input of {} values is not {t} rows of {}", x.len(), self.cols),
             });
         }
+        if t >= crate::kernels::quant_matmul::PANEL_MIN_ROWS {
+            return Ok(crate::kernels::quant_matmul::matmul_t_panels(self, x, t));
+        }
         if crate::kernels::quant_dot::supports(self.ty) {
             return Ok(crate::kernels::quant_matmul::matmul_t(
                 self.ty,
@@ -282,6 +285,25 @@ impl QuantTensor {
             self.blocks.matmul_t((t, self.cols, self.rows), x, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Rows `start .. start + out.len() / cols` dequantized into `out` (f32, row-major).
+    ///
+    /// # Panics
+    /// If the rows are out of range or `out` is not whole rows.
+    pub fn dequantize_rows_into(&self, start: usize, out: &mut [f32]) {
+        let n = out.len() / self.cols.max(1);
+        assert_eq!(out.len(), n * self.cols);
+        assert!(start + n <= self.rows);
+        let row_bytes = self.stored_bytes() / self.rows.max(1);
+        let bytes = &self.bytes()[start * row_bytes..(start + n) * row_bytes];
+        match self.ty {
+            QuantType::Q8_0 => BlockQ8_0::to_float(typed(bytes), out),
+            QuantType::Q4_0 => BlockQ4_0::to_float(typed(bytes), out),
+            QuantType::Q4K => BlockQ4K::to_float(typed(bytes), out),
+            QuantType::Q5K => BlockQ5K::to_float(typed(bytes), out),
+            QuantType::Q6K => BlockQ6K::to_float(typed(bytes), out),
+        }
     }
 
     /// The whole matrix in f32, row-major (the slow twin's weight).
@@ -365,6 +387,18 @@ fn read_blocks<T: GgmlType + 'static>(
     let mut blocks: Vec<T> = vec![T::zeros(); n_blocks];
     read(block_bytes_mut(&mut blocks))?;
     Ok(Box::new(blocks))
+}
+
+/// Stored bytes back as the blocks they hold.
+///
+/// # Panics
+/// If `bytes` is not aligned for `T` or not whole blocks (never, for bytes of a [`QuantTensor`]:
+/// they are a `Vec<T>`'s storage).
+fn typed<T: GgmlType>(bytes: &[u8]) -> &[T] {
+    assert!(bytes.as_ptr().cast::<T>().is_aligned() && bytes.len().is_multiple_of(std::mem::size_of::<T>()));
+    // SAFETY: aligned and whole blocks (asserted); ggml blocks are plain integers and f16 with
+    // no padding, so any bytes are a valid value; the borrow keeps the storage alive.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / std::mem::size_of::<T>()) }
 }
 
 /// The bytes of a slice of ggml blocks, as a GGUF stores them.

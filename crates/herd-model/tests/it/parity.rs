@@ -148,6 +148,12 @@ fn chunked_layers_keep_at_most_one_chunk_of_keys() {
             match plan.attention.chunk_len() {
                 Some(c) => {
                     assert!(layer.len() < c, "chunked layer holds {} keys", layer.len());
+                    // Its buffers are reused block after block, never grown past the block.
+                    assert!(
+                        layer.capacity() <= c,
+                        "chunked layer allocated {}",
+                        layer.capacity()
+                    );
                     assert_eq!(layer.start(), (i + 1) / c * c);
                     max_chunked = max_chunked.max(layer.len());
                 }
@@ -156,4 +162,29 @@ fn chunked_layers_keep_at_most_one_chunk_of_keys() {
         }
     }
     assert_eq!(max_chunked, 7);
+}
+
+#[test]
+fn kv_cache_grows_by_doubling_and_is_written_in_place() {
+    // 600 one-token steps: a global layer's buffer is reallocated only when full (256, 512,
+    // 1024 slots), never per token; a chunked layer keeps one block's buffer throughout.
+    let model = load_fixture("scout-tiny", DType::F32);
+    let mut cache = model.new_cache();
+    let mut capacities: Vec<Vec<usize>> = vec![Vec::new(); model.config().layers.len()];
+    for i in 0..600u32 {
+        model
+            .forward(&[i % 200 + 1], &mut cache, herd_model::LogitsFor::Last)
+            .unwrap();
+        for (seen, layer) in capacities.iter_mut().zip(cache.layers()) {
+            if seen.last() != Some(&layer.capacity()) {
+                seen.push(layer.capacity());
+            }
+        }
+    }
+    for (seen, plan) in capacities.iter().zip(&model.config().layers) {
+        match plan.attention.chunk_len() {
+            Some(c) => assert_eq!(seen, &vec![c.min(256)], "chunked layer"),
+            None => assert_eq!(seen, &vec![256, 512, 1024], "global layer"),
+        }
+    }
 }

@@ -141,9 +141,16 @@ impl Sampler {
                     break;
                 }
             }
-            // Rounding left the sum a hair below 1: the last candidate takes the remainder.
+            // Rounding left the sum a hair below 1: the last candidate takes the remainder. (A
+            // NaN probability, from an infinite logit, never compares: the most likely, first
+            // candidate is then the one to take.)
+            let fallback = if self.candidates.iter().any(|c| c.1.is_nan()) {
+                self.candidates.first()
+            } else {
+                self.candidates.last()
+            };
             chosen
-                .or_else(|| self.candidates.last().map(|c| c.0))
+                .or_else(|| fallback.map(|c| c.0))
                 .unwrap_or_else(|| argmax(&work))
         };
         self.logits = work;
@@ -298,15 +305,16 @@ fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32, s
     }
 }
 
-/// Index of the largest logit; the lowest index among ties (as torch.argmax).
+/// Index of the largest logit; the lowest index among ties (as torch.argmax). NaNs are
+/// skipped (0 if every logit is NaN).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, l) in logits.iter().enumerate() {
-        if *l > logits[best] {
-            best = i;
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if !l.is_nan() && best.is_none_or(|(_, b)| l > b) {
+            best = Some((i, l));
         }
     }
-    best as u32
+    best.map_or(0, |(i, _)| i as u32)
 }
 
 /// Softmax over candidates already sorted most likely first.

@@ -20,8 +20,9 @@ use crate::text::mask::chunk_start;
 const MIN_CAPACITY: usize = 256;
 
 /// One layer's cache: keys/values for absolute positions `start .. start + len`, in slots
-/// `0 .. len` of buffers [Hkv, capacity, Dh].
-#[derive(Debug, Clone)]
+/// `0 .. len` of buffers [Hkv, capacity, Dh]. Not `Clone`: the buffers are written in place,
+/// so two caches must never share them; [`LayerCache::try_clone`] copies.
+#[derive(Debug)]
 pub struct LayerCache {
     chunk_len: Option<usize>,
     kv: Option<(Tensor, Tensor)>,
@@ -37,6 +38,20 @@ impl LayerCache {
             len: 0,
             start: 0,
         }
+    }
+
+    /// A copy with buffers of its own.
+    pub fn try_clone(&self) -> Result<Self> {
+        let kv = match &self.kv {
+            Some((k, v)) => Some((k.force_contiguous()?, v.force_contiguous()?)),
+            None => None,
+        };
+        Ok(LayerCache {
+            chunk_len: self.chunk_len,
+            kv,
+            len: self.len,
+            start: self.start,
+        })
     }
 
     /// Absolute position of the first cached key.
@@ -75,7 +90,7 @@ impl LayerCache {
                 let buf = Tensor::zeros((hkv, capacity, dh), k_new.dtype(), k_new.device())?;
                 if let Some(old) = old {
                     if self.len > 0 {
-                        buf.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                        buf.slice_set(&old.narrow(1, 0, self.len)?.force_contiguous()?, 1, 0)?;
                     }
                 }
                 Ok(buf)
@@ -106,8 +121,10 @@ impl LayerCache {
         } else if let Some((k, v)) = &self.kv {
             // A step straddled the boundary: move the new block's keys to the front.
             let keep = self.len - drop;
-            let k_rest = k.narrow(1, drop, keep)?.contiguous()?;
-            let v_rest = v.narrow(1, drop, keep)?.contiguous()?;
+            // A copy, always: with one KV head the narrowed view already counts as contiguous
+            // and would alias the buffer it is written back into.
+            let k_rest = k.narrow(1, drop, keep)?.force_contiguous()?;
+            let v_rest = v.narrow(1, drop, keep)?.force_contiguous()?;
             k.slice_set(&k_rest, 1, 0)?;
             v.slice_set(&v_rest, 1, 0)?;
             self.len = keep;
@@ -124,8 +141,9 @@ impl LayerCache {
     }
 }
 
-/// The whole model's cache for one sequence.
-#[derive(Debug, Clone)]
+/// The whole model's cache for one sequence (not `Clone`, as [`LayerCache`]; see
+/// [`KvCache::try_clone`]).
+#[derive(Debug)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
     /// Number of positions fed so far (= the next token's position).
@@ -138,6 +156,18 @@ impl KvCache {
             layers: config.layers.iter().map(LayerCache::new).collect(),
             n_positions: 0,
         }
+    }
+
+    /// A copy with buffers of its own.
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(LayerCache::try_clone)
+                .collect::<Result<_>>()?,
+            n_positions: self.n_positions,
+        })
     }
 
     pub fn n_positions(&self) -> usize {
@@ -164,5 +194,82 @@ impl KvCache {
     /// Bytes held across all layers.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(LayerCache::bytes).sum()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::LayerCache;
+
+    fn keys(hkv: usize, positions: std::ops::Range<usize>) -> Tensor {
+        // Key value = absolute position, so what a slot holds is readable.
+        let t = positions.len();
+        let v: Vec<f32> = (0..hkv)
+            .flat_map(|_| positions.clone().flat_map(|p| [p as f32; 2]))
+            .collect();
+        Tensor::from_vec(v, (hkv, t, 2), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn a_step_straddling_a_block_keeps_the_new_block_with_one_kv_head() {
+        // One KV head: the narrowed remainder is contiguous in candle's eyes and must still be
+        // copied before it is written back over its own buffer.
+        for hkv in [1, 3] {
+            let mut cache = LayerCache {
+                chunk_len: Some(4),
+                kv: None,
+                len: 0,
+                start: 0,
+            };
+            let k = keys(hkv, 0..3);
+            cache.extend(&k, &k).unwrap();
+            let k = keys(hkv, 3..6); // positions 3, 4, 5: block 0 ends at 4
+            let (all, _) = cache.extend(&k, &k).unwrap();
+            assert_eq!(all.dims3().unwrap().1, 6);
+            cache.evict_before(6).unwrap();
+            assert_eq!((cache.start(), cache.len()), (4, 2));
+            let k = keys(hkv, 6..7);
+            let (all, _) = cache.extend(&k, &k).unwrap();
+            let held: Vec<f32> = all
+                .narrow(0, hkv - 1, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(held, vec![4.0, 4.0, 5.0, 5.0, 6.0, 6.0], "{hkv} heads");
+            assert!(cache.capacity() <= 4 + 3);
+        }
+    }
+
+    #[test]
+    fn try_clone_does_not_share_buffers() {
+        let mut a = LayerCache {
+            chunk_len: None,
+            kv: None,
+            len: 0,
+            start: 0,
+        };
+        let k = keys(2, 0..2);
+        a.extend(&k, &k).unwrap();
+        let mut b = a.try_clone().unwrap();
+        let k2 = keys(2, 7..8);
+        a.extend(&k2, &k2).unwrap();
+        let k3 = keys(2, 9..10);
+        let (b_all, _) = b.extend(&k3, &k3).unwrap();
+        let (a_all, _) = a.extend(&keys(2, 11..12), &keys(2, 11..12)).unwrap();
+        let row = |t: &Tensor, i: usize| -> f32 {
+            t.narrow(1, i, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0]
+        };
+        assert_eq!(row(&a_all, 2), 7.0);
+        assert_eq!(row(&b_all, 2), 9.0);
     }
 }

@@ -26,6 +26,7 @@ fn temperature_zero_is_argmax() {
     let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
     assert_eq!(s.sample(&[0.1, 3.0, 2.9, -1.0], &[]), 1);
     assert_eq!(argmax(&[1.0, 1.0]), 0, "ties go to the lower id");
+    assert_eq!(argmax(&[f32::NAN, 1.0, 2.0]), 2, "a NaN is never the largest");
 }
 
 #[test]

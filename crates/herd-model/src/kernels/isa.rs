@@ -72,9 +72,11 @@ impl std::fmt::Display for Isa {
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Isa {
     use std::arch::is_x86_feature_detected as has;
-    if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") && has!("fma") {
+    // The AVX-512 kernels also use AVX2, FMA and F16C instructions (tails, scale conversion).
+    let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+    if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
         Isa::Avx512
-    } else if has!("avx2") && has!("fma") && has!("f16c") {
+    } else if avx2 {
         Isa::Avx2
     } else {
         Isa::Portable

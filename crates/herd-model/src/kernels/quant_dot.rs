@@ -46,6 +46,14 @@ pub fn dot_rows(isa: Isa, ty: QuantType, w: &[u8], acts: &Q8Activations, out: &m
     let rows = w.len() / row_bytes.max(1);
     assert!(supports(ty) && isa.is_supported());
     assert_eq!(acts.block, if uses_q8_k(ty) { 256 } else { 32 });
+    // The kernels read exactly these extents (the fields are public, so a hand-built buffer
+    // must not reach them short).
+    assert!(acts.cols > 0 && acts.cols.is_multiple_of(acts.block));
+    assert_eq!(acts.qs.len(), t * acts.cols);
+    assert_eq!(acts.scales.len(), acts.qs.len() / acts.block);
+    if uses_q8_k(ty) {
+        assert_eq!(acts.sums16.len(), acts.qs.len() / 16);
+    }
     assert_eq!(w.len(), rows * row_bytes);
     assert_eq!(out.len(), rows * t);
     match isa {

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# herd vs llama.cpp (and mistral.rs where it runs) on the same files, the same threads, in the
+# same run, alternating engines test by test:
+#
+#   bench/compare.sh          # ~35 min on 2 cores the first time (llama.cpp build, conversion)
+#
+# 1. builds llama.cpp's llama-bench and llama-quantize from the source vendored in the PyPI
+#    sdist of llama-cpp-python (pinned below, sha256 checked), CPU only;
+# 2. makes the bench model with herd's own generator (`herd synth --preset bench-moe-2.7b`:
+#    Scout's structure scaled down, 16 experts + shared, random bf16 weights);
+# 3. converts it with llama.cpp's converter (convert_hf_to_gguf.py) to BF16, and quantizes that
+#    with llama-quantize to Q8_0 and Q4_K_M — the files llama.cpp users have;
+# 4. runs `llama-bench` and `herd bench` on each file, `-p $P -n $N -t $THREADS -r $REPS`,
+#    alternating, plus a decode test at depth $DEPTH on Q4_K_M; then mistral.rs (PyPI
+#    `mistralrs`) on the Q4_K_M file, printing its error where it does not run;
+# 5. prints each figure with the ratio herd ÷ llama.cpp, then one JSON line.
+#
+# Environment: THREADS (2), REPS (3), P (512), N (128), DEPTH (8192; 0 skips), DEPTH_REPS (1), WORK (where the
+# models, the venv and the llama.cpp build go; ~16 GB; default /tmp/herd-compare), HERD (a
+# built herd binary; default: cargo build --release), LLAMA_SRC / LLAMA_BUILD (an unpacked
+# sdist's vendor/llama.cpp and a build dir configured from it, to reuse), PYTHON (a Python with the converter's requirements; default: a venv
+# made from tools/reference/requirements*.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+THREADS=${THREADS:-2}
+REPS=${REPS:-3}
+P=${P:-512}
+N=${N:-128}
+DEPTH=${DEPTH:-8192}
+DEPTH_REPS=${DEPTH_REPS:-1}
+WORK=${WORK:-/tmp/herd-compare}
+LCP_VERSION=0.3.36
+LCP_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+LLAMA_COMMIT=0c1e57098
+mkdir -p "$WORK"
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# --- herd -------------------------------------------------------------------------------
+HERD=${HERD:-$ROOT/target/release/herd}
+if [ ! -x "$HERD" ]; then
+    log "building herd (release)"
+    cargo build --release -p herd-cli
+fi
+
+# --- Python for the converter (and mistral.rs) ---------------------------------------------
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+    PYTHON=$WORK/venv/bin/python
+    if [ ! -x "$PYTHON" ]; then
+        log "Python venv for llama.cpp's converter ($WORK/venv)"
+        python3 -m venv "$WORK/venv"
+        "$WORK/venv/bin/pip" install --quiet -r tools/reference/requirements.txt -r tools/reference/requirements-gguf.txt
+    fi
+fi
+BUILD_TOOLS=$WORK/build-tools
+if [ ! -x "$BUILD_TOOLS/bin/cmake" ]; then
+    log "cmake and ninja (PyPI) in $BUILD_TOOLS"
+    python3 -m venv "$BUILD_TOOLS"
+    "$BUILD_TOOLS/bin/pip" install --quiet cmake==3.31.6 ninja==1.13.2
+fi
+
+# --- llama.cpp from the llama-cpp-python sdist ------------------------------------------
+SDIST_DIR=$WORK/llama-cpp-python
+LLAMA_SRC=${LLAMA_SRC:-$SDIST_DIR/llama_cpp_python-$LCP_VERSION/vendor/llama.cpp}
+if [ ! -f "$LLAMA_SRC/convert_hf_to_gguf.py" ]; then
+    log "llama-cpp-python $LCP_VERSION sdist"
+    "$BUILD_TOOLS/bin/pip" download --quiet --no-binary llama-cpp-python --no-deps \
+        "llama-cpp-python==$LCP_VERSION" -d "$WORK/sdist"
+    tarball=$WORK/sdist/llama_cpp_python-$LCP_VERSION.tar.gz
+    echo "$LCP_SHA256  $tarball" | sha256sum -c - >&2
+    mkdir -p "$SDIST_DIR"
+    tar -xzf "$tarball" -C "$SDIST_DIR"
+fi
+LLAMA_BUILD=${LLAMA_BUILD:-$WORK/llama-build}
+if [ ! -x "$LLAMA_BUILD/bin/llama-bench" ] || [ ! -x "$LLAMA_BUILD/bin/llama-quantize" ]; then
+    log "building llama-bench and llama-quantize (CPU, native; ~10 min on 2 cores)"
+    PATH=$BUILD_TOOLS/bin:$PATH cmake -S "$LLAMA_SRC" -B "$LLAMA_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
+        -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=ON \
+        -DGGML_OPENMP=ON -DLLAMA_BUILD_NUMBER=0 -DLLAMA_BUILD_COMMIT=$LLAMA_COMMIT >&2
+    PATH=$BUILD_TOOLS/bin:$PATH cmake --build "$LLAMA_BUILD" -j"$(nproc)" --target llama-bench llama-quantize >&2
+fi
+LLAMA_BENCH=$LLAMA_BUILD/bin/llama-bench
+LLAMA_QUANTIZE=$LLAMA_BUILD/bin/llama-quantize
+
+# --- the model and its GGUF files --------------------------------------------------------
+MODEL=$WORK/bench-moe-2.7b
+if [ ! -f "$MODEL/model.safetensors" ]; then
+    log "herd synth --preset bench-moe-2.7b"
+    "$HERD" synth --preset bench-moe-2.7b --out "$MODEL" --quiet
+fi
+if [ ! -f "$WORK/bf16.gguf" ]; then
+    log "llama.cpp converter: BF16 GGUF"
+    # The converter names the tokenizer's pre-tokenizer by hashing the ids it gives a test
+    # string; the synth model's byte-level tokenizer (GPT-2's ByteLevel with its regex) has no
+    # known hash, so a wrapper answers "gpt-2" for an unknown one (tokenization never enters
+    # llama-bench, which feeds random ids). The vendored files are not modified.
+    cat >"$WORK/convert.py" <<'EOF_PY'
+import runpy, sys
+llama_cpp, argv = sys.argv[1], sys.argv[2:]
+sys.path[:0] = [llama_cpp, llama_cpp + "/gguf-py"]
+import conversion.base as base
+orig = base.TextModel.get_vocab_base_pre
+def get_vocab_base_pre(self, tokenizer):
+    try:
+        return orig(self, tokenizer)
+    except NotImplementedError:
+        print("compare.sh: pre-tokenizer hash not known (herd synth's byte-level tokenizer): gpt-2", file=sys.stderr)
+        return "gpt-2"
+base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+# llama.cpp refuses a BPE vocabulary without merges, and the synth tokenizer has none (its
+# 202048 ids are bytes, specials and fillers): one merge of two byte tokens it holds.
+import gguf
+orig_add = gguf.SpecialVocab.add_to_gguf
+def add_to_gguf(self, gw, quiet=False):
+    if not self.merges:
+        self.merges = ["\u0120 \u0120"]
+    return orig_add(self, gw, quiet=quiet)
+gguf.SpecialVocab.add_to_gguf = add_to_gguf
+sys.argv = [llama_cpp + "/convert_hf_to_gguf.py"] + argv
+runpy.run_path(llama_cpp + "/convert_hf_to_gguf.py", run_name="__main__")
+EOF_PY
+    "$PYTHON" "$WORK/convert.py" "$LLAMA_SRC" "$MODEL" --outtype bf16 --outfile "$WORK/bf16.gguf" >&2
+fi
+for q in Q8_0 Q4_K_M; do
+    f=$WORK/$(tr '[:upper:]' '[:lower:]' <<<"$q").gguf
+    if [ ! -f "$f" ]; then
+        log "llama-quantize $q"
+        "$LLAMA_QUANTIZE" "$WORK/bf16.gguf" "$f" "$q" "$THREADS" >&2
+    fi
+done
+
+# --- runs ---------------------------------------------------------------------------------
+have_time=0
+if /usr/bin/time -f %M true 2>/dev/null; then have_time=1; fi
+# Runs a command, its stdout to $1; prints its peak RSS in bytes (or "null").
+measure() {
+    local out=$1; shift
+    if [ $have_time = 1 ]; then
+        /usr/bin/time -f %M -o "$out.rss" "$@" >"$out" 2>"$out.err"
+        echo $(($(tail -1 "$out.rss") * 1024))
+    else
+        "$@" >"$out" 2>"$out.err"
+        echo null
+    fi
+}
+
+# llama.cpp's weight repacking for this CPU's AMX/AVX-512 path crashed some builds of this
+# commit on some files; a crash is retried without it (and the table says so).
+llama_run() { # file out args...
+    local file=$1 out=$2; shift 2
+    local rss
+    if rss=$(measure "$out" "$LLAMA_BENCH" -m "$file" -t "$THREADS" -r "$REPS" -o json "$@"); then
+        echo "$rss repack"
+    elif rss=$(measure "$out" "$LLAMA_BENCH" -m "$file" -t "$THREADS" -r "$REPS" -o json --repack 0 "$@"); then
+        echo "$rss no-repack"
+    else
+        echo "null failed"
+    fi
+}
+herd_run() { # file out args...  (herd reports its own peak RSS, after its bandwidth probe's
+    # buffer is freed and the peak reset; the wall-clock RSS of the process would count it)
+    local file=$1 out=$2; shift 2
+    "$HERD" -t "$THREADS" bench --model "$file" -r "$REPS" --json "$@" >"$out" 2>"$out.err" || true
+}
+
+RESULTS=$WORK/results
+mkdir -p "$RESULTS"
+rows=()
+json_rows=()
+jq_py() { "$PYTHON" -c "$1" "${@:2}"; }
+# Speed of a llama-bench JSON for a test (n_prompt, n_gen, n_depth), or null.
+llama_speed() {
+    jq_py 'import json,sys
+try:
+    rows = json.load(open(sys.argv[1]))
+except Exception:
+    print("null"); sys.exit()
+for r in rows:
+    if r["n_prompt"] == int(sys.argv[2]) and r["n_gen"] == int(sys.argv[3]) and r.get("n_depth", 0) == int(sys.argv[4]):
+        print(r["avg_ts"]); break
+else:
+    print("null")' "$@"
+}
+herd_speed() { # json-file kind n depth
+    jq_py 'import json,sys
+try:
+    line = [l for l in open(sys.argv[1]) if l.startswith("{")][-1]
+    rows = json.loads(line)["results"]
+except Exception:
+    print("null"); sys.exit()
+for r in rows:
+    if r["kind"] == sys.argv[2] and r["n_tokens"] == int(sys.argv[3]) and r["depth"] == int(sys.argv[4]):
+        print(r["tok_s"]); break
+else:
+    print("null")' "$@"
+}
+herd_field() { jq_py 'import json,sys
+try:
+    line = [l for l in open(sys.argv[1]) if l.startswith("{")][-1]
+    print(json.dumps(json.loads(line).get(sys.argv[2])))
+except Exception:
+    print("null")' "$@"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "null" || b == "null" || b == 0) print "—"; else printf "%.2f", a / b }'; }
+fmt() { awk -v a="$1" 'BEGIN { if (a == "null") print "—"; else printf "%.1f", a }'; }
+gb() { awk -v a="$1" 'BEGIN { if (a == "null") print "—"; else printf "%.2f", a / 1e9 }'; }
+
+for fmt_name in BF16 Q8_0 Q4_K_M; do
+    file=$WORK/$(tr '[:upper:]' '[:lower:]' <<<"$fmt_name").gguf
+    log "$fmt_name: llama-bench"
+    read -r l_rss l_mode < <(llama_run "$file" "$RESULTS/llama-$fmt_name.json" -p "$P" -n "$N")
+    log "$fmt_name: herd bench"
+    herd_run "$file" "$RESULTS/herd-$fmt_name.json" -p "$P" -n "$N"
+    h_rss=$(herd_field "$RESULTS/herd-$fmt_name.json" peak_rss_bytes)
+    depths=(0)
+    if [ "$fmt_name" = Q4_K_M ] && [ "$DEPTH" -gt 0 ]; then
+        # Decode after $DEPTH positions of context ($DEPTH_REPS repetitions: each one first
+        # prefills the depth, untimed).
+        depths=(0 "$DEPTH")
+        log "$fmt_name: llama-bench, decode at depth $DEPTH"
+        read -r _ _ < <(REPS=$DEPTH_REPS llama_run "$file" "$RESULTS/llama-$fmt_name-d$DEPTH.json" -p 0 -n "$N" -d "$DEPTH")
+        log "$fmt_name: herd bench, decode at depth $DEPTH"
+        REPS=$DEPTH_REPS herd_run "$file" "$RESULTS/herd-$fmt_name-d$DEPTH.json" -p 0 -n "$N" -d "$DEPTH"
+    fi
+    for d in "${depths[@]}"; do
+        for kind in pp tg; do
+            if [ $kind = pp ]; then n=$P; lp=$P; lg=0; else n=$N; lp=0; lg=$N; fi
+            if [ "$d" -gt 0 ] && [ $kind = pp ]; then continue; fi
+            suffix=""
+            if [ "$d" -gt 0 ]; then suffix="-d$d"; fi
+            h=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.json" $kind "$n" "$d")
+            l=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.json" "$lp" "$lg" "$d")
+            test_name="$kind$n"
+            if [ "$d" -gt 0 ]; then test_name="$test_name @ d$d"; fi
+            rows+=("$(printf '| %-7s | %-14s | %12s | %12s | %7s |' "$fmt_name" "$test_name" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
+            json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"$test_name\",\"herd_tok_s\":$h,\"llama_cpp_tok_s\":$l}")
+        done
+    done
+    bw=$(herd_field "$RESULTS/herd-$fmt_name.json" bandwidth_bytes_s)
+    bpt=$(herd_field "$RESULTS/herd-$fmt_name.json" decode_bytes_per_token)
+    rows+=("$(printf '| %-7s | %-14s | %12s | %12s | %7s |' "$fmt_name" "peak RSS GB" "$(gb "$h_rss")" "$(gb "$l_rss")" "$(ratio "$h_rss" "$l_rss")")")
+    json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"peak_rss_bytes\",\"herd\":$h_rss,\"llama_cpp\":$l_rss,\"llama_cpp_mode\":\"$l_mode\",\"herd_bandwidth_bytes_s\":$bw,\"herd_decode_bytes_per_token\":$bpt}")
+    if [ "$l_mode" != repack ]; then
+        rows+=("| $fmt_name | llama.cpp ran $l_mode: $(tail -c 300 "$RESULTS/llama-$fmt_name.json.err" | tr '\n' ' ' | cut -c1-120) |")
+    fi
+done
+
+# --- mistral.rs -------------------------------------------------------------------------
+log "mistral.rs (PyPI mistralrs) on Q4_K_M"
+mistral_note="not run"
+if timeout 600 "$PYTHON" -m pip install --quiet mistralrs >"$RESULTS/mistralrs-install.log" 2>&1; then
+    if timeout 900 "$PYTHON" - "$WORK" "$N" >"$RESULTS/mistralrs.out" 2>"$RESULTS/mistralrs.err" <<'EOF'
+import sys, time
+from mistralrs import Runner, Which, CompletionRequest
+work, n = sys.argv[1], int(sys.argv[2])
+runner = Runner(which=Which.GGUF(tok_model_id=None, quantized_model_id=work, quantized_filename="q4_k_m.gguf"))
+start = time.time()
+res = runner.send_completion_request(CompletionRequest(model="m", prompt="hello", max_tokens=n, temperature=0.0))
+print(f"mistral.rs: {n / (time.time() - start):.2f} tok/s (wall, prompt included)")
+EOF
+    then
+        mistral_note=$(tail -1 "$RESULTS/mistralrs.out")
+    else
+        mistral_note="mistral.rs failed: $(grep -v '^\s*$' "$RESULTS/mistralrs.err" | tail -1 | cut -c1-200)"
+    fi
+else
+    mistral_note="pip install mistralrs failed: $(tail -1 "$RESULTS/mistralrs-install.log" | cut -c1-200)"
+fi
+
+# --- report -------------------------------------------------------------------------------
+echo
+echo "bench-moe-2.7b · $THREADS threads · -p $P -n $N -r $REPS · herd $(git rev-parse --short HEAD 2>/dev/null || echo unknown) · llama.cpp $LLAMA_COMMIT (llama-cpp-python $LCP_VERSION sdist)"
+echo "herd's bandwidth probe: $(gb "$(herd_field "$RESULTS/herd-Q4_K_M.json" bandwidth_bytes_s)") GB/s"
+echo
+printf '| %-7s | %-14s | %12s | %12s | %7s |\n' format test "herd" "llama.cpp" "ratio"
+printf '| %-7s | %-14s | %12s | %12s | %7s |\n' ------- -------------- ------------ ------------ -------
+printf '%s\n' "${rows[@]}"
+echo
+echo "$mistral_note"
+printf '{"bench":"compare","model":"bench-moe-2.7b","threads":%s,"p":%s,"n":%s,"reps":%s,"mistralrs":%s,"rows":[%s]}\n' \
+    "$THREADS" "$P" "$N" "$REPS" "$("$PYTHON" -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$mistral_note")" \
+    "$(IFS=,; echo "${json_rows[*]}")"

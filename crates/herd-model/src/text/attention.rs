@@ -128,7 +128,9 @@ impl Attention {
             None => scores,
         };
         let probs = softmax(&scores)?.reshape((self.n_kv_heads, g * tq, l))?;
-        Ok(probs.matmul(&v.contiguous()?)?.reshape((h, tq, dh))?)
+        // v is a view of the cache's buffer (rows contiguous, heads a capacity apart): the
+        // matmul reads it where it lies, no copy of the history per step.
+        Ok(probs.matmul(v)?.reshape((h, tq, dh))?)
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use candle_core::Device;
 use herd_testkit::{assert_close, fixture_path, Reference};
 
+mod bench;
 mod hostile;
 mod weights;
 

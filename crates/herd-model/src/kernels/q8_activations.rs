@@ -23,6 +23,18 @@ pub struct Q8Activations {
 }
 
 impl Q8Activations {
+    /// Empties the buffer for `len` values in rows of `cols`, blocks of `block` (keeping its
+    /// allocations): `qs` zeroed to `len`, scales and sums to be pushed.
+    fn reset(&mut self, block: usize, cols: usize, len: usize) {
+        debug_assert!(cols.is_multiple_of(block) && len.is_multiple_of(cols.max(1)));
+        self.block = block;
+        self.cols = cols;
+        self.scales.clear();
+        self.sums16.clear();
+        self.qs.clear();
+        self.qs.resize(len, 0);
+    }
+
     /// Rows in the buffer.
     pub fn rows(&self) -> usize {
         self.qs.len().checked_div(self.cols).unwrap_or(0)
@@ -48,13 +60,7 @@ impl Q8Activations {
 /// from zero), d kept as its f16 rounding. `x` is whole rows of `cols` values; the buffer is reused.
 pub fn quantize_q8_0(x: &[f32], cols: usize, out: &mut Q8Activations) {
     const BLOCK: usize = 32;
-    debug_assert!(cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols.max(1)));
-    out.block = BLOCK;
-    out.cols = cols;
-    out.scales.clear();
-    out.qs.clear();
-    out.sums16.clear();
-    out.qs.resize(x.len(), 0);
+    out.reset(BLOCK, cols, x.len());
     for (xb, qb) in x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -71,13 +77,7 @@ pub fn quantize_q8_0(x: &[f32], cols: usize, out: &mut Q8Activations) {
 /// every 16 quantized values.
 pub fn quantize_q8_k(x: &[f32], cols: usize, out: &mut Q8Activations) {
     const BLOCK: usize = 256;
-    debug_assert!(cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols.max(1)));
-    out.block = BLOCK;
-    out.cols = cols;
-    out.scales.clear();
-    out.qs.clear();
-    out.sums16.clear();
-    out.qs.resize(x.len(), 0);
+    out.reset(BLOCK, cols, x.len());
     for (xb, qb) in x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)) {
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in xb {

@@ -11,7 +11,7 @@
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
 use super::isa::Isa;
-use super::row_split::split_rows;
+use super::row_split::{split_rows, split_rows_by};
 
 /// Weight rows widened at once in the prefill path ([PANEL_ROWS, K] f32 per task).
 const PANEL_ROWS: usize = 64;
@@ -99,63 +99,33 @@ pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: us
     } else {
         // Fixed-height panels: the gemm kernel's summation order depends on the panel shape,
         // and a checkpoint must compute the same whatever the thread count.
-        split_panels(n, t, PANEL_ROWS, |rows, out_rt| {
-            let block = gemm_panel(x, t, &w[rows.start * k..rows.end * k], rows.len(), k);
-            // block is [t, rows]; the split wants [rows, t].
-            for (ti, src) in block.chunks_exact(rows.len()).enumerate() {
-                for (r, v) in src.iter().enumerate() {
-                    out_rt[r * t + ti] = *v;
-                }
-            }
+        split_rows_by(n, t, PANEL_ROWS, |rows, out| {
+            let mut wide = vec![0f32; rows.len() * k];
+            W::widen(&w[rows.start * k..rows.end * k], &mut wide);
+            gemm_f32_panel(x, t, &wide, rows.len(), k, out)
         })
     }
 }
 
-/// [`split_rows`] with a fixed number of rows per task (the gemm panel height).
-pub(crate) fn split_panels(
-    n: usize,
-    t: usize,
-    panel: usize,
-    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut y_nt = vec![0f32; n * t];
-    if n == 0 || t == 0 {
-        return y_nt;
-    }
-    candle_core::utils::with_threadpool(|| {
-        y_nt.par_chunks_mut(panel * t).enumerate().for_each(|(i, out)| {
-            let first = i * panel;
-            f(first..first + out.len() / t, out)
-        });
-    });
-    super::transpose::transpose(&y_nt, n, t)
-}
-
-/// Widens the panel, then one f32 GEMM: [t, rows].
-fn gemm_panel<W: HalfElement>(x: &[f32], t: usize, w: &[W], rows: usize, k: usize) -> Vec<f32> {
-    let mut wide = vec![0f32; rows * k];
-    W::widen(w, &mut wide);
-    gemm_f32_panel(x, t, &wide, rows, k)
-}
-
-/// x [t, k] times a panel of f32 weight rows [rows, k], transposed: [t, rows] (one
-/// single-threaded gemm call; the caller splits the rows across threads).
-pub(crate) fn gemm_f32_panel(x: &[f32], t: usize, wide: &[f32], rows: usize, k: usize) -> Vec<f32> {
+/// x [t, k] times a panel of f32 weight rows [rows, k], transposed, written into `out` as
+/// [rows, t] (the layout [`split_rows_by`] hands out): one single-threaded gemm call; the caller
+/// splits the rows across threads.
+pub(crate) fn gemm_f32_panel(x: &[f32], t: usize, wide: &[f32], rows: usize, k: usize, out: &mut [f32]) {
     assert_eq!(x.len(), t * k);
     assert_eq!(wide.len(), rows * k);
-    let mut out = vec![0f32; t * rows];
-    // SAFETY: out is [t, rows] row-major (row stride `rows`, column stride 1); x is [t, k]
-    // row-major; the right operand is the panel transposed, element (kk, j) at j·k + kk, so
-    // its row stride is 1 and column stride k. All three buffers have exactly those extents.
+    assert_eq!(out.len(), rows * t);
+    // SAFETY: the product [t, rows] lands in out stored [rows, t]: element (ti, j) at j·t + ti,
+    // so row stride 1 and column stride t; x is [t, k] row-major; the right operand is the
+    // panel transposed, element (kk, j) at j·k + kk, so its row stride is 1 and column stride k.
+    // All three buffers have exactly those extents (asserted).
     unsafe {
         gemm::gemm(
             t,
             rows,
             k,
             out.as_mut_ptr(),
+            t as isize,
             1,
-            rows as isize,
             false,
             x.as_ptr(),
             1,
@@ -171,7 +141,6 @@ pub(crate) fn gemm_f32_panel(x: &[f32], t: usize, wide: &[f32], rows: usize, k: 
             gemm::Parallelism::None,
         );
     }
-    out
 }
 
 /// Dense dot products `Σ x[i]·w[i]` with f32 x and w in f32 or bf16 (widened exactly in

@@ -279,6 +279,35 @@ fn unpack_q4k_scales(q: &[u8]) -> [u32; 4] {
     ]
 }
 
+/// Each x86 module's `dot_rows`: every weight row against every activation row, through that
+/// module's `dot_q8_0` / `dot_q4k` / `dot_q6k`, compiled with `$features` so they inline.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_rows_on {
+    ($features:literal) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn dot_rows(
+            ty: QuantType,
+            w: &[u8],
+            row_bytes: usize,
+            acts: &Q8Activations,
+            out: &mut [f32],
+        ) {
+            let t = acts.rows();
+            for (r, w_row) in w.chunks_exact(row_bytes).enumerate() {
+                for i in 0..t {
+                    let (ad, aq, asum) = acts.row(i);
+                    out[r * t + i] = match ty {
+                        QuantType::Q8_0 => dot_q8_0(w_row, ad, aq),
+                        QuantType::Q4K => dot_q4k(w_row, ad, aq, asum),
+                        QuantType::Q6K => dot_q6k(w_row, ad, aq, asum),
+                        other => unreachable!("no herd kernel for {other}"),
+                    };
+                }
+            }
+        }
+    };
+}
+
 /// AVX2: 256-bit, `vpmaddubsw` (u8 × i8 pairs to i16) then `vpmaddwd` against the sub-block
 /// scales (pairs to i32, scaled in the same instruction).
 #[cfg(target_arch = "x86_64")]
@@ -287,21 +316,7 @@ mod avx2 {
 
     use super::*;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_rows(ty: QuantType, w: &[u8], row_bytes: usize, acts: &Q8Activations, out: &mut [f32]) {
-        let t = acts.rows();
-        for (r, w_row) in w.chunks_exact(row_bytes).enumerate() {
-            for i in 0..t {
-                let (ad, aq, asum) = acts.row(i);
-                out[r * t + i] = match ty {
-                    QuantType::Q8_0 => dot_q8_0(w_row, ad, aq),
-                    QuantType::Q4K => dot_q4k(w_row, ad, aq, asum),
-                    QuantType::Q6K => dot_q6k(w_row, ad, aq, asum),
-                    other => unreachable!("no herd kernel for {other}"),
-                };
-            }
-        }
-    }
+    dot_rows_on!("avx2,fma,f16c");
 
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -450,21 +465,7 @@ mod avx512 {
 
     use super::*;
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_rows(ty: QuantType, w: &[u8], row_bytes: usize, acts: &Q8Activations, out: &mut [f32]) {
-        let t = acts.rows();
-        for (r, w_row) in w.chunks_exact(row_bytes).enumerate() {
-            for i in 0..t {
-                let (ad, aq, asum) = acts.row(i);
-                out[r * t + i] = match ty {
-                    QuantType::Q8_0 => dot_q8_0(w_row, ad, aq),
-                    QuantType::Q4K => dot_q4k(w_row, ad, aq, asum),
-                    QuantType::Q6K => dot_q6k(w_row, ad, aq, asum),
-                    other => unreachable!("no herd kernel for {other}"),
-                };
-            }
-        }
-    }
+    dot_rows_on!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 
     /// i16 lane indices: lanes 0..16 take element `a`, lanes 16..32 element `b`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]

@@ -29,16 +29,10 @@ const PANEL_ROWS: usize = 64;
 /// x [t, k] f32 times a block-quantized matrix, through f32 panels (any format).
 pub fn matmul_t_panels(w: &crate::weights::QuantTensor, x: &[f32], t: usize) -> Vec<f32> {
     let (n, k) = (w.rows(), w.cols());
-    super::half_matmul::split_panels(n, t, PANEL_ROWS, |rows, out_rt| {
+    super::row_split::split_rows_by(n, t, PANEL_ROWS, |rows, out| {
         let mut wide = vec![0f32; rows.len() * k];
         w.dequantize_rows_into(rows.start, &mut wide);
-        let block = super::half_matmul::gemm_f32_panel(x, t, &wide, rows.len(), k);
-        // block is [t, rows]; the split wants [rows, t].
-        for (ti, src) in block.chunks_exact(rows.len()).enumerate() {
-            for (r, v) in src.iter().enumerate() {
-                out_rt[r * t + ti] = *v;
-            }
-        }
+        super::half_matmul::gemm_f32_panel(x, t, &wide, rows.len(), k, out)
     })
 }
 

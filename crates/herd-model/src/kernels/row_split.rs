@@ -38,11 +38,23 @@ pub fn split_rows(
     row_bytes: usize,
     f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
+    split_rows_by(n, t, rows_per_task(n, row_bytes), f)
+}
+
+/// [`split_rows`] with a fixed number of rows per task (a gemm panel's height: its summation
+/// order depends on the panel shape, and a checkpoint must compute the same whatever the
+/// thread count).
+pub fn split_rows_by(
+    n: usize,
+    t: usize,
+    per_task: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
     let mut y_nt = vec![0f32; n * t];
     if n == 0 || t == 0 {
         return y_nt;
     }
-    let per_task = rows_per_task(n, row_bytes);
+    let per_task = per_task.max(1);
     {
         let tasks: Vec<Mutex<&mut [f32]>> = y_nt.chunks_mut(per_task * t).map(Mutex::new).collect();
         candle_core::utils::barrier_pool().execute_chunked(tasks.len(), |range| {

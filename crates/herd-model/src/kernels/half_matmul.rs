@@ -8,10 +8,13 @@
 //! them to the `gemm` crate's f32 kernel. Either way each thread takes a run of weight rows
 //! ([`split_rows`]) and writes its own column block.
 
+use std::borrow::Cow;
+
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
+use super::amx;
 use super::isa::Isa;
-use super::row_split::{split_rows, split_rows_by};
+use super::row_split::{split_columns_by, split_rows, split_rows_by};
 
 /// Weight rows widened at once in the prefill path ([PANEL_ROWS, K] f32 per task).
 const PANEL_ROWS: usize = 64;
@@ -32,6 +35,13 @@ pub trait HalfElement: Copy + Send + Sync + 'static {
         Self::widen(w, buf);
         simd::dot_f32(isa, x, buf)
     }
+    /// The weights as bf16 planes that sum to them exactly, for the AMX tiles
+    /// ([`amx::split_exact`]).
+    fn bf16_planes(w: &[Self]) -> Vec<Cow<'_, [bf16]>> {
+        let mut wide = vec![0f32; w.len()];
+        Self::widen(w, &mut wide);
+        amx::split_exact(&wide).into_iter().map(Cow::Owned).collect()
+    }
 }
 
 impl HalfElement for bf16 {
@@ -48,6 +58,9 @@ impl HalfElement for bf16 {
     const DOT_NEEDS_BUFFER: bool = false;
     fn dot(isa: Isa, x: &[f32], w: &[Self], _buf: &mut [f32]) -> f32 {
         simd::dot_bf16(isa, x, w)
+    }
+    fn bf16_planes(w: &[Self]) -> Vec<Cow<'_, [bf16]>> {
+        vec![Cow::Borrowed(w)]
     }
 }
 
@@ -95,6 +108,16 @@ pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: us
                     out[r * t + ti] = W::dot(isa, x_row, w_row, &mut buf);
                 }
             }
+        })
+    } else if isa == Isa::Amx && k.is_multiple_of(amx::K_BLOCK) {
+        // On tiles, both sides split exactly into bf16 planes (bf16 weights read where they
+        // lie): the f32 product up to summation order.
+        amx::PackedActivations::with_packed(x, t, k, amx::Split::Exact, |acts| {
+            split_columns_by(n, t, amx::rows_per_task(n, k), |rows, out| {
+                let planes = W::bf16_planes(&w[rows.start * k..rows.end * k]);
+                let planes: Vec<&[bf16]> = planes.iter().map(|p| &p[..]).collect();
+                amx::product_rows(&planes, rows.len(), acts, out)
+            })
         })
     } else {
         // Fixed-height panels: the gemm kernel's summation order depends on the panel shape,
@@ -320,7 +343,7 @@ mod simd {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU supports AVX-512 F/BW and FMA (asserted: part of Isa::Avx512).
-            Isa::Avx512 => unsafe { x86::dot_bf16_avx512(x, w) },
+            Isa::Avx512 | Isa::Amx => unsafe { x86::dot_bf16_avx512(x, w) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU supports AVX2 and FMA (asserted).
             Isa::Avx2 => unsafe { x86::dot_bf16_avx2(x, w) },
@@ -337,7 +360,7 @@ mod simd {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU supports AVX-512 F and FMA (asserted).
-            Isa::Avx512 => unsafe { x86::dot_f32_avx512(x, w) },
+            Isa::Avx512 | Isa::Amx => unsafe { x86::dot_f32_avx512(x, w) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU supports AVX2 and FMA (asserted).
             Isa::Avx2 => unsafe { x86::dot_f32_avx2(x, w) },

@@ -1,5 +1,5 @@
 //! Which SIMD instruction set the CPU kernels run on. Detected once at first use; `HERD_ISA`
-//! (`portable`, `avx2`, `avx512`) caps it, so a benchmark can compare paths and a machine with
+//! (`portable`, `avx2`, `avx512`, `amx`) caps it, so a benchmark can compare paths and a machine with
 //! AVX-512 can still exercise every fallback. Kernels also take an explicit [`Isa`], which is how
 //! the twin tests force each path.
 
@@ -14,16 +14,20 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL with VNNI (`vpdpbusd`).
     Avx512,
+    /// AVX-512 plus AMX-BF16 tiles, granted by the OS: prefill products run on the tiles
+    /// ([`super::amx`]), everything else as on [`Isa::Avx512`].
+    Amx,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 
@@ -75,7 +79,11 @@ fn detect() -> Isa {
     // The AVX-512 kernels also use AVX2, FMA and F16C instructions (tails, scale conversion).
     let avx2 = has!("avx2") && has!("fma") && has!("f16c");
     if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
-        Isa::Avx512
+        if super::amx::usable() {
+            Isa::Amx
+        } else {
+            Isa::Avx512
+        }
     } else if avx2 {
         Isa::Avx2
     } else {

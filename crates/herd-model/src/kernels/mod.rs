@@ -3,6 +3,8 @@
 //! instruction set ([`isa::Isa`]) beside a slow twin, tested to agree on random and odd shapes
 //! on every path this CPU has.
 
+pub mod amx;
+pub mod dequantize;
 pub mod half_matmul;
 pub mod isa;
 pub mod q8_activations;

@@ -63,7 +63,7 @@ pub fn dot_rows(isa: Isa, ty: QuantType, w: &[u8], acts: &Q8Activations, out: &m
         Isa::Avx2 => unsafe { avx2::dot_rows(ty, w, row_bytes, acts, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx512 => unsafe { avx512::dot_rows(ty, w, row_bytes, acts, out) },
+        Isa::Avx512 | Isa::Amx => unsafe { avx512::dot_rows(ty, w, row_bytes, acts, out) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => portable::dot_rows(ty, w, row_bytes, acts, out),
     }
@@ -139,7 +139,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// ggml's `get_scale_min_k4` for all eight sub-blocks: (scales, mins), 6 bits each.
-fn scales_mins_k4(q: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn scales_mins_k4(q: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
         if j < 4 {

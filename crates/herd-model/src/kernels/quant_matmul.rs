@@ -5,6 +5,10 @@
 
 use std::cell::RefCell;
 
+use half::bf16;
+
+use super::amx;
+use super::dequantize;
 use super::isa::Isa;
 use super::q8_activations::{quantize_q8_0, quantize_q8_k, Q8Activations};
 use super::quant_dot::{self, dot_rows, uses_q8_k};
@@ -14,6 +18,22 @@ use crate::weights::QuantType;
 thread_local! {
     /// The calling thread's quantized activations, reused from call to call.
     static SCRATCH: RefCell<Q8Activations> = RefCell::new(Q8Activations::default());
+    /// The thread's bf16 panel of dequantized weight rows (tile path), reused likewise.
+    static PANEL: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` values of this thread's panel buffer (a fresh one if the thread is already
+/// inside a product: a pool worker waiting on a nested call).
+fn with_panel<R>(len: usize, f: impl FnOnce(&mut [bf16]) -> R) -> R {
+    PANEL.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut panel) => {
+            if panel.len() < len {
+                panel.resize(len, bf16::ZERO);
+            }
+            f(&mut panel[..len])
+        }
+        Err(_) => f(&mut vec![bf16::ZERO; len]),
+    })
 }
 
 /// From this many activation rows (prefill) a product dequantizes panels of weight rows to f32
@@ -28,7 +48,39 @@ const PANEL_ROWS: usize = 64;
 
 /// x [t, k] f32 times a block-quantized matrix, through f32 panels (any format).
 pub fn matmul_t_panels(w: &crate::weights::QuantTensor, x: &[f32], t: usize) -> Vec<f32> {
+    matmul_t_panels_on(Isa::current(), w, x, t)
+}
+
+/// [`matmul_t_panels`] on a chosen [`Isa`]: on [`Isa::Amx`] the panels are rounded to bf16 and
+/// multiplied on tiles with the activations rounded to bf16 too (see [`super::amx`] for what
+/// that costs in precision); elsewhere f32 panels go to the gemm kernel.
+///
+/// # Panics
+/// If x is not t rows of the matrix's columns, or the CPU lacks `isa`.
+pub fn matmul_t_panels_on(isa: Isa, w: &crate::weights::QuantTensor, x: &[f32], t: usize) -> Vec<f32> {
     let (n, k) = (w.rows(), w.cols());
+    assert!(isa.is_supported());
+    if isa == Isa::Amx && k.is_multiple_of(amx::K_BLOCK) {
+        let row_bytes = w.bytes().len() / n.max(1);
+        return amx::PackedActivations::with_packed(x, t, k, amx::Split::Rounded, |acts| {
+            super::row_split::split_columns_by(n, t, amx::rows_per_task(n, k), |rows, out| {
+                with_panel(rows.len() * k, |panel| {
+                    if dequantize::supports(w.quant_type()) {
+                        let bytes = &w.bytes()[rows.start * row_bytes..rows.end * row_bytes];
+                        dequantize::dequantize_rows_bf16(w.quant_type(), bytes, panel);
+                    } else {
+                        let mut wide = vec![0f32; panel.len()];
+                        w.dequantize_rows_into(rows.start, &mut wide);
+                        panel
+                            .iter_mut()
+                            .zip(&wide)
+                            .for_each(|(p, &v)| *p = bf16::from_f32(v));
+                    }
+                    amx::product_rows(&[panel], rows.len(), acts, out)
+                })
+            })
+        });
+    }
     super::row_split::split_rows_by(n, t, PANEL_ROWS, |rows, out| {
         let mut wide = vec![0f32; rows.len() * k];
         w.dequantize_rows_into(rows.start, &mut wide);

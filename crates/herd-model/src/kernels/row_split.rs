@@ -73,3 +73,90 @@ pub fn split_rows_by(
         super::transpose::transpose(&y_nt, n, t)
     }
 }
+
+/// y [t, n] from `f(rows, block)`, which writes the columns `rows` of every one of the t rows of
+/// y through `block` ([`ColumnBlock::token_row`]): for kernels that produce their results
+/// token-major, so y needs no transpose.
+pub fn split_columns_by(
+    n: usize,
+    t: usize,
+    per_task: usize,
+    f: impl Fn(Range<usize>, &mut ColumnBlock<'_>) + Sync + Send,
+) -> Vec<f32> {
+    let mut y_tn = vec![0f32; n * t];
+    if n == 0 || t == 0 {
+        return y_tn;
+    }
+    let per_task = per_task.max(1);
+    let tasks = n.div_ceil(per_task);
+    let base = SharedOut(y_tn.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
+        for i in range {
+            let cols = i * per_task..((i + 1) * per_task).min(n);
+            // Each task index runs once, so no two blocks share a column.
+            let mut block = ColumnBlock {
+                base: base.ptr(),
+                n,
+                t,
+                cols: cols.clone(),
+                _out: std::marker::PhantomData,
+            };
+            f(cols, &mut block);
+        }
+    });
+    y_tn
+}
+
+/// The output pointer, shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+impl SharedOut {
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: tasks write through it only via ColumnBlocks of disjoint column ranges, while the
+// vector it points into is alive and not otherwise borrowed (split_columns_by holds it).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+/// One task's columns of a [t, n] output: the only access to them while the task runs.
+pub struct ColumnBlock<'a> {
+    base: *mut f32,
+    n: usize,
+    t: usize,
+    cols: Range<usize>,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> ColumnBlock<'a> {
+    /// All the columns of y [t, n] (a single task's view of a whole output).
+    ///
+    /// # Panics
+    /// If y is not t·n values.
+    pub fn whole(y: &'a mut [f32], t: usize, n: usize) -> Self {
+        assert_eq!(y.len(), t * n);
+        ColumnBlock {
+            base: y.as_mut_ptr(),
+            n,
+            t,
+            cols: 0..n,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// This block's columns of output row `token` (its length is the block's width).
+    ///
+    /// # Panics
+    /// If `token` ≥ t.
+    pub fn token_row(&mut self, token: usize) -> &mut [f32] {
+        assert!(token < self.t);
+        // SAFETY: token < t and cols ⊆ 0..n, so the range lies inside the t·n output; no other
+        // block covers these columns, and &mut self keeps this block's slices one at a time.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.add(token * self.n + self.cols.start), self.cols.len())
+        }
+    }
+}

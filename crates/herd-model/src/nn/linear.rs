@@ -85,12 +85,13 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             // On the CPU herd's kernels take every dense dtype, accumulating in f32 whatever
-            // the compute dtype (candle's bf16 matmul is scalar: 0.2 tok/s); f32 weights go to
-            // candle's gemm when there are enough rows to be worth tiling.
+            // the compute dtype (candle's bf16 matmul is scalar: 0.2 tok/s). One kernel for all
+            // three also means the same values compute the same whichever dtype holds them (a
+            // GGUF keeps the router in F32 where the folder had bf16).
             Linear::Dense(w) if w.device().is_cpu() && x.device().is_cpu() => match w.dtype() {
                 DType::BF16 => half_product::<bf16>(x, w),
                 DType::F16 => half_product::<f16>(x, w),
-                DType::F32 if rows_of(x) <= half_matmul::GEMV_MAX_ROWS => half_product::<f32>(x, w),
+                DType::F32 => half_product::<f32>(x, w),
                 _ if w.dtype() == x.dtype() => Ok(x.broadcast_matmul(&w.t()?)?),
                 _ => Ok(x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?),
             },
@@ -144,11 +145,6 @@ fn half_product<W: HalfElement + candle_core::WithDType>(x: &Tensor, w: &Tensor)
     let y = half_matmul::matmul_t(&x32, t, &all[start..end], n, k);
     drop(storage);
     output(y, lead, n, x.device(), x.dtype())
-}
-
-/// Rows of x when its last axis is the feature axis.
-fn rows_of(x: &Tensor) -> usize {
-    x.dims().split_last().map_or(0, |(_, lead)| lead.iter().product())
 }
 
 /// x [..., k] as one flat f32 vector, and its leading dims.

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
+mod amx;
 mod checkpoint_errors;
 mod config;
 mod dtypes;

@@ -13,7 +13,7 @@ use herd_testkit::{assert_close, fixture_path};
 use std::sync::Arc;
 
 /// Deterministic pseudo-random values in [-1, 1) (no RNG crate needed).
-fn values(n: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -27,11 +27,11 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn max_abs(v: &[f32]) -> f32 {
+pub(crate) fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0f32, |m, x| m.max(x.abs()))
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
@@ -302,7 +302,7 @@ fn dense_matmul_agrees_with_slow_twin_on_every_isa() {
 
 /// Random blocks of `ty` with `rows` rows of `cols` values (quantized from random floats, so
 /// every field is a plausible one), with a few levels pushed to their extremes.
-fn random_blocks(ty: QuantType, rows: usize, cols: usize, seed: u64) -> QuantTensor {
+pub(crate) fn random_blocks(ty: QuantType, rows: usize, cols: usize, seed: u64) -> QuantTensor {
     let mut w = values(rows * cols, seed);
     // Large outliers make scales and levels reach their ends (Q8_0 ±127, 6-bit scales at 63).
     for i in (0..w.len()).step_by(97) {

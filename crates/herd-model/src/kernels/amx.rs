@@ -1,0 +1,394 @@
+//! Prefill products on Intel AMX tiles (Sapphire Rapids and later): `tdpbf16ps` multiplies a
+//! 16×32 bf16 tile by a 32×16 one into a 16×16 f32 tile, 8192 multiply-adds an instruction,
+//! which is ~5× what the f32 FMA units reach on the same core.
+//!
+//! ```text
+//! y[n, t] = Σ_k W[n, k] · x[t, k]       W: tile rows straight from the stored weights (A)
+//!                                        x: packed once per call into tile pairs (B)
+//! ```
+//!
+//! Exactness. The weights enter as bf16: bf16 weights are read where they lie (exact); block
+//! quantized ones are dequantized and rounded to bf16 (relative error ≤ 2⁻⁹ per weight, below
+//! the 8-bit activation rounding llama.cpp and herd's decode apply). The f32 activations are
+//! split into bf16 planes `x = hi + mid + lo` (each the truncation of what the planes before it
+//! left), so with exact weights three passes reproduce the f32 product up to summation order;
+//! the split takes only as many planes as the data needs (one for activations that are bf16
+//! already, as under `--dtype bf16`). Quantized weights take one rounded plane: their own
+//! rounding dominates.
+//!
+//! The operating system must grant a process the tile state (Linux `arch_prctl`), so
+//! [`usable`] asks once and the kernels run only where it said yes.
+
+use half::bf16;
+
+use super::row_split::ColumnBlock;
+
+/// Multiply-adds along K per tile (32 bf16 = one 64-byte tile row).
+pub const K_BLOCK: usize = 32;
+/// Weight rows per tile pair (A), and tokens per tile pair (B).
+const ROWS: usize = 32;
+const TOKENS: usize = 32;
+/// bf16 values in one packed B tile: 16 rows of 16 pairs (1 KiB).
+const TILE: usize = 512;
+
+/// Whether this CPU has AMX-BF16 tiles and the OS lets this process use them (asked once; the
+/// grant is process-wide).
+pub fn usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    // CPUID.(EAX=7,ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with these arguments only asks for a permission; failure is returned.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// Activations x [t, k] split into bf16 planes and packed as tile-pair B operands:
+/// `planes × token blocks × k blocks × 2 tiles`, tile h of a (token block, k block) holding
+/// `tile[r][2j + i] = x[32·block + 16h + j][32·kb + 2r + i]` (pairs along K, as `tdpbf16ps`
+/// takes them). Tokens past t are zero.
+#[derive(Debug, Default)]
+pub struct PackedActivations {
+    t: usize,
+    k: usize,
+    planes: usize,
+    data: Vec<bf16>,
+}
+
+/// How the f32 activations become bf16 planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// As many truncated planes as the values need (at most 3) to be represented exactly.
+    Exact,
+    /// One plane, each value rounded to the nearest bf16.
+    Rounded,
+}
+
+impl PackedActivations {
+    /// Packs x [t, k] (k a multiple of [`K_BLOCK`]).
+    ///
+    /// # Panics
+    /// If x is not t·k values or k is not a multiple of [`K_BLOCK`].
+    pub fn pack(x: &[f32], t: usize, k: usize, split: Split) -> Self {
+        Self::pack_into(Vec::new(), x, t, k, split)
+    }
+
+    /// [`PackedActivations::pack`] into a buffer of an earlier call (no allocation once it is
+    /// large enough; only the padding tokens are cleared).
+    pub fn pack_into(mut data: Vec<bf16>, x: &[f32], t: usize, k: usize, split: Split) -> Self {
+        assert_eq!(x.len(), t * k);
+        assert!(k.is_multiple_of(K_BLOCK));
+        let planes = match split {
+            Split::Rounded => 1,
+            Split::Exact => planes_needed(x),
+        };
+        let kblocks = k / K_BLOCK;
+        let blocks = t.div_ceil(TOKENS);
+        let plane_len = blocks * k * TOKENS;
+        data.resize(planes * plane_len, bf16::ZERO);
+        // Token ti sits at column j of tile half h of its block, for every K block: one pair
+        // (x[2r], x[2r + 1]) per tile row r.
+        let slot = |ti: usize, kb: usize| {
+            let (block, j) = (ti / TOKENS, ti % TOKENS);
+            (block * kblocks + kb) * 2 * TILE + (j / 16) * TILE + 2 * (j % 16)
+        };
+        for (ti, row) in x.chunks_exact(k.max(1)).enumerate() {
+            for (kb, run) in row.chunks_exact(K_BLOCK).enumerate() {
+                let at = slot(ti, kb);
+                for (r, pair) in run.chunks_exact(2).enumerate() {
+                    for (i, &v) in pair.iter().enumerate() {
+                        if split == Split::Rounded {
+                            data[at + r * 32 + i] = bf16::from_f32(v);
+                        } else {
+                            let mut rest = v;
+                            for p in 0..planes {
+                                data[p * plane_len + at + r * 32 + i] = next_plane(&mut rest);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The block's padding tokens multiply as zeros (a reused buffer holds old values there).
+        for ti in t..blocks * TOKENS {
+            for kb in 0..kblocks {
+                for p in 0..planes {
+                    for r in 0..16 {
+                        let at = p * plane_len + slot(ti, kb) + r * 32;
+                        data[at..at + 2].fill(bf16::ZERO);
+                    }
+                }
+            }
+        }
+        PackedActivations { t, k, planes, data }
+    }
+
+    /// The buffer, for the next [`PackedActivations::pack_into`].
+    pub fn into_buffer(self) -> Vec<bf16> {
+        self.data
+    }
+
+    /// Runs `f` on x packed into this thread's buffer, kept from call to call.
+    pub fn with_packed<R>(x: &[f32], t: usize, k: usize, split: Split, f: impl FnOnce(&Self) -> R) -> R {
+        thread_local! {
+            static BUFFER: std::cell::Cell<Vec<bf16>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        // A nested call on this thread finds the cell empty and packs into a fresh buffer.
+        let acts = Self::pack_into(BUFFER.take(), x, t, k, split);
+        let result = f(&acts);
+        BUFFER.set(acts.into_buffer());
+        result
+    }
+
+    pub fn planes(&self) -> usize {
+        self.planes
+    }
+
+    fn plane_len(&self) -> usize {
+        self.t.div_ceil(TOKENS) * self.k * TOKENS
+    }
+}
+
+/// The next plane of `rest`: its bf16 truncation (the low 16 bits of the f32 dropped), leaving
+/// in `rest` what that plane misses, which is exact in f32 and has at most 16 significant bits.
+/// Infinities and NaN go whole into the plane (and leave nothing).
+fn next_plane(rest: &mut f32) -> bf16 {
+    if !rest.is_finite() {
+        let part = bf16::from_f32(*rest);
+        *rest = 0.0;
+        return part;
+    }
+    let part = bf16::from_bits((rest.to_bits() >> 16) as u16);
+    *rest -= part.to_f32();
+    part
+}
+
+/// Planes of truncated bf16 that represent every value exactly: 1, 2 or 3 (24 significant bits,
+/// all an f32 has).
+fn planes_needed(x: &[f32]) -> usize {
+    let mut planes = 1;
+    for &v in x {
+        let mut rest = v;
+        next_plane(&mut rest);
+        if rest != 0.0 {
+            next_plane(&mut rest);
+            if rest != 0.0 {
+                return 3;
+            }
+            planes = 2;
+        }
+    }
+    planes
+}
+
+/// Splits values into the fewest planes of truncated bf16 that sum back to them exactly
+/// (weights stored in f16 or f32: an f16 takes two, an f32 up to three; values that are bf16
+/// already take one). Each plane has the values' length.
+pub fn split_exact(values: &[f32]) -> Vec<Vec<bf16>> {
+    let planes = planes_needed(values);
+    let mut out = vec![Vec::with_capacity(values.len()); planes];
+    for &v in values {
+        let mut rest = v;
+        for plane in out.iter_mut() {
+            plane.push(next_plane(&mut rest));
+        }
+    }
+    out
+}
+
+/// The (weight plane, activation plane) products a call sums, in order: every pair whose
+/// magnitude is above 2⁻²⁴ of the product's (plane i is ≤ 2⁻⁸ⁱ of its value, so i + j ≤ 2).
+/// The order puts all of a weight plane's passes together, so a matrix whose extra planes are
+/// zero (f32 weights that hold bf16 values) sums exactly what the one-plane matrix sums.
+fn passes(weight_planes: usize, act_planes: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..weight_planes).flat_map(move |i| (0..act_planes).filter(move |j| i + j <= 2).map(move |j| (i, j)))
+}
+
+/// The packed activations times Wᵀ, written into `out`'s columns (one per weight row): y [t,
+/// rows]. W is given as bf16 planes that sum to it (one plane for bf16 weights, read where they
+/// lie; see [`split_exact`]), each [rows, k] row-major.
+///
+/// # Panics
+/// If the shapes disagree, there is no plane, or [`usable`] is false.
+pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &mut ColumnBlock<'_>) {
+    let (t, k) = (acts.t, acts.k);
+    assert!(usable());
+    assert!(!w.is_empty());
+    for plane in w {
+        assert_eq!(plane.len(), rows * k);
+    }
+    if t > 0 {
+        assert_eq!(out.token_row(0).len(), rows);
+    }
+    if k == 0 {
+        for token in 0..t {
+            out.token_row(token).fill(0.0);
+        }
+        return;
+    }
+    let kblocks = k / K_BLOCK;
+    // Whole groups of 32 rows are read where they lie; a short last group from a zero-padded
+    // copy (a tile pair always loads 32 rows).
+    let whole = rows / ROWS * ROWS;
+    let tails: Vec<Vec<bf16>> = w
+        .iter()
+        .map(|plane| {
+            if whole == rows {
+                return Vec::new();
+            }
+            let mut tail = plane[whole * k..].to_vec();
+            tail.resize(ROWS * k, bf16::ZERO);
+            tail
+        })
+        .collect();
+    let mut c = [0f32; ROWS * TOKENS];
+    // Token blocks outside, weight groups inside: the caller's run of rows stays in L2 while
+    // each block of packed activations is streamed through once.
+    for block in 0..t.div_ceil(TOKENS) {
+        let tokens = (t - block * TOKENS).min(TOKENS);
+        for r0 in (0..rows).step_by(ROWS) {
+            let group = (rows - r0).min(ROWS);
+            c.fill(0.0);
+            for (i, j) in passes(w.len(), acts.planes) {
+                let a = if r0 < whole {
+                    &w[i][r0 * k..(r0 + ROWS) * k]
+                } else {
+                    &tails[i][..]
+                };
+                let b = &acts.data[j * acts.plane_len() + block * kblocks * 2 * TILE..][..kblocks * 2 * TILE];
+                // SAFETY: usable() (asserted) means the CPU has AMX-BF16 and the OS granted the
+                // tile state; a holds 32 rows of k = 32·kblocks bf16, b holds kblocks pairs of
+                // tiles (both sliced to exactly that above), c is 32×32 f32, kblocks ≥ 1.
+                unsafe { tile_32x32(a.as_ptr(), k * 2, b.as_ptr(), kblocks, c.as_mut_ptr()) };
+            }
+            // c is [rows × tokens]; y wants token-major rows.
+            for j in 0..tokens {
+                let dst = &mut out.token_row(block * TOKENS + j)[r0..r0 + group];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = c[i * TOKENS + j];
+                }
+            }
+        }
+    }
+}
+
+/// Weight rows per task for a product on tiles: whole tile groups, about 512 KiB of bf16 rows
+/// (a core's share of L2 with room for the activation block streamed past them).
+pub fn rows_per_task(n: usize, k: usize) -> usize {
+    let by_bytes = (512 << 10) / (2 * k.max(1)) / ROWS * ROWS;
+    let by_threads = n.div_ceil(super::row_split::threads() * 2).div_ceil(ROWS) * ROWS;
+    by_bytes.min(by_threads).clamp(ROWS, 4 * ROWS)
+}
+
+/// The tile configuration every product uses: palette 1, eight tiles of 16 rows × 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+const CONFIG: TileConfig = {
+    let mut bytes = [0u8; 64];
+    bytes[0] = 1;
+    let mut tile = 0;
+    while tile < 8 {
+        bytes[16 + 2 * tile] = 64; // bytes per row (u16, little-endian)
+        bytes[48 + tile] = 16; // rows
+        tile += 1;
+    }
+    TileConfig(bytes)
+};
+
+/// c [32 weight rows × 32 tokens] += A · B over `kblocks` blocks of 32 along K. A: 32 rows of
+/// bf16 at `a`, `a_stride` bytes apart; B: `kblocks` pairs of packed 1 KiB tiles at `b`.
+///
+/// Tiles: tmm0..3 accumulate c's four 16×16 quarters, tmm4/5 hold A's two row halves, tmm6/7
+/// B's two token halves. The state is released at the end, so nothing outlives the call.
+///
+/// # Safety
+/// The CPU must have AMX-BF16 with the tile state granted ([`usable`]); `a` must be readable for
+/// 32 rows of `a_stride` bytes (each 64·kblocks bytes long), `b` for 2048·kblocks bytes, `c` for
+/// 32×32 f32, and `kblocks` ≥ 1.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_32x32(a: *const bf16, a_stride: usize, b: *const bf16, kblocks: usize, c: *mut f32) {
+    // SAFETY: the caller's contract; the asm touches only the memory named above and the tile
+    // registers, which it releases.
+    unsafe {
+        std::arch::asm!(
+            "ldtilecfg [{cfg}]",
+            "tileloadd tmm0, [{c} + {cs}*1]",
+            "tileloadd tmm1, [{c} + {cs}*1 + 64]",
+            "tileloadd tmm2, [{c} + {cs}*1 + 2048]",
+            "tileloadd tmm3, [{c} + {cs}*1 + 2112]",
+            "2:",
+            "tileloadd tmm4, [{a0} + {as}*1]",
+            "tileloadd tmm5, [{a1} + {as}*1]",
+            "tileloadd tmm6, [{b} + {bs}*1]",
+            "tileloadd tmm7, [{b} + {bs}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 64",
+            "add {a1}, 64",
+            "add {b}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {cs}*1], tmm0",
+            "tilestored [{c} + {cs}*1 + 64], tmm1",
+            "tilestored [{c} + {cs}*1 + 2048], tmm2",
+            "tilestored [{c} + {cs}*1 + 2112], tmm3",
+            "tilerelease",
+            cfg = in(reg) CONFIG.0.as_ptr(),
+            c = in(reg) c,
+            cs = in(reg) TOKENS * 4,
+            a0 = inout(reg) a => _,
+            a1 = inout(reg) a.byte_add(16 * a_stride) => _,
+            as = in(reg) a_stride,
+            b = inout(reg) b => _,
+            bs = in(reg) 64usize,
+            n = inout(reg) kblocks => _,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_32x32(_: *const bf16, _: usize, _: *const bf16, _: usize, _: *mut f32) {
+    unreachable!("AMX is x86-64 only; usable() is false elsewhere")
+}
+
+/// The slow twin of [`product_rows`]: the same bf16 operands (each side's planes summed back to
+/// f32) multiplied in f32, one dot at a time, into y [t, rows].
+pub fn product_rows_slow(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &mut [f32]) {
+    let (t, k) = (acts.t, acts.k);
+    let kblocks = k / K_BLOCK;
+    for ti in 0..t {
+        let (block, j) = (ti / TOKENS, ti % TOKENS);
+        let (h, j) = (j / 16, j % 16);
+        let x: Vec<f32> = (0..k)
+            .map(|kk| {
+                let (kb, r, i) = (kk / K_BLOCK, (kk % K_BLOCK) / 2, kk % 2);
+                let at = (block * kblocks + kb) * 2 * TILE + h * TILE + r * 32 + 2 * j + i;
+                (0..acts.planes)
+                    .map(|p| acts.data[p * acts.plane_len() + at].to_f32())
+                    .sum()
+            })
+            .collect();
+        for n in 0..rows {
+            out[ti * rows + n] = (0..k)
+                .map(|kk| w.iter().map(|plane| plane[n * k + kk].to_f32()).sum::<f32>() * x[kk])
+                .sum();
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The AMX tile products against their slow twins. On a CPU without AMX (or where the OS does
+//! not grant the tile state) there is nothing to run, and each test says so on stderr.
+
+use half::bf16;
+use herd_model::kernels::amx::{self, PackedActivations, Split};
+use herd_model::kernels::half_matmul;
+use herd_model::kernels::isa::Isa;
+use herd_model::kernels::quant_matmul;
+use herd_model::kernels::row_split::ColumnBlock;
+use herd_model::kernels::{dequantize, quant_dot};
+use herd_model::weights::QuantType;
+
+use super::weights::{max_abs, max_diff, random_blocks, values};
+
+fn amx_here() -> bool {
+    let here = amx::usable() && Isa::Amx.is_supported();
+    if !here {
+        eprintln!("no AMX on this machine: tile paths not exercised");
+    }
+    here
+}
+
+#[test]
+fn tile_product_agrees_with_its_slow_twin() {
+    if !amx_here() {
+        return;
+    }
+    // Token counts around the 32-token block and its 16-token halves, row counts around the
+    // 32-row group (the short last group is read from a padded copy), one and many K blocks.
+    for &(t, rows, k) in &[
+        (1, 1, 32),
+        (5, 33, 64),
+        (16, 32, 96),
+        (17, 31, 32),
+        (33, 70, 256),
+        (64, 64, 1024),
+        (100, 130, 160),
+    ] {
+        let x = values(t * k, 3 + t as u64);
+        let w: Vec<bf16> = values(rows * k, 4 + rows as u64)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        for split in [Split::Exact, Split::Rounded] {
+            let acts = PackedActivations::pack(&x, t, k, split);
+            let mut fast = vec![f32::NAN; rows * t];
+            let mut slow = vec![f32::NAN; rows * t];
+            amx::product_rows(&[&w], rows, &acts, &mut ColumnBlock::whole(&mut fast, t, rows));
+            amx::product_rows_slow(&[&w], rows, &acts, &mut slow);
+            let tol = 2e-6 * (k as f32).sqrt() * max_abs(&slow).max(1.0);
+            let d = max_diff(&fast, &slow);
+            assert!(d <= tol, "{split:?} {t}x{rows}x{k}: {d}");
+        }
+    }
+}
+
+#[test]
+fn exact_split_takes_the_planes_the_values_need() {
+    let bf16_exact: Vec<f32> = values(64, 5)
+        .iter()
+        .map(|&v| bf16::from_f32(v).to_f32())
+        .collect();
+    assert_eq!(
+        PackedActivations::pack(&bf16_exact, 2, 32, Split::Exact).planes(),
+        1
+    );
+    // 16 significant bits: two planes.
+    let two: Vec<f32> = values(64, 6)
+        .iter()
+        .map(|&v| f32::from_bits(v.to_bits() & 0xFFFF_FF00))
+        .collect();
+    assert_eq!(PackedActivations::pack(&two, 2, 32, Split::Exact).planes(), 2);
+    assert_eq!(
+        PackedActivations::pack(&values(64, 7), 2, 32, Split::Exact).planes(),
+        3
+    );
+    assert_eq!(
+        PackedActivations::pack(&values(64, 7), 2, 32, Split::Rounded).planes(),
+        1
+    );
+}
+
+#[test]
+fn bf16_weights_on_tiles_reproduce_the_f32_product() {
+    if !amx_here() {
+        return;
+    }
+    // The exact split makes the tile path an f32 product (up to summation order): held to the
+    // same tolerance as the f32 kernels, on prefill shapes that reach it.
+    for &(t, n, k) in &[(5, 70, 96), (40, 97, 512), (512, 64, 256)] {
+        let x = values(t * k, 11);
+        let w: Vec<bf16> = values(n * k, 12).iter().map(|&v| bf16::from_f32(v)).collect();
+        let slow = half_matmul::matmul_t_slow(&x, t, &w, n, k);
+        let fast = half_matmul::matmul_t_on(Isa::Amx, &x, t, &w, n, k);
+        let tol = 2e-6 * (k as f32).sqrt() * 4.0;
+        assert!(
+            max_diff(&fast, &slow) <= tol,
+            "{t}x{n}x{k}: {}",
+            max_diff(&fast, &slow)
+        );
+        // Mutation twin: one weight changed moves exactly its row's outputs.
+        let mut bad = w.clone();
+        bad[(n - 1) * k + 3] = bf16::from_f32(w[(n - 1) * k + 3].to_f32() + 0.5);
+        let moved = half_matmul::matmul_t_on(Isa::Amx, &x, t, &bad, n, k);
+        for ti in 0..t {
+            assert_eq!(moved[ti * n..ti * n + n - 1], fast[ti * n..ti * n + n - 1]);
+            assert!((moved[ti * n + n - 1] - fast[ti * n + n - 1]).abs() > 1e-4 * x[ti * k + 3].abs());
+        }
+    }
+}
+
+/// The f32 product of dequantized weights and activations, both rounded to bf16 first when
+/// `rounded` (what the tiles compute for a quantized matrix).
+fn dequantized_product(q: &herd_model::weights::QuantTensor, x: &[f32], t: usize, rounded: bool) -> Vec<f32> {
+    let (n, k) = (q.rows(), q.cols());
+    let mut w = vec![0f32; n * k];
+    q.dequantize_rows_into(0, &mut w);
+    let round = |v: f32| if rounded { bf16::from_f32(v).to_f32() } else { v };
+    let mut y = vec![0f32; t * n];
+    for ti in 0..t {
+        for r in 0..n {
+            y[ti * n + r] = (0..k)
+                .map(|kk| round(w[r * k + kk]) * round(x[ti * k + kk]))
+                .sum();
+        }
+    }
+    y
+}
+
+#[test]
+fn quantized_panels_agree_with_the_dequantized_product_on_every_isa() {
+    // The prefill path for block-quantized weights: f32 panels (exact but for summation order)
+    // everywhere, bf16 tiles on AMX (exact against bf16-rounded operands, and within bf16's
+    // rounding of the unrounded product).
+    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        let (t, n, k) = (37, 70, 512);
+        let q = random_blocks(ty, n, k, 81);
+        let x = values(t * k, 82);
+        let exact = dequantized_product(&q, &x, t, false);
+        let scale = max_abs(&exact).max(1.0);
+        for isa in Isa::supported() {
+            let fast = quant_matmul::matmul_t_panels_on(isa, &q, &x, t);
+            if isa == Isa::Amx {
+                let emulated = dequantized_product(&q, &x, t, true);
+                let d = max_diff(&fast, &emulated);
+                assert!(d <= 1e-5 * scale, "{ty} amx vs bf16-rounded operands: {d}");
+                let rel = max_diff(&fast, &exact) / scale;
+                assert!(rel < 1e-2, "{ty} amx vs f32: relative {rel}");
+            } else {
+                let d = max_diff(&fast, &exact);
+                assert!(d <= 1e-5 * scale, "{ty} {isa}: {d}");
+            }
+            // Mutation twin: a level changed in the last row moves that row only.
+            let mut bytes = q.bytes().to_vec();
+            let at = bytes.len() - 40;
+            bytes[at] ^= 0x11;
+            let bad = herd_model::weights::QuantTensor::read_with(ty, n, k, "w", |dst| {
+                dst.copy_from_slice(&bytes);
+                Ok(())
+            })
+            .unwrap();
+            let moved = quant_matmul::matmul_t_panels_on(isa, &bad, &x, t);
+            assert_eq!(moved[..n - 1], fast[..n - 1], "{ty} {isa}");
+            assert!(
+                (0..t).any(|ti| (moved[ti * n + n - 1] - fast[ti * n + n - 1]).abs() > 1e-6),
+                "{ty} {isa}: changed level ignored"
+            );
+        }
+    }
+}
+
+#[test]
+fn split_exact_sums_back_to_every_value() {
+    let x: Vec<f32> = values(1000, 91)
+        .iter()
+        .map(|v| v * 1e3)
+        .chain([
+            0.0,
+            -0.0,
+            1.0,
+            f32::MIN_POSITIVE,
+            3.0e38,
+            -1.5e-30,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ])
+        .collect();
+    let planes = amx::split_exact(&x);
+    assert_eq!(planes.len(), 3);
+    for (i, &v) in x.iter().enumerate() {
+        let back: f32 = planes.iter().map(|p| p[i].to_f32()).sum();
+        assert!(
+            back == v || (back.is_nan() && v.is_nan()),
+            "value {i}: {v} split to {back}"
+        );
+    }
+    let f16_values: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v / 1e4).to_f32()).collect();
+    assert_eq!(amx::split_exact(&f16_values).len(), 2);
+}
+
+#[test]
+fn a_matrix_computes_the_same_whatever_dtype_holds_its_values() {
+    if !amx_here() {
+        return;
+    }
+    // bf16 values stored as bf16, f16 or f32 (and f16 values as f16 or f32) take the same
+    // passes on tiles, in the same order: bit-identical products. A checkpoint converted
+    // between dtypes (a GGUF keeps the router in F32) must not move a routing decision.
+    let (t, n, k) = (33, 40, 128);
+    let x = values(t * k, 93);
+    let w = values(n * k, 94);
+    let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let wb32: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+    let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let wh32: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+    let from_bf16 = half_matmul::matmul_t_on(Isa::Amx, &x, t, &wb, n, k);
+    assert_eq!(from_bf16, half_matmul::matmul_t_on(Isa::Amx, &x, t, &wb32, n, k));
+    let from_f16 = half_matmul::matmul_t_on(Isa::Amx, &x, t, &wh, n, k);
+    assert_eq!(from_f16, half_matmul::matmul_t_on(Isa::Amx, &x, t, &wh32, n, k));
+    // And f32 weights with all their bits are still the f32 product.
+    let slow = half_matmul::matmul_t_slow(&x, t, &w, n, k);
+    let fast = half_matmul::matmul_t_on(Isa::Amx, &x, t, &w, n, k);
+    assert!(max_diff(&fast, &slow) <= 2e-6 * (k as f32).sqrt() * 4.0);
+}
+
+#[test]
+fn bf16_dequantization_rounds_what_the_slow_twin_computes() {
+    // Bit for bit: the same f32 operations, then the same rounding.
+    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        let (n, k) = (5, 512);
+        let q = random_blocks(ty, n, k, 101);
+        let mut fast = vec![bf16::ZERO; n * k];
+        dequantize::dequantize_rows_bf16(ty, q.bytes(), &mut fast);
+        let row_bytes = q.bytes().len() / n;
+        for r in 0..n {
+            let slow: Vec<bf16> =
+                quant_dot::dequantize_row(ty, &q.bytes()[r * row_bytes..(r + 1) * row_bytes])
+                    .iter()
+                    .map(|&v| bf16::from_f32(v))
+                    .collect();
+            assert_eq!(fast[r * k..(r + 1) * k], slow[..], "{ty} row {r}");
+        }
+        // Mutation twin: one changed level byte changes the values.
+        let mut bytes = q.bytes().to_vec();
+        let at = bytes.len() - 40;
+        bytes[at] ^= 0x11;
+        let mut bad = vec![bf16::ZERO; n * k];
+        dequantize::dequantize_rows_bf16(ty, &bytes, &mut bad);
+        assert_ne!(bad, fast, "{ty}");
+    }
+}
+
+#[test]
+fn packing_into_a_used_buffer_packs_what_a_fresh_one_does() {
+    // The padding tokens of the last block must be cleared, not left from the previous call.
+    let (t, k) = (37, 96);
+    let x = values(t * k, 111);
+    for split in [Split::Exact, Split::Rounded] {
+        let used = vec![bf16::from_f32(7.0); 50_000];
+        let reused = PackedActivations::pack_into(used, &x, t, k, split).into_buffer();
+        let fresh = PackedActivations::pack(&x, t, k, split).into_buffer();
+        assert_eq!(reused, fresh, "{split:?}");
+    }
+}

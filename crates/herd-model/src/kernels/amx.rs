@@ -7,14 +7,16 @@
 //!                                        x: packed once per call into tile pairs (B)
 //! ```
 //!
-//! Exactness. The weights enter as bf16: bf16 weights are read where they lie (exact); block
-//! quantized ones are dequantized and rounded to bf16 (relative error ≤ 2⁻⁹ per weight, below
-//! the 8-bit activation rounding llama.cpp and herd's decode apply). The f32 activations are
-//! split into bf16 planes `x = hi + mid + lo` (each the truncation of what the planes before it
-//! left), so with exact weights three passes reproduce the f32 product up to summation order;
-//! the split takes only as many planes as the data needs (one for activations that are bf16
-//! already, as under `--dtype bf16`). Quantized weights take one rounded plane: their own
-//! rounding dominates.
+//! Exactness. The f32 activations are split into bf16 planes `x = hi + mid + lo` (each the
+//! truncation of what the planes before it left), and so are f16 and f32 weights (bf16 weights
+//! are one plane, read where they lie). Each weight plane i meets the activation planes j with
+//! i + j ≤ 2 — the dropped terms are below 2⁻²⁴ of the product — so the result is the f32
+//! product up to summation order. The split takes only the planes the data needs (one for
+//! activations that are bf16 already, as under `--dtype bf16`), and a weight plane's passes
+//! run together, so a matrix computes bit for bit the same whichever dtype holds its values.
+//! Block-quantized weights are dequantized and rounded to bf16, against one rounded plane of
+//! activations (relative error ≤ 2⁻⁹ each side, finer than the 8-bit activations llama.cpp and
+//! herd's decode use).
 //!
 //! The operating system must grant a process the tile state (Linux `arch_prctl`), so
 //! [`usable`] asks once and the kernels run only where it said yes.
@@ -209,14 +211,6 @@ pub fn split_exact(values: &[f32]) -> Vec<Vec<bf16>> {
     out
 }
 
-/// The (weight plane, activation plane) products a call sums, in order: every pair whose
-/// magnitude is above 2⁻²⁴ of the product's (plane i is ≤ 2⁻⁸ⁱ of its value, so i + j ≤ 2).
-/// The order puts all of a weight plane's passes together, so a matrix whose extra planes are
-/// zero (f32 weights that hold bf16 values) sums exactly what the one-plane matrix sums.
-fn passes(weight_planes: usize, act_planes: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..weight_planes).flat_map(move |i| (0..act_planes).filter(move |j| i + j <= 2).map(move |j| (i, j)))
-}
-
 /// The packed activations times Wᵀ, written into `out`'s columns (one per weight row): y [t,
 /// rows]. W is given as bf16 planes that sum to it (one plane for bf16 weights, read where they
 /// lie; see [`split_exact`]), each [rows, k] row-major.
@@ -255,6 +249,9 @@ pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &
         })
         .collect();
     let mut c = [0f32; ROWS * TOKENS];
+    let plane_bytes = acts.plane_len() * 2;
+    // SAFETY: usable() is asserted above.
+    let _session = unsafe { TileSession::start() };
     // Token blocks outside, weight groups inside: the caller's run of rows stays in L2 while
     // each block of packed activations is streamed through once.
     for block in 0..t.div_ceil(TOKENS) {
@@ -262,17 +259,33 @@ pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &
         for r0 in (0..rows).step_by(ROWS) {
             let group = (rows - r0).min(ROWS);
             c.fill(0.0);
-            for (i, j) in passes(w.len(), acts.planes) {
+            for (i, a_plane) in w.iter().enumerate() {
                 let a = if r0 < whole {
-                    &w[i][r0 * k..(r0 + ROWS) * k]
+                    &a_plane[r0 * k..(r0 + ROWS) * k]
                 } else {
                     &tails[i][..]
                 };
-                let b = &acts.data[j * acts.plane_len() + block * kblocks * 2 * TILE..][..kblocks * 2 * TILE];
-                // SAFETY: usable() (asserted) means the CPU has AMX-BF16 and the OS granted the
-                // tile state; a holds 32 rows of k = 32·kblocks bf16, b holds kblocks pairs of
-                // tiles (both sliced to exactly that above), c is 32×32 f32, kblocks ≥ 1.
-                unsafe { tile_32x32(a.as_ptr(), k * 2, b.as_ptr(), kblocks, c.as_mut_ptr()) };
+                // Activation planes j with i + j ≤ 2 (the rest are below 2⁻²⁴ of the product).
+                let b_planes = acts.planes.min(3 - i.min(2));
+                let b = &acts.data[block * kblocks * 2 * TILE..];
+                assert!(b.len() >= (b_planes - 1) * acts.plane_len() + kblocks * 2 * TILE);
+                let kernel = match b_planes {
+                    1 => tile_32x32_1,
+                    2 => tile_32x32_2,
+                    _ => tile_32x32_3,
+                };
+                // SAFETY: the session is live; a holds 32 rows of k = 32·kblocks bf16, each B
+                // plane kblocks pairs of tiles (asserted above), c is 32×32 f32, kblocks ≥ 1.
+                unsafe {
+                    kernel(
+                        a.as_ptr(),
+                        k * 2,
+                        b.as_ptr(),
+                        plane_bytes,
+                        kblocks,
+                        c.as_mut_ptr(),
+                    )
+                };
             }
             // c is [rows × tokens]; y wants token-major rows.
             for j in 0..tokens {
@@ -309,64 +322,109 @@ const CONFIG: TileConfig = {
     TileConfig(bytes)
 };
 
-/// c [32 weight rows × 32 tokens] += A · B over `kblocks` blocks of 32 along K. A: 32 rows of
-/// bf16 at `a`, `a_stride` bytes apart; B: `kblocks` pairs of packed 1 KiB tiles at `b`.
-///
-/// Tiles: tmm0..3 accumulate c's four 16×16 quarters, tmm4/5 hold A's two row halves, tmm6/7
-/// B's two token halves. The state is released at the end, so nothing outlives the call.
-///
-/// # Safety
-/// The CPU must have AMX-BF16 with the tile state granted ([`usable`]); `a` must be readable for
-/// 32 rows of `a_stride` bytes (each 64·kblocks bytes long), `b` for 2048·kblocks bytes, `c` for
-/// 32×32 f32, and `kblocks` ≥ 1.
-#[cfg(target_arch = "x86_64")]
-unsafe fn tile_32x32(a: *const bf16, a_stride: usize, b: *const bf16, kblocks: usize, c: *mut f32) {
-    // SAFETY: the caller's contract; the asm touches only the memory named above and the tile
-    // registers, which it releases.
-    unsafe {
-        std::arch::asm!(
-            "ldtilecfg [{cfg}]",
-            "tileloadd tmm0, [{c} + {cs}*1]",
-            "tileloadd tmm1, [{c} + {cs}*1 + 64]",
-            "tileloadd tmm2, [{c} + {cs}*1 + 2048]",
-            "tileloadd tmm3, [{c} + {cs}*1 + 2112]",
-            "2:",
-            "tileloadd tmm4, [{a0} + {as}*1]",
-            "tileloadd tmm5, [{a1} + {as}*1]",
-            "tileloadd tmm6, [{b} + {bs}*1]",
-            "tileloadd tmm7, [{b} + {bs}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a1}, 64",
-            "add {b}, 2048",
-            "dec {n}",
-            "jnz 2b",
-            "tilestored [{c} + {cs}*1], tmm0",
-            "tilestored [{c} + {cs}*1 + 64], tmm1",
-            "tilestored [{c} + {cs}*1 + 2048], tmm2",
-            "tilestored [{c} + {cs}*1 + 2112], tmm3",
-            "tilerelease",
-            cfg = in(reg) CONFIG.0.as_ptr(),
-            c = in(reg) c,
-            cs = in(reg) TOKENS * 4,
-            a0 = inout(reg) a => _,
-            a1 = inout(reg) a.byte_add(16 * a_stride) => _,
-            as = in(reg) a_stride,
-            b = inout(reg) b => _,
-            bs = in(reg) 64usize,
-            n = inout(reg) kblocks => _,
-            options(nostack),
-        );
+/// The tiles configured on this thread for as long as it lives: `ldtilecfg` and `tilerelease`
+/// cost hundreds of cycles each, so a task configures once and runs all its microkernels
+/// inside. Released on drop, so no tile state outlives the task.
+struct TileSession;
+
+impl TileSession {
+    /// # Safety
+    /// The CPU must have AMX with the tile state granted ([`usable`]).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn start() -> Self {
+        // SAFETY: the caller's contract; the configuration is 64 aligned bytes.
+        unsafe { std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) CONFIG.0.as_ptr(), options(nostack)) };
+        TileSession
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn start() -> Self {
+        unreachable!("AMX is x86-64 only; usable() is false elsewhere")
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_32x32(_: *const bf16, _: usize, _: *const bf16, _: usize, _: *mut f32) {
-    unreachable!("AMX is x86-64 only; usable() is false elsewhere")
+impl Drop for TileSession {
+    fn drop(&mut self) {
+        // SAFETY: a session exists only where the tiles were configured.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("tilerelease", options(nostack, nomem))
+        };
+    }
 }
+
+/// One microkernel per count of activation planes (1–3) sharing a weight plane: c [32 weight
+/// rows × 32 tokens] += A · (B₀ + B₁ + …) over `kblocks` blocks of 32 along K. A: 32 rows of
+/// bf16 at `a`, `a_stride` bytes apart; B plane p: `kblocks` pairs of packed 1 KiB tiles at
+/// `b + p·plane_bytes`.
+///
+/// Tiles: tmm0..3 accumulate c's four 16×16 quarters, tmm4/5 hold A's two row halves (loaded
+/// once per K block for all planes), tmm6/7 B's two token halves.
+///
+/// # Safety
+/// A [`TileSession`] must be live on this thread; `a` must be readable for 32 rows of
+/// `a_stride` bytes (each 64·kblocks bytes long), each B plane for 2048·kblocks bytes, `c` for
+/// 32×32 f32, and `kblocks` ≥ 1.
+macro_rules! microkernel {
+    ($name:ident, $($plane:literal)+) => {
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn $name(a: *const bf16, a_stride: usize, b: *const bf16, plane_bytes: usize, kblocks: usize, c: *mut f32) {
+            // SAFETY: the caller's contract; the asm reads and writes only the memory named
+            // there and the tile registers of the live session.
+            unsafe {
+                std::arch::asm!(
+                    "tileloadd tmm0, [{c} + {cs}*1]",
+                    "tileloadd tmm1, [{c} + {cs}*1 + 64]",
+                    "tileloadd tmm2, [{c} + {cs}*1 + 2048]",
+                    "tileloadd tmm3, [{c} + {cs}*1 + 2112]",
+                    "2:",
+                    "tileloadd tmm4, [{a0} + {as}*1]",
+                    "tileloadd tmm5, [{a1} + {as}*1]",
+                    "mov {bp}, {b}",
+                    $(
+                        concat!("// activation plane ", $plane),
+                        "tileloadd tmm6, [{bp} + {bs}*1]",
+                        "tileloadd tmm7, [{bp} + {bs}*1 + 1024]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        "add {bp}, {ps}",
+                    )+
+                    "add {a0}, 64",
+                    "add {a1}, 64",
+                    "add {b}, 2048",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c} + {cs}*1], tmm0",
+                    "tilestored [{c} + {cs}*1 + 64], tmm1",
+                    "tilestored [{c} + {cs}*1 + 2048], tmm2",
+                    "tilestored [{c} + {cs}*1 + 2112], tmm3",
+                    c = in(reg) c,
+                    cs = in(reg) TOKENS * 4,
+                    a0 = inout(reg) a => _,
+                    a1 = inout(reg) a.byte_add(16 * a_stride) => _,
+                    as = in(reg) a_stride,
+                    b = inout(reg) b => _,
+                    bp = out(reg) _,
+                    bs = in(reg) 64usize,
+                    ps = in(reg) plane_bytes,
+                    n = inout(reg) kblocks => _,
+                    options(nostack),
+                );
+            }
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe fn $name(_: *const bf16, _: usize, _: *const bf16, _: usize, _: usize, _: *mut f32) {
+            unreachable!("AMX is x86-64 only; usable() is false elsewhere")
+        }
+    };
+}
+
+microkernel!(tile_32x32_1, 0);
+microkernel!(tile_32x32_2, 0 1);
+microkernel!(tile_32x32_3, 0 1 2);
 
 /// The slow twin of [`product_rows`]: the same bf16 operands (each side's planes summed back to
 /// f32) multiplied in f32, one dot at a time, into y [t, rows].

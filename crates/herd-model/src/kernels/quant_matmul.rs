@@ -43,6 +43,19 @@ fn with_panel<R>(len: usize, f: impl FnOnce(&mut [bf16]) -> R) -> R {
 /// than llama.cpp's.
 pub const PANEL_MIN_ROWS: usize = 16;
 
+/// On AMX tiles the panel path wins from fewer rows: the tile product itself is almost free,
+/// leaving the one dequantization of the panel against T integer dots per block.
+pub const AMX_PANEL_MIN_ROWS: usize = 8;
+
+/// From how many activation rows a product on `isa` takes the panel path.
+pub fn panel_min_rows(isa: Isa) -> usize {
+    if isa == Isa::Amx {
+        AMX_PANEL_MIN_ROWS
+    } else {
+        PANEL_MIN_ROWS
+    }
+}
+
 /// Weight rows dequantized per task on the panel path.
 const PANEL_ROWS: usize = 64;
 

@@ -255,7 +255,7 @@ impl QuantTensor {
                 message: format!("input of {} values is not {t} rows of {}", x.len(), self.cols),
             });
         }
-        if t >= crate::kernels::quant_matmul::PANEL_MIN_ROWS {
+        if t >= crate::kernels::quant_matmul::panel_min_rows(crate::kernels::isa::Isa::current()) {
             return Ok(crate::kernels::quant_matmul::matmul_t_panels(self, x, t));
         }
         if crate::kernels::quant_dot::supports(self.ty) {

@@ -229,17 +229,27 @@ fn bf16_dequantization_rounds_what_the_slow_twin_computes() {
     for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
         let (n, k) = (5, 512);
         let q = random_blocks(ty, n, k, 101);
+        // The first block's scale made infinite, the second's NaN: half's rounding there.
+        let mut bytes = q.bytes().to_vec();
+        let d_at = if ty == QuantType::Q6K { 208 } else { 0 };
+        bytes[d_at..d_at + 2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+        let second = ty.block_bytes() + d_at;
+        bytes[second..second + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+        let row_bytes = q.bytes().len() / n;
+        for source in [q.bytes(), &bytes[..]] {
+            let slow: Vec<u16> = (0..n)
+                .flat_map(|r| quant_dot::dequantize_row(ty, &source[r * row_bytes..(r + 1) * row_bytes]))
+                .map(|v| bf16::from_f32(v).to_bits())
+                .collect();
+            for isa in Isa::supported() {
+                let mut fast = vec![bf16::ZERO; n * k];
+                dequantize::dequantize_rows_bf16_on(isa, ty, source, &mut fast);
+                let fast: Vec<u16> = fast.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(fast, slow, "{ty} {isa}");
+            }
+        }
         let mut fast = vec![bf16::ZERO; n * k];
         dequantize::dequantize_rows_bf16(ty, q.bytes(), &mut fast);
-        let row_bytes = q.bytes().len() / n;
-        for r in 0..n {
-            let slow: Vec<bf16> =
-                quant_dot::dequantize_row(ty, &q.bytes()[r * row_bytes..(r + 1) * row_bytes])
-                    .iter()
-                    .map(|&v| bf16::from_f32(v))
-                    .collect();
-            assert_eq!(fast[r * k..(r + 1) * k], slow[..], "{ty} row {r}");
-        }
         // Mutation twin: one changed level byte changes the values.
         let mut bytes = q.bytes().to_vec();
         let at = bytes.len() - 40;

@@ -76,8 +76,10 @@ fn main() {
     drop(tensors);
 
     println!(
-        "Scout-sized vision tower: {:.0}M parameters, f32 compute, 2 threads",
-        params as f64 / 1e6
+        "Scout-sized vision tower: {:.0}M parameters, f32 compute, {} threads, {} kernels",
+        params as f64 / 1e6,
+        herd_model::kernels::row_split::threads(),
+        herd_model::kernels::isa::Isa::current()
     );
     println!("{:<10} {:>10} {:>14}", "tiles", "seconds", "s per tile");
     let model = VisionModel::load_dir(&dir, TEXT, DType::F32, &dev)

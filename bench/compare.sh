@@ -10,7 +10,8 @@
 #    Scout's structure scaled down, 16 experts + shared, random bf16 weights);
 # 3. converts it with llama.cpp's converter (convert_hf_to_gguf.py) to BF16, and quantizes that
 #    with llama-quantize to Q8_0 and Q4_K_M — the files llama.cpp users have;
-# 4. runs `llama-bench` and `herd bench` on each file, `-p $P -n $N -t $THREADS -r $REPS`,
+# 4. runs `llama-bench` and `herd bench` (KV cache in f16, as llama-bench's) on each file,
+#    `-p $P -n $N -t $THREADS -r $REPS`,
 #    alternating, plus a decode test at depth $DEPTH on Q4_K_M; then mistral.rs (PyPI
 #    `mistralrs`) on the Q4_K_M file, printing its error where it does not run;
 # 5. prints each figure with the ratio herd ÷ llama.cpp, then one JSON line.
@@ -166,7 +167,8 @@ llama_run() { # file out args...
 herd_run() { # file out args...  (herd reports its own peak RSS, after its bandwidth probe's
     # buffer is freed and the peak reset; the wall-clock RSS of the process would count it)
     local file=$1 out=$2; shift 2
-    "$HERD" -t "$THREADS" bench --model "$file" -r "$REPS" --json "$@" >"$out" 2>"$out.err" || true
+    # llama-bench keeps its KV cache in f16 (-ctk/-ctv default): herd the same.
+    "$HERD" -t "$THREADS" bench --model "$file" --kv-dtype f16 -r "$REPS" --json "$@" >"$out" 2>"$out.err" || true
 }
 
 RESULTS=$WORK/results
@@ -276,7 +278,7 @@ fi
 
 # --- report -------------------------------------------------------------------------------
 echo
-echo "bench-moe-2.7b · $THREADS threads · -p $P -n $N -r $REPS · herd $(git rev-parse --short HEAD 2>/dev/null || echo unknown) · llama.cpp $LLAMA_COMMIT (llama-cpp-python $LCP_VERSION sdist)"
+echo "bench-moe-2.7b · $THREADS threads · -p $P -n $N -r $REPS · KV cache f16 · herd $(git rev-parse --short HEAD 2>/dev/null || echo unknown) · llama.cpp $LLAMA_COMMIT (llama-cpp-python $LCP_VERSION sdist)"
 echo "herd's bandwidth probe: $(gb "$(herd_field "$RESULTS/herd-Q4_K_M.json" bandwidth_bytes_s)") GB/s"
 echo
 printf '| %-7s | %-14s | %12s | %12s | %7s |\n' format test "herd" "llama.cpp" "ratio"

@@ -10,7 +10,7 @@
 //! block the old block's slots are reused for it, so their memory stays near the chunk length
 //! whatever the context length (transformers keeps the last C − 1, the same bound).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::config::{LayerPlan, ModelConfig};
 use crate::error::Result;
@@ -25,6 +25,8 @@ const MIN_CAPACITY: usize = 256;
 #[derive(Debug)]
 pub struct LayerCache {
     chunk_len: Option<usize>,
+    /// The element type the buffers store (None: whatever the keys come in).
+    dtype: Option<DType>,
     kv: Option<(Tensor, Tensor)>,
     len: usize,
     start: usize,
@@ -32,8 +34,15 @@ pub struct LayerCache {
 
 impl LayerCache {
     pub fn new(plan: &LayerPlan) -> Self {
+        Self::with_dtype(plan, None)
+    }
+
+    /// A layer cache storing its keys and values as `dtype` (converted on the way in), or as
+    /// they come when `None`.
+    pub fn with_dtype(plan: &LayerPlan, dtype: Option<DType>) -> Self {
         LayerCache {
             chunk_len: plan.attention.chunk_len(),
+            dtype,
             kv: None,
             len: 0,
             start: 0,
@@ -48,6 +57,7 @@ impl LayerCache {
         };
         Ok(LayerCache {
             chunk_len: self.chunk_len,
+            dtype: self.dtype,
             kv,
             len: self.len,
             start: self.start,
@@ -80,6 +90,8 @@ impl LayerCache {
     /// [`Self::start`].
     pub fn extend(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<(Tensor, Tensor)> {
         let (hkv, t, dh) = k_new.dims3()?;
+        let dtype = self.dtype.unwrap_or(k_new.dtype());
+        let (k_new, v_new) = (&k_new.to_dtype(dtype)?, &v_new.to_dtype(dtype)?);
         let needed = self.len + t;
         if needed > self.capacity() {
             let doubled = (2 * self.capacity()).max(MIN_CAPACITY);
@@ -152,8 +164,18 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(config: &ModelConfig) -> Self {
+        Self::with_dtype(config, None)
+    }
+
+    /// A cache storing keys and values as `dtype` (f16/bf16 halve an f32 cache; decode reads
+    /// them where they lie), or in the compute dtype when `None`.
+    pub fn with_dtype(config: &ModelConfig, dtype: Option<DType>) -> Self {
         KvCache {
-            layers: config.layers.iter().map(LayerCache::new).collect(),
+            layers: config
+                .layers
+                .iter()
+                .map(|plan| LayerCache::with_dtype(plan, dtype))
+                .collect(),
             n_positions: 0,
         }
     }
@@ -220,6 +242,7 @@ mod tests {
         for hkv in [1, 3] {
             let mut cache = LayerCache {
                 chunk_len: Some(4),
+                dtype: None,
                 kv: None,
                 len: 0,
                 start: 0,
@@ -249,6 +272,7 @@ mod tests {
     fn try_clone_does_not_share_buffers() {
         let mut a = LayerCache {
             chunk_len: None,
+            dtype: None,
             kv: None,
             len: 0,
             start: 0,

@@ -26,6 +26,11 @@ pub struct ModelArgs {
     /// choices of which tensors keep more bits, as `herd quantize`).
     #[arg(long, value_name = "TYPE", value_parser = parse_quant)]
     pub quant: Option<QuantType>,
+    /// How the KV cache stores keys and values: f16 or bf16 halve its memory and what a decode
+    /// step reads at depth (llama.cpp's default cache is f16); f32 keeps the reference's
+    /// values. Default: the compute dtype.
+    #[arg(long, value_enum, value_name = "DTYPE")]
+    pub kv_dtype: Option<KvDTypeArg>,
     /// `cpu`, or `cuda` / `cuda:N` when herd is built with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -39,6 +44,23 @@ pub struct ModelArgs {
 pub enum DTypeArg {
     F32,
     Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KvDTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl KvDTypeArg {
+    pub fn dtype(self) -> DType {
+        match self {
+            KvDTypeArg::F32 => DType::F32,
+            KvDTypeArg::F16 => DType::F16,
+            KvDTypeArg::Bf16 => DType::BF16,
+        }
+    }
 }
 
 impl DTypeArg {
@@ -92,6 +114,7 @@ impl ModelArgs {
                 })?;
             bar.finish_and_clear();
             model.set_check_finite(self.check_finite);
+            model.set_kv_dtype(self.kv_dtype.map(KvDTypeArg::dtype));
             Ok(model)
         };
         load().with_context(|| format!("loading {}", self.model.display()))

@@ -229,6 +229,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "model": name,
         "quant": args.model.quant.map(|q| q.to_string()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+        "kv_dtype": format!("{:?}", model.kv_dtype().unwrap_or(model.dtype())).to_lowercase(),
         "threads": threads,
         "isa": isa.name(),
         "repetitions": args.repetitions,

@@ -102,3 +102,25 @@ fn bench_refuses_what_it_cannot_run() {
         "positions",
     );
 }
+
+#[test]
+fn bench_reports_the_kv_cache_dtype_it_ran_with() {
+    let model = fixture("scout-tiny");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["bench", "--model", &model];
+        let model_args = ["-p", "4", "-n", "4", "-d", "4", "-r", "1", "--json"];
+        args.extend_from_slice(&model_args);
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    assert_eq!(run(&[])["kv_dtype"], "f32", "the compute dtype by default");
+    for kv in ["f16", "bf16", "f32"] {
+        let v = run(&["--kv-dtype", kv]);
+        assert_eq!(v["kv_dtype"], kv);
+        assert!(v["results"][1]["tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let out = herd(&["bench", "--model", &fixture("scout-tiny"), "--kv-dtype", "f8"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown cache dtype");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'f8'"));
+}

@@ -4,6 +4,7 @@
 //! on every path this CPU has.
 
 pub mod amx;
+pub mod decode_attention;
 pub mod dequantize;
 pub mod half_matmul;
 pub mod isa;

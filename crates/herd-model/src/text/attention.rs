@@ -9,6 +9,8 @@ use candle_core::{DType, Tensor};
 
 use crate::config::{AttentionKind, LayerPlan, ModelConfig, TemperatureTuning};
 use crate::error::Result;
+use crate::kernels::decode_attention::{decode_attention, CacheView};
+use crate::kernels::half_matmul::HalfElement;
 use crate::kv_cache::LayerCache;
 use crate::nn::{rms_normalize, Linear};
 use crate::step::StepInputs;
@@ -88,8 +90,20 @@ impl Attention {
             let first_key = mask::chunk_start(run.start, chunk_len).max(keys_start);
             let keys = first_key..run.end;
             let q_run = q_htd.narrow(1, run.start - step.positions.start, run.len())?;
-            let k_run = k_all.narrow(1, first_key - keys_start, keys.len())?;
-            let v_run = v_all.narrow(1, first_key - keys_start, keys.len())?;
+            let mut k_run = k_all.narrow(1, first_key - keys_start, keys.len())?;
+            let mut v_run = v_all.narrow(1, first_key - keys_start, keys.len())?;
+            if k_run.dtype() != q.dtype() {
+                // A cache stored narrower than the compute dtype (`--kv-dtype`): one decode
+                // query reads it where it lies; anything else widens the keys it needs.
+                if run.len() == 1 && q.device().is_cpu() {
+                    if let Some(out) = self.attend_half_cache(&q_run, &k_run, &v_run)? {
+                        outs.push(out);
+                        continue;
+                    }
+                }
+                k_run = k_run.to_dtype(q.dtype())?;
+                v_run = v_run.to_dtype(q.dtype())?;
+            }
             let mask = if run.len() > 1 {
                 let m = mask::additive_mask(run.clone(), keys.clone(), chunk_len);
                 Some(Tensor::from_vec(m, (run.len(), keys.len()), q.device())?.to_dtype(q.dtype())?)
@@ -114,6 +128,47 @@ impl Attention {
             .sum()
     }
 
+    /// One query position against an f16/bf16 cache on the CPU, through the decode kernel
+    /// (the cache read in place). q: [H, 1, Dh], k/v: [Hkv, L, Dh] views of the cache's
+    /// buffers → [H, 1, Dh]; `None` when the cache is not an f16/bf16 buffer of that layout.
+    fn attend_half_cache(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+        match k.dtype() {
+            DType::BF16 => self.attend_cache_as::<half::bf16>(q, k, v),
+            DType::F16 => self.attend_cache_as::<half::f16>(q, k, v),
+            _ => Ok(None),
+        }
+    }
+
+    fn attend_cache_as<E: HalfElement + candle_core::WithDType>(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let (h, _, dh) = q.dims3()?;
+        let len = k.dims()[1];
+        let q32 = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (k_store, k_layout) = k.storage_and_layout();
+        let (v_store, v_layout) = v.storage_and_layout();
+        let (candle_core::Storage::Cpu(k_cpu), candle_core::Storage::Cpu(v_cpu)) = (&*k_store, &*v_store)
+        else {
+            return Ok(None);
+        };
+        let hkv = self.n_kv_heads;
+        let (Some(k_view), Some(v_view)) = (
+            cache_view(k_cpu.as_slice::<E>()?, k_layout, hkv, len, dh),
+            cache_view(v_cpu.as_slice::<E>()?, v_layout, hkv, len, dh),
+        ) else {
+            return Ok(None);
+        };
+        let scale = (1.0 / (dh as f64).sqrt()) as f32;
+        let out = decode_attention(&q32, &k_view, &v_view, scale);
+        drop((k_store, v_store));
+        Ok(Some(
+            Tensor::from_vec(out, (h, 1, dh), q.device())?.to_dtype(q.dtype())?,
+        ))
+    }
+
     /// Scaled dot-product attention with grouped KV heads.
     /// q: [H, Tq, Dh], k/v: [Hkv, L, Dh], mask: [Tq, L] → [H, Tq, Dh]
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -132,6 +187,27 @@ impl Attention {
         // matmul reads it where it lies, no copy of the history per step.
         Ok(probs.matmul(v)?.reshape((h, tq, dh))?)
     }
+}
+
+/// A [Hkv, L, Dh] view of a cache buffer as the decode kernel reads it: rows contiguous, heads
+/// `stride[0]` apart (the buffer narrowed along L); `None` for any other layout.
+fn cache_view<'a, E>(
+    all: &'a [E],
+    layout: &candle_core::Layout,
+    n_kv_heads: usize,
+    len: usize,
+    head_dim: usize,
+) -> Option<CacheView<'a, E>> {
+    let stride = layout.stride();
+    let fits = stride.len() == 3 && stride[2] == 1 && stride[1] == head_dim;
+    let view = CacheView {
+        data: all.get(layout.start_offset()..)?,
+        n_kv_heads,
+        head_stride: *stride.first()?,
+        len,
+        head_dim,
+    };
+    (fits && view.in_bounds()).then_some(view)
 }
 
 /// Softmax over the last axis, in f32 for reduced-precision activations.

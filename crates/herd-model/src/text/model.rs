@@ -62,6 +62,8 @@ pub struct TextModel {
     device: Device,
     /// Debugging: check every layer's output for NaN/inf (one pass over the activations).
     check_finite: bool,
+    /// What [`TextModel::new_cache`] stores keys and values as (None: the compute dtype).
+    kv_dtype: Option<DType>,
 }
 
 impl TextModel {
@@ -150,6 +152,7 @@ impl TextModel {
             lm_head,
             tied_lm_head,
             check_finite: false,
+            kv_dtype: None,
             inv_freq,
             dtype,
             device: device.clone(),
@@ -197,7 +200,18 @@ impl TextModel {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.config)
+        KvCache::with_dtype(&self.config, self.kv_dtype)
+    }
+
+    /// Stores the KV caches this model makes from now on as `dtype` (f16 or bf16 halve the
+    /// memory and the bytes a decode step reads at depth; f32 keeps the reference's values), or
+    /// in the compute dtype when `None`.
+    pub fn set_kv_dtype(&mut self, dtype: Option<DType>) {
+        self.kv_dtype = dtype;
+    }
+
+    pub fn kv_dtype(&self) -> Option<DType> {
+        self.kv_dtype
     }
 
     /// Feeds `ids` at the positions after what `cache` holds; returns f32 logits [T, V] or

@@ -11,6 +11,7 @@ mod gguf;
 mod gguf_parity;
 mod hostile;
 mod kquant;
+mod kv_dtype;
 mod long_context;
 mod mutations;
 mod ops;

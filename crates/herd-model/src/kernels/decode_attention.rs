@@ -1,0 +1,180 @@
+//! Attention of one query position over a KV cache stored in f16 or bf16, read where it lies:
+//!
+//! ```text
+//! s[g, l] = q_g · K[l] · scale        for the G query heads sharing KV head h
+//! p[g, ·] = softmax(s[g, ·])          in f32
+//! o_g     = Σ_l p[g, l] · V[l]        f32 accumulation, rows widened in registers
+//! ```
+//!
+//! Each KV head's keys and values are read once for all G query heads that share it (a row is
+//! widened once, then used G times from L1), one task per KV head on the row splitter's pool.
+//! At long context a decode step is bound by reading the cache, so a 2-byte cache is what makes
+//! depth cheap; candle's matmul would need the cache widened to the query's dtype first, a copy
+//! of the whole history per step. The slow twin is the f32 attention the model runs otherwise
+//! (`Attention::attend` on the widened cache).
+
+use std::sync::Mutex;
+
+use super::half_matmul::HalfElement;
+use super::isa::Isa;
+
+/// The cache of one layer as the kernel reads it: `n_kv_heads` heads, each `len` rows of
+/// `head_dim` values starting `head_stride` values after the previous head's.
+pub struct CacheView<'a, E> {
+    pub data: &'a [E],
+    pub n_kv_heads: usize,
+    pub head_stride: usize,
+    pub len: usize,
+    pub head_dim: usize,
+}
+
+impl<E> CacheView<'_, E> {
+    /// Whether every row the kernel reads lies inside `data`.
+    pub fn in_bounds(&self) -> bool {
+        self.n_kv_heads == 0
+            || self.len == 0
+            || (self.n_kv_heads - 1) * self.head_stride + self.len * self.head_dim <= self.data.len()
+    }
+}
+
+/// q [H, Dh] (H = G · n_kv_heads, query heads h·G .. h·G+G on KV head h) → o [H, Dh].
+///
+/// # Panics
+/// If the shapes disagree or a view reaches outside its data.
+pub fn decode_attention<E: HalfElement>(
+    q: &[f32],
+    k: &CacheView<'_, E>,
+    v: &CacheView<'_, E>,
+    scale: f32,
+) -> Vec<f32> {
+    let (hkv, dh, len) = (k.n_kv_heads, k.head_dim, k.len);
+    assert!(k.in_bounds() && v.in_bounds());
+    assert_eq!((v.n_kv_heads, v.head_dim, v.len), (hkv, dh, len));
+    assert!(hkv > 0 && q.len().is_multiple_of(hkv * dh.max(1)));
+    let g = q.len() / (hkv * dh.max(1));
+    let mut out = vec![0f32; q.len()];
+    if len == 0 || dh == 0 {
+        return out;
+    }
+    let isa = Isa::current();
+    {
+        let heads: Vec<Mutex<&mut [f32]>> = out.chunks_mut(g * dh).map(Mutex::new).collect();
+        candle_core::utils::barrier_pool().execute_chunked(hkv, |range| {
+            for h in range {
+                let Ok(mut o) = heads[h].lock() else { continue };
+                let q_h = &q[h * g * dh..(h + 1) * g * dh];
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2 and FMA (part of this level).
+                    Isa::Avx512 | Isa::Amx => unsafe {
+                        x86::one_head_avx512(isa, q_h, k, v, h, scale, &mut o)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU has AVX2 and FMA (part of this level).
+                    Isa::Avx2 => unsafe { x86::one_head_avx2(isa, q_h, k, v, h, scale, &mut o) },
+                    _ => one_head(isa, q_h, k, v, h, scale, &mut o),
+                }
+            }
+        });
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+
+    // The same loops compiled for wider registers (the portable build is SSE2, which leaves the
+    // accumulation of V rows — L·G·Dh multiply-adds — four lanes wide).
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn one_head_avx512<E: HalfElement>(
+        isa: Isa,
+        q_h: &[f32],
+        k: &CacheView<'_, E>,
+        v: &CacheView<'_, E>,
+        h: usize,
+        scale: f32,
+        o: &mut [f32],
+    ) {
+        one_head(isa, q_h, k, v, h, scale, o)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn one_head_avx2<E: HalfElement>(
+        isa: Isa,
+        q_h: &[f32],
+        k: &CacheView<'_, E>,
+        v: &CacheView<'_, E>,
+        h: usize,
+        scale: f32,
+        o: &mut [f32],
+    ) {
+        one_head(isa, q_h, k, v, h, scale, o)
+    }
+}
+
+/// The G query heads of KV head `h`: q_h [G, Dh] → o [G, Dh].
+#[inline(always)]
+fn one_head<E: HalfElement>(
+    _isa: Isa,
+    q_h: &[f32],
+    k: &CacheView<'_, E>,
+    v: &CacheView<'_, E>,
+    h: usize,
+    scale: f32,
+    o: &mut [f32],
+) {
+    let (dh, len) = (k.head_dim, k.len);
+    let g = q_h.len() / dh;
+    let mut buf = vec![0f32; dh];
+    // s [G, L]
+    let mut s = vec![0f32; g * len];
+    let k_h = &k.data[h * k.head_stride..h * k.head_stride + len * dh];
+    for (l, k_row) in k_h.chunks_exact(dh).enumerate() {
+        // Widened once, dotted with each of the G queries from L1.
+        E::widen(k_row, &mut buf);
+        for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
+            s[gi * len + l] = dot(q_g, &buf) * scale;
+        }
+    }
+    for row in s.chunks_exact_mut(len) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0f32;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+    o.fill(0.0);
+    let v_h = &v.data[h * v.head_stride..h * v.head_stride + len * dh];
+    for (l, v_row) in v_h.chunks_exact(dh).enumerate() {
+        E::widen(v_row, &mut buf);
+        for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
+            let p = s[gi * len + l];
+            o_g.iter_mut().zip(&buf).for_each(|(o, &x)| *o += p * x);
+        }
+    }
+}
+
+/// `Σ a[i]·b[i]` over sixteen running sums (a vector's worth, so the compiler keeps them in one
+/// register of whatever width the calling build has), then the tail.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a16
+        .remainder()
+        .iter()
+        .zip(b16.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a16.zip(b16) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

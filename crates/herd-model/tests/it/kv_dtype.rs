@@ -1,0 +1,124 @@
+//! KV caches stored in f16/bf16 (`--kv-dtype`): the decode kernel that reads them in place
+//! against its slow twin, and a model decoding through a narrow cache.
+
+use candle_core::{DType, Device};
+use half::{bf16, f16};
+use herd_model::kernels::decode_attention::{decode_attention, CacheView};
+use herd_model::kernels::half_matmul::HalfElement;
+use herd_model::{LogitsFor, TextModel};
+use herd_testkit::{fixture_path, Reference};
+
+use super::weights::{max_abs, max_diff, values};
+
+/// The slow twin: the cache widened to f32, one softmax(q·Kᵀ·scale)·V per query head.
+fn reference<E: HalfElement>(q: &[f32], k: &CacheView<'_, E>, v: &CacheView<'_, E>, scale: f32) -> Vec<f32> {
+    let (hkv, dh, len) = (k.n_kv_heads, k.head_dim, k.len);
+    let g = q.len() / (hkv * dh);
+    let row = |c: &CacheView<'_, E>, h: usize, l: usize| -> Vec<f32> {
+        let at = h * c.head_stride + l * dh;
+        c.data[at..at + dh].iter().map(|x| x.to_f32_scalar()).collect()
+    };
+    let mut out = vec![0f32; q.len()];
+    for qh in 0..hkv * g {
+        let h = qh / g;
+        let q_h = &q[qh * dh..(qh + 1) * dh];
+        let s: Vec<f32> = (0..len)
+            .map(|l| row(k, h, l).iter().zip(q_h).map(|(a, b)| a * b).sum::<f32>() * scale)
+            .collect();
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let e: Vec<f32> = s.iter().map(|x| (x - max).exp()).collect();
+        let sum: f32 = e.iter().sum();
+        for (l, p) in e.iter().enumerate() {
+            for (o, x) in out[qh * dh..(qh + 1) * dh].iter_mut().zip(row(v, h, l)) {
+                *o += p / sum * x;
+            }
+        }
+    }
+    out
+}
+
+fn check<E: HalfElement>(narrow: fn(f32) -> E) {
+    // Heads a capacity apart and a view starting past slot 0, as the cache hands them out.
+    for &(hkv, g, dh, len) in &[(1, 1, 64, 1), (2, 5, 72, 7), (8, 2, 128, 300), (3, 4, 16, 1000)] {
+        let (cap, first) = (len + 13, 5);
+        let buffer = |seed| -> Vec<E> {
+            values(hkv * cap * dh, seed)
+                .iter()
+                .map(|&x| narrow(x * 3.0))
+                .collect()
+        };
+        let (kb, vb) = (buffer(1 + len as u64), buffer(2 + len as u64));
+        fn view<E>(
+            data: &[E],
+            first: usize,
+            hkv: usize,
+            cap: usize,
+            len: usize,
+            dh: usize,
+        ) -> CacheView<'_, E> {
+            CacheView {
+                data: &data[first * dh..],
+                n_kv_heads: hkv,
+                head_stride: cap * dh,
+                len: len.min(cap - first),
+                head_dim: dh,
+            }
+        }
+        let view = |data| view(data, first, hkv, cap, len, dh);
+        let q = values(hkv * g * dh, 3);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let fast = decode_attention(&q, &view(&kb), &view(&vb), scale);
+        let slow = reference(&q, &view(&kb), &view(&vb), scale);
+        let d = max_diff(&fast, &slow);
+        assert!(d <= 1e-5 * max_abs(&slow).max(1.0), "{hkv}×{g}×{dh}×{len}: {d}");
+        // Mutation twin: one value of the last visible V row of KV head 0 moves only the
+        // outputs of head 0's queries.
+        let mut vb2 = vb.clone();
+        let at = (first + view(&vb).len - 1) * dh + 1;
+        vb2[at] = narrow(vb[at].to_f32_scalar() + 2.0);
+        let moved = decode_attention(&q, &view(&kb), &view(&vb2), scale);
+        assert!(
+            max_diff(&moved[..g * dh], &fast[..g * dh]) > 1e-6,
+            "{hkv}×{g}×{dh}×{len}"
+        );
+        assert_eq!(moved[g * dh..], fast[g * dh..]);
+    }
+}
+
+#[test]
+fn decode_kernel_agrees_with_its_slow_twin() {
+    check::<bf16>(bf16::from_f32);
+    check::<f16>(f16::from_f32);
+}
+
+#[test]
+fn a_narrow_cache_halves_memory_and_decodes_close_to_the_f32_one() {
+    let reference = Reference::load("scout-tiny");
+    let ids = reference.prompt(0).ids;
+    let mut model = TextModel::load(&fixture_path("scout-tiny"), DType::F32, &Device::Cpu).unwrap();
+    let run = |model: &TextModel| {
+        let mut cache = model.new_cache();
+        let mut rows = vec![model.forward(&ids, &mut cache, LogitsFor::Last).unwrap()];
+        // Decode steps read the narrow cache in place (one query each).
+        for &id in ids.iter().take(6) {
+            rows.push(model.forward(&[id], &mut cache, LogitsFor::Last).unwrap());
+        }
+        let logits: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        (logits, cache.bytes())
+    };
+    let (wide, wide_bytes) = run(&model);
+    for dtype in [DType::F16, DType::BF16] {
+        model.set_kv_dtype(Some(dtype));
+        let (narrow, bytes) = run(&model);
+        assert_eq!(bytes * 2, wide_bytes, "{dtype:?}");
+        // The rounding of K and V (2⁻¹¹ for f16, 2⁻⁸ for bf16) moves the logits a little, not
+        // a lot; an ignored cache or a misread row would move them by their own size.
+        let rel = max_diff(&narrow, &wide) / max_abs(&wide);
+        let bound = if dtype == DType::F16 { 2e-3 } else { 2e-2 };
+        assert!(rel < bound, "{dtype:?}: relative {rel}");
+        assert!(rel > 0.0, "{dtype:?}: the cache was not narrowed");
+    }
+}

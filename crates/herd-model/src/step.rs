@@ -1,7 +1,10 @@
 //! What every layer of one forward step shares: the absolute positions of the step's tokens,
-//! their RoPE tables and their NoPE temperature scales — computed once per step, not per layer.
+//! their RoPE tables, their NoPE temperature scales and the attention masks — computed once per
+//! step, not per layer.
 
+use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -17,7 +20,12 @@ pub struct StepInputs {
     pub rotary: RotaryTables,
     /// Query scale per position, [1, 1, T, 1], for temperature-tuned NoPE layers.
     pub temperature_scales: Option<Tensor>,
+    /// Masks built so far this step, by (queries, keys, chunk length): every layer of a kind
+    /// asks for the same ones, so the first layer builds them and the rest share them.
+    masks: Arc<Mutex<HashMap<MaskKey, Tensor>>>,
 }
+
+type MaskKey = (Range<usize>, Range<usize>, Option<usize>);
 
 impl StepInputs {
     pub fn new(
@@ -40,6 +48,7 @@ impl StepInputs {
             positions,
             rotary,
             temperature_scales,
+            masks: Arc::default(),
         })
     }
 
@@ -47,7 +56,56 @@ impl StepInputs {
         self.positions.len()
     }
 
+    /// The additive mask [queries, keys] for a layer with `chunk_len` (see
+    /// [`crate::text::mask::additive_mask`]), in `dtype` on `device`: built by the first layer
+    /// that asks this step, shared by the others.
+    pub fn mask(
+        &self,
+        queries: Range<usize>,
+        keys: Range<usize>,
+        chunk_len: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let key = (queries.clone(), keys.clone(), chunk_len);
+        // A poisoned lock only means another layer panicked mid-insert; the map is still sound.
+        let mut masks = self.masks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mask) = masks.get(&key) {
+            return Ok(mask.clone());
+        }
+        let (rows, cols) = (queries.len(), keys.len());
+        let values = crate::text::mask::additive_mask(queries, keys, chunk_len);
+        let mask = Tensor::from_vec(values, (rows, cols), device)?.to_dtype(dtype)?;
+        masks.insert(key, mask.clone());
+        Ok(mask)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.positions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_mask_is_built_once_per_step_and_shared() {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/scout-tiny");
+        let config = ModelConfig::load(std::path::Path::new(fixture)).unwrap();
+        let step = StepInputs::new(&config, &[1.0; 4], 0..6, DType::F32, &Device::Cpu).unwrap();
+        let a = step.mask(0..6, 0..6, Some(4), DType::F32, &Device::Cpu).unwrap();
+        let b = step.mask(0..6, 0..6, Some(4), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(a.id(), b.id(), "the second layer reuses the first layer's mask");
+        let global = step.mask(0..6, 0..6, None, DType::F32, &Device::Cpu).unwrap();
+        assert_ne!(a.id(), global.id());
+        // Chunk of 4: query 5 sees keys 4 and 5 only; globally it sees 0..=5.
+        let row = |m: &Tensor| m.get(5).unwrap().to_vec1::<f32>().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(row(&a), [inf, inf, inf, inf, 0.0, 0.0]);
+        assert_eq!(row(&global), [0.0; 6]);
+        assert_eq!(a.dims(), &[6, 6]);
     }
 }

@@ -105,8 +105,7 @@ impl Attention {
                 v_run = v_run.to_dtype(q.dtype())?;
             }
             let mask = if run.len() > 1 {
-                let m = mask::additive_mask(run.clone(), keys.clone(), chunk_len);
-                Some(Tensor::from_vec(m, (run.len(), keys.len()), q.device())?.to_dtype(q.dtype())?)
+                Some(step.mask(run.clone(), keys.clone(), chunk_len, q.dtype(), q.device())?)
             } else {
                 // A single query sees every key handed to it (all ≤ it, all in its block).
                 None

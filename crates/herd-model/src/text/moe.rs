@@ -62,6 +62,14 @@ impl Moe {
             self.routing.scoring,
         );
         let mut out_td = self.shared_expert.forward(x_td)?;
+        // In f32 the routed outputs are added into one buffer row by row; `index_add` would
+        // copy the whole [T, D] output once per expert (16 copies a layer in prefill).
+        let mut sum_td = if out_td.dtype() == DType::F32 && out_td.device().is_cpu() {
+            Some(out_td.flatten_all()?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        let d = x_td.dim(1)?;
         for (e, routed) in decision.per_expert.iter().enumerate() {
             if routed.is_empty() {
                 continue;
@@ -84,7 +92,19 @@ impl Moe {
             if self.routing.score_at == ScoreAt::ExpertOutput {
                 y_nd = y_nd.broadcast_mul(&scores_n1)?;
             }
-            out_td = out_td.index_add(&tokens_n, &y_nd, 0)?;
+            match &mut sum_td {
+                Some(sum) => {
+                    let y = y_nd.flatten_all()?.to_vec1::<f32>()?;
+                    for (&(t, _), y_row) in routed.iter().zip(y.chunks_exact(d)) {
+                        let row = &mut sum[t as usize * d..(t as usize + 1) * d];
+                        row.iter_mut().zip(y_row).for_each(|(o, y)| *o += y);
+                    }
+                }
+                None => out_td = out_td.index_add(&tokens_n, &y_nd, 0)?,
+            }
+        }
+        if let Some(sum) = sum_td {
+            out_td = Tensor::from_vec(sum, out_td.dims(), out_td.device())?;
         }
         Ok(out_td)
     }

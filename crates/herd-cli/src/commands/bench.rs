@@ -198,8 +198,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("| {:-<16} | {:->18} | {:->12} | {:->15} |", "", "", "", "");
     }
     for (test, (speed, sd), (ttft, ttft_sd)) in &rows {
-        // Decode streams the active weights once per token; prefill is compute-bound.
-        let use_fraction = (!test.prompt).then(|| bytes_per_token as f64 * speed / bandwidth);
+        // Decode streams the active weights and the cache once per token (the cache's share
+        // averaged over the test's positions); prefill is compute-bound.
+        let use_fraction = (!test.prompt).then(|| {
+            let cache: usize = (0..test.tokens)
+                .map(|i| model.kv_bytes_read(test.depth + i))
+                .sum();
+            let per_token = bytes_per_token as f64 + cache as f64 / test.tokens.max(1) as f64;
+            per_token * speed / bandwidth
+        });
         if !args.json {
             println!(
                 "| {:<16} | {:>18} | {:>12} | {:>15} |",

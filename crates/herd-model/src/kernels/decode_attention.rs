@@ -18,6 +18,9 @@ use std::sync::Mutex;
 use super::half_matmul::HalfElement;
 use super::isa::Isa;
 
+/// Cache rows widened to f32 per conversion call.
+const ROWS_PER_WIDEN: usize = 32;
+
 /// The cache of one layer as the kernel reads it: `n_kv_heads` heads, each `len` rows of
 /// `head_dim` values starting `head_stride` values after the previous head's.
 pub struct CacheView<'a, E> {
@@ -127,15 +130,20 @@ fn one_head<E: HalfElement>(
 ) {
     let (dh, len) = (k.head_dim, k.len);
     let g = q_h.len() / dh;
-    let mut buf = vec![0f32; dh];
+    // Rows are widened ROWS_PER_WIDEN at a time: one conversion call per block, not per row
+    // (f16's goes through half's runtime-dispatched F16C code), the block then used from L1.
+    let mut buf = vec![0f32; ROWS_PER_WIDEN * dh];
     // s [G, L]
     let mut s = vec![0f32; g * len];
     let k_h = &k.data[h * k.head_stride..h * k.head_stride + len * dh];
-    for (l, k_row) in k_h.chunks_exact(dh).enumerate() {
-        // Widened once, dotted with each of the G queries from L1.
-        E::widen(k_row, &mut buf);
-        for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
-            s[gi * len + l] = dot(q_g, &buf) * scale;
+    for (b, k_rows) in k_h.chunks(ROWS_PER_WIDEN * dh).enumerate() {
+        let wide = &mut buf[..k_rows.len()];
+        E::widen(k_rows, wide);
+        for (r, k_row) in wide.chunks_exact(dh).enumerate() {
+            let l = b * ROWS_PER_WIDEN + r;
+            for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
+                s[gi * len + l] = dot(q_g, k_row) * scale;
+            }
         }
     }
     for row in s.chunks_exact_mut(len) {
@@ -150,11 +158,15 @@ fn one_head<E: HalfElement>(
     }
     o.fill(0.0);
     let v_h = &v.data[h * v.head_stride..h * v.head_stride + len * dh];
-    for (l, v_row) in v_h.chunks_exact(dh).enumerate() {
-        E::widen(v_row, &mut buf);
-        for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
-            let p = s[gi * len + l];
-            o_g.iter_mut().zip(&buf).for_each(|(o, &x)| *o += p * x);
+    for (b, v_rows) in v_h.chunks(ROWS_PER_WIDEN * dh).enumerate() {
+        let wide = &mut buf[..v_rows.len()];
+        E::widen(v_rows, wide);
+        for (r, v_row) in wide.chunks_exact(dh).enumerate() {
+            let l = b * ROWS_PER_WIDEN + r;
+            for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
+                let p = s[gi * len + l];
+                o_g.iter_mut().zip(v_row).for_each(|(o, &x)| *o += p * x);
+            }
         }
     }
 }

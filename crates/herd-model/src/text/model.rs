@@ -214,6 +214,26 @@ impl TextModel {
         self.kv_dtype
     }
 
+    /// Bytes of cached keys and values a decode query at position `position` reads (with the
+    /// positions before it in the cache): every earlier position for global layers, the ones
+    /// in its own block for chunked layers, in the cache's dtype. With
+    /// [`Self::decode_bytes_per_token`], what one decode step streams at that depth.
+    pub fn kv_bytes_read(&self, position: usize) -> usize {
+        let elem = self.kv_dtype.unwrap_or(self.dtype()).size_in_bytes();
+        let row = 2 * self.config.n_kv_heads * self.config.head_dim * elem;
+        self.config
+            .layers
+            .iter()
+            .map(|plan| {
+                let visible = match plan.attention.chunk_len() {
+                    Some(c) if c > 0 => position % c + 1,
+                    _ => position + 1,
+                };
+                visible * row
+            })
+            .sum()
+    }
+
     /// Feeds `ids` at the positions after what `cache` holds; returns f32 logits [T, V] or
     /// [1, V]. Prefill, chunked prefill and decode are all this one call.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logits_for: LogitsFor) -> Result<Tensor> {

@@ -122,3 +122,30 @@ fn a_narrow_cache_halves_memory_and_decodes_close_to_the_f32_one() {
         assert!(rel > 0.0, "{dtype:?}: the cache was not narrowed");
     }
 }
+
+#[test]
+fn kv_bytes_read_counts_what_each_layer_kind_sees() {
+    let mut model = TextModel::load(&fixture_path("scout-tiny"), DType::F32, &Device::Cpu).unwrap();
+    let config = model.config().clone();
+    let row = 2 * config.n_kv_heads * config.head_dim * 4;
+    let chunked: Vec<usize> = config
+        .layers
+        .iter()
+        .filter_map(|l| l.attention.chunk_len())
+        .collect();
+    let global = config.layers.len() - chunked.len();
+    assert!(!chunked.is_empty() && global > 0, "the fixture has both kinds");
+    assert_eq!(model.kv_bytes_read(0), config.layers.len() * row);
+    // Past the first block: global layers see every position, chunked ones only their block.
+    let c = chunked[0];
+    let p = c + 3;
+    assert_eq!(
+        model.kv_bytes_read(p),
+        global * (p + 1) * row + chunked.len() * 4 * row
+    );
+    model.set_kv_dtype(Some(DType::BF16));
+    assert_eq!(
+        model.kv_bytes_read(p) * 2,
+        global * (p + 1) * row + chunked.len() * 4 * row
+    );
+}

@@ -69,13 +69,11 @@ pub fn decode_attention<E: HalfElement>(
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2 and FMA (part of this level).
-                    Isa::Avx512 | Isa::Amx => unsafe {
-                        x86::one_head_avx512(isa, q_h, k, v, h, scale, &mut o)
-                    },
+                    Isa::Avx512 | Isa::Amx => unsafe { x86::one_head_avx512(q_h, k, v, h, scale, &mut o) },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU has AVX2 and FMA (part of this level).
-                    Isa::Avx2 => unsafe { x86::one_head_avx2(isa, q_h, k, v, h, scale, &mut o) },
-                    _ => one_head(isa, q_h, k, v, h, scale, &mut o),
+                    Isa::Avx2 => unsafe { x86::one_head_avx2(q_h, k, v, h, scale, &mut o) },
+                    _ => one_head(q_h, k, v, h, scale, &mut o),
                 }
             }
         });
@@ -90,37 +88,29 @@ mod x86 {
     // The same loops compiled for wider registers (the portable build is SSE2, which leaves the
     // accumulation of V rows — L·G·Dh multiply-adds — four lanes wide).
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub unsafe fn one_head_avx512<E: HalfElement>(
-        isa: Isa,
-        q_h: &[f32],
-        k: &CacheView<'_, E>,
-        v: &CacheView<'_, E>,
-        h: usize,
-        scale: f32,
-        o: &mut [f32],
-    ) {
-        one_head(isa, q_h, k, v, h, scale, o)
+    macro_rules! build {
+        ($name:ident, $features:literal) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<E: HalfElement>(
+                q_h: &[f32],
+                k: &CacheView<'_, E>,
+                v: &CacheView<'_, E>,
+                h: usize,
+                scale: f32,
+                o: &mut [f32],
+            ) {
+                one_head(q_h, k, v, h, scale, o)
+            }
+        };
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn one_head_avx2<E: HalfElement>(
-        isa: Isa,
-        q_h: &[f32],
-        k: &CacheView<'_, E>,
-        v: &CacheView<'_, E>,
-        h: usize,
-        scale: f32,
-        o: &mut [f32],
-    ) {
-        one_head(isa, q_h, k, v, h, scale, o)
-    }
+    build!(one_head_avx512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
+    build!(one_head_avx2, "avx2,fma,f16c");
 }
 
 /// The G query heads of KV head `h`: q_h [G, Dh] → o [G, Dh].
 #[inline(always)]
 fn one_head<E: HalfElement>(
-    _isa: Isa,
     q_h: &[f32],
     k: &CacheView<'_, E>,
     v: &CacheView<'_, E>,

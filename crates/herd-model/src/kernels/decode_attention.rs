@@ -120,22 +120,14 @@ fn one_head<E: HalfElement>(
 ) {
     let (dh, len) = (k.head_dim, k.len);
     let g = q_h.len() / dh;
-    // Rows are widened ROWS_PER_WIDEN at a time: one conversion call per block, not per row
-    // (f16's goes through half's runtime-dispatched F16C code), the block then used from L1.
     let mut buf = vec![0f32; ROWS_PER_WIDEN * dh];
     // s [G, L]
     let mut s = vec![0f32; g * len];
-    let k_h = &k.data[h * k.head_stride..h * k.head_stride + len * dh];
-    for (b, k_rows) in k_h.chunks(ROWS_PER_WIDEN * dh).enumerate() {
-        let wide = &mut buf[..k_rows.len()];
-        E::widen(k_rows, wide);
-        for (r, k_row) in wide.chunks_exact(dh).enumerate() {
-            let l = b * ROWS_PER_WIDEN + r;
-            for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
-                s[gi * len + l] = dot(q_g, k_row) * scale;
-            }
+    for_each_row(k, h, &mut buf, |l, k_row| {
+        for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
+            s[gi * len + l] = dot(q_g, k_row) * scale;
         }
-    }
+    });
     for row in s.chunks_exact_mut(len) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let mut sum = 0f32;
@@ -147,16 +139,31 @@ fn one_head<E: HalfElement>(
         row.iter_mut().for_each(|x| *x *= inv);
     }
     o.fill(0.0);
-    let v_h = &v.data[h * v.head_stride..h * v.head_stride + len * dh];
-    for (b, v_rows) in v_h.chunks(ROWS_PER_WIDEN * dh).enumerate() {
-        let wide = &mut buf[..v_rows.len()];
-        E::widen(v_rows, wide);
-        for (r, v_row) in wide.chunks_exact(dh).enumerate() {
-            let l = b * ROWS_PER_WIDEN + r;
-            for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
-                let p = s[gi * len + l];
-                o_g.iter_mut().zip(v_row).for_each(|(o, &x)| *o += p * x);
-            }
+    for_each_row(v, h, &mut buf, |l, v_row| {
+        for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
+            let p = s[gi * len + l];
+            o_g.iter_mut().zip(v_row).for_each(|(o, &x)| *o += p * x);
+        }
+    });
+}
+
+/// Calls `f(l, row)` for each row l of KV head `h`, widened to f32. Rows are widened
+/// [`ROWS_PER_WIDEN`] at a time into `buf`: one conversion call per block, not per row (f16's
+/// goes through half's runtime-dispatched F16C code), the block then used from L1.
+#[inline(always)]
+fn for_each_row<E: HalfElement>(
+    c: &CacheView<'_, E>,
+    h: usize,
+    buf: &mut [f32],
+    mut f: impl FnMut(usize, &[f32]),
+) {
+    let dh = c.head_dim;
+    let rows = &c.data[h * c.head_stride..h * c.head_stride + c.len * dh];
+    for (b, block) in rows.chunks(ROWS_PER_WIDEN * dh).enumerate() {
+        let wide = &mut buf[..block.len()];
+        E::widen(block, wide);
+        for (r, row) in wide.chunks_exact(dh).enumerate() {
+            f(b * ROWS_PER_WIDEN + r, row);
         }
     }
 }

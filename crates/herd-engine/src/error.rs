@@ -16,6 +16,13 @@ pub enum EngineError {
         max_positions: usize,
     },
 
+    /// A request whose KV cache could never fit the server's memory budget.
+    #[error("the request needs {needed_bytes} bytes of KV cache at its longest; the budget is {budget_bytes} (shorten the prompt or max_tokens)")]
+    DoesNotFit {
+        needed_bytes: usize,
+        budget_bytes: usize,
+    },
+
     /// The model produced NaN or +inf logits: its weights are broken (or overflow the dtype).
     #[error("the logits at position {position} are not finite (NaN or +inf): the model's weights are broken or overflow its dtype; `TextModel::set_check_finite` (herd's --check-finite) names the first layer at fault")]
     NonFiniteLogits { position: usize },

@@ -2,13 +2,19 @@
 //! parameters (one validated type shared by the CLI and, later, the server), the sampler, and
 //! the generation loop over any [`LanguageModel`].
 
+pub mod core;
 pub mod error;
 pub mod generate;
 pub mod image;
 pub mod model;
+pub mod request;
 pub mod sampling;
+pub mod scheduler;
 
+pub use core::{EngineCore, EngineStats};
 pub use error::EngineError;
 pub use generate::{generate, generate_with_images, FinishReason, Generation, PREFILL_PIECE};
-pub use model::{ImageFeatures, LanguageModel};
+pub use model::{Feed, ImageFeatures, LanguageModel, Logits};
+pub use request::{Event, Request, TokenLogprob, Usage};
 pub use sampling::{Sampler, SamplingParams};
+pub use scheduler::{RequestId, SchedulerConfig};

@@ -2,7 +2,7 @@
 //! [`herd_model::TextModel`] implements it; tests use a fake.
 
 use candle_core::Tensor;
-use herd_model::{KvCache, LogitsFor, TextModel};
+use herd_model::{BatchItem, KvCache, LogitsFor, TextModel};
 
 use crate::error::EngineError;
 
@@ -14,11 +14,47 @@ pub struct ImageFeatures {
     pub patch_id: u32,
 }
 
+/// One sequence's share of a batched step ([`LanguageModel::feed_batch`]).
+pub struct Feed<'a, C> {
+    /// Tokens to feed after what `cache` holds.
+    pub ids: &'a [u32],
+    pub cache: &'a mut C,
+    /// Logits at every fed position (prompt logprobs) instead of the last one only.
+    pub all_logits: bool,
+    /// Features for the `<|patch|>` tokens among `ids` (exactly as many rows as there are).
+    pub images: Option<ImageFeatures>,
+}
+
+/// Logits of a step's positions, [rows, V] row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    pub values: Vec<f32>,
+    pub rows: usize,
+}
+
+impl Logits {
+    pub fn row(&self, i: usize) -> &[f32] {
+        let v = self.values.len() / self.rows.max(1);
+        &self.values[i * v..(i + 1) * v]
+    }
+
+    pub fn last(&self) -> &[f32] {
+        self.row(self.rows.saturating_sub(1))
+    }
+}
+
 pub trait LanguageModel {
     /// Per-sequence state (the KV cache).
     type Cache;
 
     fn new_cache(&self) -> Self::Cache;
+
+    /// A cache for a sequence known to reach at most `positions` positions (a real model sizes
+    /// its buffers once for it).
+    fn new_cache_for(&self, positions: usize) -> Self::Cache {
+        let _ = positions;
+        self.new_cache()
+    }
 
     /// Positions the model can hold in one sequence.
     fn max_positions(&self) -> usize;
@@ -39,6 +75,35 @@ pub trait LanguageModel {
             message: "this model takes no images".into(),
         })
     }
+
+    /// One step over several sequences, each after its own cache; logits per item, in order.
+    /// The default feeds them one by one (last position only); a real model runs them as one
+    /// batch, so its weights stream once per step.
+    fn feed_batch(&self, items: &mut [Feed<'_, Self::Cache>]) -> Result<Vec<Logits>, EngineError> {
+        items
+            .iter_mut()
+            .map(|item| {
+                if item.all_logits {
+                    return Err(EngineError::InvalidParameter {
+                        field: "logprobs",
+                        message: "this model gives logits of the last position only".into(),
+                    });
+                }
+                let values = match &item.images {
+                    Some(images) => self.feed_with_images(item.ids, images, item.cache)?,
+                    None => self.feed(item.ids, item.cache)?,
+                };
+                Ok(Logits { values, rows: 1 })
+            })
+            .collect()
+    }
+
+    /// Bytes of KV cache one sequence of `positions` positions holds (the scheduler's memory
+    /// budget counts in these). 0 for a model without a cache of its own.
+    fn kv_bytes_for(&self, positions: usize) -> usize {
+        let _ = positions;
+        0
+    }
 }
 
 impl LanguageModel for TextModel {
@@ -46,6 +111,12 @@ impl LanguageModel for TextModel {
 
     fn new_cache(&self) -> KvCache {
         TextModel::new_cache(self)
+    }
+
+    fn new_cache_for(&self, positions: usize) -> KvCache {
+        let mut cache = TextModel::new_cache(self);
+        cache.reserve(positions);
+        cache
     }
 
     fn max_positions(&self) -> usize {
@@ -64,6 +135,47 @@ impl LanguageModel for TextModel {
     ) -> Result<Vec<f32>, EngineError> {
         last_row(self.forward_with_images(ids, &images.rows, images.patch_id, cache, LogitsFor::Last)?)
     }
+
+    fn feed_batch(&self, items: &mut [Feed<'_, KvCache>]) -> Result<Vec<Logits>, EngineError> {
+        let mut batch: Vec<BatchItem<'_>> = items
+            .iter_mut()
+            .map(|item| BatchItem {
+                ids: item.ids,
+                cache: &mut *item.cache,
+                logits_for: if item.all_logits {
+                    LogitsFor::All
+                } else {
+                    LogitsFor::Last
+                },
+                images: item.images.as_ref().map(|i| (&i.rows, i.patch_id)),
+            })
+            .collect();
+        self.forward_batch(&mut batch)?.iter().map(logits_of).collect()
+    }
+
+    fn kv_bytes_for(&self, positions: usize) -> usize {
+        let elem = self.kv_dtype().unwrap_or(self.dtype()).size_in_bytes();
+        let config = self.config();
+        let row = 2 * config.n_kv_heads * config.head_dim * elem;
+        config
+            .layers
+            .iter()
+            .map(|plan| match plan.attention.chunk_len() {
+                Some(c) if c > 0 => positions.min(c),
+                _ => positions,
+            })
+            .sum::<usize>()
+            * row
+    }
+}
+
+fn logits_of(t: &Tensor) -> Result<Logits, EngineError> {
+    let rows = t.dims().first().copied().unwrap_or(1);
+    let values = t
+        .flatten_all()
+        .and_then(|l| l.to_vec1::<f32>())
+        .map_err(herd_model::Error::from)?;
+    Ok(Logits { values, rows })
 }
 
 fn last_row(logits: Tensor) -> Result<Vec<f32>, EngineError> {

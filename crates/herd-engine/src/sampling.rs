@@ -30,6 +30,15 @@ pub struct SamplingParams {
     /// transformers-style: logits of tokens already in the sequence (prompt included) are
     /// divided by it when positive, multiplied when negative. 1 = off.
     pub repetition_penalty: f32,
+    /// OpenAI-style, over the tokens generated so far: subtracted once from the logit of every
+    /// token that has appeared. In [-2, 2]; 0 = off.
+    pub presence_penalty: f32,
+    /// OpenAI-style: subtracted from a token's logit once per time it has been generated.
+    /// In [-2, 2]; 0 = off.
+    pub frequency_penalty: f32,
+    /// Added to the given tokens' logits before anything else (OpenAI's `logit_bias`, each in
+    /// [-100, 100]).
+    pub logit_bias: Vec<(u32, f32)>,
     /// Same seed, same model, same prompt ⇒ same tokens. None: seeded from the OS.
     pub seed: Option<u64>,
     pub max_new_tokens: usize,
@@ -45,6 +54,9 @@ impl Default for SamplingParams {
             top_k: 0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: None,
             max_new_tokens: 256,
             stop_token_ids: Vec::new(),
@@ -81,6 +93,24 @@ impl SamplingParams {
                 format!("{} must be a finite number > 0", self.repetition_penalty),
             );
         }
+        for (field, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&value) {
+                return bad(field, format!("{value} must be in [-2, 2]"));
+            }
+        }
+        if let Some((id, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return bad(
+                "logit_bias",
+                format!("{bias} (token {id}) must be in [-100, 100]"),
+            );
+        }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens", "must be at least 1".into());
         }
@@ -99,6 +129,10 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
     /// Which ids the history holds (repetition penalty), cleared after use.
     seen: Vec<bool>,
+    /// How often each id has been sampled (presence and frequency penalties), and which ids
+    /// have counts, so a step touches only those.
+    output_counts: Vec<u32>,
+    output_ids: Vec<u32>,
 }
 
 impl Sampler {
@@ -114,6 +148,8 @@ impl Sampler {
             logits: Vec::new(),
             candidates: Vec::new(),
             seen: Vec::new(),
+            output_counts: Vec::new(),
+            output_ids: Vec::new(),
         })
     }
 
@@ -126,7 +162,22 @@ impl Sampler {
         let mut work = std::mem::take(&mut self.logits);
         work.clear();
         work.extend_from_slice(logits);
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(l) = work.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
         apply_repetition_penalty(&mut work, history, self.params.repetition_penalty, &mut self.seen);
+        let (presence, frequency) = (self.params.presence_penalty, self.params.frequency_penalty);
+        if presence != 0.0 || frequency != 0.0 {
+            for &id in &self.output_ids {
+                let (Some(l), Some(&n)) = (work.get_mut(id as usize), self.output_counts.get(id as usize))
+                else {
+                    continue;
+                };
+                *l -= presence + frequency * n as f32;
+            }
+        }
         let id = if self.params.temperature < MIN_TEMPERATURE {
             argmax(&work)
         } else {
@@ -154,7 +205,19 @@ impl Sampler {
                 .unwrap_or_else(|| argmax(&work))
         };
         self.logits = work;
+        self.count_output(id);
         id
+    }
+
+    fn count_output(&mut self, id: u32) {
+        let i = id as usize;
+        if self.output_counts.len() <= i {
+            self.output_counts.resize(i + 1, 0);
+        }
+        if self.output_counts[i] == 0 {
+            self.output_ids.push(id);
+        }
+        self.output_counts[i] += 1;
     }
 
     /// [`Self::filtered_probabilities`] into `self.candidates` without sorting the vocabulary:

@@ -30,6 +30,9 @@ pub struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
     len: usize,
     start: usize,
+    /// Slots the first allocation takes at least ([`KvCache::reserve`]): a sequence whose
+    /// length is known up front allocates once, and never doubles past it.
+    reserved: usize,
 }
 
 impl LayerCache {
@@ -46,6 +49,7 @@ impl LayerCache {
             kv: None,
             len: 0,
             start: 0,
+            reserved: 0,
         }
     }
 
@@ -61,6 +65,7 @@ impl LayerCache {
             kv,
             len: self.len,
             start: self.start,
+            reserved: self.reserved,
         })
     }
 
@@ -97,7 +102,7 @@ impl LayerCache {
             let doubled = (2 * self.capacity()).max(MIN_CAPACITY);
             // A chunked layer never needs more than its block plus one step.
             let doubled = self.chunk_len.map_or(doubled, |c| doubled.min(c));
-            let capacity = needed.max(doubled);
+            let capacity = needed.max(doubled.max(self.reserved));
             let grow = |old: Option<&Tensor>| -> Result<Tensor> {
                 let buf = Tensor::zeros((hkv, capacity, dh), k_new.dtype(), k_new.device())?;
                 if let Some(old) = old {
@@ -213,6 +218,15 @@ impl KvCache {
         Ok(())
     }
 
+    /// Sizes each layer's buffers for a sequence of `positions` positions, allocated once
+    /// on the first step (a chunked layer's at most its block): what a server's memory budget
+    /// counts per sequence, and no doubling copies on the way there.
+    pub fn reserve(&mut self, positions: usize) {
+        for layer in &mut self.layers {
+            layer.reserved = layer.chunk_len.map_or(positions, |c| positions.min(c));
+        }
+    }
+
     /// Bytes held across all layers.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(LayerCache::bytes).sum()
@@ -246,6 +260,7 @@ mod tests {
                 kv: None,
                 len: 0,
                 start: 0,
+                reserved: 0,
             };
             let k = keys(hkv, 0..3);
             cache.extend(&k, &k).unwrap();
@@ -269,6 +284,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reserved_cache_allocates_once_and_a_chunked_layer_at_most_its_block() {
+        for (chunk_len, expected) in [(None, 1000), (Some(4), 4)] {
+            let mut cache = LayerCache {
+                chunk_len,
+                dtype: None,
+                kv: None,
+                len: 0,
+                start: 0,
+                reserved: chunk_len.map_or(1000, |c: usize| c.min(1000)),
+            };
+            let k = keys(2, 0..1);
+            cache.extend(&k, &k).unwrap();
+            assert_eq!(cache.capacity(), expected);
+        }
+    }
+
+    #[test]
     fn try_clone_does_not_share_buffers() {
         let mut a = LayerCache {
             chunk_len: None,
@@ -276,6 +308,7 @@ mod tests {
             kv: None,
             len: 0,
             start: 0,
+            reserved: 0,
         };
         let k = keys(2, 0..2);
         a.extend(&k, &k).unwrap();

@@ -26,5 +26,5 @@ pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use generation_config::GenerationConfig;
 pub use kv_cache::KvCache;
-pub use text::model::{LoadOptions, LogitsFor, TextModel};
+pub use text::model::{BatchItem, LoadOptions, LogitsFor, TextModel};
 pub use weights::{QuantType, WeightSource};

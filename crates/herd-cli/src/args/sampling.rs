@@ -21,6 +21,16 @@ pub struct SamplingArgs {
     /// Penalise tokens already in the sequence, transformers-style (1 = off).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
+    /// OpenAI-style: subtract this from the logit of every token generated so far, once
+    /// ([-2, 2]; 0 = off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub presence_penalty: f32,
+    /// OpenAI-style: subtract this once per time a token has been generated ([-2, 2]; 0 = off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub frequency_penalty: f32,
+    /// Add BIAS to token ID's logit before sampling (repeatable; BIAS in [-100, 100]).
+    #[arg(long = "logit-bias", value_name = "ID=BIAS", value_parser = parse_logit_bias, allow_negative_numbers = true)]
+    pub logit_bias: Vec<(u32, f32)>,
     /// Random seed: the same seed gives the same tokens.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -53,6 +63,9 @@ impl SamplingArgs {
             top_k: self.top_k,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: self.logit_bias.clone(),
             seed: self.seed,
             max_new_tokens: self.max_new_tokens,
             stop_token_ids,
@@ -60,4 +73,19 @@ impl SamplingArgs {
         params.validate()?;
         Ok(params)
     }
+}
+
+fn parse_logit_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected ID=BIAS, e.g. 128009=-100"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{id}` is not a token id: {e}"))?;
+    let bias = bias
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{bias}` is not a number: {e}"))?;
+    Ok((id, bias))
 }

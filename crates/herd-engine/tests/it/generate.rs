@@ -145,6 +145,7 @@ fn seeded_sampling_on_a_real_model_is_reproducible() {
         seed: Some(42),
         max_new_tokens: 24,
         stop_token_ids: vec![],
+        ..SamplingParams::default()
     };
     let run = || {
         generate(&model, &[1, 10, 20, 30], &params, |_| ControlFlow::Continue(()))

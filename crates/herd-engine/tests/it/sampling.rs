@@ -225,3 +225,54 @@ fn repetition_penalty_applies_once_per_distinct_token() {
     assert_eq!(s.sample(&[4.0, 1.0, 4.5], &[]), 2);
     assert_eq!(s.sample(&[4.0, 1.0, 3.9], &[]), 0);
 }
+
+#[test]
+fn logit_bias_presence_and_frequency_penalties() {
+    // Greedy over [2.0, 1.9, 0.0]: token 0 every time, unless penalised.
+    let logits = [2.0f32, 1.9, 0.0];
+    let run = |p: SamplingParams, n: usize| {
+        let mut s = Sampler::new(p).unwrap();
+        (0..n).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+    };
+    assert_eq!(run(SamplingParams::greedy(), 3), [0, 0, 0]);
+    let bias = SamplingParams {
+        logit_bias: vec![(2, 5.0)],
+        ..SamplingParams::greedy()
+    };
+    assert_eq!(run(bias, 2), [2, 2]);
+    // Presence: after one 0, token 0 sits at 2.0 − 0.5 < 1.9; after one 1, both are penalised
+    // once and 0 leads again.
+    let presence = SamplingParams {
+        presence_penalty: 0.5,
+        ..SamplingParams::greedy()
+    };
+    assert_eq!(run(presence, 4), [0, 1, 0, 0]);
+    // Frequency: each use costs 0.15 more: 0 (2.0), 1 (1.9 vs 1.85), 0 (1.85 vs 1.75), …
+    let frequency = SamplingParams {
+        frequency_penalty: 0.15,
+        ..SamplingParams::greedy()
+    };
+    assert_eq!(run(frequency, 4), [0, 1, 0, 1]);
+    // The prompt (history) does not count: only generated tokens do.
+    let mut s = Sampler::new(SamplingParams {
+        presence_penalty: 2.0,
+        ..SamplingParams::greedy()
+    })
+    .unwrap();
+    assert_eq!(s.sample(&logits, &[0, 0, 0]), 0);
+}
+
+#[test]
+fn penalties_and_biases_out_of_range_are_refused() {
+    for p in [
+        params(|p| p.presence_penalty = 2.5),
+        params(|p| p.frequency_penalty = -3.0),
+        params(|p| p.logit_bias = vec![(1, 101.0)]),
+        params(|p| p.presence_penalty = f32::NAN),
+    ] {
+        assert!(matches!(
+            Sampler::new(p),
+            Err(EngineError::InvalidParameter { .. })
+        ));
+    }
+}

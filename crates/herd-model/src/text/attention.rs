@@ -17,6 +17,12 @@ use crate::step::StepInputs;
 use crate::text::mask;
 use crate::weights::Weights;
 
+/// One sequence's share of a batched step: its positions and masks, and its layer cache.
+pub struct Segment<'a> {
+    pub step: &'a StepInputs,
+    pub cache: &'a mut LayerCache,
+}
+
 /// Most queries scored at once; bounds prefill memory to [H, QUERY_BLOCK, L] scores.
 const QUERY_BLOCK: usize = 256;
 
@@ -55,17 +61,58 @@ impl Attention {
 
     /// x: [T, D] → [T, D]
     pub fn forward(&self, x_td: &Tensor, step: &StepInputs, cache: &mut LayerCache) -> Result<Tensor> {
+        self.forward_batch(x_td, &mut [Segment { step, cache }])
+    }
+
+    /// A step over several sequences on one flat token axis: x [T, D] holds each segment's
+    /// rows in order (T = Σ Tᵢ). The projections run once over all T rows — where batching
+    /// pays: the weights stream from memory once per step, not once per sequence — and each
+    /// segment attends over its own cache with its own positions and masks. → [T, D]
+    pub fn forward_batch(&self, x_td: &Tensor, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+        let q_all = self.q_proj.forward(x_td)?; // [T, H·Dh]
+        let k_all = self.k_proj.forward(x_td)?; // [T, Hkv·Dh]
+        let v_all = self.v_proj.forward(x_td)?;
+        let mut outs = Vec::with_capacity(segments.len());
+        let mut row = 0;
+        for seg in segments.iter_mut() {
+            let t = seg.step.len();
+            let (q, k, v) = (
+                q_all.narrow(0, row, t)?,
+                k_all.narrow(0, row, t)?,
+                v_all.narrow(0, row, t)?,
+            );
+            outs.push(self.attend_segment(&q, &k, &v, seg.step, seg.cache)?);
+            row += t;
+        }
+        let out_td = if outs.len() == 1 {
+            outs.pop().ok_or(crate::error::Error::EmptyInput)?
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        self.o_proj.forward(&out_td)
+    }
+
+    /// One sequence's attention: its projections [T, H·Dh] / [T, Hkv·Dh] after the cache it
+    /// extends → [T, H·Dh], before the output projection.
+    fn attend_segment(
+        &self,
+        q_td: &Tensor,
+        k_td: &Tensor,
+        v_td: &Tensor,
+        step: &StepInputs,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
         let t = step.len();
         // [T, H·Dh] → [1, H, T, Dh]
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((t, n, self.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?
                 .unsqueeze(0)?)
         };
-        let mut q = heads(self.q_proj.forward(x_td)?, self.n_heads)?;
-        let mut k = heads(self.k_proj.forward(x_td)?, self.n_kv_heads)?;
-        let v = heads(self.v_proj.forward(x_td)?, self.n_kv_heads)?;
+        let mut q = heads(q_td, self.n_heads)?;
+        let mut k = heads(k_td, self.n_kv_heads)?;
+        let v = heads(v_td, self.n_kv_heads)?;
 
         if self.kind.uses_rope() {
             q = step.rotary.apply(&q)?;
@@ -114,10 +161,9 @@ impl Attention {
         }
         // [H, T, Dh] → [T, H·Dh]
         let out_htd = Tensor::cat(&outs, 1)?;
-        let out_td = out_htd
+        Ok(out_htd
             .transpose(0, 1)?
-            .reshape((t, self.n_heads * self.head_dim))?;
-        self.o_proj.forward(&out_td)
+            .reshape((t, self.n_heads * self.head_dim))?)
     }
 
     pub fn stored_bytes(&self) -> usize {

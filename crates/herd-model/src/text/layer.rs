@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::nn::RmsNorm;
 use crate::step::StepInputs;
+use crate::text::attention::Segment;
 use crate::text::{Attention, FeedForward};
 use crate::weights::Weights;
 
@@ -31,9 +32,15 @@ impl DecoderLayer {
 
     /// x: [T, D] → [T, D]
     pub fn forward(&self, x: &Tensor, step: &StepInputs, cache: &mut LayerCache) -> Result<Tensor> {
+        self.forward_batch(x, &mut [Segment { step, cache }])
+    }
+
+    /// Several sequences' rows on one token axis, each segment with its own positions and
+    /// cache (see [`Attention::forward_batch`]). x: [T, D] → [T, D]
+    pub fn forward_batch(&self, x: &Tensor, segments: &mut [Segment<'_>]) -> Result<Tensor> {
         let h = (x + self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, step, cache)?)?;
+            .forward_batch(&self.input_layernorm.forward(x)?, segments)?)?;
         Ok((&h
             + self
                 .feed_forward

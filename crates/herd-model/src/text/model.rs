@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::nn::{Embedding, Linear, RmsNorm};
 use crate::step::StepInputs;
+use crate::text::attention::Segment;
 use crate::text::DecoderLayer;
 use crate::weights::{QuantPlan, QuantType, WeightSource, Weights};
 
@@ -22,6 +23,17 @@ pub enum LogitsFor {
     All,
     /// Only the last position: [1, V] (generation).
     Last,
+}
+
+/// One sequence's part of a batched step ([`TextModel::forward_batch`]).
+pub struct BatchItem<'a> {
+    /// The tokens this step feeds, after what `cache` holds.
+    pub ids: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub logits_for: LogitsFor,
+    /// Image features [F, D] for the `<|patch|>` tokens among `ids` (exactly F of them), and
+    /// the patch token's id.
+    pub images: Option<(&'a Tensor, u32)>,
 }
 
 /// How to load a model: the compute dtype and device are separate from the stored format;
@@ -237,8 +249,12 @@ impl TextModel {
     /// Feeds `ids` at the positions after what `cache` holds; returns f32 logits [T, V] or
     /// [1, V]. Prefill, chunked prefill and decode are all this one call.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, logits_for: LogitsFor) -> Result<Tensor> {
-        let x_td = self.embed(ids, cache)?;
-        self.logits(&x_td, cache, logits_for)
+        self.forward_one(BatchItem {
+            ids,
+            cache,
+            logits_for,
+            images: None,
+        })
     }
 
     /// [`Self::forward`] with image features [F, D] in place of the step's `<|patch|>`
@@ -251,19 +267,101 @@ impl TextModel {
         cache: &mut KvCache,
         logits_for: LogitsFor,
     ) -> Result<Tensor> {
-        let x_td = crate::vision::fusion::fuse(ids, &self.embed(ids, cache)?, features, patch_id)?;
-        self.logits(&x_td, cache, logits_for)
+        self.forward_one(BatchItem {
+            ids,
+            cache,
+            logits_for,
+            images: Some((features, patch_id)),
+        })
     }
 
-    fn logits(&self, x_td: &Tensor, cache: &mut KvCache, logits_for: LogitsFor) -> Result<Tensor> {
-        let t = x_td.dims2()?.0;
-        let h_td = self.forward_embeddings(x_td, cache)?;
-        let h = match logits_for {
-            LogitsFor::All => h_td,
-            LogitsFor::Last => h_td.narrow(0, t - 1, 1)?,
-        };
-        let logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
-        Ok(logits.to_dtype(DType::F32)?)
+    fn forward_one(&self, item: BatchItem<'_>) -> Result<Tensor> {
+        self.forward_batch(&mut [item])?.pop().ok_or(Error::EmptyInput)
+    }
+
+    /// One step over several sequences (continuous batching): each item's tokens go after
+    /// what its own cache holds, at its own positions, and the items' rows share one flat
+    /// token axis, so every weight streams from memory once per step, not once per sequence.
+    /// Returns each item's f32 logits ([Tᵢ, V] or [1, V]) in order. Nothing is written to any
+    /// cache unless every item's ids and context length check out.
+    pub fn forward_batch(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut xs = Vec::with_capacity(items.len());
+        let mut steps = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            let x_td = self.embed(item.ids, item.cache)?;
+            xs.push(match item.images {
+                Some((features, patch_id)) => {
+                    crate::vision::fusion::fuse(item.ids, &x_td, features, patch_id)?
+                }
+                None => x_td,
+            });
+            let start = item.cache.n_positions();
+            steps.push(StepInputs::new(
+                &self.config,
+                &self.inv_freq,
+                start..start + item.ids.len(),
+                self.dtype,
+                &self.device,
+            )?);
+        }
+        let x_td = cat_rows(xs)?; // [T = Σ Tᵢ, D]
+        let h_td = self.run_layers(&x_td, &steps, items)?;
+
+        // The rows that need logits, gathered so the LM head runs once for the whole step.
+        let mut picked = Vec::with_capacity(items.len());
+        let mut counts = Vec::with_capacity(items.len());
+        let mut row = 0;
+        for (item, step) in items.iter().zip(&steps) {
+            let t = step.len();
+            let (first, n) = match item.logits_for {
+                LogitsFor::All => (row, t),
+                LogitsFor::Last => (row + t - 1, 1),
+            };
+            picked.push(h_td.narrow(0, first, n)?);
+            counts.push(n);
+            row += t;
+        }
+        let h = cat_rows(picked)?;
+        let logits = self
+            .lm_head
+            .forward(&self.norm.forward(&h)?)?
+            .to_dtype(DType::F32)?;
+        let mut out = Vec::with_capacity(counts.len());
+        let mut row = 0;
+        for n in counts {
+            out.push(logits.narrow(0, row, n)?);
+            row += n;
+        }
+        Ok(out)
+    }
+
+    /// Runs the decoder layers over the step's embeddings [T, D], each item's rows with its own
+    /// step inputs and cache, and advances every cache; returns the last hidden states [T, D]
+    /// before the final norm.
+    fn run_layers(&self, x_td: &Tensor, steps: &[StepInputs], items: &mut [BatchItem<'_>]) -> Result<Tensor> {
+        let start = steps.first().map_or(0, |s| s.positions.start);
+        let mut h = x_td.clone();
+        if self.check_finite {
+            check_finite(&h, "the input embedding", start)?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut segments = Vec::with_capacity(items.len());
+            for (item, step) in items.iter_mut().zip(steps) {
+                let cache = item.cache.layers_mut().get_mut(i).ok_or(Error::EmptyInput)?;
+                segments.push(Segment { step, cache });
+            }
+            h = layer.forward_batch(&h, &mut segments)?;
+            if self.check_finite {
+                check_finite(&h, &format!("the output of layer {i}"), start)?;
+            }
+        }
+        for (item, step) in items.iter_mut().zip(steps) {
+            item.cache.advance(step.len())?;
+        }
+        Ok(h)
     }
 
     /// Debugging aid: when on, every layer's output is checked for NaN/inf and the first
@@ -294,32 +392,14 @@ impl TextModel {
         }
         self.embed_tokens.forward(ids, self.dtype, &self.device)
     }
+}
 
-    /// Runs the decoder layers over embeddings [T, D] (image rows may already be fused in),
-    /// advancing the cache; returns the last hidden states [T, D] before the final norm.
-    pub fn forward_embeddings(&self, x_td: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let t = x_td.dims2()?.0;
-        let start = cache.n_positions();
-        let step = StepInputs::new(
-            &self.config,
-            &self.inv_freq,
-            start..start + t,
-            self.dtype,
-            &self.device,
-        )?;
-        let mut h = x_td.clone();
-        if self.check_finite {
-            check_finite(&h, "the input embedding", start)?;
-        }
-        for (i, (layer, layer_cache)) in self.layers.iter().zip(cache.layers_mut()).enumerate() {
-            h = layer.forward(&h, &step, layer_cache)?;
-            if self.check_finite {
-                check_finite(&h, &format!("the output of layer {i}"), start)?;
-            }
-        }
-        cache.advance(t)?;
-        Ok(h)
+/// Rows of several [Tᵢ, D] tensors on one axis (no copy for one).
+fn cat_rows(mut xs: Vec<Tensor>) -> Result<Tensor> {
+    if xs.len() == 1 {
+        return xs.pop().ok_or(Error::EmptyInput);
     }
+    Ok(Tensor::cat(&xs, 0)?)
 }
 
 /// Fails on the first row of `x_td` [T, D] holding NaN or ±inf; `start` is row 0's position.

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
 mod amx;
+mod batch;
 mod checkpoint_errors;
 mod config;
 mod dtypes;

@@ -1,0 +1,331 @@
+//! The engine core: continuous batching over any [`LanguageModel`], in token ids only.
+//!
+//! Each [`EngineCore::step`]: the [`Scheduler`] says how many tokens every running request
+//! advances; the model runs one batched forward over all of them (prefill pieces and decode
+//! tokens together); each request samples with its own parameters and seed; finished ones free
+//! their memory at once. Requests join and leave between steps.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use crate::error::EngineError;
+use crate::generate::FinishReason;
+use crate::model::{Feed, ImageFeatures, LanguageModel, Logits};
+use crate::request::{token_logprob, Event, Request, TokenLogprob, Usage};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::scheduler::{RequestId, Scheduler, SchedulerConfig};
+
+/// One running or waiting request.
+struct Sequence<C> {
+    /// Prompt, then the generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens fed to the model so far.
+    fed: usize,
+    cache: C,
+    sampler: Sampler,
+    params: SamplingParams,
+    images: Option<ImageFeatures>,
+    /// Image rows already fed.
+    patches_fed: usize,
+    logprobs: Option<usize>,
+    prompt_logprobs: Option<usize>,
+    prompt_logprob_rows: Vec<TokenLogprob>,
+}
+
+impl<C> Sequence<C> {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated(),
+        }
+    }
+
+    /// The image rows of the next `n` tokens' `<|patch|>` ids, if any.
+    fn images_for(&mut self, n: usize) -> Result<Option<ImageFeatures>, EngineError> {
+        let Some(images) = &self.images else {
+            return Ok(None);
+        };
+        let ids = &self.tokens[self.fed..self.fed + n];
+        let count = ids.iter().filter(|&&t| t == images.patch_id).count();
+        if count == 0 {
+            return Ok(None);
+        }
+        let rows: Tensor = images
+            .rows
+            .narrow(0, self.patches_fed, count)
+            .map_err(herd_model::Error::from)?;
+        self.patches_fed += count;
+        Ok(Some(ImageFeatures {
+            rows,
+            patch_id: images.patch_id,
+        }))
+    }
+}
+
+/// Counters the server's metrics read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub waiting: usize,
+    pub running: usize,
+    pub kv_reserved_bytes: usize,
+    pub kv_budget_bytes: usize,
+}
+
+pub struct EngineCore<M: LanguageModel> {
+    model: M,
+    scheduler: Scheduler,
+    sequences: HashMap<RequestId, Sequence<M::Cache>>,
+    next_id: RequestId,
+}
+
+impl<M: LanguageModel> EngineCore<M> {
+    pub fn new(model: M, config: SchedulerConfig) -> Result<Self, EngineError> {
+        Ok(EngineCore {
+            model,
+            scheduler: Scheduler::new(config)?,
+            sequences: HashMap::new(),
+            next_id: 1,
+        })
+    }
+
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// Checks and queues a request; its events come from later [`Self::step`]s.
+    pub fn add(&mut self, request: Request) -> Result<RequestId, EngineError> {
+        let Request {
+            prompt,
+            images,
+            params,
+            logprobs,
+            prompt_logprobs,
+        } = request;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let max_positions = self.model.max_positions();
+        if prompt.len() > max_positions {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                max_positions,
+            });
+        }
+        if params.max_new_tokens == 0 && prompt_logprobs.is_none() {
+            return Err(EngineError::InvalidParameter {
+                field: "max_new_tokens",
+                message: "must be at least 1 unless prompt logprobs are asked for".into(),
+            });
+        }
+        // The sampler's own check wants a token to make; 0 is this request's business.
+        let sampler = Sampler::new(SamplingParams {
+            max_new_tokens: params.max_new_tokens.max(1),
+            ..params.clone()
+        })?;
+        // The last generated token is never fed back, so it takes no cache position.
+        let positions = (prompt.len() + params.max_new_tokens.saturating_sub(1)).min(max_positions);
+        let kv_bytes = self.model.kv_bytes_for(positions);
+        let id = self.next_id;
+        self.scheduler.add(id, prompt.len(), kv_bytes)?;
+        self.next_id += 1;
+        let cache = self.model.new_cache_for(positions);
+        self.sequences.insert(
+            id,
+            Sequence {
+                prompt_len: prompt.len(),
+                tokens: prompt,
+                fed: 0,
+                cache,
+                sampler,
+                params,
+                images,
+                patches_fed: 0,
+                logprobs,
+                prompt_logprobs,
+                prompt_logprob_rows: Vec::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Drops a request at once (a client went away); false if it is not known (finished).
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        self.scheduler.remove(id);
+        self.sequences.remove(&id).is_some()
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            waiting: self.scheduler.n_waiting(),
+            running: self.scheduler.n_running(),
+            kv_reserved_bytes: self.scheduler.reserved_bytes(),
+            kv_budget_bytes: self.scheduler.config().kv_budget_bytes,
+        }
+    }
+
+    /// Runs one batched step; returns what happened to each request in it.
+    pub fn step(&mut self) -> Vec<Event> {
+        let plan = self.scheduler.schedule();
+        let mut events = Vec::new();
+        if plan.is_empty() {
+            return events;
+        }
+        // Take the step's sequences out of the map so their caches can be borrowed together.
+        let mut batch: Vec<(RequestId, usize, Sequence<M::Cache>)> = Vec::with_capacity(plan.items.len());
+        for &(id, n) in &plan.items {
+            if let Some(seq) = self.sequences.remove(&id) {
+                batch.push((id, n, seq));
+            }
+        }
+        let results = self.feed(&mut batch);
+        for ((id, n, mut seq), result) in batch.into_iter().zip(results) {
+            let done = match result {
+                Ok(logits) => {
+                    seq.fed += n;
+                    self.advance(id, &mut seq, n, &logits, &mut events)
+                }
+                Err(e) => {
+                    events.push(Event::Failed {
+                        id,
+                        message: e.to_string(),
+                    });
+                    true
+                }
+            };
+            if done {
+                self.scheduler.remove(id);
+            } else {
+                self.sequences.insert(id, seq);
+            }
+        }
+        events
+    }
+
+    /// One forward over the whole step. If it fails, each sequence is fed alone, so one bad
+    /// request fails by itself and the others go on.
+    fn feed(&self, batch: &mut [(RequestId, usize, Sequence<M::Cache>)]) -> Vec<Result<Logits, EngineError>> {
+        let together = self.feed_group(batch);
+        match together {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(_) => batch
+                .iter_mut()
+                .map(|item| {
+                    self.feed_group(std::slice::from_mut(item))
+                        .and_then(|mut l| l.pop().ok_or(EngineError::EmptyPrompt))
+                })
+                .collect(),
+        }
+    }
+
+    fn feed_group(
+        &self,
+        batch: &mut [(RequestId, usize, Sequence<M::Cache>)],
+    ) -> Result<Vec<Logits>, EngineError> {
+        let mut images = Vec::with_capacity(batch.len());
+        for (_, n, seq) in batch.iter_mut() {
+            let before = seq.patches_fed;
+            let rows = seq.images_for(*n);
+            // Counted again if this group is retried alone.
+            seq.patches_fed = before;
+            images.push(rows?);
+        }
+        let mut feeds: Vec<Feed<'_, M::Cache>> = batch
+            .iter_mut()
+            .zip(images)
+            .map(|((_, n, seq), images)| Feed {
+                ids: &seq.tokens[seq.fed..seq.fed + *n],
+                cache: &mut seq.cache,
+                all_logits: seq.prompt_logprobs.is_some() && seq.fed < seq.prompt_len,
+                images,
+            })
+            .collect();
+        let out = self.model.feed_batch(&mut feeds)?;
+        drop(feeds);
+        for (_, n, seq) in batch.iter_mut() {
+            let Some(images) = &seq.images else { continue };
+            let ids = &seq.tokens[seq.fed..seq.fed + *n];
+            seq.patches_fed += ids.iter().filter(|&&t| t == images.patch_id).count();
+        }
+        Ok(out)
+    }
+
+    /// After a sequence was fed `n` tokens with these logits: records prompt logprobs, samples
+    /// once its known tokens are all fed, and reports. True when the request is done.
+    fn advance(
+        &self,
+        id: RequestId,
+        seq: &mut Sequence<M::Cache>,
+        n: usize,
+        logits: &Logits,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        if let Some(top) = seq.prompt_logprobs {
+            let first = seq.fed - n;
+            // Row j predicts the token at position first + j + 1.
+            for j in 0..logits.rows.min(n) {
+                let target = first + j + 1;
+                if target < seq.prompt_len && logits.rows == n {
+                    seq.prompt_logprob_rows
+                        .push(token_logprob(logits.row(j), seq.tokens[target], top));
+                }
+            }
+            if seq.fed == seq.prompt_len && seq.fed - n < seq.prompt_len {
+                events.push(Event::PromptLogprobs {
+                    id,
+                    logprobs: std::mem::take(&mut seq.prompt_logprob_rows),
+                });
+            }
+        }
+        if seq.fed < seq.tokens.len() {
+            return false; // still prefilling
+        }
+        let finish = |reason, usage| Event::Finished { id, reason, usage };
+        if seq.generated() >= seq.params.max_new_tokens {
+            events.push(finish(FinishReason::Length, seq.usage())); // max_new_tokens 0: scoring only
+            return true;
+        }
+        let last = logits.last();
+        // -inf is a masked token; NaN or +inf means the forward pass went wrong.
+        if last.iter().any(|l| l.is_nan() || *l == f32::INFINITY) {
+            events.push(Event::Failed {
+                id,
+                message: EngineError::NonFiniteLogits {
+                    position: seq.tokens.len() - 1,
+                }
+                .to_string(),
+            });
+            return true;
+        }
+        let token = seq.sampler.sample(last, &seq.tokens);
+        if seq.params.stop_token_ids.contains(&token) {
+            events.push(finish(FinishReason::Stop(token), seq.usage()));
+            return true;
+        }
+        seq.tokens.push(token);
+        events.push(Event::Token {
+            id,
+            token,
+            logprob: seq.logprobs.map(|top| token_logprob(last, token, top)),
+        });
+        let reason = if seq.generated() >= seq.params.max_new_tokens {
+            FinishReason::Length
+        } else if seq.tokens.len() >= self.model.max_positions() {
+            FinishReason::ContextFull
+        } else {
+            return false;
+        };
+        events.push(finish(reason, seq.usage()));
+        true
+    }
+}

@@ -1,0 +1,120 @@
+//! Continuous batching's invariant: several sequences fed in one step (a flat token axis, each
+//! with its own positions, chunk masks and cache) give what each gives alone.
+
+use candle_core::{DType, Tensor};
+use herd_model::{BatchItem, KvCache, LogitsFor, TextModel};
+use herd_testkit::assert_close;
+
+use super::{full_logits, load_fixture};
+
+/// Three prompts of mixed lengths, crossing the fixture's 8-token chunks at different points.
+fn prompts(vocab: usize) -> Vec<Vec<u32>> {
+    [21usize, 6, 13]
+        .iter()
+        .enumerate()
+        .map(|(s, &n)| (0..n).map(|i| ((i * 37 + s * 101 + 5) % vocab) as u32).collect())
+        .collect()
+}
+
+/// Feeds the prompts in batched steps; `plan[step][seq]` is how many tokens each sequence
+/// advances that step (0: it sits out). Returns each sequence's logits at every position.
+fn batched(model: &TextModel, prompts: &[Vec<u32>], plan: &[[usize; 3]]) -> Vec<Tensor> {
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut done = vec![0usize; prompts.len()];
+    let mut rows: Vec<Vec<Tensor>> = vec![Vec::new(); prompts.len()];
+    for step in plan {
+        let mut items = Vec::new();
+        let mut which = Vec::new();
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let n = step[s];
+            if n == 0 {
+                continue;
+            }
+            items.push(BatchItem {
+                ids: &prompts[s][done[s]..done[s] + n],
+                cache,
+                logits_for: LogitsFor::All,
+                images: None,
+            });
+            which.push(s);
+            done[s] += n;
+        }
+        let out = model.forward_batch(&mut items).expect("batched step");
+        assert_eq!(out.len(), which.len());
+        for (s, logits) in which.into_iter().zip(out) {
+            rows[s].push(logits);
+        }
+    }
+    for (s, p) in prompts.iter().enumerate() {
+        assert_eq!(done[s], p.len(), "the plan feeds sequence {s} whole");
+    }
+    rows.iter().map(|r| Tensor::cat(r, 0).unwrap()).collect()
+}
+
+// Prefill pieces beside single-token decodes in one step, a sequence sitting out a step, and
+// pieces that end inside and across chunks.
+const PLAN: [[usize; 3]; 6] = [[5, 1, 9], [1, 1, 0], [7, 1, 1], [1, 3, 3], [7, 0, 0], [0, 0, 0]];
+
+fn check(fixture: &str) {
+    let model = load_fixture(fixture, DType::F32);
+    let prompts = prompts(model.config().vocab_size);
+    let batch = batched(&model, &prompts, &PLAN);
+    for (s, ids) in prompts.iter().enumerate() {
+        let alone = full_logits(&model, ids);
+        // The same sums in another grouping of rows: equal to f32 rounding.
+        assert_close(
+            &batch[s],
+            &alone,
+            1e-5,
+            &format!("{fixture}: sequence {s} batched vs alone"),
+        );
+    }
+}
+
+#[test]
+fn a_batched_step_equals_each_sequence_alone_scout() {
+    check("scout-tiny");
+}
+
+#[test]
+fn a_batched_step_equals_each_sequence_alone_maverick() {
+    check("maverick-tiny");
+}
+
+#[test]
+fn mutation_one_cache_for_two_sequences_is_caught() {
+    // Feeding sequence 1's tokens after sequence 0's in the same cache (what a batch that lost
+    // track of its segments would compute) must not pass for sequence 1 alone.
+    let model = load_fixture("scout-tiny", DType::F32);
+    let prompts = prompts(model.config().vocab_size);
+    let mut cache = model.new_cache();
+    model.forward(&prompts[0], &mut cache, LogitsFor::Last).unwrap();
+    let mixed = model.forward(&prompts[1], &mut cache, LogitsFor::All).unwrap();
+    let alone = full_logits(&model, &prompts[1]);
+    let d = herd_testkit::divergence(&mixed, &alone, 1e-5);
+    assert!(d.max_abs > 1e-3, "shared cache went unnoticed: {}", d.max_abs);
+}
+
+#[test]
+fn a_bad_item_leaves_every_cache_untouched() {
+    let model = load_fixture("scout-tiny", DType::F32);
+    let (mut a, mut b) = (model.new_cache(), model.new_cache());
+    let bad = [model.config().vocab_size as u32];
+    let mut items = [
+        BatchItem {
+            ids: &[1, 2, 3],
+            cache: &mut a,
+            logits_for: LogitsFor::Last,
+            images: None,
+        },
+        BatchItem {
+            ids: &bad,
+            cache: &mut b,
+            logits_for: LogitsFor::Last,
+            images: None,
+        },
+    ];
+    assert!(model.forward_batch(&mut items).is_err());
+    assert_eq!((a.n_positions(), b.n_positions()), (0, 0));
+    assert!(model.forward_batch(&mut []).unwrap().is_empty());
+}

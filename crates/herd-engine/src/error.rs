@@ -27,6 +27,16 @@ pub enum EngineError {
     #[error("the logits at position {position} are not finite (NaN or +inf): the model's weights are broken or overflow its dtype; `TextModel::set_check_finite` (herd's --check-finite) names the first layer at fault")]
     NonFiniteLogits { position: usize },
 
+    /// A checkpoint's text or image side that cannot be used, or a request's images.
+    #[error("{0}")]
+    Frontend(String),
+
+    #[error(transparent)]
+    Text(#[from] herd_text::TextError),
+
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+
     #[error(transparent)]
     Model(#[from] herd_model::Error),
 }

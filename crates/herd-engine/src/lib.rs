@@ -4,6 +4,7 @@
 
 pub mod core;
 pub mod error;
+pub mod frontend;
 pub mod generate;
 pub mod image;
 pub mod model;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use herd_engine::frontend::images::{load_image, ImageEncoder};
 use herd_engine::generate_with_images;
 use herd_text::chat::Content;
 use herd_text::image_layout::{expand_images, ImageTokenIds};
@@ -14,14 +15,14 @@ use herd_text::{Message, SpecialTokens};
 
 use crate::args::ChatArgs;
 use crate::commands::stream::TokenStream;
-use crate::commands::text::checkpoint_stop_ids;
+use herd_engine::frontend::checkpoint_stop_ids;
 
 const HELP: &str = "commands: /image PATH|DATA-URL (attach an image to your next message), /system TEXT (set the system prompt and restart), /reset (forget the conversation), /help, /exit (or Ctrl-D). Ctrl-C stops a reply.";
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let dir = &args.model.model;
-    let tokenizer = crate::commands::text::tokenizer(dir).context("chat needs the model's tokenizer")?;
-    let template = crate::commands::text::chat_template(dir, &tokenizer)?;
+    let tokenizer = herd_engine::frontend::tokenizer(dir).context("chat needs the model's tokenizer")?;
+    let template = herd_engine::frontend::chat_template(dir, &tokenizer)?;
     let model = args.model.load()?;
     let stops = checkpoint_stop_ids(dir, model.config(), Some(&tokenizer))?;
     let params = args.sampling.params(&stops)?;
@@ -36,6 +37,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     // Images of the conversation in order, and those waiting for the next message.
     let mut images: Vec<std::path::PathBuf> = Vec::new();
     let mut pending: Vec<std::path::PathBuf> = Vec::new();
+    let mut encoder: Option<ImageEncoder> = None;
     eprintln!("{HELP}");
     let stdin = std::io::stdin();
     loop {
@@ -51,7 +53,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             ("/help", _) => eprintln!("{HELP}"),
             ("/image", path) => {
                 let path = std::path::PathBuf::from(path.trim());
-                match crate::commands::images::load_image(&path) {
+                match load_image(&path) {
                     Ok(_) => {
                         eprintln!("(image attached to your next message)");
                         pending.push(path);
@@ -99,13 +101,35 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 let turn = (|| -> Result<_> {
                     let mut prompt =
                         template.encode(&tokenizer, &messages, None, true, SpecialTokens::AsText)?;
-                    let encoded = crate::commands::images::encode(
-                        dir,
-                        model.config().hidden_size,
-                        &images,
-                        model.dtype(),
-                        model.device(),
-                    )?;
+                    let encoded = if images.is_empty() {
+                        None
+                    } else {
+                        if encoder.is_none() {
+                            // Loaded once, at the first image of the session.
+                            encoder = Some(
+                                ImageEncoder::load(
+                                    dir,
+                                    model.config().hidden_size,
+                                    model.dtype(),
+                                    model.device(),
+                                )?
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!(
+                                        "{} is a text-only checkpoint: it has no vision tower for images",
+                                        dir.display()
+                                    )
+                                })?,
+                            );
+                        }
+                        let pixels = images
+                            .iter()
+                            .map(|p| load_image(p))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        encoder
+                            .as_ref()
+                            .and_then(|e| e.encode(&pixels).transpose())
+                            .transpose()?
+                    };
                     if let Some(e) = &encoded {
                         let ids = ImageTokenIds::from_tokenizer(&tokenizer)?;
                         prompt = expand_images(&prompt, &ids, &e.grids, e.tokens_per_tile)?;

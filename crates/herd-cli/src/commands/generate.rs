@@ -8,7 +8,7 @@ use herd_text::SpecialTokens;
 use crate::args::tokens::parse_ids;
 use crate::args::GenerateArgs;
 use crate::commands::stream::TokenStream;
-use crate::commands::text::{bos_id, checkpoint_stop_ids};
+use herd_engine::frontend::{bos_id, checkpoint_stop_ids};
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let dir = &args.model.model;
@@ -18,7 +18,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (Some(tokens), _) => (Vec::new(), parse_ids(tokens)?, None),
         (None, Some(text)) => {
             let tokenizer =
-                crate::commands::text::tokenizer(dir).context("--prompt needs the model's tokenizer")?;
+                herd_engine::frontend::tokenizer(dir).context("--prompt needs the model's tokenizer")?;
             // A raw completion starts with BOS, as transformers' tokenizer and Meta's
             // `encode(bos=True)` do; special-token text in the prompt is text unless allowed.
             let special = if args.allow_special {
@@ -33,7 +33,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give the prompt as --prompt TEXT or --tokens IDS"),
     };
     let model = args.model.load()?;
-    let images = crate::commands::images::encode(
+    let images = herd_engine::frontend::images::encode_files(
         dir,
         model.config().hidden_size,
         &args.images,

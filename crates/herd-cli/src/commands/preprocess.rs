@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
 use crate::args::PreprocessArgs;
-use crate::commands::images::preprocess_file;
+use herd_engine::frontend::images::preprocess_file;
 
 pub fn run(args: PreprocessArgs) -> Result<()> {
     let processed = preprocess_file(&args.model, &args.image, &Device::Cpu)?;

@@ -15,8 +15,8 @@ pub fn run(args: RenderArgs) -> Result<()> {
         };
         tools = Some(list);
     }
-    let tokenizer = crate::commands::text::tokenizer(&args.model)?;
-    let template = crate::commands::text::chat_template(&args.model, &tokenizer)?;
+    let tokenizer = herd_engine::frontend::tokenizer(&args.model)?;
+    let template = herd_engine::frontend::chat_template(&args.model, &tokenizer)?;
     let generation_prompt = !args.no_generation_prompt;
     if args.text {
         println!(

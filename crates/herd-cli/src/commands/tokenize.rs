@@ -12,7 +12,7 @@ use crate::args::TokenizeArgs;
 pub fn run(args: TokenizeArgs) -> Result<()> {
     let tokenizer = match (&args.model, &args.tokenizer) {
         (_, Some(file)) => Tokenizer::from_file(file)?,
-        (Some(model), None) => crate::commands::text::tokenizer(model)?,
+        (Some(model), None) => herd_engine::frontend::tokenizer(model)?,
         (None, None) => bail!("give --model DIR or --tokenizer FILE"),
     };
     let special = if args.allow_special {

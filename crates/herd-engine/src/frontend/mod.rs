@@ -1,14 +1,95 @@
-//! What the text commands share: the model's tokenizer, chat template, BOS and stop ids — from
-//! a Hugging Face folder, or from a GGUF file (its metadata, unless a tokenizer file sits
-//! beside it).
+//! The engine's frontend: text and images in, token ids out; token ids in, text out. What the
+//! CLI and the server share — the checkpoint's tokenizer, chat template, BOS and stop ids (from
+//! a Hugging Face folder, or from a GGUF file's metadata unless a tokenizer file sits beside
+//! it), prompt assembly with image layouts, the vision tower ([`images`]), and the reply's
+//! text with stop strings ([`output`]).
 
-use std::path::Path;
+pub mod images;
+pub mod output;
 
-use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
 use herd_model::generation_config::{stop_token_ids, GenerationConfig};
 use herd_model::weights::gguf::{GgufFile, Value};
 use herd_model::ModelConfig;
-use herd_text::{ChatTemplate, GgufVocab, Tokenizer};
+use herd_text::image_layout::{expand_images, image_layout, ImageTokenIds};
+use herd_text::{ChatTemplate, GgufVocab, Message, SpecialTokens, Tokenizer};
+
+use crate::error::EngineError;
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// A checkpoint's text side, loaded once: tokenizer, chat template, BOS and stop ids.
+pub struct Frontend {
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub bos_id: Option<u32>,
+    /// Every id that ends a reply (see [`checkpoint_stop_ids`]).
+    pub stop_ids: Vec<u32>,
+    model: PathBuf,
+}
+
+impl Frontend {
+    /// Reads the tokenizer, template and stop ids of the folder or GGUF file `model`.
+    pub fn load(model: &Path, config: &ModelConfig) -> Result<Self> {
+        let tokenizer = tokenizer(model)?;
+        let template = chat_template(model, &tokenizer)?;
+        let bos_id = bos_id(model, &tokenizer)?;
+        let stop_ids = checkpoint_stop_ids(model, config, Some(&tokenizer))?;
+        Ok(Frontend {
+            tokenizer,
+            template,
+            bos_id,
+            stop_ids,
+            model: model.to_path_buf(),
+        })
+    }
+
+    pub fn model_path(&self) -> &Path {
+        &self.model
+    }
+
+    /// A chat prompt: the conversation through the chat template (special-token text inside
+    /// messages stays text), each `<|image|>` expanded to its image's tile layout (`grids`
+    /// in order, `tokens_per_tile` patches a tile).
+    pub fn chat_prompt(
+        &self,
+        messages: &[Message],
+        tools: Option<&[serde_json::Value]>,
+        grids: &[(u32, u32)],
+        tokens_per_tile: usize,
+    ) -> Result<Vec<u32>> {
+        let ids = self
+            .template
+            .encode(&self.tokenizer, messages, tools, true, SpecialTokens::AsText)?;
+        if grids.is_empty() {
+            return Ok(ids);
+        }
+        let markup = ImageTokenIds::from_tokenizer(&self.tokenizer)?;
+        Ok(expand_images(&ids, &markup, grids, tokens_per_tile)?)
+    }
+
+    /// A raw completion prompt: BOS (as transformers' tokenizer and Meta's `encode(bos=True)`
+    /// add it), the images' layouts, then the text; special-token text is text unless
+    /// `special` parses it.
+    pub fn completion_prompt(
+        &self,
+        text: &str,
+        special: SpecialTokens,
+        grids: &[(u32, u32)],
+        tokens_per_tile: usize,
+    ) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.bos_id.into_iter().collect();
+        if !grids.is_empty() {
+            let markup = ImageTokenIds::from_tokenizer(&self.tokenizer)?;
+            for &grid in grids {
+                ids.extend(image_layout(&markup, grid, tokens_per_tile));
+            }
+        }
+        ids.extend(self.tokenizer.encode(text, special)?);
+        Ok(ids)
+    }
+}
 
 /// True when `model` names a GGUF file rather than a checkpoint folder.
 pub fn is_gguf(model: &Path) -> bool {
@@ -28,7 +109,7 @@ fn gguf_dir(model: &Path) -> &Path {
 /// those beside it, else the vocabulary the GGUF carries.
 pub fn tokenizer(model: &Path) -> Result<Tokenizer> {
     if !is_gguf(model) {
-        return Tokenizer::from_dir(model).with_context(|| format!("{}'s tokenizer", model.display()));
+        return Ok(Tokenizer::from_dir(model)?);
     }
     if let Ok(t) = Tokenizer::from_dir(gguf_dir(model)) {
         return Ok(t);
@@ -47,10 +128,10 @@ pub fn tokenizer(model: &Path) -> Result<Tokenizer> {
             .unwrap_or_default()
     };
     let Some(types) = gguf.get("tokenizer.ggml.token_type").and_then(Value::as_array) else {
-        bail!(
+        return Err(EngineError::Frontend(format!(
             "{} has no tokenizer.ggml.token_type (and no tokenizer file beside it)",
             model.display()
-        );
+        )));
     };
     let vocab = GgufVocab {
         model: text("tokenizer.ggml.model"),

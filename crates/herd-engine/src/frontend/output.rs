@@ -1,0 +1,165 @@
+//! A reply's text as its tokens arrive: incremental detokenization (no split UTF-8 characters),
+//! then stop strings — the text ends before the first stop string, which is not emitted, and
+//! text that might be the start of one is held back until it is known not to be.
+
+use herd_text::{IncrementalDecoder, Tokenizer};
+
+use crate::error::EngineError;
+
+/// Text to emit after one token, and whether a stop string ended the reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub text: String,
+    pub stopped: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct OutputText {
+    decoder: IncrementalDecoder,
+    stop: Vec<String>,
+    /// Decoded text not yet emitted (it may begin a stop string).
+    held: String,
+    stopped: bool,
+}
+
+impl OutputText {
+    /// Empty stop strings are ignored.
+    pub fn new(stop: &[String]) -> Self {
+        OutputText {
+            decoder: IncrementalDecoder::new(),
+            stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
+            stopped: false,
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Adds one token.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Delta, EngineError> {
+        if self.stopped {
+            return Ok(Delta {
+                text: String::new(),
+                stopped: true,
+            });
+        }
+        let piece = self.decoder.push(tokenizer, id)?;
+        Ok(self.push_text(&piece))
+    }
+
+    /// Adds decoded text (what [`Self::push`] does after detokenizing).
+    pub fn push_text(&mut self, piece: &str) -> Delta {
+        if self.stopped {
+            return Delta {
+                text: String::new(),
+                stopped: true,
+            };
+        }
+        self.held.push_str(piece);
+        if let Some(at) = self.first_stop() {
+            self.stopped = true;
+            let text = self.held[..at].to_string();
+            self.held.clear();
+            return Delta { text, stopped: true };
+        }
+        let keep = self.partial_stop_len();
+        let emit = self.held.len() - keep;
+        let text: String = self.held.drain(..emit).collect();
+        Delta { text, stopped: false }
+    }
+
+    /// Ends the reply: whatever is still held (an incomplete character decodes lossily).
+    pub fn finish(&mut self) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        let rest = self.decoder.finish();
+        let delta = self.push_text(&rest);
+        if delta.stopped {
+            return delta.text;
+        }
+        let mut out = delta.text;
+        out.push_str(&std::mem::take(&mut self.held));
+        out
+    }
+
+    /// Byte offset in `held` of the earliest stop string.
+    fn first_stop(&self) -> Option<usize> {
+        self.stop.iter().filter_map(|s| self.held.find(s.as_str())).min()
+    }
+
+    /// Length of the longest suffix of `held` that is a proper prefix of a stop string, on a
+    /// character boundary.
+    fn partial_stop_len(&self) -> usize {
+        let mut keep = 0;
+        for stop in &self.stop {
+            let longest = stop.len().saturating_sub(1).min(self.held.len());
+            for n in (keep + 1..=longest).rev() {
+                let start = self.held.len() - n;
+                if self.held.is_char_boundary(start) && stop.starts_with(&self.held[start..]) {
+                    keep = n;
+                    break;
+                }
+            }
+        }
+        keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stop: &[&str], pieces: &[&str]) -> (Vec<String>, bool, String) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut out = OutputText::new(&stop);
+        let mut emitted = Vec::new();
+        let mut stopped = false;
+        for p in pieces {
+            let d = out.push_text(p);
+            emitted.push(d.text);
+            if d.stopped {
+                stopped = true;
+                break;
+            }
+        }
+        let rest = out.finish();
+        (emitted, stopped, rest)
+    }
+
+    #[test]
+    fn a_stop_string_split_across_tokens_ends_the_text_before_it() {
+        let (emitted, stopped, rest) = run(&["END"], &["hello E", "N", "D and more"]);
+        assert!(stopped);
+        assert_eq!(emitted.concat(), "hello ");
+        // "E" was held back while it could still start the stop string.
+        assert_eq!(emitted[0], "hello ");
+        assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn a_false_start_is_released_and_the_earliest_stop_wins() {
+        let (emitted, stopped, _) = run(&["ab", "x"], &["a", "c", "zzab x"]);
+        assert!(stopped);
+        assert_eq!(emitted.concat(), "aczz");
+        let (emitted, stopped, rest) = run(&["STOP"], &["no ST", "AY"]);
+        assert!(!stopped);
+        assert_eq!(emitted, ["no ", "STAY"]);
+        assert_eq!(rest, "");
+        // Held text comes out at the end.
+        let (emitted, _, rest) = run(&["STOP"], &["tail ST"]);
+        assert_eq!((emitted.concat(), rest.as_str()), ("tail ".to_string(), "ST"));
+    }
+
+    #[test]
+    fn multibyte_text_is_never_split_and_empty_stops_are_ignored() {
+        let (emitted, stopped, rest) = run(&["", "日本語"], &["こんにちは日", "本"]);
+        assert!(!stopped);
+        assert_eq!(emitted.concat() + &rest, "こんにちは日本");
+        let (emitted, stopped, _) = run(&["本語"], &["日本", "語です"]);
+        assert!(stopped);
+        assert_eq!(emitted.concat(), "日");
+    }
+}

@@ -9,8 +9,16 @@ use args::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // `herd serve` logs a line per request unless HERD_LOG says otherwise.
+    let default_log = match cli.command {
+        Command::Serve(_) => "herd_server=info",
+        _ => "error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HERD_LOG"))
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let mut limits = herd_limits::Limits::default();
@@ -37,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Synth(a) => commands::synth::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

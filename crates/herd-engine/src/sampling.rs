@@ -73,6 +73,18 @@ impl SamplingParams {
     }
 
     pub fn validate(&self) -> Result<(), EngineError> {
+        self.validate_sampling()?;
+        if self.max_new_tokens == 0 {
+            return Err(EngineError::InvalidParameter {
+                field: "max_new_tokens",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Self::validate`] but for the token budget (a server applies its default later).
+    pub fn validate_sampling(&self) -> Result<(), EngineError> {
         let bad =
             |field: &'static str, message: String| Err(EngineError::InvalidParameter { field, message });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
@@ -110,9 +122,6 @@ impl SamplingParams {
                 "logit_bias",
                 format!("{bias} (token {id}) must be in [-100, 100]"),
             );
-        }
-        if self.max_new_tokens == 0 {
-            return bad("max_new_tokens", "must be at least 1".into());
         }
         Ok(())
     }

@@ -57,6 +57,48 @@ pub enum Command {
     /// Measure prompt processing and decode speed, llama-bench style: a table, then one JSON
     /// line (with this machine's memory bandwidth, probed in the same run).
     Bench(BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat completions, completions,
+    /// models, health, metrics) with continuous batching of concurrent requests.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (401 otherwise).
+    #[arg(long, env = "HERD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The model name /v1/models lists and responses carry (default: the checkpoint's file or
+    /// folder name).
+    #[arg(long, value_name = "NAME")]
+    pub served_model_name: Option<String>,
+    /// Most sequences generating at once; more requests wait in a queue.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_running: u32,
+    /// Most tokens one batched step feeds (prefill pieces and decode tokens together); at
+    /// least --max-running.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens_per_step: usize,
+    /// KV cache memory all running sequences may reserve, MiB. A request reserves its prompt
+    /// plus max_tokens when it starts; one that cannot fit waits, one that never could is a 400.
+    #[arg(long, default_value_t = 4096)]
+    pub kv_budget_mib: usize,
+    /// max_tokens of a request that gives none (capped by the context left).
+    #[arg(long, default_value_t = 1024)]
+    pub default_max_tokens: usize,
+    /// Largest request body, MiB (images come inside it as data URLs).
+    #[arg(long, default_value_t = 32)]
+    pub max_body_mib: usize,
+    /// Seconds a shutdown (SIGINT/SIGTERM) waits for requests in flight.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
 }
 
 #[derive(Args)]

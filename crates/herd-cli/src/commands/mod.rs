@@ -9,6 +9,7 @@ pub mod logits;
 pub mod preprocess;
 pub mod quantize;
 pub mod render;
+pub mod serve;
 pub mod stream;
 pub mod synth;
 pub mod tokenize;

@@ -1,0 +1,166 @@
+//! herd-server: `herd serve`, an OpenAI-compatible HTTP API over herd's continuous-batching
+//! engine. The server only translates wire types and streams events: prompts are assembled by
+//! the engine's frontend, batching and sampling happen on the engine thread ([`worker`]).
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
+//! `GET /health`, `GET /metrics`.
+
+pub mod error;
+pub mod generation;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+pub mod wire;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use herd_engine::frontend::images::ImageEncoder;
+use herd_engine::frontend::Frontend;
+use herd_engine::{LanguageModel, SchedulerConfig};
+
+pub use error::{ApiError, ServerError};
+pub use metrics::Metrics;
+pub use state::{AppState, ServerOptions};
+pub use worker::EngineHandle;
+
+/// Starts the engine thread over `model` and builds the shared state.
+pub fn build_state<M>(
+    model: M,
+    frontend: Frontend,
+    images: Option<ImageEncoder>,
+    scheduler: SchedulerConfig,
+    options: ServerOptions,
+) -> Result<Arc<AppState>, ServerError>
+where
+    M: LanguageModel + Send + 'static,
+{
+    let metrics = Arc::new(Metrics::default());
+    let max_positions = model.max_positions();
+    let engine = EngineHandle::spawn(model, scheduler, metrics.clone())?;
+    Ok(Arc::new(AppState {
+        frontend,
+        images,
+        engine,
+        metrics,
+        options,
+        max_positions,
+        started: state::unix_now(),
+    }))
+}
+
+/// The routes, with the API key check on `/v1/*`, the body limit and one log line per request.
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(routes::chat::handle))
+        .route("/v1/completions", post(routes::completions::handle))
+        .route("/v1/models", get(routes::models::handle))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(routes::health::handle))
+        .route("/metrics", get(routes::metrics::handle))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(state.options.max_body_bytes))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.options.api_key {
+        let given = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so response time says nothing of how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let response = next.run(request).await;
+    tracing::info!(
+        "{method} {path} {} {:.1} ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    response
+}
+
+/// Serves until SIGINT/SIGTERM, then stops taking connections and lets requests in flight
+/// finish for up to `shutdown_timeout`. Prints the address once listening (port 0 picks one).
+pub fn serve_blocking(state: Arc<AppState>, addr: SocketAddr) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let local = listener.local_addr()?;
+        tracing::info!("herd serve: listening on http://{local}");
+        eprintln!("listening on http://{local}");
+        let timeout = state.options.shutdown_timeout;
+        let app = router(state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down: draining requests in flight (up to {timeout:?})");
+                eprintln!("shutting down: draining requests in flight (up to {timeout:?})");
+                // The deadline: past it, the process ends whatever is still running.
+                std::thread::spawn(move || {
+                    std::thread::sleep(timeout);
+                    eprintln!("shutdown deadline reached; exiting");
+                    std::process::exit(0);
+                });
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

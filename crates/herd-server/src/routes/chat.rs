@@ -1,0 +1,482 @@
+//! `POST /v1/chat/completions`: messages (text, and `image_url` parts as data URLs) through the
+//! chat template; replies as one JSON body or streamed as server-sent chunks; Llama 4 tool
+//! calls returned as `tool_calls` (while streaming too); logprobs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herd_engine::frontend::images::EncodedImages;
+use herd_engine::image::RgbImage;
+use herd_text::tool_calls::{self, StreamEvent, StreamParser, ToolCall};
+use herd_text::Message;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::{collect, fields, run_choices, submit, token_bytes, token_text, PromptJob};
+use crate::error::ApiError;
+use crate::generation::{GeneratedToken, Update};
+use crate::state::{unix_now, AppState};
+use crate::wire::{kind, Common, MAX_TOP_LOGPROBS};
+
+/// Roles the Llama 4 chat format has (`developer` is OpenAI's newer name for `system`).
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "ipython"];
+
+pub async fn handle(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let arrived = Instant::now();
+    match chat(state.clone(), body, arrived).await {
+        Ok(response) => response,
+        Err(e) => {
+            state.metrics.request_done(false);
+            e.into_response()
+        }
+    }
+}
+
+/// What a chat request asks for beyond sampling.
+struct ChatRequest {
+    messages: Vec<Message>,
+    image_urls: Vec<String>,
+    tools: Option<Vec<Value>>,
+    logprobs: Option<usize>,
+    common: Common,
+}
+
+async fn chat(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    arrived: Instant,
+) -> Result<Response, ApiError> {
+    let request = parse(fields(body)?)?;
+    let encoded = encode_images(&state, request.image_urls).await?;
+    let (grids, tokens_per_tile, images) = match encoded {
+        Some(e) => (e.grids, e.tokens_per_tile, Some(e.features)),
+        None => (Vec::new(), 0, None),
+    };
+    let prompt = state
+        .frontend
+        .chat_prompt(
+            &request.messages,
+            request.tools.as_deref(),
+            &grids,
+            tokens_per_tile,
+        )
+        .map_err(ApiError::from)?;
+    let job = PromptJob {
+        prompt,
+        images,
+        logprobs: request.logprobs,
+        prompt_logprobs: None,
+    };
+    let choices = submit(&state, vec![job], &request.common, arrived).await?;
+    let id = super::response_id("chatcmpl");
+    let has_tools = request.tools.is_some();
+    if request.common.stream {
+        return Ok(stream(
+            state,
+            choices,
+            id,
+            has_tools,
+            request.common.include_usage,
+        ));
+    }
+    let collected = collect(choices).await?;
+    let mut usage = herd_engine::Usage::default();
+    let choices: Vec<Value> = collected
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| {
+            usage.prompt_tokens = c.usage.prompt_tokens;
+            usage.completion_tokens += c.usage.completion_tokens;
+            let mut message = json!({"role": "assistant", "content": c.text});
+            let mut finish_reason = c.finish_reason;
+            if has_tools {
+                let parsed = tool_calls::parse(&c.text);
+                if !parsed.tool_calls.is_empty() {
+                    message["content"] = if parsed.content.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::String(parsed.content)
+                    };
+                    message["tool_calls"] = Value::Array(tool_call_values(&parsed.tool_calls, None));
+                    finish_reason = "tool_calls";
+                }
+            }
+            json!({
+                "index": index,
+                "message": message,
+                "logprobs": request.logprobs.map(|_| json!({"content": logprob_content(&state, &c.tokens)})),
+                "finish_reason": finish_reason,
+            })
+        })
+        .collect();
+    state.metrics.request_done(true);
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": state.options.model_name,
+        "choices": choices,
+        "usage": usage_value(usage),
+    }))
+    .into_response())
+}
+
+fn parse(mut f: crate::wire::Fields) -> Result<ChatRequest, ApiError> {
+    let Some(messages) = f.take("messages") else {
+        return Err(ApiError::invalid("messages", "`messages` is required"));
+    };
+    let (messages, image_urls) = read_messages(messages)?;
+    let mut tools = match f.take("tools") {
+        None => None,
+        Some(Value::Array(t)) if t.is_empty() => None,
+        Some(Value::Array(t)) => {
+            for (i, tool) in t.iter().enumerate() {
+                let ok = tool
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .is_some_and(Value::is_string);
+                if !ok {
+                    return Err(ApiError::invalid(
+                        "tools",
+                        format!(
+                            "tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"
+                        ),
+                    ));
+                }
+            }
+            Some(t)
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "tools",
+                format!("`tools` must be a list, found {}", kind(&other)),
+            ))
+        }
+    };
+    match f.take("tool_choice") {
+        None => {}
+        Some(Value::String(s)) if s == "auto" => {}
+        Some(Value::String(s)) if s == "none" => tools = None,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("`tool_choice` {other}: herd takes \"auto\" or \"none\" (it cannot force a call)"),
+            ))
+        }
+    }
+    if let Some(format) = f.object("response_format")? {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    format!("`response_format` type `{other}` is not supported by herd yet (only \"text\")"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "`response_format` needs a `type`",
+                ))
+            }
+        }
+    }
+    let logprobs = f.bool("logprobs")?.unwrap_or(false);
+    let top = f.count("top_logprobs", MAX_TOP_LOGPROBS)?;
+    if top.is_some() && !logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        ));
+    }
+    let common = Common::parse(&mut f, &["max_tokens", "max_completion_tokens"])?;
+    f.finish()?;
+    Ok(ChatRequest {
+        messages,
+        image_urls,
+        tools,
+        logprobs: logprobs.then_some(top.unwrap_or(0)),
+        common,
+    })
+}
+
+/// OpenAI messages → the template's: roles checked, `image_url` parts become `{"type":
+/// "image"}` with their URLs collected in order, tool-call arguments given as JSON strings
+/// become objects (the Llama 4 template writes them with `tojson`).
+fn read_messages(value: Value) -> Result<(Vec<Message>, Vec<String>), ApiError> {
+    let Value::Array(mut items) = value else {
+        return Err(ApiError::invalid("messages", "`messages` must be a list"));
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` is empty"));
+    }
+    let mut urls = Vec::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        let Some(m) = item.as_object_mut() else {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("messages[{i}] must be an object"),
+            ));
+        };
+        match m.get("role").and_then(Value::as_str) {
+            Some(role) if ROLES.contains(&role) => {
+                if role == "developer" {
+                    m.insert("role".into(), "system".into());
+                }
+            }
+            Some(role) => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!("messages[{i}].role `{role}` is not one of {}", ROLES.join(", ")),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!("messages[{i}] needs a string `role`"),
+                ))
+            }
+        }
+        if let Some(Value::Array(parts)) = m.get_mut("content") {
+            for (j, part) in parts.iter_mut().enumerate() {
+                let kind = part
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                match kind.as_str() {
+                    "text" if part.get("text").is_some_and(Value::is_string) => {}
+                    "image_url" => {
+                        let url = part
+                            .get("image_url")
+                            .and_then(|u| u.get("url").or(Some(u)))
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| {
+                                ApiError::invalid("messages", format!("messages[{i}].content[{j}]: `image_url.url` must be a string"))
+                            })?;
+                        urls.push(url.to_string());
+                        *part = json!({"type": "image"});
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "messages",
+                            format!("messages[{i}].content[{j}]: parts are {{\"type\": \"text\", \"text\": …}} or {{\"type\": \"image_url\", …}}"),
+                        ))
+                    }
+                }
+            }
+        }
+        if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+            for call in calls {
+                if let Some(args) = call.pointer_mut("/function/arguments") {
+                    if let Some(parsed) = args
+                        .as_str()
+                        .and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok())
+                    {
+                        *args = Value::Object(parsed);
+                    }
+                }
+            }
+        }
+    }
+    let messages = herd_text::chat::parse_messages(Value::Array(items))
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    Ok((messages, urls))
+}
+
+/// Decodes the data URLs and runs the vision tower, off the async threads.
+async fn encode_images(state: &Arc<AppState>, urls: Vec<String>) -> Result<Option<EncodedImages>, ApiError> {
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    if state.images.is_none() {
+        return Err(ApiError::invalid(
+            "messages",
+            "this model takes no images (it has no vision tower)",
+        ));
+    }
+    for (i, url) in urls.iter().enumerate() {
+        if !url.starts_with("data:") {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("image {}: herd serve takes images as `data:image/…;base64,…` URLs; it does not fetch from the network", i + 1),
+            ));
+        }
+    }
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let pixels: Vec<RgbImage> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                herd_engine::image::load_data_url(url)
+                    .map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
+            })
+            .collect::<Result<_, _>>()?;
+        let encoder = state
+            .images
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("the vision tower went away"))?;
+        encoder.encode(&pixels).map_err(ApiError::from)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("image encoding: {e}")))?
+}
+
+fn tool_call_values(calls: &[ToolCall], first_index: Option<usize>) -> Vec<Value> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(k, call)| {
+            let mut v = json!({
+                "id": super::response_id("call"),
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments.to_string()},
+            });
+            if let Some(first) = first_index {
+                v["index"] = json!(first + k);
+            }
+            v
+        })
+        .collect()
+}
+
+fn logprob_content(state: &AppState, tokens: &[GeneratedToken]) -> Vec<Value> {
+    tokens
+        .iter()
+        .filter_map(|t| {
+            let lp = t.logprob.as_ref()?;
+            let top: Vec<Value> = lp
+                .top
+                .iter()
+                .map(|&(id, l)| json!({"token": token_text(state, id), "logprob": l, "bytes": token_bytes(state, id)}))
+                .collect();
+            Some(json!({
+                "token": token_text(state, t.id),
+                "logprob": lp.logprob,
+                "bytes": token_bytes(state, t.id),
+                "top_logprobs": top,
+            }))
+        })
+        .collect()
+}
+
+pub fn usage_value(u: herd_engine::Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
+}
+
+fn stream(
+    state: Arc<AppState>,
+    choices: Vec<crate::generation::Generation>,
+    id: String,
+    has_tools: bool,
+    include_usage: bool,
+) -> Response {
+    super::sse(move |tx: mpsc::Sender<Value>| async move {
+        let n = choices.len();
+        let created = unix_now();
+        let chunk = |choices: Value| {
+            json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": state.options.model_name,
+                "choices": choices,
+            })
+        };
+        for index in 0..n {
+            let first = json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
+            if tx.send(chunk(first)).await.is_err() {
+                return;
+            }
+        }
+        let mut parsers: Vec<Option<StreamParser>> =
+            (0..n).map(|_| has_tools.then(StreamParser::new)).collect();
+        let mut usage = herd_engine::Usage::default();
+        let mut rx = run_choices(choices);
+        let mut finished = 0;
+        let mut ok = true;
+        while finished < n {
+            let Some((index, update)) = rx.recv().await else {
+                break;
+            };
+            let mut deltas: Vec<(Value, Option<&str>)> = Vec::new();
+            match update {
+                Err(e) => {
+                    // Mid-stream there is no status to change: the error goes as a chunk.
+                    let _ = tx.send(e.body()).await;
+                    ok = false;
+                    break;
+                }
+                Ok(Update::PromptLogprobs(_)) => {}
+                Ok(Update::Text { text, tokens }) => {
+                    let logprobs = tokens
+                        .iter()
+                        .any(|t| t.logprob.is_some())
+                        .then(|| json!({"content": logprob_content(&state, &tokens)}));
+                    let texts = match &mut parsers[index] {
+                        None => vec![StreamEvent::Text(text)],
+                        Some(p) => p.push(&text),
+                    };
+                    let content: String = texts
+                        .into_iter()
+                        .filter_map(|e| match e {
+                            StreamEvent::Text(t) => Some(t),
+                            StreamEvent::ToolCalls(_) => None,
+                        })
+                        .collect();
+                    if !content.is_empty() || logprobs.is_some() {
+                        let mut c =
+                            json!({"index": index, "delta": {"content": content}, "finish_reason": null});
+                        c["logprobs"] = logprobs.unwrap_or(Value::Null);
+                        deltas.push((c, None));
+                    }
+                }
+                Ok(Update::Done {
+                    finish_reason,
+                    usage: u,
+                }) => {
+                    usage.prompt_tokens = u.prompt_tokens;
+                    usage.completion_tokens += u.completion_tokens;
+                    let mut reason = finish_reason;
+                    if let Some(p) = &mut parsers[index] {
+                        for event in p.finish() {
+                            match event {
+                                StreamEvent::Text(t) => deltas.push((json!({"index": index, "delta": {"content": t}, "logprobs": null, "finish_reason": null}), None)),
+                                StreamEvent::ToolCalls(calls) => {
+                                    reason = "tool_calls";
+                                    deltas.push((json!({"index": index, "delta": {"tool_calls": tool_call_values(&calls, Some(0))}, "logprobs": null, "finish_reason": null}), None));
+                                }
+                            }
+                        }
+                    }
+                    deltas.push((
+                        json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}),
+                        Some(reason),
+                    ));
+                    finished += 1;
+                }
+            }
+            for (delta, _) in deltas {
+                if tx.send(chunk(json!([delta]))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if ok && include_usage {
+            let mut last = chunk(json!([]));
+            last["usage"] = usage_value(usage);
+            let _ = tx.send(last).await;
+        }
+        state.metrics.request_done(ok);
+    })
+}

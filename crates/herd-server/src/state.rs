@@ -1,0 +1,64 @@
+//! What every handler shares: the checkpoint's frontend, its vision tower, the engine thread's
+//! handle, metrics and the server's options.
+
+use std::sync::Arc;
+
+use herd_engine::frontend::images::ImageEncoder;
+use herd_engine::frontend::Frontend;
+
+use crate::metrics::Metrics;
+use crate::worker::EngineHandle;
+
+/// The server's settings (`herd serve` flags).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The name `/v1/models` lists and responses carry.
+    pub model_name: String,
+    /// When set, `/v1/*` needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// `max_tokens` when a request gives none (capped by what the context has left).
+    pub default_max_tokens: usize,
+    /// How long a shutdown waits for requests in flight.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            model_name: "herd".into(),
+            api_key: None,
+            max_body_bytes: 32 << 20,
+            default_max_tokens: 1024,
+            shutdown_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct AppState {
+    pub frontend: Frontend,
+    pub images: Option<ImageEncoder>,
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    pub options: ServerOptions,
+    /// Positions a sequence may hold (the model's context).
+    pub max_positions: usize,
+    /// Unix seconds the server started (`created` of `/v1/models`).
+    pub started: u64,
+}
+
+impl AppState {
+    /// `max_tokens` for a prompt of `prompt_tokens`: as asked, else the default, never past
+    /// the context's end.
+    pub fn max_tokens(&self, asked: Option<usize>, prompt_tokens: usize) -> usize {
+        let left = self.max_positions.saturating_sub(prompt_tokens);
+        asked.unwrap_or(self.options.default_max_tokens.min(left.max(1)))
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

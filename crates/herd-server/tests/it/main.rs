@@ -1,0 +1,2 @@
+//! herd-server integration tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,2 +1,5 @@
 //! herd-server integration tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod support;

@@ -347,7 +347,7 @@ async fn concurrent_clients_each_get_their_sequential_result() {
     let (router, _) = server();
     let body = |i: usize| {
         json!({"messages": [{"role": "user", "content": format!("Question number {i}: {}", "why ".repeat(i))}],
-               "max_tokens": 8 + i, "temperature": 0.7, "seed": i, "stream": i % 2 == 0})
+               "max_tokens": 8 + i, "temperature": 0.7, "seed": i, "stream": i.is_multiple_of(2)})
         .to_string()
     };
     let text_of = |stream: bool, v: Value| -> String {
@@ -362,7 +362,7 @@ async fn concurrent_clients_each_get_their_sequential_result() {
     };
     let run = |router: axum::Router, i: usize| async move {
         let request = post("/v1/chat/completions", &body(i));
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             Value::Array(stream(&router, request).await)
         } else {
             call(&router, request).await.1
@@ -370,11 +370,11 @@ async fn concurrent_clients_each_get_their_sequential_result() {
     };
     let mut sequential = Vec::new();
     for i in 0..8 {
-        sequential.push(text_of(i % 2 == 0, run(router.clone(), i).await));
+        sequential.push(text_of(i.is_multiple_of(2), run(router.clone(), i).await));
     }
     let handles: Vec<_> = (0..8).map(|i| tokio::spawn(run(router.clone(), i))).collect();
     for (i, h) in handles.into_iter().enumerate() {
         let v = h.await.unwrap();
-        assert_eq!(text_of(i % 2 == 0, v), sequential[i], "client {i}");
+        assert_eq!(text_of(i.is_multiple_of(2), v), sequential[i], "client {i}");
     }
 }

@@ -369,10 +369,12 @@ async fn concurrent_clients_each_get_their_sequential_result() {
         }
     };
     let mut sequential = Vec::new();
-    for i in 0..8 {
+    for i in 0..8usize {
         sequential.push(text_of(i.is_multiple_of(2), run(router.clone(), i).await));
     }
-    let handles: Vec<_> = (0..8).map(|i| tokio::spawn(run(router.clone(), i))).collect();
+    let handles: Vec<_> = (0..8usize)
+        .map(|i| tokio::spawn(run(router.clone(), i)))
+        .collect();
     for (i, h) in handles.into_iter().enumerate() {
         let v = h.await.unwrap();
         assert_eq!(text_of(i.is_multiple_of(2), v), sequential[i], "client {i}");

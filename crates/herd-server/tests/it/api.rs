@@ -380,3 +380,88 @@ async fn concurrent_clients_each_get_their_sequential_result() {
         assert_eq!(text_of(i.is_multiple_of(2), v), sequential[i], "client {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_is_encoded_once_and_answers_as_the_single_request_path_does() {
+    use base64::Engine;
+    use herd_engine::frontend::images::ImageEncoder;
+    use herd_engine::generate_with_images;
+    use herd_text::chat::Content;
+
+    let dir = herd_testkit::fixture_path("vision-chat-tiny");
+    let model =
+        herd_model::TextModel::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let frontend = herd_engine::frontend::Frontend::load(&dir, model.config()).unwrap();
+    let encoder = ImageEncoder::load(&dir, model.config().hidden_size, model.dtype(), model.device())
+        .unwrap()
+        .unwrap();
+    // The single-request path: the same prompt and features through `generate_with_images`.
+    let png = std::fs::read(herd_testkit::fixture_path("images").join("wide.png")).unwrap();
+    let pixels = herd_engine::image::decode(&png, "wide.png").unwrap();
+    let encoded = encoder.encode(&[pixels]).unwrap().unwrap();
+    let mut message = Message::new("user", "");
+    message.content = Content::Parts(vec![
+        json!({"type": "image"}),
+        json!({"type": "text", "text": "What is this?"}),
+    ]);
+    let prompt = frontend
+        .chat_prompt(&[message], None, &encoded.grids, encoded.tokens_per_tile)
+        .unwrap();
+    let params = SamplingParams {
+        max_new_tokens: 8,
+        stop_token_ids: frontend.stop_ids.clone(),
+        ..SamplingParams::greedy()
+    };
+    let g = generate_with_images(&model, &prompt, Some(&encoded.features), &params, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let expected = frontend.tokenizer.decode(&g.tokens).unwrap();
+
+    let state = herd_server::build_state(
+        model,
+        frontend,
+        Some(encoder),
+        scheduler(),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let router = herd_server::router(state);
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    let body = json!({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]}],
+        "max_tokens": 8, "temperature": 0});
+    let (status, v) = call(&router, post("/v1/chat/completions", &body.to_string())).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], expected.as_str());
+    assert_eq!(v["usage"]["prompt_tokens"], prompt.len());
+    // Prefilled in pieces of 5 tokens: each piece takes its own image rows.
+    let model =
+        herd_model::TextModel::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let frontend = herd_engine::frontend::Frontend::load(&dir, model.config()).unwrap();
+    let encoder =
+        ImageEncoder::load(&dir, model.config().hidden_size, model.dtype(), model.device()).unwrap();
+    let small_steps = herd_engine::SchedulerConfig {
+        max_running: 4,
+        max_tokens_per_step: 5,
+        kv_budget_bytes: 1 << 30,
+    };
+    let state =
+        herd_server::build_state(model, frontend, encoder, small_steps, ServerOptions::default()).unwrap();
+    let pieces = herd_server::router(state);
+    assert!(prompt.len() > 10, "the prompt spans several pieces");
+    let (_, v2) = call(&pieces, post("/v1/chat/completions", &body.to_string())).await;
+    assert_eq!(v2["choices"][0]["message"]["content"], expected.as_str());
+    // A corrupt image and a remote URL are 400s.
+    for url in [
+        "data:image/png;base64,bm90IGFuIGltYWdl",
+        "https://example.com/cat.png",
+    ] {
+        let body = json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]});
+        let (status, v) = call(&router, post("/v1/chat/completions", &body.to_string())).await;
+        assert_eq!(status, 400, "{url}: {v}");
+    }
+}

@@ -186,6 +186,16 @@ class ChatTiny(unittest.TestCase):
         )
         self.assertEqual([c.message.content for c in r.choices], [c.message.content for c in again.choices])
 
+    def test_json_mode_replies_with_a_json_object(self):
+        for seed in range(3):
+            r = self.chat(response_format={"type": "json_object"}, max_tokens=400, temperature=0.8, seed=seed)
+            content = r.choices[0].message.content
+            if r.choices[0].finish_reason == "stop":
+                self.assertIsInstance(json.loads(content), dict, content)
+            else:
+                self.assertEqual(r.choices[0].finish_reason, "length")
+                self.assertTrue(content.lstrip().startswith("{"), content)
+
     def test_chat_logprobs(self):
         r = self.chat(temperature=0, logprobs=True, top_logprobs=2, max_tokens=5)
         content = r.choices[0].logprobs.content

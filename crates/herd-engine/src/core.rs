@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
+use crate::constraint::{masked_logits, TokenConstraint};
 use crate::error::EngineError;
 use crate::generate::FinishReason;
 use crate::model::{Feed, ImageFeatures, LanguageModel, Logits};
@@ -32,6 +33,7 @@ struct Sequence<C> {
     logprobs: Option<usize>,
     prompt_logprobs: Option<usize>,
     prompt_logprob_rows: Vec<TokenLogprob>,
+    constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 impl<C> Sequence<C> {
@@ -106,6 +108,7 @@ impl<M: LanguageModel> EngineCore<M> {
             params,
             logprobs,
             prompt_logprobs,
+            constraint,
         } = request;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -149,6 +152,7 @@ impl<M: LanguageModel> EngineCore<M> {
                 logprobs,
                 prompt_logprobs,
                 prompt_logprob_rows: Vec::new(),
+                constraint,
             },
         );
         Ok(id)
@@ -307,7 +311,20 @@ impl<M: LanguageModel> EngineCore<M> {
             });
             return true;
         }
-        let token = seq.sampler.sample(last, &seq.tokens);
+        let token = match &seq.constraint {
+            None => seq.sampler.sample(last, &seq.tokens),
+            Some(rule) => match masked_logits(last, rule.as_ref(), &seq.params) {
+                Some(allowed) => seq.sampler.sample(&allowed, &seq.tokens),
+                None => {
+                    // Nothing may follow (a complete reply and no stop token to end it).
+                    events.push(finish(FinishReason::Complete, seq.usage()));
+                    return true;
+                }
+            },
+        };
+        if let Some(rule) = &mut seq.constraint {
+            rule.advance(token);
+        }
         if seq.params.stop_token_ids.contains(&token) {
             events.push(finish(FinishReason::Stop(token), seq.usage()));
             return true;

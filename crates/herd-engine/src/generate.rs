@@ -22,6 +22,8 @@ pub enum FinishReason {
     ContextFull,
     /// The caller's callback asked to stop.
     Cancelled,
+    /// A constrained reply was whole and no stop token could end it.
+    Complete,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

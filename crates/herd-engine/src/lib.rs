@@ -2,6 +2,7 @@
 //! parameters (one validated type shared by the CLI and, later, the server), the sampler, and
 //! the generation loop over any [`LanguageModel`].
 
+pub mod constraint;
 pub mod core;
 pub mod error;
 pub mod frontend;

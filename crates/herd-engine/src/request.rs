@@ -1,13 +1,14 @@
 //! What a client asks the engine for, and what the engine reports back: token ids in, token
 //! events out (the engine core knows no text).
 
+use crate::constraint::TokenConstraint;
 use crate::generate::FinishReason;
 use crate::model::ImageFeatures;
 use crate::sampling::SamplingParams;
 use crate::scheduler::RequestId;
 
 /// One generation request, already tokenized.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Request {
     pub prompt: Vec<u32>,
     /// Features for the prompt's `<|patch|>` tokens, in order.
@@ -19,6 +20,8 @@ pub struct Request {
     /// Log-probabilities of every prompt token after the first (given the ones before it),
     /// with this many alternatives.
     pub prompt_logprobs: Option<usize>,
+    /// A rule the reply must follow (JSON mode).
+    pub constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 impl Request {
@@ -29,6 +32,7 @@ impl Request {
             params,
             logprobs: None,
             prompt_logprobs: None,
+            constraint: None,
         }
     }
 }

@@ -120,7 +120,7 @@ impl Generation {
             Event::Finished { reason, .. } => {
                 self.finish();
                 let reason = match reason {
-                    FinishReason::Stop(_) | FinishReason::Cancelled => "stop",
+                    FinishReason::Stop(_) | FinishReason::Cancelled | FinishReason::Complete => "stop",
                     FinishReason::Length | FinishReason::ContextFull => "length",
                 };
                 let rest = self.output.finish();

@@ -54,6 +54,7 @@ where
         options,
         max_positions,
         started: state::unix_now(),
+        json_tokens: std::sync::OnceLock::new(),
     }))
 }
 

@@ -1,7 +1,9 @@
 //! What every handler shares: the checkpoint's frontend, its vision tower, the engine thread's
 //! handle, metrics and the server's options.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use herd_engine::frontend::json_mode::TokenBytes;
 
 use herd_engine::frontend::images::ImageEncoder;
 use herd_engine::frontend::Frontend;
@@ -46,9 +48,17 @@ pub struct AppState {
     pub max_positions: usize,
     /// Unix seconds the server started (`created` of `/v1/models`).
     pub started: u64,
+    /// Every token's bytes, for JSON mode: built at the first request that asks.
+    pub json_tokens: OnceLock<Arc<TokenBytes>>,
 }
 
 impl AppState {
+    pub fn json_tokens(&self) -> Arc<TokenBytes> {
+        self.json_tokens
+            .get_or_init(|| Arc::new(TokenBytes::new(&self.frontend.tokenizer)))
+            .clone()
+    }
+
     /// `max_tokens` for a prompt of `prompt_tokens`: as asked, else the default, never past
     /// the context's end.
     pub fn max_tokens(&self, asked: Option<usize>, prompt_tokens: usize) -> usize {

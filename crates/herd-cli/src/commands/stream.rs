@@ -78,6 +78,7 @@ impl<'a> TokenStream<'a> {
             FinishReason::Length => "max_new_tokens".into(),
             FinishReason::ContextFull => "context full".into(),
             FinishReason::Cancelled => "cancelled".into(),
+            FinishReason::Complete => "a complete constrained reply".into(),
         };
         let decoded = generation.tokens.len().saturating_sub(1);
         let tps = if decode > Duration::ZERO {

@@ -5,6 +5,7 @@
 //! text with stop strings ([`output`]).
 
 pub mod images;
+pub mod json_mode;
 pub mod output;
 
 use std::path::{Path, PathBuf};

@@ -373,3 +373,41 @@ fn the_real_model_batched_gives_what_each_request_gives_alone() {
         assert_eq!(out[id].0, alone[s], "request {s}");
     }
 }
+
+#[test]
+fn a_constraint_masks_tokens_and_a_complete_reply_ends_at_a_stop_token() {
+    use herd_engine::constraint::TokenConstraint;
+    /// Allows only 7, then 8, then is complete.
+    #[derive(Debug)]
+    struct TwoTokens(usize);
+    impl TokenConstraint for TwoTokens {
+        fn allows(&self, token: u32) -> bool {
+            token == [7, 8][self.0.min(1)]
+        }
+        fn advance(&mut self, _token: u32) {
+            self.0 += 1;
+        }
+        fn is_complete(&self) -> bool {
+            self.0 >= 2
+        }
+    }
+    let mut core = EngineCore::new(Fake::new(1000), config(2, 16, 10_000)).unwrap();
+    let mut with_stop = Request::new(
+        vec![1],
+        SamplingParams {
+            stop_token_ids: vec![30],
+            temperature: 1.0,
+            seed: Some(1),
+            max_new_tokens: 10,
+            ..SamplingParams::default()
+        },
+    );
+    with_stop.constraint = Some(Box::new(TwoTokens(0)));
+    let a = core.add(with_stop).unwrap();
+    let mut without = Request::new(vec![1], greedy(10));
+    without.constraint = Some(Box::new(TwoTokens(0)));
+    let b = core.add(without).unwrap();
+    let (out, _) = run(&mut core);
+    assert_eq!(out[&a], (vec![7, 8], FinishReason::Stop(30)));
+    assert_eq!(out[&b], (vec![7, 8], FinishReason::Complete));
+}

@@ -43,6 +43,7 @@ struct ChatRequest {
     image_urls: Vec<String>,
     tools: Option<Vec<Value>>,
     logprobs: Option<usize>,
+    json_object: bool,
     common: Common,
 }
 
@@ -71,6 +72,7 @@ async fn chat(
         images,
         logprobs: request.logprobs,
         prompt_logprobs: None,
+        json_object: request.json_object,
     };
     let choices = submit(&state, vec![job], &request.common, arrived).await?;
     let id = super::response_id("chatcmpl");
@@ -169,13 +171,15 @@ fn parse(mut f: crate::wire::Fields) -> Result<ChatRequest, ApiError> {
             ))
         }
     }
+    let mut json_object = false;
     if let Some(format) = f.object("response_format")? {
         match format.get("type").and_then(Value::as_str) {
             Some("text") => {}
+            Some("json_object") => json_object = true,
             Some(other) => {
                 return Err(ApiError::invalid(
                     "response_format",
-                    format!("`response_format` type `{other}` is not supported by herd yet (only \"text\")"),
+                    format!("`response_format` type `{other}` is not supported by herd yet (\"text\" or \"json_object\")"),
                 ))
             }
             None => {
@@ -201,6 +205,7 @@ fn parse(mut f: crate::wire::Fields) -> Result<ChatRequest, ApiError> {
         image_urls,
         tools,
         logprobs: logprobs.then_some(top.unwrap_or(0)),
+        json_object,
         common,
     })
 }

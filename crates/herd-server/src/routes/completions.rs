@@ -74,6 +74,7 @@ async fn complete(
             images: None,
             logprobs,
             prompt_logprobs: if echo { logprobs } else { None },
+            json_object: false,
         })
         .collect();
     let choices = submit(&state, jobs, &common, arrived).await?;

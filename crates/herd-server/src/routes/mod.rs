@@ -15,6 +15,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use herd_engine::frontend::json_mode::JsonConstraint;
 use herd_engine::{ImageFeatures, Request, SamplingParams, TokenLogprob};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,6 +43,8 @@ pub struct PromptJob {
     pub images: Option<ImageFeatures>,
     pub logprobs: Option<usize>,
     pub prompt_logprobs: Option<usize>,
+    /// JSON mode: the reply must be one JSON object.
+    pub json_object: bool,
 }
 
 /// Checks the prompt's length, applies `max_tokens` and the stop ids, and submits every
@@ -90,6 +93,10 @@ pub async fn submit(
                 params,
                 logprobs: job.logprobs,
                 prompt_logprobs: job.prompt_logprobs,
+                constraint: job.json_object.then(|| {
+                    Box::new(JsonConstraint::new(state.json_tokens()))
+                        as Box<dyn herd_engine::constraint::TokenConstraint>
+                }),
             };
             let (id, events) = state.engine.submit(request).await?;
             choices.push(Generation::new(

@@ -465,3 +465,28 @@ async fn an_image_is_encoded_once_and_answers_as_the_single_request_path_does() 
         assert_eq!(status, 400, "{url}: {v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_mode_replies_with_a_json_object() {
+    use herd_engine::frontend::json_mode::JsonPrefix;
+    let (router, _) = server();
+    for seed in 0..3 {
+        let body = json!({"messages": [{"role": "user", "content": "Give me JSON"}], "max_tokens": 400,
+                          "temperature": 0.7, "seed": seed, "response_format": {"type": "json_object"}});
+        let (status, v) = call(&router, post("/v1/chat/completions", &body.to_string())).await;
+        assert_eq!(status, 200, "{v}");
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let mut prefix = JsonPrefix::new();
+        assert!(
+            prefix.feed(content.as_bytes()),
+            "not a JSON object prefix: {content:?}"
+        );
+        if v["choices"][0]["finish_reason"] == "stop" {
+            assert!(prefix.is_complete(), "{content:?}");
+            let parsed: Value = serde_json::from_str(content).unwrap();
+            assert!(parsed.is_object(), "{content}");
+        } else {
+            assert_eq!(v["choices"][0]["finish_reason"], "length");
+        }
+    }
+}

@@ -85,6 +85,34 @@ impl StepInputs {
     }
 }
 
+/// A step in which several sequences each feed one token (batched decode): every row's RoPE
+/// table and temperature scale concatenated once, so each layer rotates and scales the whole
+/// batch in one call instead of once per sequence.
+#[derive(Debug, Clone)]
+pub struct DecodeInputs {
+    pub rotary: RotaryTables,
+    /// [1, 1, T, 1]
+    pub temperature_scales: Option<Tensor>,
+}
+
+impl DecodeInputs {
+    /// `None` unless there are at least two steps and each feeds exactly one token.
+    pub fn new(steps: &[StepInputs]) -> Result<Option<Self>> {
+        if steps.len() < 2 || steps.iter().any(|s| s.len() != 1) {
+            return Ok(None);
+        }
+        let tables: Vec<&RotaryTables> = steps.iter().map(|s| &s.rotary).collect();
+        let scales: Option<Vec<&Tensor>> = steps.iter().map(|s| s.temperature_scales.as_ref()).collect();
+        Ok(Some(DecodeInputs {
+            rotary: RotaryTables::cat(&tables)?,
+            temperature_scales: match scales {
+                Some(s) => Some(Tensor::cat(&s, 2)?),
+                None => None,
+            },
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -93,6 +93,7 @@ fn run<M: LanguageModel>(core: &mut EngineCore<M>, rx: &mpsc::Receiver<Command>,
             }
             open
         });
+        let started = std::time::Instant::now();
         let events = match std::panic::catch_unwind(AssertUnwindSafe(|| core.step())) {
             Ok(events) => events,
             Err(_) => {
@@ -109,7 +110,15 @@ fn run<M: LanguageModel>(core: &mut EngineCore<M>, rx: &mpsc::Receiver<Command>,
                 Vec::new()
             }
         };
-        metrics.engine(core.stats());
+        let stats = core.stats();
+        tracing::debug!(
+            "step: {} events, {} running, {} waiting, {:.1} ms",
+            events.len(),
+            stats.running,
+            stats.waiting,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        metrics.engine(stats);
         for event in events {
             let id = event.request();
             let last = matches!(event, Event::Finished { .. } | Event::Failed { .. });

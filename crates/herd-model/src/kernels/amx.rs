@@ -269,10 +269,13 @@ pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &
                 let b_planes = acts.planes.min(3 - i.min(2));
                 let b = &acts.data[block * kblocks * 2 * TILE..];
                 assert!(b.len() >= (b_planes - 1) * acts.plane_len() + kblocks * 2 * TILE);
-                let kernel = match b_planes {
-                    1 => tile_32x32_1,
-                    2 => tile_32x32_2,
-                    _ => tile_32x32_3,
+                let kernel = match (b_planes, tokens <= TOKENS / 2) {
+                    (1, false) => tile_32x32_1,
+                    (2, false) => tile_32x32_2,
+                    (_, false) => tile_32x32_3,
+                    (1, true) => tile_32x16_1,
+                    (2, true) => tile_32x16_2,
+                    (_, true) => tile_32x16_3,
                 };
                 // SAFETY: the session is live; a holds 32 rows of k = 32·kblocks bf16, each B
                 // plane kblocks pairs of tiles (asserted above), c is 32×32 f32, kblocks ≥ 1.
@@ -425,6 +428,66 @@ macro_rules! microkernel {
 microkernel!(tile_32x32_1, 0);
 microkernel!(tile_32x32_2, 0 1);
 microkernel!(tile_32x32_3, 0 1 2);
+
+/// [`microkernel!`] for a block of at most 16 tokens (a batch of decoding sequences): only B's
+/// first token half is multiplied, into c's two left quarters — half the tile products of the
+/// full kernel, whose right half would multiply the block's zero padding.
+///
+/// # Safety
+/// As [`microkernel!`]'s functions; only c's first 16 token columns are read and written.
+macro_rules! microkernel_half {
+    ($name:ident, $($plane:literal)+) => {
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn $name(a: *const bf16, a_stride: usize, b: *const bf16, plane_bytes: usize, kblocks: usize, c: *mut f32) {
+            // SAFETY: the caller's contract; the asm reads and writes only the memory named
+            // there and the tile registers of the live session.
+            unsafe {
+                std::arch::asm!(
+                    "tileloadd tmm0, [{c} + {cs}*1]",
+                    "tileloadd tmm2, [{c} + {cs}*1 + 2048]",
+                    "2:",
+                    "tileloadd tmm4, [{a0} + {as}*1]",
+                    "tileloadd tmm5, [{a1} + {as}*1]",
+                    "mov {bp}, {b}",
+                    $(
+                        concat!("// activation plane ", $plane),
+                        "tileloadd tmm6, [{bp} + {bs}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "add {bp}, {ps}",
+                    )+
+                    "add {a0}, 64",
+                    "add {a1}, 64",
+                    "add {b}, 2048",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c} + {cs}*1], tmm0",
+                    "tilestored [{c} + {cs}*1 + 2048], tmm2",
+                    c = in(reg) c,
+                    cs = in(reg) TOKENS * 4,
+                    a0 = inout(reg) a => _,
+                    a1 = inout(reg) a.byte_add(16 * a_stride) => _,
+                    as = in(reg) a_stride,
+                    b = inout(reg) b => _,
+                    bp = out(reg) _,
+                    bs = in(reg) 64usize,
+                    ps = in(reg) plane_bytes,
+                    n = inout(reg) kblocks => _,
+                    options(nostack),
+                );
+            }
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe fn $name(_: *const bf16, _: usize, _: *const bf16, _: usize, _: usize, _: *mut f32) {
+            unreachable!("AMX is x86-64 only; usable() is false elsewhere")
+        }
+    };
+}
+
+microkernel_half!(tile_32x16_1, 0);
+microkernel_half!(tile_32x16_2, 0 1);
+microkernel_half!(tile_32x16_3, 0 1 2);
 
 /// The slow twin of [`product_rows`]: the same bf16 operands (each side's planes summed back to
 /// f32) multiplied in f32, one dot at a time, into y [t, rows].

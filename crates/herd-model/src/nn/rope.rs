@@ -40,6 +40,17 @@ impl RotaryTables {
     }
 
     /// x: [1, H, T, Dh] (contiguous) → same shape, rotated.
+    /// The tables of several steps' positions, one after another (a batch's rows).
+    pub fn cat(tables: &[&RotaryTables]) -> Result<Self> {
+        let cos: Vec<&Tensor> = tables.iter().map(|t| &t.cos).collect();
+        let sin: Vec<&Tensor> = tables.iter().map(|t| &t.sin).collect();
+        Ok(RotaryTables {
+            cos: Tensor::cat(&cos, 0)?,
+            sin: Tensor::cat(&sin, 0)?,
+            pairing: tables.first().map_or(RopePairing::Interleaved, |t| t.pairing),
+        })
+    }
+
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         Ok(match self.pairing {

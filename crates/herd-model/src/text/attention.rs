@@ -13,7 +13,7 @@ use crate::kernels::decode_attention::{decode_attention, CacheView};
 use crate::kernels::half_matmul::HalfElement;
 use crate::kv_cache::LayerCache;
 use crate::nn::{rms_normalize, Linear};
-use crate::step::StepInputs;
+use crate::step::{DecodeInputs, StepInputs};
 use crate::text::mask;
 use crate::weights::Weights;
 
@@ -61,17 +61,30 @@ impl Attention {
 
     /// x: [T, D] → [T, D]
     pub fn forward(&self, x_td: &Tensor, step: &StepInputs, cache: &mut LayerCache) -> Result<Tensor> {
-        self.forward_batch(x_td, &mut [Segment { step, cache }])
+        self.forward_batch(x_td, &mut [Segment { step, cache }], None)
     }
 
     /// A step over several sequences on one flat token axis: x [T, D] holds each segment's
     /// rows in order (T = Σ Tᵢ). The projections run once over all T rows — where batching
     /// pays: the weights stream from memory once per step, not once per sequence — and each
     /// segment attends over its own cache with its own positions and masks. → [T, D]
-    pub fn forward_batch(&self, x_td: &Tensor, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+    ///
+    /// `decode` (several sequences, one token each) takes the batched-decode path: RoPE,
+    /// QK-norm and temperature once over all rows, then per sequence only the cache write and
+    /// the decode kernel.
+    pub fn forward_batch(
+        &self,
+        x_td: &Tensor,
+        segments: &mut [Segment<'_>],
+        decode: Option<&DecodeInputs>,
+    ) -> Result<Tensor> {
         let q_all = self.q_proj.forward(x_td)?; // [T, H·Dh]
         let k_all = self.k_proj.forward(x_td)?; // [T, Hkv·Dh]
         let v_all = self.v_proj.forward(x_td)?;
+        if let Some(decode) = decode.filter(|_| x_td.device().is_cpu()) {
+            let out_td = self.decode_batch(&q_all, &k_all, &v_all, segments, decode)?;
+            return self.o_proj.forward(&out_td);
+        }
         let mut outs = Vec::with_capacity(segments.len());
         let mut row = 0;
         for seg in segments.iter_mut() {
@@ -90,6 +103,107 @@ impl Attention {
             Tensor::cat(&outs, 0)?
         };
         self.o_proj.forward(&out_td)
+    }
+
+    /// Batched decode: T sequences, one query each. Projections [T, H·Dh] / [T, Hkv·Dh] →
+    /// attention outputs [T, H·Dh] before the output projection.
+    fn decode_batch(
+        &self,
+        q_td: &Tensor,
+        k_td: &Tensor,
+        v_td: &Tensor,
+        segments: &mut [Segment<'_>],
+        decode: &DecodeInputs,
+    ) -> Result<Tensor> {
+        let t = segments.len();
+        let (h, hkv, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // [T, n·Dh] → [1, n, T, Dh]: the rows as one "sequence" for the row-wise ops.
+        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((t, n, dh))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?)
+        };
+        let mut q = heads(q_td, h)?;
+        let mut k = heads(k_td, hkv)?;
+        let v = heads(v_td, hkv)?;
+        if self.kind.uses_rope() {
+            q = decode.rotary.apply(&q)?;
+            k = decode.rotary.apply(&k)?;
+        }
+        if self.uses_qk_norm {
+            q = rms_normalize(&q, self.norm_eps)?;
+            k = rms_normalize(&k, self.norm_eps)?;
+        }
+        if let (Some(_), Some(scales)) = (self.temperature_tuning, &decode.temperature_scales) {
+            q = q.broadcast_mul(scales)?;
+        }
+        let dtype = q.dtype();
+        // [T, H, Dh] in f32: row i is sequence i's query.
+        let q_thd = q
+            .squeeze(0)?
+            .transpose(0, 1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let (k, v) = (k.squeeze(0)?, v.squeeze(0)?); // [Hkv, T, Dh]
+        let scale = (1.0 / (dh as f64).sqrt()) as f32;
+        let mut out = vec![0f32; t * h * dh];
+        for (i, seg) in segments.iter_mut().enumerate() {
+            let (k_all, v_all) = seg.cache.extend(&k.narrow(1, i, 1)?, &v.narrow(1, i, 1)?)?;
+            let position = seg.step.positions.start;
+            let first_key = mask::chunk_start(position, self.kind.chunk_len()).max(seg.cache.start());
+            let len = position + 1 - first_key;
+            let k_run = k_all.narrow(1, first_key - seg.cache.start(), len)?;
+            let v_run = v_all.narrow(1, first_key - seg.cache.start(), len)?;
+            let q_i = &q_thd[i * h * dh..(i + 1) * h * dh];
+            let row = match self.decode_one(q_i, &k_run, &v_run, scale)? {
+                Some(row) => row,
+                None => {
+                    // A layout the kernel does not read: the general product.
+                    let q_run = Tensor::from_slice(q_i, (h, 1, dh), q_td.device())?.to_dtype(dtype)?;
+                    let out = self.attend(&q_run, &k_run.to_dtype(dtype)?, &v_run.to_dtype(dtype)?, None)?;
+                    out.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
+                }
+            };
+            out[i * h * dh..(i + 1) * h * dh].copy_from_slice(&row);
+        }
+        Ok(Tensor::from_vec(out, (t, h * dh), q_td.device())?.to_dtype(dtype)?)
+    }
+
+    /// One query [H·Dh] (f32) against a cache view [Hkv, L, Dh] of any stored dtype, by the
+    /// decode kernel → [H·Dh]; `None` for a layout the kernel does not read.
+    fn decode_one(&self, q: &[f32], k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Vec<f32>>> {
+        match k.dtype() {
+            DType::F32 => self.decode_one_as::<f32>(q, k, v, scale),
+            DType::BF16 => self.decode_one_as::<half::bf16>(q, k, v, scale),
+            DType::F16 => self.decode_one_as::<half::f16>(q, k, v, scale),
+            _ => Ok(None),
+        }
+    }
+
+    fn decode_one_as<E: HalfElement + candle_core::WithDType>(
+        &self,
+        q: &[f32],
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+    ) -> Result<Option<Vec<f32>>> {
+        let len = k.dims()[1];
+        let (k_store, k_layout) = k.storage_and_layout();
+        let (v_store, v_layout) = v.storage_and_layout();
+        let (candle_core::Storage::Cpu(k_cpu), candle_core::Storage::Cpu(v_cpu)) = (&*k_store, &*v_store)
+        else {
+            return Ok(None);
+        };
+        let (hkv, dh) = (self.n_kv_heads, self.head_dim);
+        let (Some(k_view), Some(v_view)) = (
+            cache_view(k_cpu.as_slice::<E>()?, k_layout, hkv, len, dh),
+            cache_view(v_cpu.as_slice::<E>()?, v_layout, hkv, len, dh),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(decode_attention(q, &k_view, &v_view, scale)))
     }
 
     /// One sequence's attention: its projections [T, H·Dh] / [T, Hkv·Dh] after the cache it

@@ -6,7 +6,7 @@ use crate::config::{LayerPlan, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::nn::RmsNorm;
-use crate::step::StepInputs;
+use crate::step::{DecodeInputs, StepInputs};
 use crate::text::attention::Segment;
 use crate::text::{Attention, FeedForward};
 use crate::weights::Weights;
@@ -32,15 +32,20 @@ impl DecoderLayer {
 
     /// x: [T, D] → [T, D]
     pub fn forward(&self, x: &Tensor, step: &StepInputs, cache: &mut LayerCache) -> Result<Tensor> {
-        self.forward_batch(x, &mut [Segment { step, cache }])
+        self.forward_batch(x, &mut [Segment { step, cache }], None)
     }
 
     /// Several sequences' rows on one token axis, each segment with its own positions and
     /// cache (see [`Attention::forward_batch`]). x: [T, D] → [T, D]
-    pub fn forward_batch(&self, x: &Tensor, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+    pub fn forward_batch(
+        &self,
+        x: &Tensor,
+        segments: &mut [Segment<'_>],
+        decode: Option<&DecodeInputs>,
+    ) -> Result<Tensor> {
         let h = (x + self
             .self_attn
-            .forward_batch(&self.input_layernorm.forward(x)?, segments)?)?;
+            .forward_batch(&self.input_layernorm.forward(x)?, segments, decode)?)?;
         Ok((&h
             + self
                 .feed_forward

@@ -11,7 +11,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::nn::{Embedding, Linear, RmsNorm};
-use crate::step::StepInputs;
+use crate::step::{DecodeInputs, StepInputs};
 use crate::text::attention::Segment;
 use crate::text::DecoderLayer;
 use crate::weights::{QuantPlan, QuantType, WeightSource, Weights};
@@ -347,13 +347,14 @@ impl TextModel {
         if self.check_finite {
             check_finite(&h, "the input embedding", start)?;
         }
+        let decode = DecodeInputs::new(steps)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let mut segments = Vec::with_capacity(items.len());
             for (item, step) in items.iter_mut().zip(steps) {
                 let cache = item.cache.layers_mut().get_mut(i).ok_or(Error::EmptyInput)?;
                 segments.push(Segment { step, cache });
             }
-            h = layer.forward_batch(&h, &mut segments)?;
+            h = layer.forward_batch(&h, &mut segments, decode.as_ref())?;
             if self.check_finite {
                 check_finite(&h, &format!("the output of layer {i}"), start)?;
             }

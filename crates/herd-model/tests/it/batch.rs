@@ -82,6 +82,47 @@ fn a_batched_step_equals_each_sequence_alone_maverick() {
 }
 
 #[test]
+fn batched_decode_steps_equal_each_sequence_alone_with_every_cache_dtype() {
+    // After their prompts, all three sequences decode one token a step together (the batched
+    // decode path), across chunk boundaries, with f32, f16 and bf16 caches.
+    let plan: Vec<[usize; 3]> = [[13, 4, 7]]
+        .into_iter()
+        .chain(std::iter::repeat_n([1, 1, 1], 2))
+        .chain([[7, 1, 6], [0, 0, 0]])
+        .collect();
+    for fixture in ["scout-tiny", "maverick-tiny"] {
+        let mut model = load_fixture(fixture, DType::F32);
+        let prompts = prompts(model.config().vocab_size);
+        let lengths: Vec<usize> = (0..3).map(|s| plan.iter().map(|p| p[s]).sum()).collect();
+        let prompts: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(&lengths)
+            .map(|(p, &n)| p.iter().cycle().take(n).copied().collect())
+            .collect();
+        for kv in [None, Some(DType::F16), Some(DType::BF16)] {
+            model.set_kv_dtype(kv);
+            let batch = batched(&model, &prompts, &plan);
+            for (s, ids) in prompts.iter().enumerate() {
+                // Alone, fed the same way: its prefill, then one token at a time.
+                let sizes: Vec<usize> = plan.iter().map(|p| p[s]).filter(|&n| n > 0).collect();
+                let alone = super::piecewise_logits(&model, ids, &sizes);
+                let what = format!("{fixture} {kv:?}: sequence {s} batched vs alone");
+                // An f32 cache holds what both computed: equal to f32 rounding. A narrow cache
+                // rounds each key and value; a last-bit difference in a projection (another
+                // grouping of rows) can move one of them by a rounding step, 2⁻¹¹ (f16) or 2⁻⁸
+                // (bf16) relative, which moves the logits by a fraction of such a step (seen: ≤ 6e-5).
+                let tol = match kv {
+                    None => 1e-5,
+                    Some(DType::F16) => 5e-4,
+                    _ => 4e-3,
+                };
+                assert_close(&batch[s], &alone, tol, &what);
+            }
+        }
+    }
+}
+
+#[test]
 fn mutation_one_cache_for_two_sequences_is_caught() {
     // Feeding sequence 1's tokens after sequence 0's in the same cache (what a batch that lost
     // track of its segments would compute) must not pass for sequence 1 alone.

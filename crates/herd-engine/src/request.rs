@@ -96,10 +96,12 @@ pub fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
         .copied()
         .filter(|l| !l.is_nan())
         .fold(f32::NEG_INFINITY, f32::max);
+    // exp in f32 (each term exact to its rounding; glibc's expf is several times faster than
+    // exp over a 200k vocabulary), summed in f64.
     let sum: f64 = logits
         .iter()
         .filter(|l| !l.is_nan())
-        .map(|&l| f64::from(l - max).exp())
+        .map(|&l| f64::from((l - max).exp()))
         .sum();
     let log_z = f64::from(max) + sum.ln();
     let lp = |l: f32| (f64::from(l) - log_z) as f32;

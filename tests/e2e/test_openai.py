@@ -359,6 +359,35 @@ class Images(unittest.TestCase):
             server.stop()
 
 
+    def test_an_http_image_url_when_the_server_allows_it(self):
+        import functools
+        import http.server
+
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(ROOT / "fixtures" / "images"))
+        handler.log_message = lambda *a: None
+        host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=host.serve_forever, daemon=True).start()
+        server = Server(VISION_CHAT_TINY, "--allow-image-urls", "--image-url-timeout-secs", "5")
+        try:
+            client = server.client()
+            png = (ROOT / "fixtures" / "images" / "tiny.png").read_bytes()
+            ask = lambda url: client.chat.completions.create(
+                model="x",
+                messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]}],
+                max_tokens=6,
+                temperature=0,
+            )
+            fetched = ask(f"http://127.0.0.1:{host.server_address[1]}/tiny.png")
+            inline = ask("data:image/png;base64," + base64.b64encode(png).decode())
+            self.assertEqual(fetched.choices[0].message.content, inline.choices[0].message.content)
+            with self.assertRaises(openai.BadRequestError):
+                ask(f"http://127.0.0.1:{host.server_address[1]}/no-such.png")
+        finally:
+            server.stop()
+            host.shutdown()
+            host.server_close()
+
+
 class Shutdown(unittest.TestCase):
     def test_sigterm_drains_a_request_in_flight(self):
         server = Server(CHAT_TINY)

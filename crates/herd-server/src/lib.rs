@@ -6,6 +6,7 @@
 //! `GET /health`, `GET /metrics`.
 
 pub mod error;
+pub mod fetch;
 pub mod generation;
 pub mod metrics;
 pub mod routes;

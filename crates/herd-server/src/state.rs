@@ -24,6 +24,11 @@ pub struct ServerOptions {
     pub default_max_tokens: usize,
     /// How long a shutdown waits for requests in flight.
     pub shutdown_timeout: std::time::Duration,
+    /// Fetch `http(s)://` image URLs (off: only `data:` URLs are taken). Bounded by
+    /// `--limit image-bytes` and [`Self::image_url_timeout`].
+    pub allow_image_urls: bool,
+    /// The most one image fetch may take, connection to last byte.
+    pub image_url_timeout: std::time::Duration,
 }
 
 impl Default for ServerOptions {
@@ -34,6 +39,8 @@ impl Default for ServerOptions {
             max_body_bytes: 32 << 20,
             default_max_tokens: 1024,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            allow_image_urls: false,
+            image_url_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -99,6 +99,14 @@ pub struct ServeArgs {
     /// Seconds a shutdown (SIGINT/SIGTERM) waits for requests in flight.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+    /// Fetch `http(s)://` image URLs in requests (default: only `data:` URLs). Each fetch is
+    /// bounded by --limit image-bytes and --image-url-timeout-secs; the server then reaches
+    /// whatever host a client names, so enable it only where that is acceptable.
+    #[arg(long)]
+    pub allow_image_urls: bool,
+    /// Seconds one image fetch may take, connection to last byte.
+    #[arg(long, default_value_t = 10)]
+    pub image_url_timeout_secs: u64,
 }
 
 #[derive(Args)]

@@ -39,6 +39,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
         default_max_tokens: args.default_max_tokens,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+        allow_image_urls: args.allow_image_urls,
+        image_url_timeout: Duration::from_secs(args.image_url_timeout_secs),
     };
     let state = herd_server::build_state(model, frontend, images, scheduler, options)?;
     herd_server::serve_blocking(state, SocketAddr::new(host, args.port))?;

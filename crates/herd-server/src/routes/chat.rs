@@ -74,7 +74,7 @@ async fn chat(
         prompt_logprobs: None,
         json_object: request.json_object,
     };
-    let choices = submit(&state, vec![job], &request.common, arrived).await?;
+    let choices = submit(&state, vec![job], &request.common, arrived, "messages").await?;
     let id = super::response_id("chatcmpl");
     let has_tools = request.tools.is_some();
     if request.common.stream {
@@ -306,10 +306,20 @@ async fn encode_images(state: &Arc<AppState>, urls: Vec<String>) -> Result<Optio
         ));
     }
     for (i, url) in urls.iter().enumerate() {
-        if !url.starts_with("data:") {
+        let remote = url.starts_with("http://") || url.starts_with("https://");
+        if remote && !state.options.allow_image_urls {
             return Err(ApiError::invalid(
                 "messages",
-                format!("image {}: herd serve takes images as `data:image/…;base64,…` URLs; it does not fetch from the network", i + 1),
+                format!(
+                    "image {}: this server takes images as `data:image/…;base64,…` URLs (start it with --allow-image-urls to fetch http(s) URLs)",
+                    i + 1
+                ),
+            ));
+        }
+        if !remote && !url.starts_with("data:") {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("image {}: expected a `data:` or http(s) URL", i + 1),
             ));
         }
     }
@@ -319,8 +329,12 @@ async fn encode_images(state: &Arc<AppState>, urls: Vec<String>) -> Result<Optio
             .iter()
             .enumerate()
             .map(|(i, url)| {
-                herd_engine::image::load_data_url(url)
-                    .map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
+                let image = if url.starts_with("data:") {
+                    herd_engine::image::load_data_url(url).map_err(|e| e.to_string())
+                } else {
+                    crate::fetch::image(url, state.options.image_url_timeout)
+                };
+                image.map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
             })
             .collect::<Result<_, _>>()?;
         let encoder = state

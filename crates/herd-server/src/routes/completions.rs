@@ -77,7 +77,7 @@ async fn complete(
             json_object: false,
         })
         .collect();
-    let choices = submit(&state, jobs, &common, arrived).await?;
+    let choices = submit(&state, jobs, &common, arrived, "prompt").await?;
     let id = super::response_id("cmpl");
     let n = common.n;
     if common.stream {

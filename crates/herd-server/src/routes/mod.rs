@@ -47,19 +47,21 @@ pub struct PromptJob {
     pub json_object: bool,
 }
 
-/// Checks the prompt's length, applies `max_tokens` and the stop ids, and submits every
-/// choice; returns them in order (choice index = prompt index × n + i).
+/// Checks the prompt's length (a 400 about `prompt_param` when it overflows the context),
+/// applies `max_tokens` and the stop ids, and submits every choice; returns them in order
+/// (choice index = prompt index × n + i).
 pub async fn submit(
     state: &Arc<AppState>,
     jobs: Vec<PromptJob>,
     common: &Common,
     arrived: Instant,
+    prompt_param: &'static str,
 ) -> Result<Vec<Generation>, ApiError> {
     let mut choices = Vec::new();
     for job in jobs {
         if job.prompt.len() > state.max_positions {
             return Err(ApiError::invalid(
-                "messages",
+                prompt_param,
                 format!(
                     "the prompt has {} tokens; the model's context holds {}",
                     job.prompt.len(),

@@ -267,7 +267,7 @@ async fn bad_requests_are_400s_naming_the_problem_and_the_server_keeps_serving()
         (r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}"#.into(), "response_format", "json_schema"),
         (r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}"#.into(), "messages", "no images"),
         (r#"{"messages": [{"role": "user", "content": [{"type": "video"}]}]}"#.into(), "messages", "parts are"),
-        (json!({"prompt": long}).to_string(), "messages", "5000 tokens; the model's context holds 4096"),
+        (json!({"prompt": long}).to_string(), "prompt", "5000 tokens; the model's context holds 4096"),
         (r#"{"prompt": [1, 99999999]}"#.into(), "prompt", "not an id"),
         (r#"{"prompt": {"a": 1}}"#.into(), "prompt", "string or a list"),
         (r#"{"prompt": "x", "logprobs": 50}"#.into(), "logprobs", "between 0 and 20"),
@@ -489,4 +489,116 @@ async fn json_mode_replies_with_a_json_object() {
             assert_eq!(v["choices"][0]["finish_reason"], "length");
         }
     }
+}
+
+/// A raw HTTP server on loopback: `/img.png` serves `png`, `/big` declares a body beyond any
+/// image limit, `/missing` is a 404, `/slow` never answers.
+async fn image_host(png: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let png = png.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let n = socket.read(&mut request).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&request[..n]).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let reply: Vec<u8> = match path.as_str() {
+                    "/img.png" => {
+                        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", png.len()).into_bytes();
+                        r.extend(&png);
+                        r
+                    }
+                    "/big" => b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\nConnection: close\r\n\r\n"
+                        .to_vec(),
+                    "/slow" => {
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                        Vec::new()
+                    }
+                    _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                };
+                let _ = socket.write_all(&reply).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_urls_are_fetched_only_when_allowed_and_within_bounds() {
+    use herd_engine::frontend::images::ImageEncoder;
+    let dir = herd_testkit::fixture_path("vision-chat-tiny");
+    let png = std::fs::read(herd_testkit::fixture_path("images").join("tiny.png")).unwrap();
+    let host = image_host(png.clone()).await;
+    let server = |allow: bool| {
+        let model =
+            herd_model::TextModel::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let frontend = herd_engine::frontend::Frontend::load(&dir, model.config()).unwrap();
+        let encoder =
+            ImageEncoder::load(&dir, model.config().hidden_size, model.dtype(), model.device()).unwrap();
+        let options = ServerOptions {
+            allow_image_urls: allow,
+            image_url_timeout: std::time::Duration::from_secs(1),
+            ..ServerOptions::default()
+        };
+        herd_server::router(herd_server::build_state(model, frontend, encoder, scheduler(), options).unwrap())
+    };
+    let body = |url: &str| {
+        json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+               {"type": "text", "text": "What is this?"}]}], "max_tokens": 4, "temperature": 0})
+        .to_string()
+    };
+    let allowed = server(true);
+    let (status, fetched) = call(
+        &allowed,
+        post("/v1/chat/completions", &body(&format!("{host}/img.png"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{fetched}");
+    use base64::Engine;
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    let (_, inline) = call(&allowed, post("/v1/chat/completions", &body(&data_url))).await;
+    assert_eq!(
+        fetched["choices"][0]["message"]["content"],
+        inline["choices"][0]["message"]["content"]
+    );
+    assert_eq!(fetched["usage"], inline["usage"]);
+    for (path, words) in [("/big", "more than"), ("/missing", "404"), ("/slow", "")] {
+        let started = std::time::Instant::now();
+        let (status, v) = call(
+            &allowed,
+            post("/v1/chat/completions", &body(&format!("{host}{path}"))),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(words),
+            "{path}: {v}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{path} was not bounded in time"
+        );
+    }
+    let (status, v) = call(
+        &server(false),
+        post("/v1/chat/completions", &body(&format!("{host}/img.png"))),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-image-urls"),
+        "{v}"
+    );
 }

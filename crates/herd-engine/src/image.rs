@@ -420,75 +420,7 @@ fn normalize(v: u8, channel: usize, config: &PreprocessConfig) -> f32 {
     bf(centred / bf(config.image_std[channel]))
 }
 
-/// Antialiased bilinear resize, separable, horizontal pass first, uint8 between passes
-/// (PIL's `ImagingResample`, which torchvision's antialiased uint8 path follows).
+/// Antialiased bilinear resize, bit-exact with the reference (see [`crate::resize`]).
 pub fn resize(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (w0, h0) = (img.width(), img.height());
-    let horizontal = if width != w0 {
-        resample_rows(img, width)
-    } else {
-        img.clone()
-    };
-    if height != h0 {
-        transpose(&resample_rows(&transpose(&horizontal), height))
-    } else {
-        horizontal
-    }
-}
-
-fn transpose(img: &RgbImage) -> RgbImage {
-    let mut out = RgbImage::new(img.height(), img.width());
-    for (x, y, p) in img.enumerate_pixels() {
-        out.put_pixel(y, x, *p);
-    }
-    out
-}
-
-/// Resamples every row to `out_w` pixels with the bilinear (triangle) filter, widened by the
-/// downscale factor so every input pixel contributes (antialiasing).
-fn resample_rows(img: &RgbImage, out_w: u32) -> RgbImage {
-    let in_w = img.width();
-    let taps = filter_taps(in_w, out_w);
-    let mut out = RgbImage::new(out_w, img.height());
-    for y in 0..img.height() {
-        for (x, (start, weights)) in taps.iter().enumerate() {
-            let mut acc = [0f64; 3];
-            for (i, w) in weights.iter().enumerate() {
-                let p = img.get_pixel(start + i as u32, y);
-                for c in 0..3 {
-                    acc[c] += p[c] as f64 * w;
-                }
-            }
-            let px = out.get_pixel_mut(x as u32, y);
-            for c in 0..3 {
-                px[c] = acc[c].round().clamp(0.0, 255.0) as u8;
-            }
-        }
-    }
-    out
-}
-
-/// (first input index, normalised weights) of every output pixel.
-fn filter_taps(in_size: u32, out_size: u32) -> Vec<(u32, Vec<f64>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filter_scale = scale.max(1.0);
-    let support = filter_scale; // bilinear support 1, widened
-    (0..out_size)
-        .map(|x| {
-            let center = (x as f64 + 0.5) * scale;
-            let xmin = ((center - support + 0.5).floor().max(0.0)) as u32;
-            let xmax = ((center + support + 0.5).floor() as u32).min(in_size);
-            let mut weights: Vec<f64> = (xmin..xmax)
-                .map(|i| {
-                    let t = (i as f64 - center + 0.5) / filter_scale;
-                    (1.0 - t.abs()).max(0.0)
-                })
-                .collect();
-            let total: f64 = weights.iter().sum();
-            if total > 0.0 {
-                weights.iter_mut().for_each(|w| *w /= total);
-            }
-            (xmin, weights)
-        })
-        .collect()
+    crate::resize::resize(img, width, height)
 }

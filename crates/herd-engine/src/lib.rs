@@ -10,6 +10,7 @@ pub mod generate;
 pub mod image;
 pub mod model;
 pub mod request;
+pub mod resize;
 pub mod sampling;
 pub mod scheduler;
 

@@ -133,7 +133,9 @@ impl<M: LanguageModel> EngineCore<M> {
         })?;
         // The last generated token is never fed back, so it takes no cache position.
         let positions = (prompt.len() + params.max_new_tokens.saturating_sub(1)).min(max_positions);
-        let kv_bytes = self.model.kv_bytes_for(positions);
+        let kv_bytes = self
+            .model
+            .kv_bytes_for(positions, self.scheduler.config().max_tokens_per_step);
         let id = self.next_id;
         self.scheduler.add(id, prompt.len(), kv_bytes)?;
         self.next_id += 1;
@@ -215,53 +217,67 @@ impl<M: LanguageModel> EngineCore<M> {
         events
     }
 
-    /// One forward over the whole step. If it fails, each sequence is fed alone, so one bad
-    /// request fails by itself and the others go on.
+    /// One forward over the whole step. Each item is checked first (a bad one fails alone,
+    /// before any cache changes); a failure of the batched forward itself is no request's fault
+    /// and may have left caches half-written, so it fails every item of the step.
     fn feed(&self, batch: &mut [(RequestId, usize, Sequence<M::Cache>)]) -> Vec<Result<Logits, EngineError>> {
-        let together = self.feed_group(batch);
-        match together {
-            Ok(all) => all.into_iter().map(Ok).collect(),
-            Err(e) if batch.len() == 1 => vec![Err(e)],
-            Err(_) => batch
-                .iter_mut()
-                .map(|item| {
-                    self.feed_group(std::slice::from_mut(item))
-                        .and_then(|mut l| l.pop().ok_or(EngineError::EmptyPrompt))
-                })
-                .collect(),
-        }
-    }
-
-    fn feed_group(
-        &self,
-        batch: &mut [(RequestId, usize, Sequence<M::Cache>)],
-    ) -> Result<Vec<Logits>, EngineError> {
-        let mut images = Vec::with_capacity(batch.len());
+        let mut failed: Vec<Option<EngineError>> = Vec::with_capacity(batch.len());
         for (_, n, seq) in batch.iter_mut() {
             let before = seq.patches_fed;
-            let rows = seq.images_for(*n);
-            // Counted again if this group is retried alone.
+            let checked = seq.images_for(*n).and_then(|images| {
+                let ids = &seq.tokens[seq.fed..seq.fed + *n];
+                self.model.check_feed(ids, &seq.cache, images.as_ref())
+            });
             seq.patches_fed = before;
-            images.push(rows?);
+            failed.push(checked.err());
         }
-        let mut feeds: Vec<Feed<'_, M::Cache>> = batch
-            .iter_mut()
-            .zip(images)
-            .map(|((_, n, seq), images)| Feed {
+        let mut logits = match self.feed_checked(batch, &failed) {
+            Ok(l) => l.into_iter(),
+            Err(e) => {
+                let message = e.to_string();
+                return failed
+                    .into_iter()
+                    .map(|f| {
+                        Err(f.unwrap_or_else(|| {
+                            EngineError::Frontend(format!("the batched step failed: {message}"))
+                        }))
+                    })
+                    .collect();
+            }
+        };
+        failed
+            .into_iter()
+            .map(|f| match f {
+                Some(e) => Err(e),
+                None => logits.next().ok_or(EngineError::EmptyPrompt),
+            })
+            .collect()
+    }
+
+    /// The batched forward over the items that passed their checks (`failed[i]` is `None`);
+    /// their logits in order.
+    fn feed_checked(
+        &self,
+        batch: &mut [(RequestId, usize, Sequence<M::Cache>)],
+        failed: &[Option<EngineError>],
+    ) -> Result<Vec<Logits>, EngineError> {
+        let mut feeds: Vec<Feed<'_, M::Cache>> = Vec::with_capacity(batch.len());
+        for ((_, n, seq), f) in batch.iter_mut().zip(failed) {
+            if f.is_some() {
+                continue;
+            }
+            let images = seq.images_for(*n)?;
+            feeds.push(Feed {
                 ids: &seq.tokens[seq.fed..seq.fed + *n],
                 cache: &mut seq.cache,
                 all_logits: seq.prompt_logprobs.is_some() && seq.fed < seq.prompt_len,
                 images,
-            })
-            .collect();
-        let out = self.model.feed_batch(&mut feeds)?;
-        drop(feeds);
-        for (_, n, seq) in batch.iter_mut() {
-            let Some(images) = &seq.images else { continue };
-            let ids = &seq.tokens[seq.fed..seq.fed + *n];
-            seq.patches_fed += ids.iter().filter(|&&t| t == images.patch_id).count();
+            });
         }
-        Ok(out)
+        if feeds.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.model.feed_batch(&mut feeds)
     }
 
     /// After a sequence was fed `n` tokens with these logits: records prompt logprobs, samples

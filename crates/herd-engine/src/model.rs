@@ -76,6 +76,19 @@ pub trait LanguageModel {
         })
     }
 
+    /// Whether `ids` (with `images`' rows for their `<|patch|>` tokens) can be fed after what
+    /// `cache` holds: every check a feed makes before it changes the cache. The engine checks
+    /// each item of a step first, so a bad request fails alone.
+    fn check_feed(
+        &self,
+        ids: &[u32],
+        cache: &Self::Cache,
+        images: Option<&ImageFeatures>,
+    ) -> Result<(), EngineError> {
+        let _ = (ids, cache, images);
+        Ok(())
+    }
+
     /// One step over several sequences, each after its own cache; logits per item, in order.
     /// The default feeds them one by one (last position only); a real model runs them as one
     /// batch, so its weights stream once per step.
@@ -98,10 +111,11 @@ pub trait LanguageModel {
             .collect()
     }
 
-    /// Bytes of KV cache one sequence of `positions` positions holds (the scheduler's memory
-    /// budget counts in these). 0 for a model without a cache of its own.
-    fn kv_bytes_for(&self, positions: usize) -> usize {
-        let _ = positions;
+    /// Bytes of KV cache one sequence of `positions` positions may hold at most when fed in
+    /// steps of up to `max_step` tokens (the scheduler's memory budget counts in these). 0 for
+    /// a model without a cache of its own.
+    fn kv_bytes_for(&self, positions: usize, max_step: usize) -> usize {
+        let _ = (positions, max_step);
         0
     }
 }
@@ -136,6 +150,20 @@ impl LanguageModel for TextModel {
         last_row(self.forward_with_images(ids, &images.rows, images.patch_id, cache, LogitsFor::Last)?)
     }
 
+    fn check_feed(
+        &self,
+        ids: &[u32],
+        cache: &KvCache,
+        images: Option<&ImageFeatures>,
+    ) -> Result<(), EngineError> {
+        Ok(TextModel::check_feed(
+            self,
+            ids,
+            cache,
+            images.map(|i| (&i.rows, i.patch_id)),
+        )?)
+    }
+
     fn feed_batch(&self, items: &mut [Feed<'_, KvCache>]) -> Result<Vec<Logits>, EngineError> {
         let mut batch: Vec<BatchItem<'_>> = items
             .iter_mut()
@@ -153,7 +181,7 @@ impl LanguageModel for TextModel {
         self.forward_batch(&mut batch)?.iter().map(logits_of).collect()
     }
 
-    fn kv_bytes_for(&self, positions: usize) -> usize {
+    fn kv_bytes_for(&self, positions: usize, max_step: usize) -> usize {
         let elem = self.kv_dtype().unwrap_or(self.dtype()).size_in_bytes();
         let config = self.config();
         let row = 2 * config.n_kv_heads * config.head_dim * elem;
@@ -161,7 +189,9 @@ impl LanguageModel for TextModel {
             .layers
             .iter()
             .map(|plan| match plan.attention.chunk_len() {
-                Some(c) if c > 0 => positions.min(c),
+                // A chunked layer keeps one block, but a step that crosses into the next block
+                // holds the old block's tail and the whole step at once.
+                Some(c) if c > 0 => positions.min(c + max_step.saturating_sub(1)),
                 _ => positions,
             })
             .sum::<usize>()

@@ -192,22 +192,25 @@ impl Sampler {
         } else {
             self.select_candidates(&work);
             let draw: f32 = self.rng.random();
-            let mut cumulative = 0.0;
+            // Summed in f64: over 200k candidates an f32 sum loses the tail, and the draw would
+            // fall past it to the fallback more often than the tail's share.
+            let mut cumulative = 0f64;
             let mut chosen = None;
             for &(id, p) in &self.candidates {
-                cumulative += p;
-                if draw < cumulative {
+                cumulative += f64::from(p);
+                if f64::from(draw) < cumulative {
                     chosen = Some(id);
                     break;
                 }
             }
-            // Rounding left the sum a hair below 1: the last candidate takes the remainder. (A
-            // NaN probability, from an infinite logit, never compares: the most likely, first
-            // candidate is then the one to take.)
+            // Rounding left the sum a hair below 1: the least likely candidate that has any
+            // probability takes the remainder — never a masked (−∞) token, whose probability
+            // is 0. (A NaN probability, from an infinite logit, never compares: the most likely,
+            // first candidate is then the one to take.)
             let fallback = if self.candidates.iter().any(|c| c.1.is_nan()) {
                 self.candidates.first()
             } else {
-                self.candidates.last()
+                self.candidates.iter().rev().find(|c| c.1 > 0.0)
             };
             chosen
                 .or_else(|| fallback.map(|c| c.0))
@@ -237,11 +240,12 @@ impl Sampler {
         let p = &self.params;
         let candidates = &mut self.candidates;
         candidates.clear();
+        // A masked token (−∞) has no probability: it is never a candidate.
         candidates.extend(
             logits
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| !l.is_nan())
+                .filter(|(_, l)| !l.is_nan() && **l > f32::NEG_INFINITY)
                 .map(|(i, &l)| (i as u32, l / p.temperature)),
         );
         let n = candidates.len();
@@ -301,7 +305,7 @@ impl Sampler {
         let mut candidates: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
-            .filter(|(_, l)| !l.is_nan())
+            .filter(|(_, l)| !l.is_nan() && **l > f32::NEG_INFINITY)
             .map(|(i, &l)| (i as u32, l / p.temperature))
             .collect();
         candidates.sort_by(most_likely_first);

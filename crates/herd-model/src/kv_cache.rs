@@ -102,7 +102,12 @@ impl LayerCache {
             let doubled = (2 * self.capacity()).max(MIN_CAPACITY);
             // A chunked layer never needs more than its block plus one step.
             let doubled = self.chunk_len.map_or(doubled, |c| doubled.min(c));
-            let capacity = needed.max(doubled.max(self.reserved));
+            // A reservation is the whole allocation while the sequence stays within it.
+            let capacity = if needed <= self.reserved {
+                self.reserved
+            } else {
+                needed.max(doubled)
+            };
             let grow = |old: Option<&Tensor>| -> Result<Tensor> {
                 let buf = Tensor::zeros((hkv, capacity, dh), k_new.dtype(), k_new.device())?;
                 if let Some(old) = old {

@@ -102,9 +102,8 @@ impl From<EngineError> for ApiError {
         match &e {
             EngineError::InvalidParameter { field, .. } => ApiError::invalid(*field, e.to_string()),
             EngineError::EmptyPrompt => ApiError::invalid("prompt", e.to_string()),
-            EngineError::PromptTooLong { .. } | EngineError::DoesNotFit { .. } => {
-                ApiError::invalid("messages", e.to_string())
-            }
+            EngineError::PromptTooLong { .. } => ApiError::invalid("messages", e.to_string()),
+            EngineError::DoesNotFit { .. } => ApiError::invalid("max_tokens", e.to_string()),
             EngineError::Text(_) | EngineError::Image(_) | EngineError::Frontend(_) => {
                 ApiError::bad_request(e.to_string())
             }

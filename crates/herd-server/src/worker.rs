@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -28,6 +29,17 @@ enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
+    /// False once the engine thread has ended (for `/health`).
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears the flag when the engine thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl EngineHandle {
@@ -38,14 +50,19 @@ impl EngineHandle {
     {
         config.validate()?;
         let (commands, rx) = mpsc::channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
         std::thread::Builder::new()
             .name("herd-engine".into())
-            .spawn(move || match EngineCore::new(model, config) {
-                Ok(mut core) => run(&mut core, &rx, &metrics),
-                Err(e) => tracing::error!("the engine did not start: {e}"),
+            .spawn(move || {
+                let _guard = guard;
+                match EngineCore::new(model, config) {
+                    Ok(mut core) => run(&mut core, &rx, &metrics),
+                    Err(e) => tracing::error!("the engine did not start: {e}"),
+                }
             })
             .map_err(|e| EngineError::Frontend(format!("starting the engine thread: {e}")))?;
-        Ok(EngineHandle { commands })
+        Ok(EngineHandle { commands, alive })
     }
 
     /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
@@ -64,6 +81,11 @@ impl EngineHandle {
             .await
             .map_err(|_| ApiError::unavailable("the engine has stopped"))??;
         Ok((id, rx))
+    }
+
+    /// Whether the engine thread is still running.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Drops a request now (a stop string ended it, or its client left).

@@ -12,8 +12,9 @@ use herd_text::Tokenizer;
 
 use crate::constraint::TokenConstraint;
 
-/// Most whitespace bytes in a row outside strings.
-const MAX_WHITESPACE_RUN: u8 = 16;
+/// Most whitespace bytes in a row outside strings (room for a newline and indentation several
+/// levels deep; a model that pads forever is stopped).
+const MAX_WHITESPACE_RUN: u8 = 64;
 /// Deepest nesting (the container stack is a 64-bit mask).
 const MAX_DEPTH: u8 = 64;
 
@@ -31,9 +32,11 @@ enum Mode {
     CommaOrEnd,
     /// After `[`: a value or `]`.
     ValueOrEnd,
+    /// Inside a string; `utf8` continuation bytes are still due (text must be UTF-8).
     String {
         key: bool,
         escape: Escape,
+        utf8: u8,
     },
     Number(Num),
     /// Inside `true`, `false` or `null`: the bytes still to come.
@@ -93,6 +96,9 @@ pub struct JsonPrefix {
     stack: u64,
     depth: u8,
     whitespace_run: u8,
+    /// Digits of the number being read, before and after its exponent mark.
+    mantissa_digits: u8,
+    exponent_digits: u8,
 }
 
 impl Default for JsonPrefix {
@@ -108,6 +114,8 @@ impl JsonPrefix {
             stack: 0,
             depth: 0,
             whitespace_run: 0,
+            mantissa_digits: 0,
+            exponent_digits: 0,
         }
     }
 
@@ -168,19 +176,18 @@ impl JsonPrefix {
                 self.mode = Mode::String {
                     key: false,
                     escape: Escape::None,
+                    utf8: 0,
                 };
                 true
             }
-            b'-' => {
-                self.mode = Mode::Number(Num::Minus);
-                true
-            }
-            b'0' => {
-                self.mode = Mode::Number(Num::Zero);
-                true
-            }
-            b'1'..=b'9' => {
-                self.mode = Mode::Number(Num::Int);
+            b'-' | b'0'..=b'9' => {
+                self.exponent_digits = 0;
+                self.mantissa_digits = u8::from(b != b'-');
+                self.mode = Mode::Number(match b {
+                    b'-' => Num::Minus,
+                    b'0' => Num::Zero,
+                    _ => Num::Int,
+                });
                 true
             }
             b't' => self.literal(b"rue"),
@@ -226,6 +233,7 @@ impl JsonPrefix {
                     self.mode = Mode::String {
                         key: true,
                         escape: Escape::None,
+                        utf8: 0,
                     };
                     true
                 }
@@ -246,9 +254,22 @@ impl JsonPrefix {
                 b'}' | b']' => self.close(b),
                 _ => false,
             },
-            Mode::String { key, escape } => self.string_byte(key, escape, b),
+            Mode::String { key, escape, utf8 } => self.string_byte(key, escape, utf8, b),
             Mode::Number(n) => match n.next(b) {
                 Some(next) => {
+                    // Numbers every parser reads as a finite f64: at most 30 significant
+                    // digits and a two-digit exponent (1e999 is JSON, but serde_json refuses
+                    // it and Python reads inf).
+                    if b.is_ascii_digit() {
+                        let (count, cap) = match next {
+                            Num::Exp => (&mut self.exponent_digits, 2),
+                            _ => (&mut self.mantissa_digits, 30),
+                        };
+                        *count += 1;
+                        if *count > cap {
+                            return false;
+                        }
+                    }
                     self.mode = Mode::Number(next);
                     true
                 }
@@ -273,7 +294,20 @@ impl JsonPrefix {
         }
     }
 
-    fn string_byte(&mut self, key: bool, escape: Escape, b: u8) -> bool {
+    fn string_byte(&mut self, key: bool, escape: Escape, utf8: u8, b: u8) -> bool {
+        if utf8 > 0 {
+            // The rest of a multi-byte character.
+            if !(0x80..=0xBF).contains(&b) {
+                return false;
+            }
+            self.mode = Mode::String {
+                key,
+                escape,
+                utf8: utf8 - 1,
+            };
+            return true;
+        }
+        let mut due = 0;
         let next = match escape {
             Escape::None => match b {
                 b'"' => {
@@ -286,7 +320,21 @@ impl JsonPrefix {
                 }
                 b'\\' => Escape::Backslash,
                 0..=0x1f => return false,
-                _ => Escape::None,
+                0x20..=0x7f => Escape::None,
+                // A lead byte and the continuation bytes it calls for (RFC 3629).
+                0xC2..=0xDF => {
+                    due = 1;
+                    Escape::None
+                }
+                0xE0..=0xEF => {
+                    due = 2;
+                    Escape::None
+                }
+                0xF0..=0xF4 => {
+                    due = 3;
+                    Escape::None
+                }
+                _ => return false,
             },
             Escape::Backslash => match b {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Escape::None,
@@ -304,7 +352,11 @@ impl JsonPrefix {
                 }
             }
         };
-        self.mode = Mode::String { key, escape: next };
+        self.mode = Mode::String {
+            key,
+            escape: next,
+            utf8: due,
+        };
         true
     }
 }
@@ -443,6 +495,10 @@ mod tests {
             assert!(!complete(text) || !prefix_ok(text), "{text} passed");
             assert!(!prefix_ok(text), "{text} is not a JSON-object prefix");
         }
+        // Numbers stay finite in every parser.
+        assert!(complete(r#"{"a": 1e99, "b": 123456789012345678901234567890}"#));
+        assert!(!prefix_ok(r#"{"a": 1e999"#));
+        assert!(!prefix_ok(r#"{"a": 1234567890123456789012345678901"#));
         // A number ends at whatever may follow it.
         assert!(complete(r#"{"a":1}"#));
         assert!(complete(r#"{"a":[1]}"#));
@@ -450,8 +506,10 @@ mod tests {
 
     #[test]
     fn whitespace_runs_and_depth_are_bounded() {
-        assert!(prefix_ok(&format!("{{{}", " ".repeat(16))));
-        assert!(!prefix_ok(&format!("{{{}", " ".repeat(17))));
+        assert!(prefix_ok(&format!("{{{}", " ".repeat(64))));
+        assert!(!prefix_ok(&format!("{{{}", " ".repeat(65))));
+        // Pretty-printed, four levels deep with four-space indentation.
+        assert!(complete("{\n    \"a\": {\n        \"b\": {\n            \"c\": {\n                \"d\": 1\n            }\n        }\n    }\n}"));
         assert!(
             prefix_ok(&format!("{{\"a\": \"{}\"", " ".repeat(100))),
             "inside strings anything goes"
@@ -459,6 +517,28 @@ mod tests {
         let deep = format!("{{\"a\":{}", "[".repeat(63));
         assert!(prefix_ok(&deep));
         assert!(!prefix_ok(&format!("{deep}[")));
+    }
+
+    #[test]
+    fn strings_must_be_utf8() {
+        let bytes = |b: &[u8]| {
+            let mut p = JsonPrefix::new();
+            p.feed(b) && p.is_complete()
+        };
+        assert!(bytes("{\"k\": \"é日😀\"}".as_bytes()));
+        for bad in [
+            &b"{\"k\": \"\x80\"}"[..], // a stray continuation byte
+            b"{\"k\": \"\xff\"}",      // never in UTF-8
+            b"{\"k\": \"\xc3\"}",      // a lead byte cut short by the quote
+            b"{\"k\": \"\xe6\x97a\"}", // … or by ASCII
+            b"{\"k\": \"\xc0\xaf\"}",  // an overlong lead
+        ] {
+            assert!(!bytes(bad), "{bad:?}");
+        }
+        // A character split across tokens is fine.
+        let mut p = JsonPrefix::new();
+        assert!(p.feed(b"{\"k\": \"\xe6\x97"));
+        assert!(p.feed(b"\xa5\"}") && p.is_complete());
     }
 
     #[test]

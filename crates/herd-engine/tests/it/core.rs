@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 
 use candle_core::{DType, Device};
 use herd_engine::{
-    generate, EngineCore, EngineError, Event, Feed, FinishReason, LanguageModel, Logits, Request, RequestId,
-    SamplingParams, SchedulerConfig,
+    generate, EngineCore, EngineError, Event, Feed, FinishReason, ImageFeatures, LanguageModel, Logits,
+    Request, RequestId, SamplingParams, SchedulerConfig,
 };
 use herd_model::TextModel;
 use herd_testkit::fixture_path;
@@ -55,9 +55,22 @@ impl LanguageModel for Fake {
         self.max_positions
     }
 
-    fn feed(&self, ids: &[u32], cache: &mut Vec<u32>) -> Result<Vec<f32>, EngineError> {
+    fn check_feed(
+        &self,
+        ids: &[u32],
+        _cache: &Vec<u32>,
+        _images: Option<&ImageFeatures>,
+    ) -> Result<(), EngineError> {
         if ids.contains(&999) {
-            return Err(EngineError::EmptyPrompt); // a poisoned request
+            return Err(EngineError::EmptyPrompt); // a poisoned request, refused by the check
+        }
+        Ok(())
+    }
+
+    fn feed(&self, ids: &[u32], cache: &mut Vec<u32>) -> Result<Vec<f32>, EngineError> {
+        if ids.contains(&998) {
+            // A failure inside the forward pass itself (the check let it through).
+            return Err(EngineError::NonFiniteLogits { position: 0 });
         }
         cache.extend_from_slice(ids);
         Ok(self.logits_after(*cache.last().unwrap()))
@@ -90,7 +103,7 @@ impl LanguageModel for Fake {
         Ok(out)
     }
 
-    fn kv_bytes_for(&self, positions: usize) -> usize {
+    fn kv_bytes_for(&self, positions: usize, _max_step: usize) -> usize {
         positions
     }
 }
@@ -278,6 +291,23 @@ fn one_failing_request_does_not_take_the_batch_down() {
             .count();
     }
     assert_eq!(tokens, 3);
+    // A failure of the batched forward itself may have written some caches: every request of
+    // that step fails, and the engine goes on with new ones.
+    let a = core.add(Request::new(vec![1, 2], greedy(3))).unwrap();
+    let b = core.add(Request::new(vec![998], greedy(3))).unwrap();
+    let events = core.step();
+    for id in [a, b] {
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Failed { id: i, .. } if *i == id)),
+            "{events:?}"
+        );
+    }
+    assert!(!core.has_work());
+    let c = core.add(Request::new(vec![4], greedy(2))).unwrap();
+    let (out, _) = run(&mut core);
+    assert_eq!(out[&c].0, vec![5, 6]);
 }
 
 #[test]
@@ -410,4 +440,33 @@ fn a_constraint_masks_tokens_and_a_complete_reply_ends_at_a_stop_token() {
     let (out, _) = run(&mut core);
     assert_eq!(out[&a], (vec![7, 8], FinishReason::Stop(30)));
     assert_eq!(out[&b], (vec![7, 8], FinishReason::Complete));
+}
+
+#[test]
+fn kv_reservations_cover_a_step_that_crosses_a_chunk() {
+    // scout-tiny: chunks of 8; a step of up to 4 tokens may hold 8 − 1 + 4 = 11 positions in a
+    // chunked layer; global layers hold every position.
+    let model = TextModel::load(&fixture_path("scout-tiny"), DType::F32, &Device::Cpu).unwrap();
+    let c = model.config();
+    let row = 2 * c.n_kv_heads * c.head_dim * 4;
+    let chunked = c
+        .layers
+        .iter()
+        .filter(|l| l.attention.chunk_len().is_some())
+        .count();
+    let global = c.layers.len() - chunked;
+    assert_eq!(model.kv_bytes_for(100, 4), (chunked * 11 + global * 100) * row);
+    assert_eq!(model.kv_bytes_for(5, 4), c.layers.len() * 5 * row);
+    // What a sequence fed that way actually allocates never exceeds it.
+    let mut cache = model.new_cache_for(40);
+    let ids: Vec<u32> = (0..40).map(|i| (i * 7 % 200) as u32).collect();
+    for piece in ids.chunks(4) {
+        model.feed(piece, &mut cache).unwrap();
+    }
+    assert!(
+        cache.bytes() <= model.kv_bytes_for(40, 4),
+        "{} > {}",
+        cache.bytes(),
+        model.kv_bytes_for(40, 4)
+    );
 }

@@ -276,3 +276,25 @@ fn penalties_and_biases_out_of_range_are_refused() {
         ));
     }
 }
+
+#[test]
+fn a_masked_token_is_never_drawn_whatever_the_seed() {
+    // One live token among many masked ones, and many live ones whose tail an f32 running sum
+    // would lose: the draw never lands on −∞.
+    let mut logits = vec![f32::NEG_INFINITY; 200_000];
+    for (i, l) in logits.iter_mut().enumerate().take(150_000) {
+        *l = -((i % 97) as f32) * 0.3;
+    }
+    for seed in 0..300 {
+        let mut s = Sampler::new(params(|p| p.seed = Some(seed))).unwrap();
+        let t = s.sample(&logits, &[]);
+        assert!(
+            logits[t as usize].is_finite(),
+            "seed {seed} drew masked token {t}"
+        );
+    }
+    let mut only = vec![f32::NEG_INFINITY; 1000];
+    only[417] = -3.0;
+    let mut s = Sampler::new(params(|p| p.seed = Some(1))).unwrap();
+    assert_eq!(s.sample(&only, &[]), 417);
+}

@@ -253,15 +253,21 @@ impl Attention {
             let q_run = q_htd.narrow(1, run.start - step.positions.start, run.len())?;
             let mut k_run = k_all.narrow(1, first_key - keys_start, keys.len())?;
             let mut v_run = v_all.narrow(1, first_key - keys_start, keys.len())?;
-            if k_run.dtype() != q.dtype() {
-                // A cache stored narrower than the compute dtype (`--kv-dtype`): one decode
-                // query reads it where it lies; anything else widens the keys it needs.
-                if run.len() == 1 && q.device().is_cpu() {
-                    if let Some(out) = self.attend_half_cache(&q_run, &k_run, &v_run)? {
-                        outs.push(out);
-                        continue;
-                    }
+            if run.len() == 1 && q.device().is_cpu() {
+                // One decode query reads the cache where it lies, whatever its dtype, through
+                // the same kernel as a batched decode step (so a sequence decodes the same
+                // alone or batched).
+                let (h, _, dh) = q_run.dims3()?;
+                let q32 = q_run.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let scale = (1.0 / (dh as f64).sqrt()) as f32;
+                if let Some(out) = self.decode_one(&q32, &k_run, &v_run, scale)? {
+                    outs.push(Tensor::from_vec(out, (h, 1, dh), q.device())?.to_dtype(q.dtype())?);
+                    continue;
                 }
+            }
+            if k_run.dtype() != q.dtype() {
+                // A cache stored narrower than the compute dtype (`--kv-dtype`): widen the keys
+                // this block of queries needs.
                 k_run = k_run.to_dtype(q.dtype())?;
                 v_run = v_run.to_dtype(q.dtype())?;
             }
@@ -285,47 +291,6 @@ impl Attention {
             .iter()
             .map(|l| l.stored_bytes())
             .sum()
-    }
-
-    /// One query position against an f16/bf16 cache on the CPU, through the decode kernel
-    /// (the cache read in place). q: [H, 1, Dh], k/v: [Hkv, L, Dh] views of the cache's
-    /// buffers → [H, 1, Dh]; `None` when the cache is not an f16/bf16 buffer of that layout.
-    fn attend_half_cache(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
-        match k.dtype() {
-            DType::BF16 => self.attend_cache_as::<half::bf16>(q, k, v),
-            DType::F16 => self.attend_cache_as::<half::f16>(q, k, v),
-            _ => Ok(None),
-        }
-    }
-
-    fn attend_cache_as<E: HalfElement + candle_core::WithDType>(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<Option<Tensor>> {
-        let (h, _, dh) = q.dims3()?;
-        let len = k.dims()[1];
-        let q32 = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let (k_store, k_layout) = k.storage_and_layout();
-        let (v_store, v_layout) = v.storage_and_layout();
-        let (candle_core::Storage::Cpu(k_cpu), candle_core::Storage::Cpu(v_cpu)) = (&*k_store, &*v_store)
-        else {
-            return Ok(None);
-        };
-        let hkv = self.n_kv_heads;
-        let (Some(k_view), Some(v_view)) = (
-            cache_view(k_cpu.as_slice::<E>()?, k_layout, hkv, len, dh),
-            cache_view(v_cpu.as_slice::<E>()?, v_layout, hkv, len, dh),
-        ) else {
-            return Ok(None);
-        };
-        let scale = (1.0 / (dh as f64).sqrt()) as f32;
-        let out = decode_attention(&q32, &k_view, &v_view, scale);
-        drop((k_store, v_store));
-        Ok(Some(
-            Tensor::from_vec(out, (h, 1, dh), q.device())?.to_dtype(q.dtype())?,
-        ))
     }
 
     /// Scaled dot-product attention with grouped KV heads.

@@ -371,8 +371,39 @@ impl TextModel {
         self.check_finite = on;
     }
 
+    /// Every check [`Self::forward_batch`] makes of one item before it writes to any cache:
+    /// ids in the vocabulary, the context length, and as many image rows [F, D] as the ids
+    /// hold `<|patch|>` tokens. An engine checks each item first, so one bad request is
+    /// refused alone and a failure inside a batched step is never a request's fault.
+    pub fn check_feed(&self, ids: &[u32], cache: &KvCache, images: Option<(&Tensor, u32)>) -> Result<()> {
+        self.check_ids(ids, cache)?;
+        if let Some((features, patch_id)) = images {
+            let patch_tokens = ids.iter().filter(|&&id| id == patch_id).count();
+            let (rows, d) = features.dims2()?;
+            if rows != patch_tokens {
+                return Err(Error::ImageTokens {
+                    patch_tokens,
+                    features: rows,
+                });
+            }
+            if d != self.config.hidden_size {
+                return Err(Error::TensorShape {
+                    name: "image features".into(),
+                    expected: vec![rows, self.config.hidden_size],
+                    actual: vec![rows, d],
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Token embeddings [T, D], after checking the ids and the context length.
     pub fn embed(&self, ids: &[u32], cache: &KvCache) -> Result<Tensor> {
+        self.check_ids(ids, cache)?;
+        self.embed_tokens.forward(ids, self.dtype, &self.device)
+    }
+
+    fn check_ids(&self, ids: &[u32], cache: &KvCache) -> Result<()> {
         if ids.is_empty() {
             return Err(Error::EmptyInput);
         }
@@ -391,7 +422,7 @@ impl TextModel {
                 max_positions: self.config.max_position_embeddings,
             });
         }
-        self.embed_tokens.forward(ids, self.dtype, &self.device)
+        Ok(())
     }
 }
 

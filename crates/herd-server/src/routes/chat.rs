@@ -404,13 +404,18 @@ fn stream(
         let n = choices.len();
         let created = unix_now();
         let chunk = |choices: Value| {
-            json!({
+            let mut c = json!({
                 "id": id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": state.options.model_name,
                 "choices": choices,
-            })
+            });
+            if include_usage {
+                // OpenAI's shape: every chunk has `usage`, null until the last.
+                c["usage"] = Value::Null;
+            }
+            c
         };
         for index in 0..n {
             let first = json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
@@ -425,7 +430,11 @@ fn stream(
         let mut finished = 0;
         let mut ok = true;
         while finished < n {
-            let Some((index, update)) = rx.recv().await else {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = tx.closed() => return,
+            };
+            let Some((index, update)) = next else {
                 break;
             };
             let mut deltas: Vec<(Value, Option<&str>)> = Vec::new();

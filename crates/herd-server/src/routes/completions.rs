@@ -111,7 +111,7 @@ async fn complete(
             json!({
                 "index": index,
                 "text": text,
-                "logprobs": logprobs.map(|_| logprobs_value(&state, prompt, c, echo)),
+                "logprobs": logprobs.map(|_| logprobs_value(&state, prompt, c, echo, &mut 0)),
                 "finish_reason": c.finish_reason,
             })
         })
@@ -201,16 +201,16 @@ fn read_prompts(state: &AppState, value: Value) -> Result<Vec<Prompt>, ApiError>
 
 /// OpenAI's legacy logprobs: parallel lists of tokens, their logprobs, the top alternatives
 /// (as `{token: logprob}`) and each token's offset in the text.
-fn logprobs_value(state: &AppState, prompt: &Prompt, c: &Collected, echo: bool) -> Value {
+/// Offsets count from `*offset` (a stream's earlier chunks), which is left past the last token.
+fn logprobs_value(state: &AppState, prompt: &Prompt, c: &Collected, echo: bool, offset: &mut usize) -> Value {
     let mut tokens = Vec::new();
     let mut token_logprobs = Vec::new();
     let mut top_logprobs = Vec::new();
     let mut text_offset = Vec::new();
-    let mut offset = 0usize;
     let mut push = |id: u32, lp: Option<&TokenLogprob>| {
         let t = token_text(state, id);
-        text_offset.push(offset);
-        offset += t.len();
+        text_offset.push(*offset);
+        *offset += t.len();
         tokens.push(Value::String(t));
         token_logprobs.push(lp.map_or(Value::Null, |l| json!(l.logprob)));
         top_logprobs.push(lp.map_or(Value::Null, |l| {
@@ -254,32 +254,49 @@ fn stream(
         let total = choices.len();
         let created = unix_now();
         let chunk = |index: usize, text: String, lp: Value, finish: Value| {
-            json!({
+            let mut c = json!({
                 "id": id,
                 "object": "text_completion",
                 "created": created,
                 "model": state.options.model_name,
                 "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}],
-            })
+            });
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
         };
         let mut rx = run_choices(choices);
         let mut usage = herd_engine::Usage::default();
         let mut finished = 0;
         let mut echoed = vec![!echo; total];
+        // Each choice's text offset so far (logprobs' `text_offset` counts from its start).
+        let mut offsets = vec![0usize; total];
         let mut ok = true;
         while finished < total {
-            let Some((index, update)) = rx.recv().await else {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = tx.closed() => return,
+            };
+            let Some((index, update)) = next else {
                 break;
             };
             let mut out = Vec::new();
+            let prompt = &prompts[index / n];
             if !echoed[index] {
+                // The echoed prompt, with its logprobs when asked (they come first).
                 echoed[index] = true;
-                out.push(chunk(
-                    index,
-                    prompts[index / n].text.clone(),
-                    Value::Null,
-                    Value::Null,
-                ));
+                let lp = match (&update, logprobs) {
+                    (Ok(Update::PromptLogprobs(scored)), Some(_)) => {
+                        let c = Collected {
+                            prompt_logprobs: Some(scored.clone()),
+                            ..Collected::default()
+                        };
+                        logprobs_value(&state, prompt, &c, true, &mut offsets[index])
+                    }
+                    _ => Value::Null,
+                };
+                out.push(chunk(index, prompt.text.clone(), lp, Value::Null));
             }
             match update {
                 Err(e) => {
@@ -294,7 +311,7 @@ fn stream(
                             tokens,
                             ..Collected::default()
                         };
-                        logprobs_value(&state, &prompts[index / n], &c, false)
+                        logprobs_value(&state, prompt, &c, false, &mut offsets[index])
                     } else {
                         Value::Null
                     };

@@ -1,14 +1,24 @@
-//! `GET /health`: 200 while the engine thread is up.
+//! `GET /health`: 200 while the engine thread runs, 503 once it has stopped.
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
 use crate::state::AppState;
 
-pub async fn handle(State(state): State<Arc<AppState>>) -> Json<Value> {
+pub async fn handle(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    if !state.engine.is_alive() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "engine stopped"})),
+        );
+    }
     let stats = state.metrics.engine_stats();
-    Json(json!({"status": "ok", "running": stats.running, "waiting": stats.waiting}))
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ok", "running": stats.running, "waiting": stats.waiting})),
+    )
 }

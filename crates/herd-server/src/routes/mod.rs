@@ -188,7 +188,14 @@ where
     tokio::spawn(produce(tx));
     tokio::spawn(async move {
         let mut rx = rx;
-        while let Some(chunk) = rx.recv().await {
+        loop {
+            // A client that leaves is noticed at once, not at the next chunk: dropping `rx`
+            // ends the producer, whose choices then cancel their requests.
+            let chunk = tokio::select! {
+                chunk = rx.recv() => chunk,
+                _ = out_tx.closed() => return,
+            };
+            let Some(chunk) = chunk else { break };
             if out_tx
                 .send(Ok(SseEvent::default().data(chunk.to_string())))
                 .await

@@ -69,6 +69,11 @@ async fn a_stream_reassembles_to_the_non_streamed_text_for_the_same_seed() {
     let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
     assert_eq!(finish, &whole["choices"][0]["finish_reason"]);
     let usage = &chunks[chunks.len() - 1];
+    assert!(
+        chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()),
+        "usage is null until the last chunk"
+    );
+    assert!(chunks[0].as_object().unwrap().contains_key("usage"));
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"], whole["usage"]);
 }
@@ -601,4 +606,39 @@ async fn image_urls_are_fetched_only_when_allowed_and_within_bounds() {
             .contains("--allow-image-urls"),
         "{v}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_completion_logprobs_match_the_whole_response() {
+    let (router, _) = server();
+    let body = |stream: bool| {
+        json!({"prompt": [1, 40, 77, 120], "max_tokens": 6, "temperature": 0, "echo": true,
+               "logprobs": 2, "stream": stream})
+        .to_string()
+    };
+    let (_, whole) = call(&router, post("/v1/completions", &body(false))).await;
+    let chunks = stream(&router, post("/v1/completions", &body(true))).await;
+    // Concatenating the chunks' logprobs gives the whole response's, offsets included.
+    let mut joined: std::collections::BTreeMap<&str, Vec<Value>> = Default::default();
+    for c in &chunks {
+        let lp = &c["choices"][0]["logprobs"];
+        if lp.is_null() {
+            continue;
+        }
+        for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            joined
+                .entry(key)
+                .or_default()
+                .extend(lp[key].as_array().unwrap().iter().cloned());
+        }
+    }
+    let expected = &whole["choices"][0]["logprobs"];
+    for key in ["tokens", "token_logprobs", "text_offset"] {
+        assert_eq!(&Value::Array(joined[key].clone()), &expected[key], "{key}");
+    }
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
 }

@@ -363,8 +363,11 @@ class Images(unittest.TestCase):
         import functools
         import http.server
 
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(ROOT / "fixtures" / "images"))
-        handler.log_message = lambda *a: None
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        handler = functools.partial(Quiet, directory=str(ROOT / "fixtures" / "images"))
         host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=host.serve_forever, daemon=True).start()
         server = Server(VISION_CHAT_TINY, "--allow-image-urls", "--image-url-timeout-secs", "5")

@@ -49,7 +49,7 @@ fn read(path: PathBuf) -> Vec<Vec<u8>> {
     std::fs::read(path).map(|b| vec![b]).unwrap_or_default()
 }
 
-pub const TARGETS: [Target; 9] = [
+pub const TARGETS: [Target; 10] = [
     Target {
         name: "safetensors",
         about: "safetensors header (shard files)",
@@ -273,6 +273,36 @@ pub const TARGETS: [Target; 9] = [
                 ..PreprocessConfig::default()
             };
             preprocess(&img, &config, &candle_core::Device::Cpu).map_err(err)?;
+            Ok(())
+        },
+    },
+    Target {
+        name: "json-mode",
+        about: "JSON mode's automaton over raw bytes (what it calls a whole object must parse)",
+        seeds: |_| {
+            [
+                r#"{"a": [1, -2.5e+3, true, null, "x\u00e9\ud83d\ude00"], "b": {}}"#,
+                "{\n    \"k\": \"日本語\"\n}",
+                r#"{"n": 0.5E-2, "s": "\\\"\/\b\f\n\r\t"}"#,
+            ]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect()
+        },
+        dictionary: &[b"{", b"}", b"[", b"]", b"\"", b":", b",", b"\\u", b"\\ud800", b"1e", b"-0.", b"true", b"\xed\xa0\x80", b"\xf4\x90"],
+        max_len: 1 << 12,
+        run: |_, input| {
+            let mut prefix = herd_engine::frontend::json_mode::JsonPrefix::new();
+            if !prefix.feed(input) {
+                return Err("not a JSON-object prefix".into());
+            }
+            if !prefix.is_complete() {
+                return Err("an unfinished object".into());
+            }
+            // An oracle: whatever the automaton calls a whole object, serde_json parses as one.
+            let value: serde_json::Value = serde_json::from_slice(input)
+                .unwrap_or_else(|e| panic!("JsonPrefix accepted what serde_json refuses: {e}"));
+            assert!(value.is_object(), "JsonPrefix accepted a non-object");
             Ok(())
         },
     },

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-const TARGETS: [&str; 9] = [
+const TARGETS: [&str; 10] = [
     "safetensors",
     "gguf",
     "config",
@@ -15,6 +15,7 @@ const TARGETS: [&str; 9] = [
     "chat-template",
     "tool-calls",
     "image",
+    "json-mode",
 ];
 
 fn herd_fuzz(args: &[&str]) -> std::process::Output {

@@ -32,11 +32,14 @@ enum Mode {
     CommaOrEnd,
     /// After `[`: a value or `]`.
     ValueOrEnd,
-    /// Inside a string; `utf8` continuation bytes are still due (text must be UTF-8).
+    /// Inside a string. Text must be UTF-8 (RFC 3629): `utf8` continuation bytes are still
+    /// due, the next in `lo..=hi` (a lead byte narrows its first continuation).
     String {
         key: bool,
         escape: Escape,
         utf8: u8,
+        lo: u8,
+        hi: u8,
     },
     Number(Num),
     /// Inside `true`, `false` or `null`: the bytes still to come.
@@ -51,8 +54,16 @@ enum Mode {
 enum Escape {
     None,
     Backslash,
-    /// Hex digits still to come after `\u`.
-    Unicode(u8),
+    /// Inside `\uXXXX`: hex digits still to come, the value so far, and whether this escape
+    /// must be the low half of a surrogate pair.
+    Unicode {
+        left: u8,
+        value: u16,
+        low: bool,
+    },
+    /// After a high surrogate's escape: its low half must follow (`\` then `u`).
+    LowBackslash,
+    LowU,
 }
 
 /// Where a number is: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
@@ -177,6 +188,8 @@ impl JsonPrefix {
                     key: false,
                     escape: Escape::None,
                     utf8: 0,
+                    lo: 0x80,
+                    hi: 0xBF,
                 };
                 true
             }
@@ -234,6 +247,8 @@ impl JsonPrefix {
                         key: true,
                         escape: Escape::None,
                         utf8: 0,
+                        lo: 0x80,
+                        hi: 0xBF,
                     };
                     true
                 }
@@ -254,7 +269,13 @@ impl JsonPrefix {
                 b'}' | b']' => self.close(b),
                 _ => false,
             },
-            Mode::String { key, escape, utf8 } => self.string_byte(key, escape, utf8, b),
+            Mode::String {
+                key,
+                escape,
+                utf8,
+                lo,
+                hi,
+            } => self.string_byte(key, escape, (utf8, lo, hi), b),
             Mode::Number(n) => match n.next(b) {
                 Some(next) => {
                     // Numbers every parser reads as a finite f64: at most 30 significant
@@ -294,21 +315,26 @@ impl JsonPrefix {
         }
     }
 
-    fn string_byte(&mut self, key: bool, escape: Escape, utf8: u8, b: u8) -> bool {
-        if utf8 > 0 {
-            // The rest of a multi-byte character.
-            if !(0x80..=0xBF).contains(&b) {
-                return false;
-            }
-            self.mode = Mode::String {
+    fn string_byte(&mut self, key: bool, escape: Escape, (utf8, lo, hi): (u8, u8, u8), b: u8) -> bool {
+        let set = |this: &mut Self, escape, (utf8, lo, hi): (u8, u8, u8)| {
+            this.mode = Mode::String {
                 key,
                 escape,
-                utf8: utf8 - 1,
+                utf8,
+                lo,
+                hi,
             };
-            return true;
+            true
+        };
+        if utf8 > 0 {
+            // The rest of a multi-byte character.
+            if !(lo..=hi).contains(&b) {
+                return false;
+            }
+            return set(self, escape, (utf8 - 1, 0x80, 0xBF));
         }
-        let mut due = 0;
-        let next = match escape {
+        let any = (0, 0x80, 0xBF);
+        match escape {
             Escape::None => match b {
                 b'"' => {
                     if key {
@@ -316,48 +342,71 @@ impl JsonPrefix {
                     } else {
                         self.value_done();
                     }
-                    return true;
+                    true
                 }
-                b'\\' => Escape::Backslash,
-                0..=0x1f => return false,
-                0x20..=0x7f => Escape::None,
-                // A lead byte and the continuation bytes it calls for (RFC 3629).
-                0xC2..=0xDF => {
-                    due = 1;
-                    Escape::None
-                }
-                0xE0..=0xEF => {
-                    due = 2;
-                    Escape::None
-                }
-                0xF0..=0xF4 => {
-                    due = 3;
-                    Escape::None
-                }
-                _ => return false,
+                b'\\' => set(self, Escape::Backslash, any),
+                0..=0x1f => false,
+                0x20..=0x7f => set(self, Escape::None, any),
+                // A lead byte, the continuation bytes it calls for, and the range of the first
+                // (no overlong forms, no UTF-16 surrogates, nothing past U+10FFFF).
+                0xC2..=0xDF => set(self, Escape::None, (1, 0x80, 0xBF)),
+                0xE0 => set(self, Escape::None, (2, 0xA0, 0xBF)),
+                0xED => set(self, Escape::None, (2, 0x80, 0x9F)),
+                0xE1..=0xEF => set(self, Escape::None, (2, 0x80, 0xBF)),
+                0xF0 => set(self, Escape::None, (3, 0x90, 0xBF)),
+                0xF1..=0xF3 => set(self, Escape::None, (3, 0x80, 0xBF)),
+                0xF4 => set(self, Escape::None, (3, 0x80, 0x8F)),
+                _ => false,
             },
             Escape::Backslash => match b {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Escape::None,
-                b'u' => Escape::Unicode(4),
-                _ => return false,
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => set(self, Escape::None, any),
+                b'u' => set(
+                    self,
+                    Escape::Unicode {
+                        left: 4,
+                        value: 0,
+                        low: false,
+                    },
+                    any,
+                ),
+                _ => false,
             },
-            Escape::Unicode(n) => {
-                if !b.is_ascii_hexdigit() {
+            Escape::LowBackslash if b == b'\\' => set(self, Escape::LowU, any),
+            Escape::LowU if b == b'u' => set(
+                self,
+                Escape::Unicode {
+                    left: 4,
+                    value: 0,
+                    low: true,
+                },
+                any,
+            ),
+            Escape::LowBackslash | Escape::LowU => false,
+            Escape::Unicode { left, value, low } => {
+                let Some(digit) = (b as char).to_digit(16) else {
                     return false;
+                };
+                let value = value << 4 | digit as u16;
+                if left > 1 {
+                    return set(
+                        self,
+                        Escape::Unicode {
+                            left: left - 1,
+                            value,
+                            low,
+                        },
+                        any,
+                    );
                 }
-                if n == 1 {
-                    Escape::None
-                } else {
-                    Escape::Unicode(n - 1)
+                // Surrogates come in pairs: a high half, then a low half in the next escape.
+                match (low, value) {
+                    (false, 0xD800..=0xDBFF) => set(self, Escape::LowBackslash, any),
+                    (false, 0xDC00..=0xDFFF) => false,
+                    (true, 0xDC00..=0xDFFF) | (false, _) => set(self, Escape::None, any),
+                    (true, _) => false,
                 }
             }
-        };
-        self.mode = Mode::String {
-            key,
-            escape: next,
-            utf8: due,
-        };
-        true
+        }
     }
 }
 
@@ -535,6 +584,7 @@ mod tests {
         ] {
             assert!(!bytes(bad), "{bad:?}");
         }
+        assert!(bytes(b"{\"k\": \"\\ud83d\\ude00 \\u00e9\"}"), "a surrogate pair");
         // A character split across tokens is fine.
         let mut p = JsonPrefix::new();
         assert!(p.feed(b"{\"k\": \"\xe6\x97"));

@@ -27,14 +27,7 @@ use crate::wire::{kind, Common, MAX_TOP_LOGPROBS};
 const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "ipython"];
 
 pub async fn handle(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let arrived = Instant::now();
-    match chat(state.clone(), body, arrived).await {
-        Ok(response) => response,
-        Err(e) => {
-            state.metrics.request_done(false);
-            e.into_response()
-        }
-    }
+    super::respond(&state.clone(), chat(state, body, Instant::now())).await
 }
 
 /// What a chat request asks for beyond sampling.

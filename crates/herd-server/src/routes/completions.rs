@@ -28,14 +28,7 @@ const DEFAULT_MAX_TOKENS: usize = 16;
 const MAX_PROMPTS: usize = 64;
 
 pub async fn handle(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let arrived = Instant::now();
-    match complete(state.clone(), body, arrived).await {
-        Ok(response) => response,
-        Err(e) => {
-            state.metrics.request_done(false);
-            e.into_response()
-        }
-    }
+    super::respond(&state.clone(), complete(state, body, Instant::now())).await
 }
 
 /// A prompt as given: its text (for `echo`) and its ids.

@@ -25,6 +25,21 @@ use crate::generation::{Generation, Update};
 use crate::state::AppState;
 use crate::wire::{Common, Fields};
 
+/// Runs a generating endpoint: its response, or — for an error before the first byte —
+/// OpenAI's error shape, counted as a failed request.
+pub async fn respond(
+    state: &AppState,
+    endpoint: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    match endpoint.await {
+        Ok(response) => response,
+        Err(e) => {
+            state.metrics.request_done(false);
+            e.into_response()
+        }
+    }
+}
+
 /// The body as JSON fields; a body over the limit is a 413 in OpenAI's error shape.
 pub fn fields(body: Result<Bytes, BytesRejection>) -> Result<Fields, ApiError> {
     let body = body.map_err(|e| ApiError {

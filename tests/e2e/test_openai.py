@@ -159,7 +159,7 @@ class ChatTiny(unittest.TestCase):
         self.assertEqual(usage.completion_tokens, whole.usage.completion_tokens)
 
     def test_sampling_controls_and_n(self):
-        r = self.chat(
+        controls = dict(
             n=3,
             temperature=1.2,
             top_p=0.9,
@@ -169,21 +169,10 @@ class ChatTiny(unittest.TestCase):
             logit_bias={"100": 5},
             stop=["\n\n"],
             extra_body={"top_k": 40, "min_p": 0.05},
-            user="e2e",
-            metadata={"suite": "e2e"},
         )
+        r = self.chat(user="e2e", metadata={"suite": "e2e"}, **controls)
         self.assertEqual([c.index for c in r.choices], [0, 1, 2])
-        again = self.chat(
-            n=3,
-            temperature=1.2,
-            top_p=0.9,
-            seed=3,
-            presence_penalty=0.5,
-            frequency_penalty=0.5,
-            logit_bias={"100": 5},
-            stop=["\n\n"],
-            extra_body={"top_k": 40, "min_p": 0.05},
-        )
+        again = self.chat(**controls)
         self.assertEqual([c.message.content for c in r.choices], [c.message.content for c in again.choices])
 
     def test_json_mode_replies_with_a_json_object(self):

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::kernels::decode_attention::{decode_attention, CacheView};
 use crate::kernels::half_matmul::HalfElement;
 use crate::kv_cache::LayerCache;
-use crate::nn::{rms_normalize, Linear};
+use crate::nn::{rms_normalize, Linear, RotaryTables};
 use crate::step::{DecodeInputs, StepInputs};
 use crate::text::mask;
 use crate::weights::Weights;
@@ -116,28 +116,15 @@ impl Attention {
         decode: &DecodeInputs,
     ) -> Result<Tensor> {
         let t = segments.len();
-        let (h, hkv, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        // [T, n·Dh] → [1, n, T, Dh]: the rows as one "sequence" for the row-wise ops.
-        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((t, n, dh))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?)
-        };
-        let mut q = heads(q_td, h)?;
-        let mut k = heads(k_td, hkv)?;
-        let v = heads(v_td, hkv)?;
-        if self.kind.uses_rope() {
-            q = decode.rotary.apply(&q)?;
-            k = decode.rotary.apply(&k)?;
-        }
-        if self.uses_qk_norm {
-            q = rms_normalize(&q, self.norm_eps)?;
-            k = rms_normalize(&k, self.norm_eps)?;
-        }
-        if let (Some(_), Some(scales)) = (self.temperature_tuning, &decode.temperature_scales) {
-            q = q.broadcast_mul(scales)?;
-        }
+        let (h, dh) = (self.n_heads, self.head_dim);
+        // The rows as one "sequence" for the row-wise ops: [1, n, T, Dh].
+        let (q, k, v) = self.positioned_heads(
+            q_td,
+            k_td,
+            v_td,
+            &decode.rotary,
+            decode.temperature_scales.as_ref(),
+        )?;
         let dtype = q.dtype();
         // [T, H, Dh] in f32: row i is sequence i's query.
         let q_thd = q
@@ -169,6 +156,41 @@ impl Attention {
             out[i * h * dh..(i + 1) * h * dh].copy_from_slice(&row);
         }
         Ok(Tensor::from_vec(out, (t, h * dh), q_td.device())?.to_dtype(dtype)?)
+    }
+
+    /// Projections [T, H·Dh] / [T, Hkv·Dh] → heads [1, H, T, Dh] / [1, Hkv, T, Dh] with the
+    /// rows' positions applied: RoPE (RoPE layers), QK-norm, then the temperature scales
+    /// [1, 1, T, 1] (tuned NoPE layers). Reference order: rope → qk-norm → temperature.
+    fn positioned_heads(
+        &self,
+        q_td: &Tensor,
+        k_td: &Tensor,
+        v_td: &Tensor,
+        rotary: &RotaryTables,
+        temperature_scales: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let t = q_td.dims2()?.0;
+        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((t, n, self.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?)
+        };
+        let mut q = heads(q_td, self.n_heads)?;
+        let mut k = heads(k_td, self.n_kv_heads)?;
+        let v = heads(v_td, self.n_kv_heads)?;
+        if self.kind.uses_rope() {
+            q = rotary.apply(&q)?;
+            k = rotary.apply(&k)?;
+        }
+        if self.uses_qk_norm {
+            q = rms_normalize(&q, self.norm_eps)?;
+            k = rms_normalize(&k, self.norm_eps)?;
+        }
+        if let (Some(_), Some(scales)) = (self.temperature_tuning, temperature_scales) {
+            q = q.broadcast_mul(scales)?;
+        }
+        Ok((q, k, v))
     }
 
     /// One query [H·Dh] (f32) against a cache view [Hkv, L, Dh] of any stored dtype, by the
@@ -217,28 +239,8 @@ impl Attention {
         cache: &mut LayerCache,
     ) -> Result<Tensor> {
         let t = step.len();
-        // [T, H·Dh] → [1, H, T, Dh]
-        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((t, n, self.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?)
-        };
-        let mut q = heads(q_td, self.n_heads)?;
-        let mut k = heads(k_td, self.n_kv_heads)?;
-        let v = heads(v_td, self.n_kv_heads)?;
-
-        if self.kind.uses_rope() {
-            q = step.rotary.apply(&q)?;
-            k = step.rotary.apply(&k)?;
-        }
-        if self.uses_qk_norm {
-            q = rms_normalize(&q, self.norm_eps)?;
-            k = rms_normalize(&k, self.norm_eps)?;
-        }
-        if let (Some(_), Some(scales)) = (self.temperature_tuning, &step.temperature_scales) {
-            q = q.broadcast_mul(scales)?;
-        }
+        let (q, k, v) =
+            self.positioned_heads(q_td, k_td, v_td, &step.rotary, step.temperature_scales.as_ref())?;
 
         // [Hkv, L, Dh], keys for absolute positions cache.start() ..
         let (k_all, v_all) = cache.extend(&k.squeeze(0)?, &v.squeeze(0)?)?;

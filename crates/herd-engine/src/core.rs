@@ -13,7 +13,7 @@ use crate::constraint::{masked_logits, TokenConstraint};
 use crate::error::EngineError;
 use crate::generate::FinishReason;
 use crate::model::{Feed, ImageFeatures, LanguageModel, Logits};
-use crate::request::{token_logprob, Event, Request, TokenLogprob, Usage};
+use crate::request::{token_logprob, token_logprob_watching, Event, Request, TokenLogprob, Usage};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{RequestId, Scheduler, SchedulerConfig};
 
@@ -34,6 +34,7 @@ struct Sequence<C> {
     prompt_logprobs: Option<usize>,
     prompt_logprob_rows: Vec<TokenLogprob>,
     constraint: Option<Box<dyn TokenConstraint>>,
+    watch: Vec<u32>,
 }
 
 impl<C> Sequence<C> {
@@ -109,6 +110,7 @@ impl<M: LanguageModel> EngineCore<M> {
             logprobs,
             prompt_logprobs,
             constraint,
+            watch,
         } = request;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -155,6 +157,7 @@ impl<M: LanguageModel> EngineCore<M> {
                 prompt_logprobs,
                 prompt_logprob_rows: Vec::new(),
                 constraint,
+                watch,
             },
         );
         Ok(id)
@@ -349,7 +352,8 @@ impl<M: LanguageModel> EngineCore<M> {
         events.push(Event::Token {
             id,
             token,
-            logprob: seq.logprobs.map(|top| token_logprob(last, token, top)),
+            logprob: (seq.logprobs.is_some() || !seq.watch.is_empty())
+                .then(|| token_logprob_watching(last, token, seq.logprobs.unwrap_or(0), &seq.watch)),
         });
         let reason = if seq.generated() >= seq.params.max_new_tokens {
             FinishReason::Length

@@ -7,6 +7,7 @@ pub mod core;
 pub mod error;
 pub mod frontend;
 pub mod generate;
+pub mod guard;
 pub mod image;
 pub mod model;
 pub mod request;

@@ -22,6 +22,10 @@ pub struct Request {
     pub prompt_logprobs: Option<usize>,
     /// A rule the reply must follow (JSON mode).
     pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// Ids whose log-probabilities every generated token reports ([`TokenLogprob::watched`])
+    /// whether or not they are likely: a classifier's answer tokens (Llama Guard's `unsafe`).
+    /// Non-empty implies per-token logprobs.
+    pub watch: Vec<u32>,
 }
 
 impl Request {
@@ -33,6 +37,7 @@ impl Request {
             logprobs: None,
             prompt_logprobs: None,
             constraint: None,
+            watch: Vec::new(),
         }
     }
 }
@@ -45,6 +50,8 @@ pub struct TokenLogprob {
     pub logprob: f32,
     /// Most likely first.
     pub top: Vec<(u32, f32)>,
+    /// The request's watched ids with theirs, in the order asked.
+    pub watched: Vec<(u32, f32)>,
 }
 
 /// What a step reports of a request.
@@ -91,6 +98,11 @@ pub struct Usage {
 
 /// log-softmax of `logits` at `token`, and the `top` most likely tokens with theirs.
 pub fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    token_logprob_watching(logits, token, top, &[])
+}
+
+/// [`token_logprob`], with the log-probabilities of `watch` too.
+pub fn token_logprob_watching(logits: &[f32], token: u32, top: usize, watch: &[u32]) -> TokenLogprob {
     let max = logits
         .iter()
         .copied()
@@ -118,6 +130,10 @@ pub fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
         token,
         logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
         top: best,
+        watched: watch
+            .iter()
+            .map(|&id| (id, logits.get(id as usize).map_or(f32::NEG_INFINITY, |&l| lp(l))))
+            .collect(),
     }
 }
 

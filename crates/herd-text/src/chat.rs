@@ -200,6 +200,19 @@ impl ChatTemplate {
         tools: Option<&[Value]>,
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
+        self.render_with(messages, tools, add_generation_prompt, &Map::new())
+    }
+
+    /// [`Self::render`] with more template variables (transformers' `apply_chat_template`
+    /// keyword arguments, e.g. Llama Guard's `excluded_category_keys`). They may not replace
+    /// `messages`, `tools` or the tokens the template is given.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+        extra: &Map<String, Value>,
+    ) -> Result<String, TextError> {
         let limits = Limits::current();
         if self.source.len() as u64 > limits.template_bytes {
             return Err(TextError::Template(format!(
@@ -224,7 +237,7 @@ impl ChatTemplate {
             .template_from_str(&self.source)
             .map_err(|e| TextError::Template(e.to_string()))?;
         let messages = serde_json::to_value(messages).map_err(|e| TextError::Messages(e.to_string()))?;
-        let mut ctx = Map::new();
+        let mut ctx = extra.clone();
         ctx.insert("messages".into(), messages);
         if let Some(tools) = tools {
             ctx.insert("tools".into(), Value::Array(tools.to_vec()));
@@ -277,8 +290,29 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         special: SpecialTokens,
     ) -> Result<Vec<u32>, TextError> {
+        self.encode_with(
+            tokenizer,
+            messages,
+            tools,
+            add_generation_prompt,
+            special,
+            &Map::new(),
+        )
+    }
+
+    /// [`Self::encode`] with more template variables (see [`Self::render_with`]); their
+    /// strings are defused like the messages'.
+    pub fn encode_with(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+        special: SpecialTokens,
+        extra: &Map<String, Value>,
+    ) -> Result<Vec<u32>, TextError> {
         if special == SpecialTokens::Parse {
-            let text = self.render(messages, tools, add_generation_prompt)?;
+            let text = self.render_with(messages, tools, add_generation_prompt, extra)?;
             return tokenizer.encode(&text, SpecialTokens::Parse);
         }
         let specials = tokenizer.special_tokens();
@@ -288,7 +322,11 @@ impl ChatTemplate {
             .map(|m| guard.defuse_message(m))
             .collect::<Result<_, _>>()?;
         let tools: Option<Vec<Value>> = tools.map(|t| t.iter().map(|v| guard.defuse_value(v)).collect());
-        let text = self.render(&messages, tools.as_deref(), add_generation_prompt)?;
+        let extra: Map<String, Value> = extra
+            .iter()
+            .map(|(k, v)| (k.clone(), guard.defuse_value(v)))
+            .collect();
+        let text = self.render_with(&messages, tools.as_deref(), add_generation_prompt, &extra)?;
         // Every special-token string left in `text` came from the template.
         let mut ids = Vec::new();
         let mut last = 0;

@@ -4,5 +4,6 @@
 
 mod core;
 mod generate;
+mod guard;
 mod image;
 mod sampling;

@@ -114,6 +114,7 @@ pub async fn submit(
                     Box::new(JsonConstraint::new(state.json_tokens()))
                         as Box<dyn herd_engine::constraint::TokenConstraint>
                 }),
+                watch: Vec::new(),
             };
             let (id, events) = state.engine.submit(request).await?;
             choices.push(Generation::new(

@@ -46,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Synth(a) => commands::synth::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Moderate(a) => commands::moderate::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

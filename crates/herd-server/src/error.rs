@@ -124,4 +124,6 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("{0}")]
+    Config(String),
 }

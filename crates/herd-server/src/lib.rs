@@ -2,12 +2,13 @@
 //! engine. The server only translates wire types and streams events: prompts are assembled by
 //! the engine's frontend, batching and sampling happen on the engine thread ([`worker`]).
 //!
-//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
-//! `GET /health`, `GET /metrics`.
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/moderations`,
+//! `GET /v1/models`, `GET /health`, `GET /metrics`.
 
 pub mod error;
 pub mod fetch;
 pub mod generation;
+pub mod guard;
 pub mod metrics;
 pub mod routes;
 pub mod state;
@@ -33,6 +34,17 @@ pub use metrics::Metrics;
 pub use state::{AppState, ServerOptions};
 pub use worker::EngineHandle;
 
+/// Which model answers `/v1/moderations` and screens traffic.
+pub enum GuardChoice {
+    /// No moderation endpoint, no screening.
+    None,
+    /// The served model is the guard (its frontend loaded a second time, and the policy);
+    /// moderation shares its engine thread. Text only.
+    ServedModel(Frontend, herd_engine::guard::Policy),
+    /// A guard on its own engine thread (`--guard`).
+    Service(guard::GuardService),
+}
+
 /// Starts the engine thread over `model` and builds the shared state.
 pub fn build_state<M>(
     model: M,
@@ -44,9 +56,41 @@ pub fn build_state<M>(
 where
     M: LanguageModel + Send + 'static,
 {
+    build_state_with_guard(model, frontend, images, scheduler, options, GuardChoice::None)
+}
+
+/// [`build_state`] with a guard. Screening (`options.screening`) needs a separate guard.
+pub fn build_state_with_guard<M>(
+    model: M,
+    frontend: Frontend,
+    images: Option<ImageEncoder>,
+    scheduler: SchedulerConfig,
+    options: ServerOptions,
+    guard: GuardChoice,
+) -> Result<Arc<AppState>, ServerError>
+where
+    M: LanguageModel + Send + 'static,
+{
+    if options.screening.is_some() && !matches!(guard, GuardChoice::Service(_)) {
+        return Err(ServerError::Config(
+            "screening (--guard-mode) needs a guard model (--guard)".into(),
+        ));
+    }
     let metrics = Arc::new(Metrics::default());
     let max_positions = model.max_positions();
     let engine = EngineHandle::spawn(model, scheduler, metrics.clone())?;
+    let guard = match guard {
+        GuardChoice::None => None,
+        GuardChoice::ServedModel(guard_frontend, policy) => Some(Arc::new(guard::GuardService::over(
+            engine.clone(),
+            guard_frontend,
+            None,
+            policy,
+            options.model_name.clone(),
+            max_positions,
+        )?)),
+        GuardChoice::Service(service) => Some(Arc::new(service)),
+    };
     Ok(Arc::new(AppState {
         frontend,
         images,
@@ -56,6 +100,7 @@ where
         max_positions,
         started: state::unix_now(),
         json_tokens: std::sync::OnceLock::new(),
+        guard,
     }))
 }
 
@@ -64,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat::handle))
         .route("/v1/completions", post(routes::completions::handle))
+        .route("/v1/moderations", post(routes::moderations::handle))
         .route("/v1/models", get(routes::models::handle))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -29,6 +29,8 @@ pub struct ServerOptions {
     pub allow_image_urls: bool,
     /// The most one image fetch may take, connection to last byte.
     pub image_url_timeout: std::time::Duration,
+    /// Screen chat requests and replies with the guard (`--guard-mode`).
+    pub screening: Option<crate::guard::Screening>,
 }
 
 impl Default for ServerOptions {
@@ -41,6 +43,7 @@ impl Default for ServerOptions {
             shutdown_timeout: std::time::Duration::from_secs(30),
             allow_image_urls: false,
             image_url_timeout: std::time::Duration::from_secs(10),
+            screening: None,
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct AppState {
     pub started: u64,
     /// Every token's bytes, for JSON mode: built at the first request that asks.
     pub json_tokens: OnceLock<Arc<TokenBytes>>,
+    /// The guard for `/v1/moderations` and screening.
+    pub guard: Option<Arc<crate::guard::GuardService>>,
 }
 
 impl AppState {

@@ -60,6 +60,16 @@ pub enum Command {
     /// Serve the model over an OpenAI-compatible HTTP API (chat completions, completions,
     /// models, health, metrics) with continuous batching of concurrent requests.
     Serve(ServeArgs),
+    /// Classify a conversation with a Llama Guard model: `safe`, or `unsafe` with the violated
+    /// categories (S1–S14, a subset, or your own), and the probability of `unsafe`.
+    Moderate(ModerateArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum GuardModeArg {
+    Input,
+    Output,
+    Both,
 }
 
 #[derive(Args)]
@@ -107,6 +117,28 @@ pub struct ServeArgs {
     /// Seconds one image fetch may take, connection to last byte.
     #[arg(long, default_value_t = 10)]
     pub image_url_timeout_secs: u64,
+    /// A Llama Guard checkpoint for POST /v1/moderations and --guard-mode screening (loaded
+    /// with this command's --dtype, --quant and --kv-dtype, on its own engine thread). Without
+    /// it, /v1/moderations answers only when the served model is itself a Llama Guard model.
+    #[arg(long, value_name = "DIR|FILE.gguf")]
+    pub guard: Option<PathBuf>,
+    /// Screen chat completions with --guard: `input` checks each conversation before anything
+    /// is generated, `output` checks each reply before the client sees it (streams are held
+    /// back and sent once screened), `both` does both.
+    #[arg(long, value_enum, value_name = "MODE", requires = "guard")]
+    pub guard_mode: Option<GuardModeArg>,
+    /// What a flagged chat gets instead: this text as the reply (finish_reason
+    /// `content_filter`). Default: a flagged input is a 400 error with code `content_filter`,
+    /// a flagged reply is emptied.
+    #[arg(long, value_name = "TEXT", requires = "guard_mode")]
+    pub guard_refusal: Option<String>,
+    /// Let through text the guard answered with something other than a verdict (default:
+    /// such text counts as flagged).
+    #[arg(long, requires = "guard_mode")]
+    pub guard_fail_open: bool,
+    /// Guard categories to leave out of the policy (e.g. `S6,S7`).
+    #[arg(long, value_delimiter = ',', value_name = "CODES")]
+    pub guard_exclude: Vec<String>,
 }
 
 #[derive(Args)]
@@ -305,4 +337,36 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+pub struct ModerateArgs {
+    /// The guard checkpoint (Llama Guard 4 or anything of its architecture).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The conversation: a JSON list of messages (or `{"messages": [...]}`), user and assistant
+    /// turns alternating from the user; the guard judges the last one. Content is a string or
+    /// a list of `{"type": "text", "text": …}` and `{"type": "image"}` parts.
+    #[arg(long, value_name = "FILE.json")]
+    pub messages: PathBuf,
+    /// An image file for the conversation's `{"type": "image"}` parts, in order (repeatable;
+    /// needs a guard with a vision tower).
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<PathBuf>,
+    /// Check only these default categories (e.g. `S1,S9,S10`).
+    #[arg(long, value_delimiter = ',', value_name = "CODES", conflicts_with_all = ["exclude", "custom_categories"])]
+    pub categories: Vec<String>,
+    /// Check every default category but these (e.g. `S6,S7`).
+    #[arg(long, value_delimiter = ',', value_name = "CODES", conflicts_with = "custom_categories")]
+    pub exclude: Vec<String>,
+    /// Your own categories instead of S1–S14: a JSON object `{"C1": "Description.", …}` (in
+    /// prompt order) or a list of `{"code": …, "name": …}`.
+    #[arg(long, value_name = "FILE.json")]
+    pub custom_categories: Option<PathBuf>,
+    /// Print the verdict as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the guard prompt's text (what the model sees) before the verdict.
+    #[arg(long)]
+    pub show_prompt: bool,
 }

@@ -11,7 +11,7 @@ fn parse_quant(text: &str) -> std::result::Result<QuantType, String> {
     QuantType::parse(text).ok_or_else(|| format!("`{text}`: expected q8_0, q4_0, q4_k, q5_k or q6_k"))
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ModelArgs {
     /// A checkpoint folder as downloaded from Hugging Face (config.json + *.safetensors), or a
     /// GGUF file (the first part of a split GGUF opens all parts). Weights stay in their stored

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod moderate;
 pub mod preprocess;
 pub mod quantize;
 pub mod render;

@@ -6,16 +6,23 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use herd_engine::frontend::images::ImageEncoder;
 use herd_engine::frontend::Frontend;
+use herd_engine::guard::{Guard, Policy, TemplateOrigin};
 use herd_engine::SchedulerConfig;
-use herd_server::ServerOptions;
+use herd_server::guard::{GuardMode, GuardService, Screening};
+use herd_server::{GuardChoice, ServerOptions};
 
-use crate::args::ServeArgs;
+use crate::args::{GuardModeArg, ServeArgs};
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let host: IpAddr = args
         .host
         .parse()
         .with_context(|| format!("--host {}: expected an IP address such as 127.0.0.1", args.host))?;
+    let policy = if args.guard_exclude.is_empty() {
+        Policy::default()
+    } else {
+        Policy::excluding(&args.guard_exclude).context("--guard-exclude")?
+    };
     let path = &args.model.model;
     let model = args.model.load()?;
     let frontend = Frontend::load(path, model.config()).context("serve needs the model's tokenizer")?;
@@ -41,8 +48,58 @@ pub fn run(args: ServeArgs) -> Result<()> {
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         allow_image_urls: args.allow_image_urls,
         image_url_timeout: Duration::from_secs(args.image_url_timeout_secs),
+        screening: None,
     };
-    let state = herd_server::build_state(model, frontend, images, scheduler, options)?;
+    let guard = match &args.guard {
+        Some(guard_path) => {
+            let mut guard_args = args.model.clone();
+            guard_args.model = guard_path.clone();
+            let guard_model = guard_args.load()?;
+            let guard_frontend = Frontend::load(guard_path, guard_model.config())
+                .context("--guard needs the guard's tokenizer")?;
+            let guard_images = if herd_engine::frontend::is_gguf(guard_path) {
+                None
+            } else {
+                ImageEncoder::load(
+                    guard_path,
+                    guard_model.config().hidden_size,
+                    guard_model.dtype(),
+                    guard_model.device(),
+                )?
+            };
+            let name = guard_path
+                .file_name()
+                .map_or_else(|| "guard".into(), |n| n.to_string_lossy().into_owned());
+            GuardChoice::Service(GuardService::spawn(
+                guard_model,
+                guard_frontend,
+                guard_images,
+                scheduler.clone(),
+                policy,
+                name,
+            )?)
+        }
+        None => {
+            // A served Llama Guard answers /v1/moderations itself.
+            let own = Frontend::load(path, model.config())?;
+            if Guard::new(&own)?.origin() == TemplateOrigin::Checkpoint {
+                GuardChoice::ServedModel(own, policy)
+            } else {
+                GuardChoice::None
+            }
+        }
+    };
+    let screening = args.guard_mode.map(|mode| Screening {
+        mode: match mode {
+            GuardModeArg::Input => GuardMode::Input,
+            GuardModeArg::Output => GuardMode::Output,
+            GuardModeArg::Both => GuardMode::Both,
+        },
+        refusal: args.guard_refusal.clone(),
+        fail_open: args.guard_fail_open,
+    });
+    let options = ServerOptions { screening, ..options };
+    let state = herd_server::build_state_with_guard(model, frontend, images, scheduler, options, guard)?;
     herd_server::serve_blocking(state, SocketAddr::new(host, args.port))?;
     Ok(())
 }

@@ -117,6 +117,34 @@ impl Policy {
         })
     }
 
+    /// Custom categories from JSON: an object `{"C1": "Description.", …}` (its order is the
+    /// prompt's) or a list of `{"code": …, "name": …}`.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, EngineError> {
+        let categories = match value {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .map(|(code, name)| match name.as_str() {
+                    Some(name) => Ok(Category {
+                        code: code.clone(),
+                        name: name.to_string(),
+                    }),
+                    None => Err(invalid(format!(
+                        "category {code}: the description must be a string"
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            serde_json::Value::Array(_) => serde_json::from_value(value.clone())
+                .map_err(|e| invalid(format!("expected a list of {{\"code\": …, \"name\": …}}: {e}")))?,
+            _ => {
+                return Err(invalid(
+                    "expected an object {\"C1\": \"Description.\", …} or a list of {\"code\", \"name\"}"
+                        .into(),
+                ))
+            }
+        };
+        Policy::custom(categories)
+    }
+
     pub fn categories(&self) -> &[Category] {
         &self.categories
     }
@@ -210,5 +238,14 @@ mod tests {
         assert!(Policy::custom(vec![cat("<|eot|>", "x")]).is_err());
         assert!(Policy::custom(vec![cat("C1", "two\nlines")]).is_err());
         assert!(Policy::custom(vec![cat("C1", "a"), cat("C1", "b")]).is_err());
+        let from_object = Policy::from_json(&serde_json::json!({"B": "Bees.", "A": "Ants."})).unwrap();
+        assert_eq!(codes(&from_object), ["B", "A"]);
+        assert!(!from_object.is_builtin());
+        let from_list =
+            Policy::from_json(&serde_json::json!([{"code": "X", "name": "Xylophones."}])).unwrap();
+        assert_eq!(from_list.get("X").unwrap().name, "Xylophones.");
+        assert!(Policy::from_json(&serde_json::json!({"A": 1})).is_err());
+        assert!(Policy::from_json(&serde_json::json!("S1")).is_err());
+        assert!(Policy::from_json(&serde_json::json!({})).is_err());
     }
 }

@@ -45,8 +45,20 @@ async fn chat(
     body: Result<Bytes, BytesRejection>,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
-    let request = parse(fields(body)?)?;
-    let encoded = encode_images(&state, request.image_urls).await?;
+    let mut request = parse(fields(body)?)?;
+    let urls = std::mem::take(&mut request.image_urls);
+    let pixels = load_images(&state, urls, state.images.is_some()).await?;
+    let screening = state.options.screening.clone();
+    let guard = state.guard.clone();
+    if let (Some(screen), Some(guard)) = (&screening, &guard) {
+        if screen.mode.input() {
+            let result = guard.check(&request.messages, pixels.clone()).await?;
+            if screen.blocks(&result) {
+                return refuse_input(&state, &request, screen, &result, guard.policy());
+            }
+        }
+    }
+    let encoded = encode_images(&state, pixels.clone()).await?;
     let (grids, tokens_per_tile, images) = match encoded {
         Some(e) => (e.grids, e.tokens_per_tile, Some(e.features)),
         None => (Vec::new(), 0, None),
@@ -70,7 +82,11 @@ async fn chat(
     let choices = submit(&state, vec![job], &request.common, arrived, "messages").await?;
     let id = super::response_id("chatcmpl");
     let has_tools = request.tools.is_some();
-    if request.common.stream {
+    let output_screen = match (&screening, &guard) {
+        (Some(screen), Some(guard)) if screen.mode.output() => Some((screen, guard)),
+        _ => None,
+    };
+    if request.common.stream && output_screen.is_none() {
         return Ok(stream(
             state,
             choices,
@@ -81,36 +97,78 @@ async fn chat(
     }
     let collected = collect(choices).await?;
     let mut usage = herd_engine::Usage::default();
-    let choices: Vec<Value> = collected
+    let mut replies: Vec<Reply> = Vec::new();
+    for c in collected {
+        usage.prompt_tokens = c.usage.prompt_tokens;
+        usage.completion_tokens += c.usage.completion_tokens;
+        let mut message = json!({"role": "assistant", "content": c.text});
+        let mut finish_reason = c.finish_reason;
+        if has_tools {
+            let parsed = tool_calls::parse(&c.text);
+            if !parsed.tool_calls.is_empty() {
+                message["content"] = if parsed.content.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(parsed.content)
+                };
+                message["tool_calls"] = Value::Array(tool_call_values(&parsed.tool_calls, None));
+                finish_reason = "tool_calls";
+            }
+        }
+        if let Some((screen, guard)) = output_screen {
+            let mut conversation = request.messages.clone();
+            conversation.push(Message::new("assistant", &c.text));
+            let result = guard.check(&conversation, pixels.clone()).await?;
+            if screen.blocks(&result) {
+                message = json!({"role": "assistant", "content": screen.refusal.clone().unwrap_or_default()});
+                finish_reason = "content_filter";
+            }
+        }
+        let logprobs = request
+            .logprobs
+            .map(|_| json!({"content": logprob_content(&state, &c.tokens)}));
+        replies.push(Reply {
+            message,
+            logprobs,
+            finish_reason,
+        });
+    }
+    state.metrics.request_done(true);
+    Ok(respond_with(&state, id, replies, usage, &request.common))
+}
+
+/// A finished choice as it goes out.
+struct Reply {
+    message: Value,
+    logprobs: Option<Value>,
+    finish_reason: &'static str,
+}
+
+/// Finished choices as one body, or — for a stream whose text had to be screened first —
+/// replayed as the chunks a stream would have carried.
+fn respond_with(
+    state: &Arc<AppState>,
+    id: String,
+    replies: Vec<Reply>,
+    usage: herd_engine::Usage,
+    common: &Common,
+) -> Response {
+    if common.stream {
+        return replay_stream(state.clone(), id, replies, usage, common.include_usage);
+    }
+    let choices: Vec<Value> = replies
         .into_iter()
         .enumerate()
-        .map(|(index, c)| {
-            usage.prompt_tokens = c.usage.prompt_tokens;
-            usage.completion_tokens += c.usage.completion_tokens;
-            let mut message = json!({"role": "assistant", "content": c.text});
-            let mut finish_reason = c.finish_reason;
-            if has_tools {
-                let parsed = tool_calls::parse(&c.text);
-                if !parsed.tool_calls.is_empty() {
-                    message["content"] = if parsed.content.is_empty() {
-                        Value::Null
-                    } else {
-                        Value::String(parsed.content)
-                    };
-                    message["tool_calls"] = Value::Array(tool_call_values(&parsed.tool_calls, None));
-                    finish_reason = "tool_calls";
-                }
-            }
+        .map(|(index, r)| {
             json!({
                 "index": index,
-                "message": message,
-                "logprobs": request.logprobs.map(|_| json!({"content": logprob_content(&state, &c.tokens)})),
-                "finish_reason": finish_reason,
+                "message": r.message,
+                "logprobs": r.logprobs,
+                "finish_reason": r.finish_reason,
             })
         })
         .collect();
-    state.metrics.request_done(true);
-    Ok(Json(json!({
+    Json(json!({
         "id": id,
         "object": "chat.completion",
         "created": unix_now(),
@@ -118,7 +176,94 @@ async fn chat(
         "choices": choices,
         "usage": usage_value(usage),
     }))
-    .into_response())
+    .into_response()
+}
+
+fn replay_stream(
+    state: Arc<AppState>,
+    id: String,
+    replies: Vec<Reply>,
+    usage: herd_engine::Usage,
+    include_usage: bool,
+) -> Response {
+    super::sse(move |tx: mpsc::Sender<Value>| async move {
+        let created = unix_now();
+        let chunk = |choices: Value| {
+            let mut c = json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": state.options.model_name,
+                "choices": choices,
+            });
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        for (index, r) in replies.into_iter().enumerate() {
+            let mut chunks = vec![
+                json!({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
+            ];
+            if let Some(text) = r.message["content"].as_str().filter(|t| !t.is_empty()) {
+                chunks.push(json!({"index": index, "delta": {"content": text}, "logprobs": r.logprobs, "finish_reason": null}));
+            }
+            if let Some(Value::Array(calls)) = r.message.get("tool_calls") {
+                let calls: Vec<Value> = calls
+                    .iter()
+                    .enumerate()
+                    .map(|(k, call)| {
+                        let mut call = call.clone();
+                        call["index"] = json!(k);
+                        call
+                    })
+                    .collect();
+                chunks.push(json!({"index": index, "delta": {"tool_calls": calls}, "logprobs": null, "finish_reason": null}));
+            }
+            chunks.push(
+                json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": r.finish_reason}),
+            );
+            for c in chunks {
+                if tx.send(chunk(json!([c]))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if include_usage {
+            let mut last = chunk(json!([]));
+            last["usage"] = usage_value(usage);
+            let _ = tx.send(last).await;
+        }
+    })
+}
+
+/// A flagged request: a 400 `content_filter` error, or the refusal text as every choice's
+/// reply (`finish_reason: "content_filter"`, no tokens generated).
+fn refuse_input(
+    state: &Arc<AppState>,
+    request: &ChatRequest,
+    screen: &crate::guard::Screening,
+    result: &herd_engine::guard::GuardResult,
+    policy: &herd_engine::guard::Policy,
+) -> Result<Response, ApiError> {
+    let Some(refusal) = &screen.refusal else {
+        return Err(crate::guard::flagged_error(result, policy, "request"));
+    };
+    let replies = (0..request.common.n)
+        .map(|_| Reply {
+            message: json!({"role": "assistant", "content": refusal}),
+            logprobs: None,
+            finish_reason: "content_filter",
+        })
+        .collect();
+    state.metrics.request_done(true);
+    Ok(respond_with(
+        state,
+        super::response_id("chatcmpl"),
+        replies,
+        herd_engine::Usage::default(),
+        &request.common,
+    ))
 }
 
 fn parse(mut f: crate::wire::Fields) -> Result<ChatRequest, ApiError> {
@@ -287,12 +432,17 @@ fn read_messages(value: Value) -> Result<(Vec<Message>, Vec<String>), ApiError> 
     Ok((messages, urls))
 }
 
-/// Decodes the data URLs and runs the vision tower, off the async threads.
-async fn encode_images(state: &Arc<AppState>, urls: Vec<String>) -> Result<Option<EncodedImages>, ApiError> {
+/// Decodes the images (data URLs; http(s) URLs when allowed), off the async threads.
+/// `has_vision` says whether the model that will see them can (a 400 otherwise).
+pub async fn load_images(
+    state: &Arc<AppState>,
+    urls: Vec<String>,
+    has_vision: bool,
+) -> Result<Vec<RgbImage>, ApiError> {
     if urls.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    if state.images.is_none() {
+    if !has_vision {
         return Err(ApiError::invalid(
             "messages",
             "this model takes no images (it has no vision tower)",
@@ -316,20 +466,34 @@ async fn encode_images(state: &Arc<AppState>, urls: Vec<String>) -> Result<Optio
             ));
         }
     }
-    let state = state.clone();
+    let timeout = state.options.image_url_timeout;
     tokio::task::spawn_blocking(move || {
-        let pixels: Vec<RgbImage> = urls
-            .iter()
+        urls.iter()
             .enumerate()
             .map(|(i, url)| {
                 let image = if url.starts_with("data:") {
                     herd_engine::image::load_data_url(url).map_err(|e| e.to_string())
                 } else {
-                    crate::fetch::image(url, state.options.image_url_timeout)
+                    crate::fetch::image(url, timeout)
                 };
                 image.map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("image decoding: {e}")))?
+}
+
+/// Runs the served model's vision tower, off the async threads.
+async fn encode_images(
+    state: &Arc<AppState>,
+    pixels: Vec<RgbImage>,
+) -> Result<Option<EncodedImages>, ApiError> {
+    if pixels.is_empty() {
+        return Ok(None);
+    }
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
         let encoder = state
             .images
             .as_ref()

@@ -6,6 +6,7 @@ pub mod completions;
 pub mod health;
 pub mod metrics;
 pub mod models;
+pub mod moderations;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -1,0 +1,242 @@
+//! The server's guard: a Llama Guard model on its own engine thread (`herd serve --guard`), or
+//! the served model itself when it is the guard (`herd serve --model Llama-Guard-4`). It answers
+//! `/v1/moderations` and, with `--guard-mode`, screens chat requests and replies.
+//!
+//! Screening policy (documented in the README):
+//! - `input`: the conversation's user and assistant turns are checked before anything is
+//!   generated — before the first byte of a stream. Flagged: a 400 `content_filter` error, or
+//!   with `--guard-refusal TEXT` a normal reply of TEXT with `finish_reason: "content_filter"`.
+//! - `output`: each finished reply is checked (as the assistant turn after the conversation)
+//!   before the client sees any of it: a streamed reply is held back and sent whole once
+//!   screened. Flagged: its text (and tool calls) become TEXT, or nothing, with
+//!   `finish_reason: "content_filter"`.
+//! - A guard reply that is not a verdict counts as flagged unless `--guard-fail-open`; a
+//!   guard that fails to run fails the request (503): nothing passes unscreened.
+
+use std::sync::Arc;
+
+use herd_engine::frontend::images::ImageEncoder;
+use herd_engine::frontend::Frontend;
+use herd_engine::guard::{screening_conversation, Guard, GuardResult, Policy, Verdict};
+use herd_engine::image::RgbImage;
+use herd_engine::{Event, LanguageModel, SchedulerConfig};
+use herd_text::chat::Content;
+use herd_text::Message;
+use serde_json::Value;
+
+use crate::error::{ApiError, ServerError};
+use crate::metrics::Metrics;
+use crate::worker::EngineHandle;
+
+/// What screening checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardMode {
+    Input,
+    Output,
+    Both,
+}
+
+impl GuardMode {
+    pub fn input(self) -> bool {
+        matches!(self, GuardMode::Input | GuardMode::Both)
+    }
+
+    pub fn output(self) -> bool {
+        matches!(self, GuardMode::Output | GuardMode::Both)
+    }
+}
+
+/// `--guard-mode` and what a flagged request gets.
+#[derive(Debug, Clone)]
+pub struct Screening {
+    pub mode: GuardMode,
+    /// The reply that replaces a flagged one (`None`: a 400 for a flagged input, an empty reply
+    /// for a flagged output).
+    pub refusal: Option<String>,
+    /// Let a guard reply that is not a verdict pass.
+    pub fail_open: bool,
+}
+
+impl Screening {
+    /// Whether a check's result stops the text.
+    pub fn blocks(&self, result: &GuardResult) -> bool {
+        match result.verdict {
+            Verdict::Safe => false,
+            Verdict::Unsafe { .. } => true,
+            Verdict::ParseError { .. } => !self.fail_open,
+        }
+    }
+}
+
+/// A guard model the server can ask.
+pub struct GuardService {
+    pub name: String,
+    frontend: Frontend,
+    guard: Guard,
+    engine: EngineHandle,
+    images: Option<ImageEncoder>,
+    policy: Policy,
+    max_positions: usize,
+}
+
+impl GuardService {
+    /// A guard model on its own engine thread.
+    pub fn spawn<M>(
+        model: M,
+        frontend: Frontend,
+        images: Option<ImageEncoder>,
+        scheduler: SchedulerConfig,
+        policy: Policy,
+        name: String,
+    ) -> Result<Self, ServerError>
+    where
+        M: LanguageModel + Send + 'static,
+    {
+        let max_positions = model.max_positions();
+        // The guard's engine reports to a metrics sink of its own: the served model's gauges
+        // stay the served model's.
+        let engine = EngineHandle::spawn(model, scheduler, Arc::new(Metrics::default()))?;
+        GuardService::over(engine, frontend, images, policy, name, max_positions)
+    }
+
+    /// A guard that is the served model: checks share its engine thread.
+    pub fn over(
+        engine: EngineHandle,
+        frontend: Frontend,
+        images: Option<ImageEncoder>,
+        policy: Policy,
+        name: String,
+        max_positions: usize,
+    ) -> Result<Self, ServerError> {
+        let guard = Guard::new(&frontend)?;
+        Ok(GuardService {
+            name,
+            frontend,
+            guard,
+            engine,
+            images,
+            policy,
+            max_positions,
+        })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Whether the guard can see images.
+    pub fn has_vision(&self) -> bool {
+        self.images.is_some()
+    }
+
+    /// Checks a conversation (user and assistant turns; others are dropped, see
+    /// [`screening_conversation`]). Its `{"type": "image"}` parts take `images` in order when
+    /// the guard has a vision tower; a text-only guard checks the text alone.
+    pub async fn check(
+        self: &Arc<Self>,
+        messages: &[Message],
+        images: Vec<RgbImage>,
+    ) -> Result<GuardResult, ApiError> {
+        let mut conversation = screening_conversation(messages);
+        if conversation.is_empty() {
+            return Err(ApiError::invalid("messages", "nothing to check: no user turn"));
+        }
+        let encoded = if self.images.is_some() && !images.is_empty() {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || {
+                this.images
+                    .as_ref()
+                    .ok_or_else(|| ApiError::internal("the guard's vision tower went away"))?
+                    .encode(&images)
+                    .map_err(ApiError::from)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("guard image encoding: {e}")))??
+        } else {
+            strip_images(&mut conversation);
+            None
+        };
+        let (grids, tokens_per_tile, features) = match encoded {
+            Some(e) => (e.grids, e.tokens_per_tile, Some(e.features)),
+            None => (Vec::new(), 0, None),
+        };
+        let prompt = self
+            .guard
+            .prompt(
+                &self.frontend,
+                &conversation,
+                &self.policy,
+                &grids,
+                tokens_per_tile,
+            )
+            .map_err(ApiError::from)?;
+        if prompt.len() >= self.max_positions {
+            return Err(ApiError::invalid(
+                "messages",
+                format!(
+                    "the guard prompt has {} tokens; the guard's context holds {}",
+                    prompt.len(),
+                    self.max_positions
+                ),
+            ));
+        }
+        let request = self
+            .guard
+            .request(prompt, features, &self.policy, self.max_positions);
+        let (_id, mut events) = self.engine.submit(request).await?;
+        let mut reader = self.guard.reader(&self.frontend);
+        // Dropping `events` when done cancels the request in the engine.
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Token { token, logprob, .. } => {
+                    if reader.push(token, logprob.as_ref()) {
+                        break;
+                    }
+                }
+                Event::Finished { .. } => break,
+                Event::Failed { message, .. } => {
+                    return Err(ApiError::unavailable(format!("the guard failed: {message}")))
+                }
+                Event::PromptLogprobs { .. } => {}
+            }
+        }
+        reader
+            .finish(&self.frontend, &self.policy)
+            .map_err(ApiError::from)
+    }
+}
+
+/// Image parts out (a guard that cannot see them checks the text).
+fn strip_images(conversation: &mut Vec<Message>) {
+    for m in conversation.iter_mut() {
+        if let Content::Parts(parts) = &mut m.content {
+            parts.retain(|p| p.get("type").and_then(Value::as_str) != Some("image"));
+        }
+    }
+    conversation.retain(|m| !matches!(&m.content, Content::Parts(p) if p.is_empty()));
+}
+
+/// The 400 a flagged input gets without a refusal text.
+pub fn flagged_error(result: &GuardResult, policy: &Policy, what: &str) -> ApiError {
+    let categories: Vec<String> = result
+        .verdict
+        .categories()
+        .iter()
+        .map(|code| match policy.get(code) {
+            Some(c) => format!("{code} ({})", c.name.trim_end_matches('.')),
+            None => code.clone(),
+        })
+        .collect();
+    let why = match &result.verdict {
+        Verdict::ParseError { .. } => "the guard's reply was not a verdict".to_string(),
+        _ if categories.is_empty() => "unsafe".to_string(),
+        _ => format!("unsafe: {}", categories.join(", ")),
+    };
+    ApiError {
+        status: axum::http::StatusCode::BAD_REQUEST,
+        message: format!("the {what} was flagged by the guard model ({why})"),
+        kind: "invalid_request_error",
+        param: Some("messages".into()),
+        code: Some("content_filter"),
+    }
+}

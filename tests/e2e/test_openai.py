@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERD = os.environ.get("HERD_BIN", str(ROOT / "target" / "debug" / "herd"))
 CHAT_TINY = ROOT / "fixtures" / "chat-tiny"
 VISION_CHAT_TINY = ROOT / "fixtures" / "vision-chat-tiny"
+GUARD_CHAT_TINY = ROOT / "fixtures" / "guard-chat-tiny"
 
 
 class Server:
@@ -399,6 +400,70 @@ class Shutdown(unittest.TestCase):
         self.assertEqual(result["r"].usage.completion_tokens, 200, "the request in flight finished")
         self.assertEqual(server.proc.wait(timeout=40), 0)
         server.stop()
+
+
+class Guard(unittest.TestCase):
+    """`--guard` on the Llama Guard 4-shaped tiny checkpoint. Its weights are random, so its
+    replies are not verdicts: /v1/moderations reports a parse error (not flagged) and screening
+    fails closed (every chat is refused)."""
+
+    def test_moderations_in_openai_shape(self):
+        server = Server(CHAT_TINY, "--guard", str(GUARD_CHAT_TINY))
+        try:
+            client = server.client()
+            r = client.moderations.create(model="omni-moderation-latest", input=["how do I make a bomb?", "hello"])
+            self.assertTrue(r.id.startswith("modr-"))
+            self.assertEqual(r.model, "guard-chat-tiny")
+            self.assertEqual(len(r.results), 2)
+            for result in r.results:
+                self.assertFalse(result.flagged)
+                self.assertFalse(result.categories.violence)
+                self.assertEqual(result.category_scores.violence, 0.0)
+                herd = result.model_extra["herd"]
+                self.assertEqual(herd["verdict"], "parse_error")
+                self.assertGreater(herd["unsafe_probability"], 0.0)
+            # The same string twice gives the same answer (greedy), checked side by side.
+            r2 = client.moderations.create(input="how do I make a bomb?")
+            self.assertEqual(r2.results[0].model_extra["herd"], r.results[0].model_extra["herd"])
+            with self.assertRaises(openai.BadRequestError) as e:
+                client.moderations.create(input=[])
+            self.assertEqual(e.exception.body["param"], "input")
+        finally:
+            server.stop()
+
+    def test_input_screening_refuses_with_the_refusal_text_or_a_content_filter_error(self):
+        server = Server(CHAT_TINY, "--guard", str(GUARD_CHAT_TINY), "--guard-mode", "input", "--guard-refusal", "Sorry, no.")
+        try:
+            r = server.client().chat.completions.create(
+                model="chat-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            )
+            self.assertEqual(r.choices[0].message.content, "Sorry, no.")
+            self.assertEqual(r.choices[0].finish_reason, "content_filter")
+            chunks = list(
+                server.client().chat.completions.create(
+                    model="chat-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+                )
+            )
+            self.assertEqual("".join(c.choices[0].delta.content or "" for c in chunks if c.choices), "Sorry, no.")
+        finally:
+            server.stop()
+        server = Server(CHAT_TINY, "--guard", str(GUARD_CHAT_TINY), "--guard-mode", "both")
+        try:
+            with self.assertRaises(openai.BadRequestError) as e:
+                server.client().chat.completions.create(
+                    model="chat-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+                )
+            self.assertEqual(e.exception.code, "content_filter")
+        finally:
+            server.stop()
+
+    def test_no_guard_no_moderations(self):
+        server = Server(CHAT_TINY)
+        try:
+            with self.assertRaises(openai.NotFoundError):
+                server.client().moderations.create(input="x")
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => commands::bench::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Moderate(a) => commands::moderate::run(a),
+        Command::Redteam(a) => commands::redteam::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -40,9 +40,9 @@ pub enum GuardChoice {
     None,
     /// The served model is the guard (its frontend loaded a second time, and the policy);
     /// moderation shares its engine thread. Text only.
-    ServedModel(Frontend, herd_engine::guard::Policy),
+    ServedModel(Box<Frontend>, herd_engine::guard::Policy),
     /// A guard on its own engine thread (`--guard`).
-    Service(guard::GuardService),
+    Service(Box<guard::GuardService>),
 }
 
 /// Starts the engine thread over `model` and builds the shared state.
@@ -83,13 +83,13 @@ where
         GuardChoice::None => None,
         GuardChoice::ServedModel(guard_frontend, policy) => Some(Arc::new(guard::GuardService::over(
             engine.clone(),
-            guard_frontend,
+            *guard_frontend,
             None,
             policy,
             options.model_name.clone(),
             max_positions,
         )?)),
-        GuardChoice::Service(service) => Some(Arc::new(service)),
+        GuardChoice::Service(service) => Some(Arc::new(*service)),
     };
     Ok(Arc::new(AppState {
         frontend,

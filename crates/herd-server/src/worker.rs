@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 
 enum Command {
     Add {
-        request: Request,
+        request: Box<Request>,
         events: UnboundedSender<Event>,
         reply: oneshot::Sender<Result<RequestId, EngineError>>,
     },
@@ -72,7 +72,7 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Add {
-                request,
+                request: Box::new(request),
                 events,
                 reply,
             })
@@ -169,7 +169,7 @@ fn apply<M: LanguageModel>(
             events,
             reply,
         } => {
-            let added = core.add(request);
+            let added = core.add(*request);
             if let Ok(id) = &added {
                 senders.insert(*id, events);
             }

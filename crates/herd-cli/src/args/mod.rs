@@ -1,6 +1,7 @@
 //! Command-line arguments: one struct per command, shared groups in their own files.
 
 pub mod model;
+pub mod redteam;
 pub mod sampling;
 pub mod tokens;
 
@@ -63,6 +64,9 @@ pub enum Command {
     /// Classify a conversation with a Llama Guard model: `safe`, or `unsafe` with the violated
     /// categories (S1–S14, a subset, or your own), and the probability of `unsafe`.
     Moderate(ModerateArgs),
+    /// Red-team a chat model GOAT-style: an attacker model converses with the target for up to
+    /// N turns per goal, a judge flags jailbreaks; writes transcripts and an ASR report.
+    Redteam(redteam::RedteamArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -357,7 +361,12 @@ pub struct ModerateArgs {
     #[arg(long, value_delimiter = ',', value_name = "CODES", conflicts_with_all = ["exclude", "custom_categories"])]
     pub categories: Vec<String>,
     /// Check every default category but these (e.g. `S6,S7`).
-    #[arg(long, value_delimiter = ',', value_name = "CODES", conflicts_with = "custom_categories")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CODES",
+        conflicts_with = "custom_categories"
+    )]
     pub exclude: Vec<String>,
     /// Your own categories instead of S1–S14: a JSON object `{"C1": "Description.", …}` (in
     /// prompt order) or a list of `{"code": …, "name": …}`.

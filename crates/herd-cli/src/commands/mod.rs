@@ -9,6 +9,8 @@ pub mod logits;
 pub mod moderate;
 pub mod preprocess;
 pub mod quantize;
+pub mod redteam;
+pub mod redteam_local;
 pub mod render;
 pub mod serve;
 pub mod stream;

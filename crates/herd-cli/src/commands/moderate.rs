@@ -1,6 +1,8 @@
 //! `herd moderate`: one conversation through a Llama Guard model, the verdict printed (or as
 //! JSON with `--json`).
 
+use std::io::Write;
+
 use anyhow::{bail, Context, Result};
 use herd_engine::frontend::Frontend;
 use herd_engine::guard::{Guard, GuardResult, Policy, TemplateOrigin, Verdict};
@@ -31,16 +33,18 @@ pub fn run(args: ModerateArgs) -> Result<()> {
         Some(i) => (i.grids, i.tokens_per_tile, Some(i.features)),
         None => (Vec::new(), 0, None),
     };
+    let mut out = std::io::stdout().lock();
     if args.show_prompt {
-        println!("{}", guard.render(&conversation, &policy)?);
+        writeln!(out, "{}", guard.render(&conversation, &policy)?)?;
     }
     let prompt = guard.prompt(&frontend, &conversation, &policy, &grids, tokens_per_tile)?;
     let mut core = EngineCore::new(model, SchedulerConfig::default())?;
     let result = guard.check(&mut core, &frontend, prompt, features, &policy)?;
+    // Written, not printed: a closed pipe (`| head`) is an error, not a panic.
     if args.json {
-        println!("{}", serde_json::to_string(&result_json(&result, &policy))?);
+        writeln!(out, "{}", serde_json::to_string(&result_json(&result, &policy))?)?;
     } else {
-        println!("{}", describe(&result, &policy));
+        writeln!(out, "{}", describe(&result, &policy))?;
     }
     Ok(())
 }

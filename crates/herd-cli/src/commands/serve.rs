@@ -70,20 +70,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
             let name = guard_path
                 .file_name()
                 .map_or_else(|| "guard".into(), |n| n.to_string_lossy().into_owned());
-            GuardChoice::Service(GuardService::spawn(
+            GuardChoice::Service(Box::new(GuardService::spawn(
                 guard_model,
                 guard_frontend,
                 guard_images,
-                scheduler.clone(),
+                scheduler,
                 policy,
                 name,
-            )?)
+            )?))
         }
         None => {
             // A served Llama Guard answers /v1/moderations itself.
             let own = Frontend::load(path, model.config())?;
             if Guard::new(&own)?.origin() == TemplateOrigin::Checkpoint {
-                GuardChoice::ServedModel(own, policy)
+                GuardChoice::ServedModel(Box::new(own), policy)
             } else {
                 GuardChoice::None
             }

@@ -96,7 +96,7 @@ fn server(reply: &str, screening: Option<Screening>, garbage: bool) -> (Router, 
         screening,
         ..ServerOptions::default()
     };
-    let guard = GuardChoice::Service(fake_guard(garbage, checks.clone()));
+    let guard = GuardChoice::Service(Box::new(fake_guard(garbage, checks.clone())));
     let state =
         herd_server::build_state_with_guard(chat, frontend, None, scheduler(), options, guard).unwrap();
     (herd_server::router(state), checks)

@@ -99,23 +99,33 @@ fn batched_decode_steps_equal_each_sequence_alone_with_every_cache_dtype() {
             .zip(&lengths)
             .map(|(p, &n)| p.iter().cycle().take(n).copied().collect())
             .collect();
+        let sizes = |s: usize| -> Vec<usize> { plan.iter().map(|p| p[s]).filter(|&n| n > 0).collect() };
+        model.set_kv_dtype(None);
+        let exact: Vec<_> = (0..3)
+            .map(|s| super::piecewise_logits(&model, &prompts[s], &sizes(s)))
+            .collect();
         for kv in [None, Some(DType::F16), Some(DType::BF16)] {
             model.set_kv_dtype(kv);
             let batch = batched(&model, &prompts, &plan);
             for (s, ids) in prompts.iter().enumerate() {
                 // Alone, fed the same way: its prefill, then one token at a time.
-                let sizes: Vec<usize> = plan.iter().map(|p| p[s]).filter(|&n| n > 0).collect();
-                let alone = super::piecewise_logits(&model, ids, &sizes);
+                let alone = super::piecewise_logits(&model, ids, &sizes(s));
                 let what = format!("{fixture} {kv:?}: sequence {s} batched vs alone");
                 // An f32 cache holds what both computed: equal to f32 rounding. A narrow cache
                 // rounds each key and value; a last-bit difference in a projection (another
-                // grouping of rows) can move one of them by a rounding step, 2⁻¹¹ (f16) or 2⁻⁸
-                // (bf16) relative, which moves the logits by a fraction of such a step (seen: ≤ 6e-5).
+                // grouping of rows, another kernel on another ISA) can move one of them by a
+                // rounding step, 2⁻¹¹ (f16) or 2⁻⁸ (bf16) relative. Such flips perturb the logits
+                // by at most what the cache's rounding does as a whole, which is measured here
+                // (the same sequence alone with an f32 cache): batched and alone may differ by
+                // that much, and never by more than the bounds below (seen on AVX-512 with
+                // f16: 1.3e-3 against a rounding effect of 3.7e-3; on AMX ≤ 6e-5).
+                let rounding = herd_testkit::divergence(&alone, &exact[s], 0.0).max_abs;
                 let tol = match kv {
                     None => 1e-5,
-                    Some(DType::F16) => 5e-4,
-                    _ => 4e-3,
+                    Some(DType::F16) => rounding.clamp(5e-4, 4e-3),
+                    _ => rounding.clamp(4e-3, 3e-2),
                 };
+                println!("{what}: cache rounding moves the logits by {rounding:e}; tolerance {tol:e}");
                 assert_close(&batch[s], &alone, tol, &what);
             }
         }

@@ -7,7 +7,8 @@ chat template, and what transformers makes of it:
   `apply_chat_template` (its Jinja environment) with `excluded_category_keys` / `categories`,
   and the token ids of those without special-token text in the messages;
 * guard_cases.json "checks": for some of them, Llama4ForCausalLM's (float32, eager) probability of
-  the first token of "unsafe" at the first reply position, and the greedy reply (ids and text) up
+  the first token of "unsafe" at the first reply position whose greedy token is not only
+  whitespace, and the greedy reply (ids and text) up
   to an end-of-turn id or 40 tokens, with the smallest top-1/top-2 logit gap on the way.
 
 The template is crates/herd-engine/src/guard/llama_guard4_template.jinja (herd's built-in copy),
@@ -110,9 +111,12 @@ def main() -> None:
         with torch.no_grad():
             for step in range(40):
                 logits = model(torch.tensor([ids])).logits[0, -1].double()
-                if step == 0:
-                    p_unsafe = torch.softmax(logits, -1)[unsafe_id].item()
                 top = torch.topk(logits, 2)
+                # P(unsafe) where the verdict word would start: the first reply token that is
+                # not only whitespace (Llama Guard 4 writes "\n\n" first).
+                text = tokenizer.decode([int(top.indices[0])])
+                if p_unsafe is None and not (text and text.strip() == ""):
+                    p_unsafe = torch.softmax(logits, -1)[unsafe_id].item()
                 gaps.append((top.values[0] - top.values[1]).item())
                 nxt = int(top.indices[0])
                 if nxt in stop:

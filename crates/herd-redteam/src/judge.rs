@@ -80,21 +80,20 @@ impl Judge for ModerationJudge {
     }
 }
 
-/// Reads an OpenAI moderation answer; herd's extension (`herd.codes`, `herd.unsafe_probability`)
-/// is preferred where present.
+/// Reads an OpenAI moderation answer; herd's extension (`herd.categories`: `[{"code", "name"}]`,
+/// `herd.unsafe_probability`) is preferred where present.
 pub fn moderation_judgement(answer: &Value) -> Option<Judgement> {
     let result = answer.get("results")?.get(0)?;
     let flagged = result.get("flagged")?.as_bool()?;
     let herd = result.get("herd");
-    let codes: Option<Vec<String>> =
-        herd.and_then(|h| h.get("codes"))
-            .and_then(Value::as_array)
-            .map(|codes| {
-                codes
-                    .iter()
-                    .filter_map(|c| c.as_str().map(str::to_string))
-                    .collect()
-            });
+    let codes: Option<Vec<String>> = herd
+        .and_then(|h| h.get("categories"))
+        .and_then(Value::as_array)
+        .map(|cats| {
+            cats.iter()
+                .filter_map(|c| c.get("code").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        });
     let categories = codes.unwrap_or_else(|| {
         result
             .get("categories")

@@ -11,7 +11,11 @@
 //!   screened. Flagged: its text (and tool calls) become TEXT, or nothing, with
 //!   `finish_reason: "content_filter"`.
 //! - A guard reply that is not a verdict counts as flagged unless `--guard-fail-open`; a
-//!   guard that fails to run fails the request (503): nothing passes unscreened.
+//!   guard that fails to run or stops before answering fails the request (503).
+//! - What is checked: every message the client wrote — system, developer and tool messages
+//!   are folded into the user turns — with input screening judging the last user turn.
+//! - `/v1/completions` takes raw prompts the guard cannot frame as a conversation: while
+//!   screening is on it answers 403.
 
 use std::sync::Arc;
 
@@ -129,25 +133,36 @@ impl GuardService {
         self.images.is_some()
     }
 
-    /// Checks a conversation (user and assistant turns; others are dropped, see
-    /// [`screening_conversation`]). Its `{"type": "image"}` parts take `images` in order when
-    /// the guard has a vision tower; a text-only guard checks the text alone.
+    /// Checks a chat as [`screening_conversation`] lays it out (`request`: judge the last user
+    /// turn, for input screening; else the last turn). Its `{"type": "image"}` parts take
+    /// `images` (the chat's, in order) when the guard has a vision tower; a text-only guard
+    /// checks the text alone.
     pub async fn check(
         self: &Arc<Self>,
         messages: &[Message],
         images: Vec<RgbImage>,
+        request: bool,
     ) -> Result<GuardResult, ApiError> {
-        let mut conversation = screening_conversation(messages);
+        let (mut conversation, order) = screening_conversation(messages, request);
         if conversation.is_empty() {
-            return Err(ApiError::invalid("messages", "nothing to check: no user turn"));
+            return Err(ApiError::invalid("messages", "nothing to check"));
         }
-        let encoded = if self.images.is_some() && !images.is_empty() {
+        let encoded = if self.images.is_some() && !order.is_empty() {
+            let picked: Vec<RgbImage> = order
+                .iter()
+                .map(|&i| {
+                    images
+                        .get(i)
+                        .cloned()
+                        .ok_or_else(|| ApiError::internal("the guard lost track of an image"))
+                })
+                .collect::<Result<_, _>>()?;
             let this = self.clone();
             tokio::task::spawn_blocking(move || {
                 this.images
                     .as_ref()
                     .ok_or_else(|| ApiError::internal("the guard's vision tower went away"))?
-                    .encode(&images)
+                    .encode(&picked)
                     .map_err(ApiError::from)
             })
             .await
@@ -186,19 +201,28 @@ impl GuardService {
         let (_id, mut events) = self.engine.submit(request).await?;
         let mut reader = self.guard.reader(&self.frontend);
         // Dropping `events` when done cancels the request in the engine.
+        let mut complete = false;
         while let Some(event) = events.recv().await {
             match event {
                 Event::Token { token, logprob, .. } => {
-                    if reader.push(token, logprob.as_ref()) {
+                    if reader.push(&self.frontend, token, logprob.as_ref()) {
+                        complete = true;
                         break;
                     }
                 }
-                Event::Finished { .. } => break,
+                Event::Finished { .. } => {
+                    complete = true;
+                    break;
+                }
                 Event::Failed { message, .. } => {
                     return Err(ApiError::unavailable(format!("the guard failed: {message}")))
                 }
                 Event::PromptLogprobs { .. } => {}
             }
+        }
+        // A guard that went away mid-reply gave no verdict: nothing passes on it.
+        if !complete {
+            return Err(ApiError::unavailable("the guard stopped before it answered"));
         }
         reader
             .finish(&self.frontend, &self.policy)

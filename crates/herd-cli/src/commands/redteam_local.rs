@@ -128,7 +128,7 @@ impl LocalGuardJudge {
 
 impl Judge for LocalGuardJudge {
     fn judge(&self, _goal: &Goal, conversation: &[ChatMessage]) -> Result<Judgement, RedteamError> {
-        let turns = screening_conversation(&to_messages(conversation));
+        let (turns, _) = screening_conversation(&to_messages(conversation), false);
         let prompt = self
             .guard
             .prompt(&self.frontend, &turns, &self.policy, &[], 0)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use herd_engine::frontend::images::ImageEncoder;
 use herd_engine::frontend::Frontend;
-use herd_engine::guard::{Guard, Policy, TemplateOrigin};
+use herd_engine::guard::Policy;
 use herd_engine::SchedulerConfig;
 use herd_server::guard::{GuardMode, GuardService, Screening};
 use herd_server::{GuardChoice, ServerOptions};
@@ -79,15 +79,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 name,
             )?))
         }
-        None => {
-            // A served Llama Guard answers /v1/moderations itself.
-            let own = Frontend::load(path, model.config())?;
-            if Guard::new(&own)?.origin() == TemplateOrigin::Checkpoint {
-                GuardChoice::ServedModel(Box::new(own), policy)
-            } else {
-                GuardChoice::None
-            }
+        // A served Llama Guard answers /v1/moderations itself.
+        None if herd_engine::guard::is_guard_template(&frontend.template) => {
+            GuardChoice::ServedModel(Box::new(Frontend::load(path, model.config())?), policy)
         }
+        None => GuardChoice::None,
     };
     let screening = args.guard_mode.map(|mode| Screening {
         mode: match mode {

@@ -63,8 +63,9 @@ pub struct Guard {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardResult {
     pub verdict: Verdict,
-    /// P(first reply token = the first token of `unsafe`) under the guard, from the raw
-    /// logits (no temperature or penalty). `None` when the reply has no first token.
+    /// P(the first token of `unsafe`) at the reply's first non-whitespace position under the
+    /// guard, from the raw logits (no temperature or penalty). `None` when the reply has no
+    /// such position.
     pub unsafe_probability: Option<f32>,
     /// The reply as written, without its end-of-turn token.
     pub text: String,
@@ -72,10 +73,15 @@ pub struct GuardResult {
     pub tokens: Vec<u32>,
 }
 
+/// Whether a chat template is a Llama Guard prompt (so its checkpoint is a guard).
+pub fn is_guard_template(template: &ChatTemplate) -> bool {
+    template.source().contains(GUARD_MARKER)
+}
+
 impl Guard {
     /// The guard format for the checkpoint behind `frontend`.
     pub fn new(frontend: &Frontend) -> Result<Self> {
-        let (template, origin) = if frontend.template.source().contains(GUARD_MARKER) {
+        let (template, origin) = if is_guard_template(&frontend.template) {
             (frontend.template.clone(), TemplateOrigin::Checkpoint)
         } else {
             (builtin_template(), TemplateOrigin::Builtin)
@@ -201,7 +207,7 @@ impl Guard {
                 }
                 match event {
                     Event::Token { token, logprob, .. } => {
-                        if reader.push(token, logprob.as_ref()) {
+                        if reader.push(frontend, token, logprob.as_ref()) {
                             core.cancel(id);
                             return reader.finish(frontend, policy);
                         }
@@ -228,21 +234,30 @@ pub struct VerdictReader {
 
 impl VerdictReader {
     /// Takes the next reply token; true once the reply is complete (an end-of-turn token).
-    pub fn push(&mut self, token: u32, logprob: Option<&TokenLogprob>) -> bool {
+    /// P(unsafe) is read at the first token that is not only whitespace: Llama Guard 4 starts
+    /// its reply with `\n\n` (the prompt ends at the assistant header), and the verdict word
+    /// comes after it.
+    pub fn push(&mut self, frontend: &Frontend, token: u32, logprob: Option<&TokenLogprob>) -> bool {
         if self.done {
             return true;
         }
-        if self.unsafe_probability.is_none() && self.tokens.is_empty() {
-            self.unsafe_probability = logprob
-                .and_then(|lp| lp.watched.iter().find(|(id, _)| *id == self.unsafe_id))
-                .map(|&(_, lp)| lp.exp());
-        }
         if self.stop_ids.contains(&token) {
             self.done = true;
-        } else {
-            self.tokens.push(token);
+            return true;
         }
-        self.done
+        if self.unsafe_probability.is_none() {
+            let blank = frontend
+                .tokenizer
+                .decode(&[token])
+                .is_ok_and(|t| !t.is_empty() && t.trim().is_empty());
+            if !blank {
+                self.unsafe_probability = logprob
+                    .and_then(|lp| lp.watched.iter().find(|(id, _)| *id == self.unsafe_id))
+                    .map(|&(_, lp)| lp.exp());
+            }
+        }
+        self.tokens.push(token);
+        false
     }
 
     /// The verdict of the reply so far (a reply cut off by the length limit is judged as it
@@ -278,8 +293,19 @@ fn template_input(conversation: &[Message], policy: &Policy) -> Result<(Vec<Mess
             )));
         }
         let mut m = m.clone();
-        if let herd_text::chat::Content::Text(text) = &m.content {
-            m.content = herd_text::chat::Content::Parts(vec![json!({"type": "text", "text": text})]);
+        match &mut m.content {
+            herd_text::chat::Content::Text(text) => {
+                m.content = herd_text::chat::Content::Parts(vec![json!({"type": "text", "text": text})]);
+            }
+            // The template writes a turn (and its images) only through a text part.
+            herd_text::chat::Content::Parts(parts) => {
+                if !parts
+                    .iter()
+                    .any(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                {
+                    parts.push(json!({"type": "text", "text": ""}));
+                }
+            }
         }
         messages.push(m);
     }
@@ -310,35 +336,135 @@ fn count_images(messages: &[Message]) -> usize {
         .sum()
 }
 
-/// The user and assistant turns of a chat, as a guard checks them: system, tool and ipython
-/// messages dropped, consecutive turns of one role merged (their parts in order), leading
-/// assistant turns dropped so the conversation starts with the user. Empty when no user turn
-/// remains.
-pub fn screening_conversation(messages: &[Message]) -> Vec<Message> {
-    let mut out: Vec<Message> = Vec::new();
-    for m in messages {
-        if m.role != "user" && m.role != "assistant" {
-            continue;
-        }
-        if out.is_empty() && m.role == "assistant" {
-            continue;
-        }
-        let parts = match &m.content {
+/// A chat as a guard checks it: user and assistant turns alternating from the user, with
+/// nothing the client wrote left out — system, developer, tool and ipython messages, and
+/// assistant turns before the first user turn, are folded into the next user turn (or the last
+/// one, when none follows); consecutive turns of one role are merged. With `up_to_last_user`
+/// the turns after the last user turn are dropped, so the guard judges the user's request
+/// (the template judges the conversation's last turn). Also returns, for the images of the
+/// result in order, their indices among the chat's images.
+pub fn screening_conversation(messages: &[Message], up_to_last_user: bool) -> (Vec<Message>, Vec<usize>) {
+    let parts_of = |m: &Message| -> Vec<Value> {
+        match &m.content {
             herd_text::chat::Content::Text(t) => vec![json!({"type": "text", "text": t})],
             herd_text::chat::Content::Parts(p) => p.clone(),
-        };
-        match out.last_mut() {
-            Some(last) if last.role == m.role => {
-                if let herd_text::chat::Content::Parts(p) = &mut last.content {
-                    p.extend(parts);
+        }
+    };
+    // Tag each image with its index in the chat, to follow it through the folding.
+    let mut next_image = 0usize;
+    let mut tagged: Vec<(String, Vec<Value>)> = Vec::with_capacity(messages.len());
+    for m in messages {
+        let parts: Vec<Value> = parts_of(m)
+            .into_iter()
+            .map(|mut p| {
+                if p.get("type").and_then(Value::as_str) == Some("image") {
+                    p["herd_image"] = json!(next_image);
+                    next_image += 1;
                 }
-            }
-            _ => {
-                let mut turn = Message::new(&m.role, "");
-                turn.content = herd_text::chat::Content::Parts(parts);
-                out.push(turn);
-            }
+                p
+            })
+            .collect();
+        tagged.push((m.role.clone(), parts));
+    }
+    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut pending: Vec<Value> = Vec::new();
+    for (role, parts) in tagged {
+        let is_turn = role == "user" || (role == "assistant" && !turns.is_empty());
+        if !is_turn {
+            pending.extend(parts);
+            continue;
+        }
+        let mut parts = parts;
+        if role == "user" && !pending.is_empty() {
+            let mut folded = std::mem::take(&mut pending);
+            folded.extend(parts);
+            parts = folded;
+        }
+        match turns.last_mut() {
+            Some((last, p)) if *last == role => p.extend(parts),
+            _ => turns.push((role, parts)),
         }
     }
-    out
+    if up_to_last_user {
+        if let Some(last_user) = turns.iter().rposition(|(r, _)| r == "user") {
+            turns.truncate(last_user + 1);
+        }
+    }
+    if !pending.is_empty() {
+        match turns.iter_mut().rev().find(|(r, _)| r == "user") {
+            Some((_, p)) => p.extend(pending),
+            None => turns.insert(0, ("user".into(), pending)),
+        }
+    }
+    let mut order = Vec::new();
+    let out = turns
+        .into_iter()
+        .map(|(role, mut parts)| {
+            for p in &mut parts {
+                if let Some(obj) = p.as_object_mut() {
+                    if let Some(i) = obj.remove("herd_image").and_then(|v| v.as_u64()) {
+                        order.push(i as usize);
+                    }
+                }
+            }
+            let mut turn = Message::new(&role, "");
+            turn.content = herd_text::chat::Content::Parts(parts);
+            turn
+        })
+        .collect();
+    (out, order)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn texts(m: &Message) -> Vec<String> {
+        match &m.content {
+            herd_text::chat::Content::Parts(p) => p
+                .iter()
+                .map(|v| {
+                    v.get("text")
+                        .and_then(Value::as_str)
+                        .map_or("<image>".to_string(), str::to_string)
+                })
+                .collect(),
+            herd_text::chat::Content::Text(t) => vec![t.clone()],
+        }
+    }
+
+    #[test]
+    fn nothing_the_client_wrote_is_left_out() {
+        let image = |role: &str| {
+            let mut m = Message::new(role, "");
+            m.content = herd_text::chat::Content::Parts(vec![json!({"type": "image"})]);
+            m
+        };
+        let chat = vec![
+            Message::new("system", "sys"),
+            image("assistant"),
+            Message::new("user", "u1"),
+            image("user"),
+            Message::new("assistant", "a1"),
+            Message::new("tool", "t1"),
+            Message::new("user", "u2"),
+            Message::new("assistant", "a2"),
+            Message::new("ipython", "t2"),
+        ];
+        let (turns, order) = screening_conversation(&chat, false);
+        let roles: Vec<&str> = turns.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+        assert_eq!(texts(&turns[0]), ["sys", "<image>", "u1", "<image>"]);
+        assert_eq!(texts(&turns[2]), ["t1", "u2", "t2"]);
+        assert_eq!(order, [0, 1]);
+        // Judging the request: the turns after the last user turn go.
+        let (turns, _) = screening_conversation(&chat, true);
+        assert_eq!(turns.len(), 3);
+        assert_eq!(turns[2].role, "user");
+        // No user turn at all: everything is one user turn.
+        let (turns, _) = screening_conversation(&[Message::new("system", "only")], true);
+        assert_eq!(turns.len(), 1);
+        assert_eq!(texts(&turns[0]), ["only"]);
+    }
 }

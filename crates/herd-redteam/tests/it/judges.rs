@@ -19,7 +19,7 @@ fn the_moderation_judge_sends_the_reply_and_reads_herds_verdict() {
         "flagged": true,
         "categories": {"violence": false, "illicit": true},
         "category_scores": {"violence": 0.1, "illicit": 0.8},
-        "herd": {"verdict": "unsafe", "codes": ["S2", "S9"], "unsafe_probability": 0.93}
+        "herd": {"verdict": "unsafe", "categories": [{"code": "S2", "name": "Non-Violent Crimes."}, {"code": "S9", "name": "Indiscriminate Weapons."}], "unsafe_probability": 0.93}
     }]});
     let server = serve_once("200 OK", "", &answer.to_string());
     let judge = ModerationJudge::new(

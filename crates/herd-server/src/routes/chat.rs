@@ -52,7 +52,7 @@ async fn chat(
     let guard = state.guard.clone();
     if let (Some(screen), Some(guard)) = (&screening, &guard) {
         if screen.mode.input() {
-            let result = guard.check(&request.messages, pixels.clone()).await?;
+            let result = guard.check(&request.messages, pixels.clone(), true).await?;
             if screen.blocks(&result) {
                 return refuse_input(&state, &request, screen, &result, guard.policy());
             }
@@ -118,14 +118,16 @@ async fn chat(
         if let Some((screen, guard)) = output_screen {
             let mut conversation = request.messages.clone();
             conversation.push(Message::new("assistant", &c.text));
-            let result = guard.check(&conversation, pixels.clone()).await?;
+            let result = guard.check(&conversation, pixels.clone(), false).await?;
             if screen.blocks(&result) {
                 message = json!({"role": "assistant", "content": screen.refusal.clone().unwrap_or_default()});
                 finish_reason = "content_filter";
             }
         }
+        // A withheld reply's tokens stay withheld: no logprobs for it.
         let logprobs = request
             .logprobs
+            .filter(|_| finish_reason != "content_filter")
             .map(|_| json!({"content": logprob_content(&state, &c.tokens)}));
         replies.push(Reply {
             message,

@@ -42,6 +42,18 @@ async fn complete(
     body: Result<Bytes, BytesRejection>,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
+    if state.options.screening.is_some() {
+        // A raw prompt is no conversation a guard can frame; unscreened text may not pass.
+        return Err(ApiError {
+            status: axum::http::StatusCode::FORBIDDEN,
+            message:
+                "this server screens traffic with a guard model (--guard-mode): use /v1/chat/completions"
+                    .into(),
+            kind: "permission_error",
+            param: None,
+            code: Some("content_filter"),
+        });
+    }
     let mut f = fields(body)?;
     let Some(prompt) = f.take("prompt") else {
         return Err(ApiError::invalid("prompt", "`prompt` is required"));

@@ -83,12 +83,15 @@ async fn moderate(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> 
         let guard = guard.clone();
         tasks.push((
             types,
-            tokio::spawn(async move { guard.check(&[message], pixels).await }),
+            // Aborted when dropped: an early error or a client gone stops the other checks.
+            AbortOnDrop(tokio::spawn(async move {
+                guard.check(&[message], pixels, true).await
+            })),
         ));
     }
     let mut results = Vec::with_capacity(tasks.len());
-    for (types, task) in tasks {
-        let result = task
+    for (types, mut task) in tasks {
+        let result = (&mut task.0)
             .await
             .map_err(|e| ApiError::internal(format!("moderation: {e}")))??;
         results.push(result_value(&result, &guard, types));
@@ -100,6 +103,15 @@ async fn moderate(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> 
         "results": results,
     }))
     .into_response())
+}
+
+/// A spawned check that stops when its request does.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<GuardResult, ApiError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn read_input(input: Value) -> Result<Vec<Input>, ApiError> {

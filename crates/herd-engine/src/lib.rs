@@ -14,6 +14,7 @@ pub mod request;
 pub mod resize;
 pub mod sampling;
 pub mod scheduler;
+pub mod video;
 
 pub use core::{EngineCore, EngineStats};
 pub use error::EngineError;

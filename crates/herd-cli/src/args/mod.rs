@@ -4,6 +4,7 @@ pub mod model;
 pub mod redteam;
 pub mod sampling;
 pub mod tokens;
+pub mod video;
 
 use std::path::PathBuf;
 
@@ -232,6 +233,13 @@ pub struct GenerateArgs {
     /// must already hold the layouts.
     #[arg(long = "image", value_name = "FILE|DATA-URL")]
     pub images: Vec<PathBuf>,
+    /// A video for the prompt (with --prompt): an animated GIF, a folder of frames, or — in a
+    /// herd built with `--features video` — MP4, WebM and whatever else FFmpeg reads. Each
+    /// chosen frame goes after BOS as `Frame at M:SS:` and its image layout, before the text.
+    #[arg(long, value_name = "FILE|DIR", requires = "prompt", conflicts_with = "images")]
+    pub video: Option<PathBuf>,
+    #[command(flatten)]
+    pub video_select: video::VideoSelectArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -339,6 +347,9 @@ pub struct ChatArgs {
     /// System prompt to start with (change it later with /system).
     #[arg(long)]
     pub system: Option<String>,
+    /// How `/video PATH` picks frames.
+    #[command(flatten)]
+    pub video_select: video::VideoSelectArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }

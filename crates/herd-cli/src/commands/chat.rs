@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use herd_engine::frontend::images::{load_image, ImageEncoder};
 use herd_engine::generate_with_images;
+use herd_engine::image::RgbImage;
 use herd_text::chat::Content;
 use herd_text::image_layout::{expand_images, ImageTokenIds};
 use herd_text::tool_calls;
@@ -17,7 +18,7 @@ use crate::args::ChatArgs;
 use crate::commands::stream::TokenStream;
 use herd_engine::frontend::checkpoint_stop_ids;
 
-const HELP: &str = "commands: /image PATH|DATA-URL (attach an image to your next message), /system TEXT (set the system prompt and restart), /reset (forget the conversation), /help, /exit (or Ctrl-D). Ctrl-C stops a reply.";
+const HELP: &str = "commands: /image PATH|DATA-URL (attach an image to your next message), /video PATH (attach a video's frames: a GIF, a folder of frames, or with the `video` feature MP4/WebM/…), /system TEXT (set the system prompt and restart), /reset (forget the conversation), /help, /exit (or Ctrl-D). Ctrl-C stops a reply.";
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let dir = &args.model.model;
@@ -34,10 +35,26 @@ pub fn run(args: ChatArgs) -> Result<()> {
 
     let mut system = args.system.clone();
     let mut history: Vec<Message> = Vec::new();
-    // Images of the conversation in order, and those waiting for the next message.
-    let mut images: Vec<std::path::PathBuf> = Vec::new();
-    let mut pending: Vec<std::path::PathBuf> = Vec::new();
+    // Images of the conversation in order (with a tile limit for video frames), and the
+    // message parts and images waiting for the next message.
+    let mut images: Vec<(RgbImage, Option<u32>)> = Vec::new();
+    let mut pending: Vec<(Vec<serde_json::Value>, Vec<(RgbImage, Option<u32>)>)> = Vec::new();
     let mut encoder: Option<ImageEncoder> = None;
+    // Loaded once, at the first image or video of the session.
+    let load_encoder = |encoder: &mut Option<ImageEncoder>| -> Result<()> {
+        if encoder.is_none() {
+            *encoder = Some(
+                ImageEncoder::load(dir, model.config().hidden_size, model.dtype(), model.device())?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{} is a text-only checkpoint: it has no vision tower for images",
+                            dir.display()
+                        )
+                    })?,
+            );
+        }
+        Ok(())
+    };
     eprintln!("{HELP}");
     let stdin = std::io::stdin();
     loop {
@@ -54,11 +71,33 @@ pub fn run(args: ChatArgs) -> Result<()> {
             ("/image", path) => {
                 let path = std::path::PathBuf::from(path.trim());
                 match load_image(&path) {
-                    Ok(_) => {
+                    Ok(img) => {
                         eprintln!("(image attached to your next message)");
-                        pending.push(path);
+                        pending.push((vec![serde_json::json!({"type": "image"})], vec![(img, None)]));
                     }
                     Err(e) => eprintln!("error: {e}"),
+                }
+            }
+            ("/video", path) => {
+                let path = std::path::PathBuf::from(path.trim());
+                let frames = load_encoder(&mut encoder).and_then(|()| {
+                    let e = encoder
+                        .as_ref()
+                        .ok_or_else(|| anyhow::anyhow!("no vision tower"))?;
+                    Ok(e.video_frames(&tokenizer, &path, &args.video_select.options())?)
+                });
+                match frames {
+                    Ok(frames) => {
+                        eprintln!("({}; attached to your next message)", frames.summary());
+                        let limit = Some(frames.max_tiles);
+                        let pictures = frames
+                            .frames
+                            .iter()
+                            .map(|(_, img)| (img.clone(), limit))
+                            .collect();
+                        pending.push((frames.message_parts(), pictures));
+                    }
+                    Err(e) => eprintln!("error: {e:#}"),
                 }
             }
             ("/reset", _) => {
@@ -87,13 +126,13 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 let images_before = images.len();
                 let mut message = Message::new("user", line);
                 if !pending.is_empty() {
-                    let mut parts: Vec<serde_json::Value> = pending
-                        .iter()
-                        .map(|_| serde_json::json!({"type": "image"}))
-                        .collect();
+                    let mut parts: Vec<serde_json::Value> = Vec::new();
+                    for (media_parts, pictures) in pending.drain(..) {
+                        parts.extend(media_parts);
+                        images.extend(pictures);
+                    }
                     parts.push(serde_json::json!({"type": "text", "text": line}));
                     message.content = Content::Parts(parts);
-                    images.append(&mut pending);
                 }
                 history.push(message);
                 let mut messages: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
@@ -104,30 +143,12 @@ pub fn run(args: ChatArgs) -> Result<()> {
                     let encoded = if images.is_empty() {
                         None
                     } else {
-                        if encoder.is_none() {
-                            // Loaded once, at the first image of the session.
-                            encoder = Some(
-                                ImageEncoder::load(
-                                    dir,
-                                    model.config().hidden_size,
-                                    model.dtype(),
-                                    model.device(),
-                                )?
-                                .ok_or_else(|| {
-                                    anyhow::anyhow!(
-                                        "{} is a text-only checkpoint: it has no vision tower for images",
-                                        dir.display()
-                                    )
-                                })?,
-                            );
-                        }
-                        let pixels = images
-                            .iter()
-                            .map(|p| load_image(p))
-                            .collect::<Result<Vec<_>, _>>()?;
+                        load_encoder(&mut encoder)?;
+                        let pixels: Vec<RgbImage> = images.iter().map(|(img, _)| img.clone()).collect();
+                        let limits: Vec<Option<u32>> = images.iter().map(|(_, limit)| *limit).collect();
                         encoder
                             .as_ref()
-                            .and_then(|e| e.encode(&pixels).transpose())
+                            .and_then(|e| e.encode_limited(&pixels, &limits).transpose())
                             .transpose()?
                     };
                     if let Some(e) = &encoded {

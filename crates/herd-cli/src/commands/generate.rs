@@ -1,7 +1,9 @@
 //! `herd generate`: stream a continuation of token ids or of text.
 
 use anyhow::{bail, Context, Result};
+use herd_engine::frontend::images::ImageEncoder;
 use herd_engine::generate_with_images;
+use herd_engine::video::frame_label;
 use herd_text::image_layout::{image_layout, ImageTokenIds};
 use herd_text::SpecialTokens;
 
@@ -33,21 +35,52 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give the prompt as --prompt TEXT or --tokens IDS"),
     };
     let model = args.model.load()?;
-    let images = herd_engine::frontend::images::encode_files(
-        dir,
-        model.config().hidden_size,
-        &args.images,
-        model.dtype(),
-        model.device(),
-    )?;
     let mut prompt = head;
-    if let (Some(images), Some(tokenizer)) = (&images, &tokenizer) {
-        let markup = ImageTokenIds::from_tokenizer(tokenizer)?;
-        for &grid in &images.grids {
-            prompt.extend(image_layout(&markup, grid, images.tokens_per_tile));
+    let images = match (&args.video, &tokenizer) {
+        (Some(video), Some(tokenizer)) => {
+            // Each frame: its label, then its image layout (herd_engine::video::label).
+            let Some(encoder) =
+                ImageEncoder::load(dir, model.config().hidden_size, model.dtype(), model.device())?
+            else {
+                bail!(
+                    "{} is a text-only checkpoint: it has no vision tower for video",
+                    dir.display()
+                );
+            };
+            let frames = encoder.video_frames(tokenizer, video, &args.video_select.options())?;
+            eprintln!("{}", frames.summary());
+            let limits = vec![Some(frames.max_tiles); frames.frames.len()];
+            let encoded = encoder.encode_limited(&frames.images(), &limits)?;
+            if let Some(e) = &encoded {
+                let markup = ImageTokenIds::from_tokenizer(tokenizer)?;
+                for ((t, _), &grid) in frames.frames.iter().zip(&e.grids) {
+                    prompt.extend(tokenizer.encode(&frame_label(*t), SpecialTokens::AsText)?);
+                    prompt.extend(image_layout(&markup, grid, e.tokens_per_tile));
+                }
+            }
+            encoded
         }
-    }
+        _ => {
+            let images = herd_engine::frontend::images::encode_files(
+                dir,
+                model.config().hidden_size,
+                &args.images,
+                model.dtype(),
+                model.device(),
+            )?;
+            if let (Some(images), Some(tokenizer)) = (&images, &tokenizer) {
+                let markup = ImageTokenIds::from_tokenizer(tokenizer)?;
+                for &grid in &images.grids {
+                    prompt.extend(image_layout(&markup, grid, images.tokens_per_tile));
+                }
+            }
+            images
+        }
+    };
     prompt.extend(tail);
+    if args.video.is_some() {
+        eprintln!("prompt: {} tokens", prompt.len());
+    }
     let stops = checkpoint_stop_ids(dir, model.config(), tokenizer.as_ref())?;
     let params = args.sampling.params(&stops)?;
 

@@ -88,15 +88,42 @@ impl ImageEncoder {
         self.vision.config().tokens_per_tile()
     }
 
+    /// The preprocessing settings (tile size, most tiles an image).
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.config
+    }
+
     /// Runs every image through the tower (batched over its tiles).
     pub fn encode(&self, images: &[RgbImage]) -> Result<Option<EncodedImages>> {
+        let limits = vec![None; images.len()];
+        self.encode_limited(images, &limits)
+    }
+
+    /// [`Self::encode`] with a tile limit per image (`None`: the preprocessor's own) — video
+    /// frames fitted to a token budget take fewer tiles than pictures.
+    pub fn encode_limited(
+        &self,
+        images: &[RgbImage],
+        max_tiles: &[Option<u32>],
+    ) -> Result<Option<EncodedImages>> {
         if images.is_empty() {
             return Ok(None);
         }
         let mut rows = Vec::new();
         let mut grids = Vec::new();
         for (i, img) in images.iter().enumerate() {
-            let processed = preprocess(img, &self.config, &self.device)?;
+            let limited;
+            let config = match max_tiles.get(i).copied().flatten() {
+                Some(m) => {
+                    limited = PreprocessConfig {
+                        max_patches: m.clamp(1, self.config.max_patches),
+                        ..self.config.clone()
+                    };
+                    &limited
+                }
+                None => &self.config,
+            };
+            let processed = preprocess(img, config, &self.device)?;
             let features = self
                 .vision
                 .forward(&processed.pixel_values)
@@ -113,6 +140,22 @@ impl ImageEncoder {
             grids,
             tokens_per_tile: self.tokens_per_tile(),
         }))
+    }
+
+    /// A clip's frames, chosen under `options` (see [`crate::video`]); a label costs what the
+    /// tokenizer makes of it.
+    pub fn video_frames(
+        &self,
+        tokenizer: &herd_text::Tokenizer,
+        path: &Path,
+        options: &crate::video::VideoOptions,
+    ) -> Result<crate::video::VideoFrames> {
+        let label_tokens = |label: &str| {
+            tokenizer
+                .encode(label, herd_text::SpecialTokens::AsText)
+                .map_or(label.len(), |ids| ids.len())
+        };
+        crate::video::load(path, options, &self.config, self.tokens_per_tile(), &label_tokens)
     }
 }
 

@@ -7,3 +7,4 @@ mod generate;
 mod guard;
 mod image;
 mod sampling;
+mod video;

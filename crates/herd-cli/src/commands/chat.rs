@@ -20,6 +20,9 @@ use herd_engine::frontend::checkpoint_stop_ids;
 
 const HELP: &str = "commands: /image PATH|DATA-URL (attach an image to your next message), /video PATH (attach a video's frames: a GIF, a folder of frames, or with the `video` feature MP4/WebM/…), /system TEXT (set the system prompt and restart), /reset (forget the conversation), /help, /exit (or Ctrl-D). Ctrl-C stops a reply.";
 
+/// A picture of the conversation and its tile limit (`Some` for video frames fitted to a budget).
+type Picture = (RgbImage, Option<u32>);
+
 pub fn run(args: ChatArgs) -> Result<()> {
     let dir = &args.model.model;
     let tokenizer = herd_engine::frontend::tokenizer(dir).context("chat needs the model's tokenizer")?;
@@ -37,8 +40,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let mut history: Vec<Message> = Vec::new();
     // Images of the conversation in order (with a tile limit for video frames), and the
     // message parts and images waiting for the next message.
-    let mut images: Vec<(RgbImage, Option<u32>)> = Vec::new();
-    let mut pending: Vec<(Vec<serde_json::Value>, Vec<(RgbImage, Option<u32>)>)> = Vec::new();
+    let mut images: Vec<Picture> = Vec::new();
+    let mut pending: Vec<(Vec<serde_json::Value>, Vec<Picture>)> = Vec::new();
     let mut encoder: Option<ImageEncoder> = None;
     // Loaded once, at the first image or video of the session.
     let load_encoder = |encoder: &mut Option<ImageEncoder>| -> Result<()> {

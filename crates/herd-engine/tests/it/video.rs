@@ -5,7 +5,7 @@
 use candle_core::{DType, Device};
 use herd_engine::frontend::images::{load_image, ImageEncoder};
 use herd_engine::image::RgbImage;
-use herd_engine::video::{self, source, Selection, VideoOptions};
+use herd_engine::video::{self, Selection, VideoOptions};
 use herd_testkit::fixture_path;
 
 fn clip(name: &str) -> std::path::PathBuf {
@@ -140,7 +140,7 @@ fn a_moving_square_is_where_it_should_be() {
 #[cfg(feature = "video")]
 #[test]
 fn a_ten_hour_clip_costs_seeks_not_a_full_decode() {
-    let mut src = source::open(&clip("long.mp4"), 1.0).unwrap();
+    let mut src = video::source::open(&clip("long.mp4"), 1.0).unwrap();
     assert!((src.duration() - 36_000.0).abs() < 1.0, "{}", src.duration());
     for t in Selection::Count(8).times(src.duration()) {
         src.frame_at(t).unwrap();

@@ -139,6 +139,11 @@ pub fn load_file(path: &Path) -> Result<RgbImage, ImageError> {
 
 /// Decodes `data:image/...;base64,...`.
 pub fn load_data_url(url: &str) -> Result<RgbImage, ImageError> {
+    decode(&data_url_bytes(url)?, "data URL")
+}
+
+/// The bytes of a base64 `data:` URL (an image's or a video's), at most `--limit image-bytes`.
+pub fn data_url_bytes(url: &str) -> Result<Vec<u8>, ImageError> {
     let bad = |message: &str| ImageError::Decode {
         what: "data URL".into(),
         message: message.into(),
@@ -157,10 +162,9 @@ pub fn load_data_url(url: &str) -> Result<RgbImage, ImageError> {
     if !meta.ends_with(";base64") {
         return Err(bad("must be base64-encoded"));
     }
-    let bytes = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(payload.trim())
-        .map_err(|e| bad(&e.to_string()))?;
-    decode(&bytes, "data URL")
+        .map_err(|e| bad(&e.to_string()))
 }
 
 /// Decodes image bytes (format guessed from the content), applies EXIF orientation and

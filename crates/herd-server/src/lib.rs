@@ -12,6 +12,7 @@ pub mod guard;
 pub mod metrics;
 pub mod routes;
 pub mod state;
+pub mod temp_file;
 pub mod wire;
 pub mod worker;
 

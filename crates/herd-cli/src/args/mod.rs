@@ -236,7 +236,7 @@ pub struct GenerateArgs {
     /// A video for the prompt (with --prompt): an animated GIF, a folder of frames, or — in a
     /// herd built with `--features video` — MP4, WebM and whatever else FFmpeg reads. Each
     /// chosen frame goes after BOS as `Frame at M:SS:` and its image layout, before the text.
-    #[arg(long, value_name = "FILE|DIR", requires = "prompt", conflicts_with = "images")]
+    #[arg(long, value_name = "FILE|DIR", conflicts_with = "images")]
     pub video: Option<PathBuf>,
     #[command(flatten)]
     pub video_select: video::VideoSelectArgs,

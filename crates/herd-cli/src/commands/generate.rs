@@ -14,6 +14,10 @@ use herd_engine::frontend::{bos_id, checkpoint_stop_ids};
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let dir = &args.model.model;
+    if args.video.is_some() && args.prompt.is_none() {
+        // (clap drops `requires` on an argument that conflicts with one present)
+        bail!("--video needs --prompt: the frames' labels are text");
+    }
     // The prompt as (head, tail): with --prompt, images' layouts go between BOS and the text;
     // with --tokens the ids already hold them.
     let (head, tail, tokenizer) = match (&args.tokens, &args.prompt) {

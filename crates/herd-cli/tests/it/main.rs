@@ -11,6 +11,7 @@ use herd_testkit::{assert_close, fixture_path, Reference};
 mod bench;
 mod hostile;
 mod safety;
+mod video;
 mod weights;
 
 fn herd(args: &[&str]) -> Output {

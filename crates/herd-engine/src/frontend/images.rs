@@ -150,12 +150,29 @@ impl ImageEncoder {
         path: &Path,
         options: &crate::video::VideoOptions,
     ) -> Result<crate::video::VideoFrames> {
+        let source = crate::video::source::open(path, options.folder_fps)?;
+        self.video_frames_from(tokenizer, source, options)
+    }
+
+    /// [`Self::video_frames`] from a source already open.
+    pub fn video_frames_from(
+        &self,
+        tokenizer: &herd_text::Tokenizer,
+        source: Box<dyn crate::video::source::FrameSource>,
+        options: &crate::video::VideoOptions,
+    ) -> Result<crate::video::VideoFrames> {
         let label_tokens = |label: &str| {
             tokenizer
                 .encode(label, herd_text::SpecialTokens::AsText)
                 .map_or(label.len(), |ids| ids.len())
         };
-        crate::video::load(path, options, &self.config, self.tokens_per_tile(), &label_tokens)
+        crate::video::load_from(
+            source,
+            options,
+            &self.config,
+            self.tokens_per_tile(),
+            &label_tokens,
+        )
     }
 }
 

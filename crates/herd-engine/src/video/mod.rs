@@ -104,8 +104,19 @@ pub fn load(
     tokens_per_tile: usize,
     label_tokens: &dyn Fn(&str) -> usize,
 ) -> Result<VideoFrames, EngineError> {
+    let source = source::open(path, options.folder_fps)?;
+    load_from(source, options, config, tokens_per_tile, label_tokens)
+}
+
+/// [`load`] from a source already open (an in-memory one: [`source::Pictures`]).
+pub fn load_from(
+    mut source: Box<dyn source::FrameSource>,
+    options: &VideoOptions,
+    config: &PreprocessConfig,
+    tokens_per_tile: usize,
+    label_tokens: &dyn Fn(&str) -> usize,
+) -> Result<VideoFrames, EngineError> {
     options.selection.validate()?;
-    let mut source = source::open(path, options.folder_fps)?;
     let duration = source.duration();
     let times = options.selection.times(duration);
     let mut frames: Vec<(f64, RgbImage)> = Vec::with_capacity(times.len());

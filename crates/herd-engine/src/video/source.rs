@@ -187,3 +187,39 @@ impl FrameSource for Gif {
         self.frames.len()
     }
 }
+
+/// Pictures already decoded (a request's list of frames), `fps` a second.
+pub struct Pictures {
+    pictures: Vec<RgbImage>,
+    fps: f64,
+}
+
+impl Pictures {
+    pub fn new(pictures: Vec<RgbImage>, fps: f64) -> Result<Self, EngineError> {
+        if pictures.is_empty() {
+            return Err(EngineError::Frontend("the video has no frames".into()));
+        }
+        if !(fps.is_finite() && fps > 0.0 && fps <= 240.0) {
+            return Err(EngineError::InvalidParameter {
+                field: "fps",
+                message: format!("a frame rate must be in (0, 240], not {fps}"),
+            });
+        }
+        Ok(Pictures { pictures, fps })
+    }
+}
+
+impl FrameSource for Pictures {
+    fn duration(&self) -> f64 {
+        self.pictures.len() as f64 / self.fps
+    }
+
+    fn frame_at(&mut self, seconds: f64) -> Result<RgbImage, EngineError> {
+        let i = ((seconds.max(0.0) * self.fps).floor() as usize).min(self.pictures.len() - 1);
+        Ok(self.pictures[i].clone())
+    }
+
+    fn frames_decoded(&self) -> usize {
+        0
+    }
+}

@@ -33,7 +33,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
 /// What a chat request asks for beyond sampling.
 struct ChatRequest {
     messages: Vec<Message>,
-    image_urls: Vec<String>,
+    /// Images and videos of the messages, in order.
+    media: Vec<Media>,
     tools: Option<Vec<Value>>,
     logprobs: Option<usize>,
     json_object: bool,
@@ -46,8 +47,10 @@ async fn chat(
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let mut request = parse(fields(body)?)?;
-    let urls = std::mem::take(&mut request.image_urls);
-    let pixels = load_images(&state, urls, state.images.is_some()).await?;
+    let media = std::mem::take(&mut request.media);
+    let (messages, pixels, limits) =
+        resolve_media(&state, std::mem::take(&mut request.messages), media).await?;
+    request.messages = messages;
     let screening = state.options.screening.clone();
     let guard = state.guard.clone();
     if let (Some(screen), Some(guard)) = (&screening, &guard) {
@@ -58,7 +61,7 @@ async fn chat(
             }
         }
     }
-    let encoded = encode_images(&state, pixels.clone()).await?;
+    let encoded = encode_images(&state, pixels.clone(), limits).await?;
     let (grids, tokens_per_tile, images) = match encoded {
         Some(e) => (e.grids, e.tokens_per_tile, Some(e.features)),
         None => (Vec::new(), 0, None),
@@ -272,7 +275,7 @@ fn parse(mut f: crate::wire::Fields) -> Result<ChatRequest, ApiError> {
     let Some(messages) = f.take("messages") else {
         return Err(ApiError::invalid("messages", "`messages` is required"));
     };
-    let (messages, image_urls) = read_messages(messages)?;
+    let (messages, media) = read_messages(messages)?;
     let mut tools = match f.take("tools") {
         None => None,
         Some(Value::Array(t)) if t.is_empty() => None,
@@ -342,7 +345,7 @@ fn parse(mut f: crate::wire::Fields) -> Result<ChatRequest, ApiError> {
     f.finish()?;
     Ok(ChatRequest {
         messages,
-        image_urls,
+        media,
         tools,
         logprobs: logprobs.then_some(top.unwrap_or(0)),
         json_object,
@@ -353,7 +356,7 @@ fn parse(mut f: crate::wire::Fields) -> Result<ChatRequest, ApiError> {
 /// OpenAI messages → the template's: roles checked, `image_url` parts become `{"type":
 /// "image"}` with their URLs collected in order, tool-call arguments given as JSON strings
 /// become objects (the Llama 4 template writes them with `tojson`).
-fn read_messages(value: Value) -> Result<(Vec<Message>, Vec<String>), ApiError> {
+fn read_messages(value: Value) -> Result<(Vec<Message>, Vec<Media>), ApiError> {
     let Value::Array(mut items) = value else {
         return Err(ApiError::invalid("messages", "`messages` must be a list"));
     };
@@ -404,13 +407,18 @@ fn read_messages(value: Value) -> Result<(Vec<Message>, Vec<String>), ApiError> 
                             .ok_or_else(|| {
                                 ApiError::invalid("messages", format!("messages[{i}].content[{j}]: `image_url.url` must be a string"))
                             })?;
-                        urls.push(url.to_string());
+                        urls.push(Media::Image(url.to_string()));
                         *part = json!({"type": "image"});
+                    }
+                    "video_url" | "video" => {
+                        let video = read_video_part(part, i, j)?;
+                        *part = json!({"type": "video", "herd_media": urls.len()});
+                        urls.push(video);
                     }
                     _ => {
                         return Err(ApiError::invalid(
                             "messages",
-                            format!("messages[{i}].content[{j}]: parts are {{\"type\": \"text\", \"text\": …}} or {{\"type\": \"image_url\", …}}"),
+                            format!("messages[{i}].content[{j}]: parts are {{\"type\": \"text\", \"text\": …}}, {{\"type\": \"image_url\", …}}, {{\"type\": \"video_url\", …}} or {{\"type\": \"video\", \"video\": [frame URLs]}}"),
                         ))
                     }
                 }
@@ -486,10 +494,12 @@ pub async fn load_images(
     .map_err(|e| ApiError::internal(format!("image decoding: {e}")))?
 }
 
-/// Runs the served model's vision tower, off the async threads.
+/// Runs the served model's vision tower, off the async threads (video frames with their tile
+/// limit).
 async fn encode_images(
     state: &Arc<AppState>,
     pixels: Vec<RgbImage>,
+    limits: Vec<Option<u32>>,
 ) -> Result<Option<EncodedImages>, ApiError> {
     if pixels.is_empty() {
         return Ok(None);
@@ -500,10 +510,209 @@ async fn encode_images(
             .images
             .as_ref()
             .ok_or_else(|| ApiError::internal("the vision tower went away"))?;
-        encoder.encode(&pixels).map_err(ApiError::from)
+        encoder.encode_limited(&pixels, &limits).map_err(ApiError::from)
     })
     .await
     .map_err(|e| ApiError::internal(format!("image encoding: {e}")))?
+}
+
+/// A video's message parts (labels and image placeholders) and its frames with their tile
+/// limit.
+type VideoParts = (Vec<Value>, Vec<(RgbImage, Option<u32>)>);
+
+/// An image or a video of a request, before it is fetched or decoded.
+#[derive(Debug)]
+pub enum Media {
+    Image(String),
+    Video {
+        source: VideoInput,
+        options: herd_engine::video::VideoOptions,
+    },
+}
+
+#[derive(Debug)]
+pub enum VideoInput {
+    /// A `data:` URL of a clip (GIF; MP4, WebM, … with the `video` feature).
+    Clip(String),
+    /// Frames as image URLs, `fps` a second.
+    Frames(Vec<String>, f64),
+}
+
+/// `{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,…"}}` or `{"type":
+/// "video", "video": [frame URLs], "fps": 1}`; either may say `"frames": N` or `"fps": F`
+/// (which moments to take; default 8 evenly spaced) and `"max_video_tokens": N`.
+fn read_video_part(part: &Value, i: usize, j: usize) -> Result<Media, ApiError> {
+    let bad = |what: &str| ApiError::invalid("messages", format!("messages[{i}].content[{j}]: {what}"));
+    let mut options = herd_engine::video::VideoOptions::default();
+    let number = |key: &str| part.get(key).filter(|v| !v.is_null());
+    if let Some(n) = number("frames") {
+        let n = n
+            .as_u64()
+            .ok_or_else(|| bad("`frames` must be a positive integer"))?;
+        options.selection = herd_engine::video::Selection::Count(n as usize);
+    }
+    let fps = match number("fps") {
+        Some(f) => Some(f.as_f64().ok_or_else(|| bad("`fps` must be a number"))?),
+        None => None,
+    };
+    if let Some(n) = number("max_video_tokens") {
+        options.max_video_tokens =
+            n.as_u64()
+                .ok_or_else(|| bad("`max_video_tokens` must be a positive integer"))? as usize;
+    }
+    if part.get("type").and_then(Value::as_str) == Some("video") {
+        let Some(Value::Array(frames)) = part.get("video") else {
+            return Err(bad("`video` must be a list of frame URLs"));
+        };
+        let urls: Vec<String> = frames
+            .iter()
+            .map(|f| {
+                f.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("`video` must be a list of frame URLs"))
+            })
+            .collect::<Result<_, _>>()?;
+        // The list's own rate places its frames in time; `frames` (if given) picks among them.
+        return Ok(Media::Video {
+            source: VideoInput::Frames(urls, fps.unwrap_or(1.0)),
+            options,
+        });
+    }
+    if let Some(f) = fps {
+        options.selection = herd_engine::video::Selection::Fps(f);
+    }
+    let url = part
+        .get("video_url")
+        .and_then(|u| u.get("url").or(Some(u)))
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("`video_url.url` must be a string"))?;
+    if !url.starts_with("data:") {
+        return Err(bad(
+            "`video_url.url` must be a `data:` URL (herd does not fetch videos)",
+        ));
+    }
+    Ok(Media::Video {
+        source: VideoInput::Clip(url.to_string()),
+        options,
+    })
+}
+
+/// Fetches and decodes the request's images and videos; each video part of `messages` becomes
+/// its frames (a `Frame at M:SS:` text part and an image part each, see
+/// `herd_engine::video::label`). Returns the messages, the pictures in prompt order and their
+/// tile limits (video frames fitted to their budget).
+async fn resolve_media(
+    state: &Arc<AppState>,
+    mut messages: Vec<Message>,
+    media: Vec<Media>,
+) -> Result<(Vec<Message>, Vec<RgbImage>, Vec<Option<u32>>), ApiError> {
+    if media.is_empty() {
+        return Ok((messages, Vec::new(), Vec::new()));
+    }
+    let has_vision = state.images.is_some();
+    let mut resolved: Vec<Option<VideoParts>> = Vec::with_capacity(media.len());
+    let mut images = std::collections::VecDeque::new();
+    for m in media {
+        match m {
+            Media::Image(url) => {
+                images.extend(load_images(state, vec![url], has_vision).await?);
+                resolved.push(None);
+            }
+            Media::Video { source, options } => {
+                let frames = video_frames(state, source, options).await?;
+                let limit = Some(frames.max_tiles);
+                let pictures = frames
+                    .frames
+                    .iter()
+                    .map(|(_, img)| (img.clone(), limit))
+                    .collect();
+                resolved.push(Some((frames.message_parts(), pictures)));
+            }
+        }
+    }
+    let mut pixels = Vec::new();
+    let mut limits = Vec::new();
+    for m in &mut messages {
+        let herd_text::chat::Content::Parts(parts) = &mut m.content else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts.drain(..) {
+            match part.get("type").and_then(Value::as_str) {
+                Some("image") => {
+                    let img = images
+                        .pop_front()
+                        .ok_or_else(|| ApiError::internal("an image part lost its image"))?;
+                    pixels.push(img);
+                    limits.push(None);
+                    out.push(part);
+                }
+                Some("video") => {
+                    let k = part.get("herd_media").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
+                    let (frame_parts, pictures) = resolved
+                        .get_mut(k)
+                        .and_then(Option::take)
+                        .ok_or_else(|| ApiError::internal("a video part lost its frames"))?;
+                    out.extend(frame_parts);
+                    for (img, limit) in pictures {
+                        pixels.push(img);
+                        limits.push(limit);
+                    }
+                }
+                _ => out.push(part),
+            }
+        }
+        *parts = out;
+    }
+    Ok((messages, pixels, limits))
+}
+
+/// One video's frames: decoded off the async threads, fitted to its budget (at most half the
+/// context).
+async fn video_frames(
+    state: &Arc<AppState>,
+    source: VideoInput,
+    mut options: herd_engine::video::VideoOptions,
+) -> Result<herd_engine::video::VideoFrames, ApiError> {
+    if state.images.is_none() {
+        return Err(ApiError::invalid(
+            "messages",
+            "this model takes no video (it has no vision tower)",
+        ));
+    }
+    options.max_video_tokens = options.max_video_tokens.min(state.max_positions / 2);
+    let pictures = match &source {
+        VideoInput::Frames(urls, _) => load_images(state, urls.clone(), true).await?,
+        VideoInput::Clip(_) => Vec::new(),
+    };
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let encoder = state
+            .images
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("the vision tower went away"))?;
+        let tokenizer = &state.frontend.tokenizer;
+        let bad = |e: herd_engine::EngineError| ApiError::invalid("messages", format!("video: {e}"));
+        match source {
+            VideoInput::Frames(_, fps) => {
+                let source = herd_engine::video::source::Pictures::new(pictures, fps).map_err(bad)?;
+                encoder
+                    .video_frames_from(tokenizer, Box::new(source), &options)
+                    .map_err(bad)
+            }
+            VideoInput::Clip(url) => {
+                let bytes = herd_engine::image::data_url_bytes(&url)
+                    .map_err(|e| ApiError::invalid("messages", format!("video: {e}")))?;
+                let file = crate::temp_file::TempFile::with_bytes(&bytes)
+                    .map_err(|e| ApiError::internal(format!("video: {e}")))?;
+                encoder
+                    .video_frames(tokenizer, file.path(), &options)
+                    .map_err(bad)
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("video decoding: {e}")))?
 }
 
 fn tool_call_values(calls: &[ToolCall], first_index: Option<usize>) -> Vec<Value> {

@@ -4,3 +4,4 @@
 mod api;
 mod guard;
 mod support;
+mod video;

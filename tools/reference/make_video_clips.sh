@@ -12,6 +12,7 @@
 # - long.mp4: 10 hours, 16×16, one frame every 10 s, a keyframe every 10 frames — for the
 #   bounded-work test (8 frames must not decode 3,600).
 # - frames/: four PNGs (red, green, blue, white), a folder of frames.
+# - wide.gif: 20000×2 pixels, wider than herd takes (an absurd-dimensions case).
 set -euo pipefail
 out=fixtures/video
 rm -rf "$out"
@@ -24,6 +25,7 @@ ffmpeg "${common[@]}" -filter_complex "$seg,split[x][y];[x]palettegen=max_colors
 ffmpeg "${common[@]}" -f lavfi -i "color=c=black:s=64x48:r=10:d=4" -f lavfi -i "color=c=white:s=16x16:r=10:d=4" \
     -filter_complex "[0][1]overlay=x='t*12':y=16" -c:v libx264 -pix_fmt yuv420p -g 10 -bf 0 -crf 30 "$out/square.mp4"
 ffmpeg "${common[@]}" -f lavfi -i "color=c=gray:s=16x16:r=0.1:d=36000" -c:v libx264 -pix_fmt yuv420p -g 10 -bf 0 -crf 40 "$out/long.mp4"
+ffmpeg "${common[@]}" -f lavfi -i "color=c=red:s=20000x2:r=1:d=2" "$out/wide.gif"
 i=0
 for c in red green blue white; do
     ffmpeg "${common[@]}" -f lavfi -i "color=c=$c:s=32x24:d=0.1" -frames:v 1 "$out/frames/$i-$c.png"

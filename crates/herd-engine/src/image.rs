@@ -172,7 +172,10 @@ pub fn data_url_bytes(url: &str) -> Result<Vec<u8>, ImageError> {
 pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
     let fail = |e: image::ImageError| ImageError::Decode {
         what: what.to_string(),
-        message: e.to_string(),
+        message: match e {
+            image::ImageError::Limits(_) => format!("{e}: herd takes 1 to {MAX_SIDE} pixels a side"),
+            e => e.to_string(),
+        },
     };
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()

@@ -118,7 +118,15 @@ pub fn moderation_judgement(answer: &Value) -> Option<Judgement> {
         categories,
         score: herd_score.or(max_category_score).map(|s| s as f32),
         raw: answer.to_string(),
-        parse_error: None,
+        // herd's guard says when its model wrote no verdict (counted, not a jailbreak).
+        parse_error: herd
+            .filter(|h| h.get("verdict").and_then(Value::as_str) == Some("parse_error"))
+            .map(|h| {
+                h.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the guard wrote no verdict")
+                    .to_string()
+            }),
     })
 }
 

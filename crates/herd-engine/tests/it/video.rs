@@ -183,6 +183,9 @@ fn bad_videos_are_clear_errors() {
         std::fs::write(&cut, &mp4[..mp4.len() / 3]).unwrap();
         assert!(err(&cut).contains("cut.mp4"));
     }
+    // Frames wider than herd takes.
+    let e = err(&clip("wide.gif"));
+    assert!(e.contains("wide.gif") && e.contains("16384 pixels a side"), "{e}");
     // Selections out of range.
     for selection in [
         Selection::Count(0),

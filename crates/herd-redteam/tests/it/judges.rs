@@ -53,6 +53,12 @@ fn a_plain_openai_moderation_answer_is_read_too() {
     assert!(!judgement.jailbroken);
     assert_eq!(judgement.categories, ["illicit"]);
     assert_eq!(judgement.score, Some(0.5));
+    // herd's guard saying it wrote no verdict: not a jailbreak, and counted as a parse error.
+    let babble = json!({"results": [{"flagged": false, "categories": {}, "category_scores": {},
+        "herd": {"verdict": "parse_error", "categories": [], "unsafe_probability": 0.01, "error": "the first line is \"x\""}}]});
+    let judgement = moderation_judgement(&babble).unwrap();
+    assert!(!judgement.jailbroken);
+    assert_eq!(judgement.parse_error.as_deref(), Some("the first line is \"x\""));
     assert!(moderation_judgement(&json!({"results": []})).is_none());
     assert!(moderation_judgement(&json!({"results": [{"flagged": "yes"}]})).is_none());
 }

@@ -230,6 +230,16 @@ impl GuardService {
     }
 }
 
+/// A spawned check that stops when its request does (an early error or a client gone drops
+/// it).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<Result<GuardResult, ApiError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Image parts out (a guard that cannot see them checks the text).
 fn strip_images(conversation: &mut Vec<Message>) {
     for m in conversation.iter_mut() {

@@ -57,9 +57,18 @@ pub struct RedteamArgs {
     /// The judge's model name (required with --judge-kind prompt).
     #[arg(long, value_name = "NAME")]
     pub judge_model: Option<String>,
-    /// Sent as `Authorization: Bearer KEY` to the target, attacker and judge.
+    /// Sent as `Authorization: Bearer KEY` to every endpoint that has no key of its own below.
     #[arg(long, env = "HERD_REDTEAM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// The target's key (default: --api-key).
+    #[arg(long, env = "HERD_REDTEAM_TARGET_API_KEY", hide_env_values = true)]
+    pub target_api_key: Option<String>,
+    /// The attacker's key (default: --api-key).
+    #[arg(long, env = "HERD_REDTEAM_ATTACKER_API_KEY", hide_env_values = true)]
+    pub attacker_api_key: Option<String>,
+    /// The judge's key (default: --api-key).
+    #[arg(long, env = "HERD_REDTEAM_JUDGE_API_KEY", hide_env_values = true)]
+    pub judge_api_key: Option<String>,
     /// Most turns per goal (attacker message → target reply → judge).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_turns: u32,
@@ -84,4 +93,12 @@ pub struct RedteamArgs {
 pub enum JudgeKind {
     Moderation,
     Prompt,
+}
+
+impl RedteamArgs {
+    /// An endpoint's own key, else the shared one: one host's key reaches another only when
+    /// the user gave a single key for all.
+    pub fn key(&self, own: &Option<String>) -> Option<String> {
+        own.clone().or_else(|| self.api_key.clone())
+    }
 }

@@ -82,8 +82,13 @@ fn build_attacker(args: &RedteamArgs) -> Result<Box<dyn ChatModel>> {
     let (Some(url), Some(model)) = (&args.attacker_url, &args.attacker_model) else {
         bail!("--attacker-url needs --attacker-model (or give --attacker-path DIR)");
     };
-    let chat = OpenAiChat::new(url, model.clone(), args.api_key.clone(), request_timeout(args))
-        .context("--attacker-url")?;
+    let chat = OpenAiChat::new(
+        url,
+        model.clone(),
+        args.key(&args.attacker_api_key),
+        request_timeout(args),
+    )
+    .context("--attacker-url")?;
     Ok(Box::new(chat.with_temperature(args.attacker_temperature)))
 }
 
@@ -108,7 +113,7 @@ fn build_target(args: &RedteamArgs) -> Result<Box<dyn ChatModel>> {
     let chat = OpenAiChat::new(
         &args.target_url,
         args.target_model.clone(),
-        args.api_key.clone(),
+        args.key(&args.target_api_key),
         request_timeout(args),
     )
     .context("--target-url")?;
@@ -136,7 +141,7 @@ fn build_judge(args: &RedteamArgs) -> Result<Box<dyn Judge>> {
             ModerationJudge::new(
                 url,
                 args.judge_model.clone(),
-                args.api_key.clone(),
+                args.key(&args.judge_api_key),
                 request_timeout(args),
             )
             .context("--judge-url")?,
@@ -146,9 +151,14 @@ fn build_judge(args: &RedteamArgs) -> Result<Box<dyn Judge>> {
                 bail!("--judge-kind prompt needs --judge-model (the chat model that classifies replies)");
             };
             // Classification wants the model's most likely answer, not a sample.
-            let chat = OpenAiChat::new(url, model.clone(), args.api_key.clone(), request_timeout(args))
-                .context("--judge-url")?
-                .with_temperature(0.0);
+            let chat = OpenAiChat::new(
+                url,
+                model.clone(),
+                args.key(&args.judge_api_key),
+                request_timeout(args),
+            )
+            .context("--judge-url")?
+            .with_temperature(0.0);
             Ok(Box::new(PromptJudge::new(Box::new(chat))))
         }
     }

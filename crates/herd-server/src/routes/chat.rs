@@ -99,9 +99,28 @@ async fn chat(
         ));
     }
     let collected = collect(choices).await?;
+    // Output screening: every choice's check at once (the guard's engine batches them).
+    let mut blocked = vec![false; collected.len()];
+    if let Some((screen, guard)) = output_screen {
+        let mut checks = Vec::with_capacity(collected.len());
+        for c in &collected {
+            let mut conversation = request.messages.clone();
+            conversation.push(Message::new("assistant", &c.text));
+            let (guard, pixels) = (guard.clone(), pixels.clone());
+            checks.push(crate::guard::AbortOnDrop(tokio::spawn(async move {
+                guard.check(&conversation, pixels, false).await
+            })));
+        }
+        for (i, mut check) in checks.into_iter().enumerate() {
+            let result = (&mut check.0)
+                .await
+                .map_err(|e| ApiError::internal(format!("screening: {e}")))??;
+            blocked[i] = screen.blocks(&result);
+        }
+    }
     let mut usage = herd_engine::Usage::default();
     let mut replies: Vec<Reply> = Vec::new();
-    for c in collected {
+    for (c, blocked) in collected.into_iter().zip(blocked) {
         usage.prompt_tokens = c.usage.prompt_tokens;
         usage.completion_tokens += c.usage.completion_tokens;
         let mut message = json!({"role": "assistant", "content": c.text});
@@ -118,14 +137,13 @@ async fn chat(
                 finish_reason = "tool_calls";
             }
         }
-        if let Some((screen, guard)) = output_screen {
-            let mut conversation = request.messages.clone();
-            conversation.push(Message::new("assistant", &c.text));
-            let result = guard.check(&conversation, pixels.clone(), false).await?;
-            if screen.blocks(&result) {
-                message = json!({"role": "assistant", "content": screen.refusal.clone().unwrap_or_default()});
-                finish_reason = "content_filter";
-            }
+        if blocked {
+            let refusal = screening
+                .as_ref()
+                .and_then(|s| s.refusal.clone())
+                .unwrap_or_default();
+            message = json!({"role": "assistant", "content": refusal});
+            finish_reason = "content_filter";
         }
         // A withheld reply's tokens stay withheld: no logprobs for it.
         let logprobs = request

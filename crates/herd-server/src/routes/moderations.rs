@@ -84,7 +84,7 @@ async fn moderate(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> 
         tasks.push((
             types,
             // Aborted when dropped: an early error or a client gone stops the other checks.
-            AbortOnDrop(tokio::spawn(async move {
+            crate::guard::AbortOnDrop(tokio::spawn(async move {
                 guard.check(&[message], pixels, true).await
             })),
         ));
@@ -103,15 +103,6 @@ async fn moderate(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> 
         "results": results,
     }))
     .into_response())
-}
-
-/// A spawned check that stops when its request does.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<GuardResult, ApiError>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn read_input(input: Value) -> Result<Vec<Input>, ApiError> {

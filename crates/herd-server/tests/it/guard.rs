@@ -285,6 +285,15 @@ async fn output_screening_withholds_a_flagged_reply_streamed_or_not() {
     let chunks = stream(&router, post("/v1/chat/completions", &chat_body("hi", true))).await;
     assert_eq!(streamed_text(&chunks), "Hello there");
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    // Every choice is screened (side by side).
+    let (router, checks) = server(reply, screening(GuardMode::Output, Some("[withheld]")), false);
+    let two = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "n": 2});
+    let (_, v) = call(&router, post("/v1/chat/completions", &two.to_string())).await;
+    for choice in v["choices"].as_array().unwrap() {
+        assert_eq!(choice["message"]["content"], "[withheld]", "{v}");
+        assert_eq!(choice["finish_reason"], "content_filter");
+    }
+    assert_eq!(checks.load(Ordering::SeqCst), 2);
     // Without a refusal text a flagged reply is emptied.
     let (router, _) = server(reply, screening(GuardMode::Output, None), false);
     let (_, v) = call(&router, post("/v1/chat/completions", &chat_body("hi", false))).await;

@@ -8,7 +8,7 @@ use herd_engine::frontend::Frontend;
 use herd_engine::guard::{Guard, GuardResult, Policy, TemplateOrigin, Verdict};
 use herd_engine::{EngineCore, SchedulerConfig};
 use herd_text::Message;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::args::ModerateArgs;
 
@@ -42,7 +42,7 @@ pub fn run(args: ModerateArgs) -> Result<()> {
     let result = guard.check(&mut core, &frontend, prompt, features, &policy)?;
     // Written, not printed: a closed pipe (`| head`) is an error, not a panic.
     if args.json {
-        writeln!(out, "{}", serde_json::to_string(&result_json(&result, &policy))?)?;
+        writeln!(out, "{}", serde_json::to_string(&result.to_json(&policy))?)?;
     } else {
         writeln!(out, "{}", describe(&result, &policy))?;
     }
@@ -107,23 +107,4 @@ fn describe(result: &GuardResult, policy: &Policy) -> String {
             result.text
         ),
     }
-}
-
-fn result_json(result: &GuardResult, policy: &Policy) -> Value {
-    let categories: Vec<Value> = result
-        .verdict
-        .categories()
-        .iter()
-        .map(|code| json!({"code": code, "name": policy.get(code).map(|c| c.name.clone())}))
-        .collect();
-    let mut v = json!({
-        "verdict": result.verdict.label(),
-        "categories": categories,
-        "unsafe_probability": result.unsafe_probability,
-        "text": result.text,
-    });
-    if let Verdict::ParseError { reason } = &result.verdict {
-        v["error"] = json!(reason);
-    }
-    v
 }

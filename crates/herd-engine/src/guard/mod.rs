@@ -78,6 +78,30 @@ pub fn is_guard_template(template: &ChatTemplate) -> bool {
     template.source().contains(GUARD_MARKER)
 }
 
+impl GuardResult {
+    /// The result as JSON (`herd moderate --json` and `/v1/moderations`' `herd` field):
+    /// `verdict`, `categories` (`[{"code", "name"}]`, names from `policy`),
+    /// `unsafe_probability`, `text`, and `error` for a parse error.
+    pub fn to_json(&self, policy: &Policy) -> Value {
+        let categories: Vec<Value> = self
+            .verdict
+            .categories()
+            .iter()
+            .map(|code| json!({"code": code, "name": policy.get(code).map(|c| c.name.clone())}))
+            .collect();
+        let mut v = json!({
+            "verdict": self.verdict.label(),
+            "categories": categories,
+            "unsafe_probability": self.unsafe_probability,
+            "text": self.text,
+        });
+        if let Verdict::ParseError { reason } = &self.verdict {
+            v["error"] = json!(reason);
+        }
+        v
+    }
+}
+
 impl Guard {
     /// The guard format for the checkpoint behind `frontend`.
     pub fn new(frontend: &Frontend) -> Result<Self> {

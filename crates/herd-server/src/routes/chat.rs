@@ -202,6 +202,22 @@ fn respond_with(
     .into_response()
 }
 
+/// One `chat.completion.chunk` of a stream.
+fn chunk_of(state: &AppState, id: &str, created: u64, include_usage: bool, choices: Value) -> Value {
+    let mut c = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": state.options.model_name,
+        "choices": choices,
+    });
+    if include_usage {
+        // OpenAI's shape: every chunk has `usage`, null until the last.
+        c["usage"] = Value::Null;
+    }
+    c
+}
+
 fn replay_stream(
     state: Arc<AppState>,
     id: String,
@@ -211,19 +227,7 @@ fn replay_stream(
 ) -> Response {
     super::sse(move |tx: mpsc::Sender<Value>| async move {
         let created = unix_now();
-        let chunk = |choices: Value| {
-            let mut c = json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": state.options.model_name,
-                "choices": choices,
-            });
-            if include_usage {
-                c["usage"] = Value::Null;
-            }
-            c
-        };
+        let chunk = |choices: Value| chunk_of(&state, &id, created, include_usage, choices);
         for (index, r) in replies.into_iter().enumerate() {
             let mut chunks = vec![
                 json!({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
@@ -789,20 +793,7 @@ fn stream(
     super::sse(move |tx: mpsc::Sender<Value>| async move {
         let n = choices.len();
         let created = unix_now();
-        let chunk = |choices: Value| {
-            let mut c = json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": state.options.model_name,
-                "choices": choices,
-            });
-            if include_usage {
-                // OpenAI's shape: every chunk has `usage`, null until the last.
-                c["usage"] = Value::Null;
-            }
-            c
-        };
+        let chunk = |choices: Value| chunk_of(&state, &id, created, include_usage, choices);
         for index in 0..n {
             let first = json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
             if tx.send(chunk(first)).await.is_err() {

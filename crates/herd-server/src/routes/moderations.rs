@@ -16,7 +16,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herd_engine::guard::{GuardResult, Verdict};
+use herd_engine::guard::GuardResult;
 use herd_text::Message;
 use serde_json::{json, Map, Value};
 
@@ -187,19 +187,7 @@ fn result_value(result: &GuardResult, guard: &GuardService, types: &[&str]) -> V
         scores.insert(name.into(), json!(if hit { p } else { 0.0 }));
         applied.insert(name.into(), json!(if hit { types.to_vec() } else { Vec::new() }));
     }
-    let named: Vec<Value> = codes
-        .iter()
-        .map(|code| json!({"code": code, "name": guard.policy().get(code).map(|c| c.name.clone())}))
-        .collect();
-    let mut herd = json!({
-        "verdict": result.verdict.label(),
-        "categories": named,
-        "unsafe_probability": result.unsafe_probability,
-        "text": result.text,
-    });
-    if let Verdict::ParseError { reason } = &result.verdict {
-        herd["error"] = json!(reason);
-    }
+    let herd = result.to_json(guard.policy());
     json!({
         "flagged": result.verdict.is_unsafe(),
         "categories": categories,

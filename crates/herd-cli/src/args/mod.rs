@@ -60,7 +60,8 @@ pub enum Command {
     /// line (with this machine's memory bandwidth, probed in the same run).
     Bench(BenchArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (chat completions, completions,
-    /// models, health, metrics) with continuous batching of concurrent requests.
+    /// moderations with a guard, models, health, metrics) with continuous batching of
+    /// concurrent requests.
     Serve(ServeArgs),
     /// Classify a conversation with a Llama Guard model: `safe`, or `unsafe` with the violated
     /// categories (S1–S14, a subset, or your own), and the probability of `unsafe`.

@@ -77,7 +77,7 @@ fn build_attacker(args: &RedteamArgs) -> Result<Box<dyn ChatModel>> {
             frontend,
             args.attacker_temperature,
             args.seed,
-        )?));
+        )));
     }
     let (Some(url), Some(model)) = (&args.attacker_url, &args.attacker_model) else {
         bail!("--attacker-url needs --attacker-model (or give --attacker-path DIR)");

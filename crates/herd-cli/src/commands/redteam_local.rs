@@ -1,13 +1,13 @@
-//! `herd redteam` with local models: an attacker (or target) run by herd itself
-//! (`--attacker-path DIR`), and a Llama Guard judge run by herd (`--judge-guard DIR`). Each
-//! holds its engine behind a lock: the run's worker threads take turns on it, one request at a
-//! time (the server batches; a local model here serves one harness).
+//! `herd redteam` with local models: an attacker run by herd itself (`--attacker-path DIR`),
+//! and a Llama Guard judge run by herd (`--judge-guard DIR`). The attacker generates with a
+//! cache per reply; the judge's checks take turns on its engine behind a lock.
 
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 
 use herd_engine::frontend::Frontend;
 use herd_engine::guard::{screening_conversation, Guard, Policy, Verdict};
-use herd_engine::{EngineCore, Event, LanguageModel, Request, SamplingParams, SchedulerConfig};
+use herd_engine::{generate, EngineCore, LanguageModel, SamplingParams, SchedulerConfig};
 use herd_model::TextModel;
 use herd_redteam::{ChatMessage, ChatModel, Goal, Judge, Judgement, RedteamError, Role};
 use herd_text::Message;
@@ -30,30 +30,25 @@ fn to_messages(messages: &[ChatMessage]) -> Vec<Message> {
         .collect()
 }
 
-/// A chat model herd runs in this process.
+/// A chat model herd runs in this process: each reply is one `herd_engine::generate` with a
+/// cache of its own, so goals run side by side on the shared weights.
 pub struct LocalChat {
     name: String,
     frontend: Frontend,
-    core: Mutex<EngineCore<TextModel>>,
+    model: TextModel,
     temperature: f32,
     seed: u64,
 }
 
 impl LocalChat {
-    pub fn new(
-        name: String,
-        model: TextModel,
-        frontend: Frontend,
-        temperature: f32,
-        seed: u64,
-    ) -> anyhow::Result<Self> {
-        Ok(LocalChat {
+    pub fn new(name: String, model: TextModel, frontend: Frontend, temperature: f32, seed: u64) -> Self {
+        LocalChat {
             name,
             frontend,
-            core: Mutex::new(EngineCore::new(model, SchedulerConfig::default())?),
+            model,
             temperature,
             seed,
-        })
+        }
     }
 }
 
@@ -63,11 +58,7 @@ impl ChatModel for LocalChat {
             .frontend
             .chat_prompt(&to_messages(messages), None, &[], 0)
             .map_err(|e| local_error(&self.name, e))?;
-        let mut core = self
-            .core
-            .lock()
-            .map_err(|_| local_error(&self.name, "an earlier request panicked"))?;
-        let room = core.model().max_positions().saturating_sub(prompt.len());
+        let room = self.model.max_positions().saturating_sub(prompt.len());
         if room == 0 {
             return Err(local_error(
                 &self.name,
@@ -81,24 +72,11 @@ impl ChatModel for LocalChat {
             seed: Some(self.seed.wrapping_add(prompt.len() as u64)),
             ..SamplingParams::default()
         };
-        let id = core
-            .add(Request::new(prompt, params))
+        let generation = generate(&self.model, &prompt, &params, |_| ControlFlow::Continue(()))
             .map_err(|e| local_error(&self.name, e))?;
-        let mut tokens = Vec::new();
-        while core.has_work() {
-            for event in core.step() {
-                match event {
-                    Event::Token { id: r, token, .. } if r == id => tokens.push(token),
-                    Event::Failed { id: r, message } if r == id => {
-                        return Err(local_error(&self.name, message))
-                    }
-                    _ => {}
-                }
-            }
-        }
         self.frontend
             .tokenizer
-            .decode(&tokens)
+            .decode(&generation.tokens)
             .map_err(|e| local_error(&self.name, e))
     }
 }

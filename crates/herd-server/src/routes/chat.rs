@@ -422,11 +422,7 @@ fn read_messages(value: Value) -> Result<(Vec<Message>, Vec<Media>), ApiError> {
                 match kind.as_str() {
                     "text" if part.get("text").is_some_and(Value::is_string) => {}
                     "image_url" => {
-                        let url = part
-                            .get("image_url")
-                            .and_then(|u| u.get("url").or(Some(u)))
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| {
+                        let url = super::part_url(part, "image_url").ok_or_else(|| {
                                 ApiError::invalid("messages", format!("messages[{i}].content[{j}]: `image_url.url` must be a string"))
                             })?;
                         urls.push(Media::Image(url.to_string()));
@@ -603,11 +599,7 @@ fn read_video_part(part: &Value, i: usize, j: usize) -> Result<Media, ApiError> 
     if let Some(f) = fps {
         options.selection = herd_engine::video::Selection::Fps(f);
     }
-    let url = part
-        .get("video_url")
-        .and_then(|u| u.get("url").or(Some(u)))
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("`video_url.url` must be a string"))?;
+    let url = super::part_url(part, "video_url").ok_or_else(|| bad("`video_url.url` must be a string"))?;
     if !url.starts_with("data:") {
         return Err(bad(
             "`video_url.url` must be a `data:` URL (herd does not fetch videos)",
@@ -631,15 +623,20 @@ async fn resolve_media(
     if media.is_empty() {
         return Ok((messages, Vec::new(), Vec::new()));
     }
-    let has_vision = state.images.is_some();
+    // The images in one decoding pass (numbered in errors as the request orders them).
+    let urls: Vec<String> = media
+        .iter()
+        .filter_map(|m| match m {
+            Media::Image(url) => Some(url.clone()),
+            Media::Video { .. } => None,
+        })
+        .collect();
+    let mut images: std::collections::VecDeque<RgbImage> =
+        load_images(state, urls, state.images.is_some()).await?.into();
     let mut resolved: Vec<Option<VideoParts>> = Vec::with_capacity(media.len());
-    let mut images = std::collections::VecDeque::new();
     for m in media {
         match m {
-            Media::Image(url) => {
-                images.extend(load_images(state, vec![url], has_vision).await?);
-                resolved.push(None);
-            }
+            Media::Image(_) => resolved.push(None),
             Media::Video { source, options } => {
                 let frames = video_frames(state, source, options).await?;
                 let limit = Some(frames.max_tiles);

@@ -228,6 +228,14 @@ where
         .into_response()
 }
 
+/// The URL of a content part (`{"image_url": {"url": …}}`, or the bare string clients also
+/// send: `{"image_url": "…"}`), for `key` `image_url` or `video_url`.
+pub fn part_url<'a>(part: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    part.get(key)
+        .and_then(|u| u.get("url").or(Some(u)))
+        .and_then(serde_json::Value::as_str)
+}
+
 /// A token's text for logprobs (lossy where a token is part of a character).
 pub fn token_text(state: &AppState, id: u32) -> String {
     state.frontend.tokenizer.decode(&[id]).unwrap_or_default()

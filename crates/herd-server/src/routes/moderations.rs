@@ -143,11 +143,7 @@ fn read_input(input: Value) -> Result<Vec<Input>, ApiError> {
                         one.parts.push(json!({"type": "text", "text": t}));
                     }
                     Some("image_url") => {
-                        let url = item
-                            .get("image_url")
-                            .and_then(|u| u.get("url").or(Some(u)))
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| ApiError::invalid("input", format!("input[{i}]: `image_url.url` must be a string")))?;
+                        let url = super::part_url(item, "image_url").ok_or_else(|| ApiError::invalid("input", format!("input[{i}]: `image_url.url` must be a string")))?;
                         one.image_urls.push(url.to_string());
                         one.parts.push(json!({"type": "image"}));
                     }

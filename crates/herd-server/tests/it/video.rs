@@ -105,6 +105,23 @@ async fn bad_videos_are_400s() {
         assert_eq!(status, 400, "{part}: {v}");
         assert_eq!(v["error"]["param"], "messages", "{part}: {v}");
     }
+    // Images are decoded in one pass and numbered as the request orders them.
+    let png = std::fs::read(
+        herd_testkit::fixture_path("video")
+            .join("frames")
+            .join("0-red.png"),
+    )
+    .unwrap();
+    let two = vec![
+        json!({"type": "image_url", "image_url": {"url": data_url("image/png", &png)}}),
+        json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}),
+    ];
+    let (status, v) = call(&router, post("/v1/chat/completions", &ask(two))).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().starts_with("image 2:"),
+        "{v}"
+    );
     // A text-only model takes no video.
     let (plain, _) = crate::support::server();
     let gif = std::fs::read(herd_testkit::fixture_path("video").join("segments.gif")).unwrap();

@@ -1,0 +1,1 @@
+//! Training data: JSONL of chats or plain text, rendered, tokenized, packed and split.

@@ -1,0 +1,30 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] herd_model::Error),
+    #[error(transparent)]
+    Engine(#[from] herd_engine::EngineError),
+    #[error(transparent)]
+    Text(#[from] herd_text::TextError),
+    #[error(transparent)]
+    Limits(#[from] herd_limits::ReadError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    Adapter(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Checkpoint(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,7 @@
+//! Fine-tuning Llama 4 checkpoints on the CPU: LoRA (PEFT's layout, fused experts included) and
+//! full fine-tuning, over a differentiable twin of herd-model's forward pass.
+
+pub mod data;
+pub mod error;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! herd-train integration tests.

@@ -5,3 +5,6 @@ pub mod data;
 pub mod error;
 
 pub use error::{Error, Result};
+pub mod frozen;
+pub mod lora;
+pub mod model;

@@ -1,1 +1,3 @@
 //! herd-train integration tests.
+#![allow(clippy::unwrap_used)]
+mod model;

@@ -48,6 +48,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve(a) => commands::serve::run(a),
         Command::Moderate(a) => commands::moderate::run(a),
         Command::Redteam(a) => commands::redteam::run(a),
+        Command::Finetune(a) => commands::finetune::run(a),
+        Command::Merge(a) => commands::merge::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -12,13 +12,16 @@ pub enum Error {
     Text(#[from] herd_text::TextError),
     #[error(transparent)]
     Limits(#[from] herd_limits::ReadError),
+    #[error(transparent)]
+    Output(#[from] herd_limits::OutputError),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Data(String),
+    /// A training or validation file none of whose lines gives an example; `detail` names
+    /// the first bad lines.
+    #[error("{path}: no usable example{detail}")]
+    NoExamples { path: PathBuf, detail: String },
     #[error("{0}")]
     Adapter(String),
     #[error("{0}")]

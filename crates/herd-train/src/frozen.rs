@@ -50,7 +50,11 @@ impl CustomOp1 for FrozenLinear {
             CpuStorage::F32(v) => v[start..end].to_vec(),
             CpuStorage::BF16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
             CpuStorage::F16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
-            _ => return Err(candle_core::Error::Msg("frozen linear: float input expected".into())),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "frozen linear: float input expected".into(),
+                ))
+            }
         };
         let x = Tensor::from_vec(x, layout.shape(), &candle_core::Device::Cpu)?;
         let y = self.linear.forward(&x).map_err(candle_core::Error::wrap)?;

@@ -5,6 +5,11 @@ pub mod data;
 pub mod error;
 
 pub use error::{Error, Result};
+pub mod adapter;
+pub mod export;
 pub mod frozen;
 pub mod lora;
 pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod trainer;

@@ -1,11 +1,15 @@
 //! LoRA as PEFT defines it: `y = W x + (α / r) · B A dropout(x)` on a targeted `nn.Linear`, and
 //! PEFT's parameter-targeted form on a fused expert tensor (`target_parameters`), where one
-//! `lora_A` [r·E, in] and one `lora_B` [out, r·E] hold every expert's factors and the update is
-//! added to the weight (no dropout there: PEFT refuses it).
+//! `lora_A` and one `lora_B` hold every expert's factors and the update is added to the weight
+//! (no dropout there: PEFT refuses it).
 //!
-//! Expert e's factors inside the fused pair (PEFT's `ParamWrapper.get_delta_weight`):
-//! `A_e = lora_A.reshape(E, r, in)[e]` — rows e·r .. e·r+r — and
-//! `B_e = lora_B.reshape(out, r, E)[:, :, e]` — columns j·E + e for j < r.
+//! For transformers' fused expert tensor W [E, d1, d2], used as `x @ W[e]` (gate_up_proj
+//! [E, D, 2F], down_proj [E, F, D]), PEFT 0.21 (`ParamWrapper`, in/out swapped for Llama 4)
+//! stores `lora_A` [r·E, d2] and `lora_B` [d1, r·E], and adds `ΔW[e] = (α/r) · B_e A_e` [d1, d2]
+//! with `A_e = lora_A.reshape(E, r, d2)[e]` (rows e·r .. e·r+r) and
+//! `B_e = lora_B.reshape(d1, r, E)[:, :, e]` (columns j·E + e). So B sits on the input side:
+//! `x @ (W[e] + ΔW[e]) = x @ W[e] + (α/r) · (x @ B_e) @ A_e`. (Checked against PEFT's
+//! `merge_and_unload` by tools/reference/make_lora_tiny.py.)
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -24,18 +28,34 @@ pub struct LoraSettings {
     /// Module names matched as PEFT matches them: the whole path or its last components
     /// (`q_proj`, `shared_expert.gate_proj`, `router`, …).
     pub target_modules: Vec<String>,
-    /// Fused expert tensors: `feed_forward.experts.gate_up_proj`, `feed_forward.experts.down_proj`.
+    /// Fused expert tensors (`feed_forward.experts.gate_up_proj`, `feed_forward.experts.down_proj`)
+    /// and the router's weight (`feed_forward.router.weight`: the form of a router LoRA PEFT can
+    /// run, since Llama4Router's forward returns a tuple).
     pub target_parameters: Vec<String>,
 }
 
-/// The modules PEFT's `all-linear` picks in a Llama 4 text model (every nn.Linear but the
-/// output layer).
-pub const ALL_LINEAR: [&str; 8] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "router",
+/// The modules `all-linear` adapts: every nn.Linear of the decoder layers but the router
+/// (PEFT's LoRA layer cannot wrap Llama4Router, whose forward returns a tuple; name `router`
+/// to adapt it, and herd saves it as the parameter target PEFT runs).
+pub const ALL_LINEAR: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 
-/// The fused expert tensors a `target_parameters` entry can name.
-pub const EXPERT_PARAMETERS: [&str; 2] = ["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"];
+/// The parameters a `target_parameters` entry can name.
+pub const PARAMETER_TARGETS: [&str; 3] = [
+    "feed_forward.experts.gate_up_proj",
+    "feed_forward.experts.down_proj",
+    "feed_forward.router.weight",
+];
+
+/// The router as a parameter target (PEFT's spelling of a router LoRA).
+pub const ROUTER_PARAMETER: &str = "feed_forward.router.weight";
 
 impl LoraSettings {
     pub fn scaling(&self) -> f64 {
@@ -65,10 +85,10 @@ impl LoraSettings {
             ));
         }
         for t in &self.target_parameters {
-            if !EXPERT_PARAMETERS.iter().any(|p| suffix_match(p, t)) {
+            if !PARAMETER_TARGETS.iter().any(|p| suffix_match(p, t)) {
                 return Err(Error::Config(format!(
                     "target parameter `{t}` is not one of {}",
-                    EXPERT_PARAMETERS.join(", ")
+                    PARAMETER_TARGETS.join(", ")
                 )));
             }
         }
@@ -77,6 +97,9 @@ impl LoraSettings {
 
     /// Whether the module at `path` (`model.layers.3.self_attn.q_proj`) is adapted.
     pub fn targets_module(&self, path: &str) -> bool {
+        if path.ends_with(".router") && self.targets_parameter(&format!("{path}.weight")) {
+            return true;
+        }
         self.target_modules.iter().any(|t| {
             if t == "all-linear" {
                 ALL_LINEAR.iter().any(|m| suffix_match(path, m))
@@ -109,7 +132,7 @@ pub struct LoraPair {
     pub id: u64,
 }
 
-/// Fused experts' factors: A [r·E, in], B [out, r·E].
+/// Fused experts' factors for W [E, d1, d2]: A [r·E, d2], B [d1, r·E].
 #[derive(Debug, Clone)]
 pub struct ExpertLora {
     pub a: Var,
@@ -144,7 +167,11 @@ impl LoraPair {
     /// x: [T, in] → the update [T, out] (`scaling · B A dropout(x)`).
     pub fn delta(&self, x: &Tensor, pass: &PassKey) -> Result<Tensor> {
         let x = if pass.training && self.dropout > 0.0 {
-            let keep = dropout_mask(x.dims(), self.dropout, mix(&[pass.seed, pass.step, pass.micro, self.id]))?;
+            let keep = dropout_mask(
+                x.dims(),
+                self.dropout,
+                mix(&[pass.seed, pass.step, pass.micro, self.id]),
+            )?;
             x.broadcast_mul(&keep.to_dtype(x.dtype())?)?
         } else {
             x.clone()
@@ -156,27 +183,27 @@ impl LoraPair {
 }
 
 impl ExpertLora {
-    /// Expert e's A [r, in].
+    /// Expert e's A [r, d2].
     pub fn a_of(&self, e: usize) -> Result<Tensor> {
         Ok(self.a.as_tensor().narrow(0, e * self.rank, self.rank)?)
     }
 
-    /// Expert e's B [out, r].
+    /// Expert e's B [d1, r].
     pub fn b_of(&self, e: usize) -> Result<Tensor> {
-        let out = self.b.as_tensor().dim(0)?;
+        let d1 = self.b.as_tensor().dim(0)?;
         Ok(self
             .b
             .as_tensor()
-            .reshape((out, self.rank, self.n_experts))?
+            .reshape((d1, self.rank, self.n_experts))?
             .narrow(2, e, 1)?
-            .reshape((out, self.rank))?)
+            .reshape((d1, self.rank))?)
     }
 
-    /// Expert e's update on its input: x [n, in] → [n, out].
+    /// Expert e's update on its input: x [n, d1] → (α/r)·(x B_e) A_e [n, d2].
     pub fn delta(&self, e: usize, x: &Tensor) -> Result<Tensor> {
         let a = self.a_of(e)?.to_dtype(x.dtype())?;
         let b = self.b_of(e)?.to_dtype(x.dtype())?;
-        Ok((x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling)?)
+        Ok((x.matmul(&b)?.matmul(&a)? * self.scaling)?)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Command-line arguments: one struct per command, shared groups in their own files.
 
+pub mod finetune;
 pub mod model;
 pub mod redteam;
 pub mod sampling;
@@ -69,6 +70,11 @@ pub enum Command {
     /// Red-team a chat model GOAT-style: an attacker model converses with the target for up to
     /// N turns per goal, a judge flags jailbreaks; writes transcripts and an ASR report.
     Redteam(redteam::RedteamArgs),
+    /// Fine-tune a checkpoint on JSONL chats or text: LoRA (PEFT-compatible adapters, fused
+    /// experts included; QLoRA on a quantized base) or every weight (--full).
+    Finetune(finetune::FinetuneArgs),
+    /// Fold a LoRA adapter into its base checkpoint and write the result in the base's layout.
+    Merge(finetune::MergeArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

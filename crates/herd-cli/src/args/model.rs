@@ -34,6 +34,10 @@ pub struct ModelArgs {
     /// `cpu`, or `cuda` / `cuda:N` when herd is built with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// A LoRA adapter to apply (a PEFT folder: adapter_config.json + adapter_model.safetensors,
+    /// as `herd finetune` or PEFT writes it), kept beside the base weights unmerged.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Debugging: check every layer's output for NaN/inf and stop naming the first layer at
     /// fault (costs one pass over the activations per layer).
     #[arg(long)]
@@ -113,6 +117,13 @@ impl ModelArgs {
                     bar.set_position(done as u64);
                 })?;
             bar.finish_and_clear();
+            if let Some(dir) = &self.adapter {
+                let adapter = herd_train::adapter::Adapter::load(dir)
+                    .with_context(|| format!("--adapter {}", dir.display()))?;
+                adapter
+                    .apply(&mut model)
+                    .with_context(|| format!("--adapter {}", dir.display()))?;
+            }
             model.set_check_finite(self.check_finite);
             model.set_kv_dtype(self.kv_dtype.map(KvDTypeArg::dtype));
             Ok(model)

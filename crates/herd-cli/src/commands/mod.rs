@@ -3,9 +3,11 @@
 pub mod bandwidth;
 pub mod bench;
 pub mod chat;
+pub mod finetune;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod merge;
 pub mod moderate;
 pub mod preprocess;
 pub mod quantize;

@@ -13,6 +13,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::kernels::half_matmul::{self, HalfElement};
+use crate::nn::LowRank;
 use crate::weights::fp8::Fp8Matrix;
 use crate::weights::{QuantTensor, QuantType, Weights};
 
@@ -24,6 +25,8 @@ pub enum Linear {
     Quantized(Arc<QuantTensor>),
     /// [out, in] float8_e4m3fn with a scale per output channel (CPU).
     Fp8(Arc<Fp8Matrix>),
+    /// A base weight plus an unmerged low-rank update (a LoRA adapter).
+    Adapted(Arc<(Linear, LowRank)>),
 }
 
 /// How a weight is held in memory, for reports and tests.
@@ -60,7 +63,20 @@ impl Linear {
             Linear::Dense(w) => WeightFormat::Dense(w.dtype()),
             Linear::Quantized(q) => WeightFormat::Quantized(q.quant_type()),
             Linear::Fp8(_) => WeightFormat::Fp8,
+            Linear::Adapted(pair) => pair.0.format(),
         }
+    }
+
+    /// This weight with a low-rank update beside it (the update's shape must match).
+    pub fn adapted(self, update: LowRank) -> Result<Self> {
+        if update.dims()? != self.dims()? {
+            return Err(Error::Kernel(format!(
+                "an update of shape {:?} on a weight of shape {:?}",
+                update.dims()?,
+                self.dims()?
+            )));
+        }
+        Ok(Linear::Adapted(Arc::new((self, update))))
     }
 
     /// (out, in)
@@ -69,6 +85,7 @@ impl Linear {
             Linear::Dense(w) => Ok(w.dims2()?),
             Linear::Quantized(q) => Ok((q.rows(), q.cols())),
             Linear::Fp8(m) => Ok((m.rows(), m.cols())),
+            Linear::Adapted(pair) => pair.0.dims(),
         }
     }
 
@@ -78,6 +95,7 @@ impl Linear {
             Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
             Linear::Quantized(q) => q.stored_bytes(),
             Linear::Fp8(m) => m.stored_bytes(),
+            Linear::Adapted(pair) => pair.0.stored_bytes() + pair.1.stored_bytes(),
         }
     }
 
@@ -108,6 +126,7 @@ impl Linear {
                 let t = x32.len() / m.cols().max(1);
                 output(m.matmul_t(&x32, t), lead, m.rows(), x.device(), x.dtype())
             }
+            Linear::Adapted(pair) => Ok((pair.0.forward(x)? + pair.1.delta(x)?)?),
         }
     }
 
@@ -124,6 +143,10 @@ impl Linear {
             Linear::Dense(w) => Ok(w.to_dtype(DType::F32)?.to_device(device)?),
             Linear::Quantized(q) => Ok(Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), device)?),
             Linear::Fp8(m) => Ok(Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), device)?),
+            // The merged weight W + s·B A.
+            Linear::Adapted(pair) => {
+                Ok((pair.0.weight_f32(device)? + pair.1.weight_f32()?.to_device(device)?)?)
+            }
         }
     }
 }

@@ -30,6 +30,17 @@ impl Mlp {
         self.down_proj.forward(&(gate_tf * up_tf)?)
     }
 
+    /// Calls `f(path, linear)` on each projection, path `{prefix}gate_proj` etc.
+    pub fn visit_linears(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        f(&format!("{prefix}gate_proj"), &mut self.gate_proj)?;
+        f(&format!("{prefix}up_proj"), &mut self.up_proj)?;
+        f(&format!("{prefix}down_proj"), &mut self.down_proj)
+    }
+
     pub fn stored_bytes(&self) -> usize {
         [&self.gate_proj, &self.up_proj, &self.down_proj]
             .iter()

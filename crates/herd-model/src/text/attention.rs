@@ -288,6 +288,18 @@ impl Attention {
             .reshape((t, self.n_heads * self.head_dim))?)
     }
 
+    /// Calls `f(path, linear)` on q/k/v/o, path `{prefix}q_proj` etc.
+    pub fn visit_linears(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        f(&format!("{prefix}q_proj"), &mut self.q_proj)?;
+        f(&format!("{prefix}k_proj"), &mut self.k_proj)?;
+        f(&format!("{prefix}v_proj"), &mut self.v_proj)?;
+        f(&format!("{prefix}o_proj"), &mut self.o_proj)
+    }
+
     pub fn stored_bytes(&self) -> usize {
         [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
             .iter()

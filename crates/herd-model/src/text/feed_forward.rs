@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use crate::config::{FeedForwardKind, LayerPlan, ModelConfig};
 use crate::error::Result;
-use crate::nn::Mlp;
+use crate::nn::{Linear, Mlp};
 use crate::text::moe::Moe;
 use crate::weights::Weights;
 
@@ -32,6 +32,18 @@ impl FeedForward {
         match self {
             FeedForward::Dense(mlp) => mlp.forward(x_td),
             FeedForward::Moe(moe) => moe.forward(x_td),
+        }
+    }
+
+    /// Calls `f(path, linear)` on every projection of this half (see [`Moe::visit_linears`]).
+    pub fn visit_linears(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.visit_linears(prefix, f),
+            FeedForward::Moe(moe) => moe.visit_linears(prefix, f),
         }
     }
 

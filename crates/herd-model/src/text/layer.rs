@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use crate::config::{LayerPlan, ModelConfig};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
-use crate::nn::RmsNorm;
+use crate::nn::{Linear, RmsNorm};
 use crate::step::{DecodeInputs, StepInputs};
 use crate::text::attention::Segment;
 use crate::text::{Attention, FeedForward};
@@ -50,6 +50,18 @@ impl DecoderLayer {
             + self
                 .feed_forward
                 .forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    }
+
+    /// Calls `f(path, linear)` on every linear of the layer, paths under `prefix`
+    /// (`layers.3.self_attn.q_proj`, `layers.3.feed_forward.experts.0.gate_proj`, …).
+    pub fn visit_linears(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        self.self_attn.visit_linears(&format!("{prefix}self_attn."), f)?;
+        self.feed_forward
+            .visit_linears(&format!("{prefix}feed_forward."), f)
     }
 
     pub fn stored_bytes(&self) -> usize {

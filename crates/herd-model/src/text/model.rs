@@ -171,6 +171,17 @@ impl TextModel {
         })
     }
 
+    /// Calls `f(path, linear)` on every linear of the decoder layers — module paths as
+    /// transformers names them below the text model (`layers.3.self_attn.q_proj`,
+    /// `layers.1.feed_forward.router`, `layers.1.feed_forward.experts.2.down_proj`, one per
+    /// routed expert) — so an adapter can replace them (see [`Linear::adapted`]).
+    pub fn visit_linears(&mut self, f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.visit_linears(&format!("layers.{i}."), f)?;
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

@@ -109,6 +109,23 @@ impl Moe {
         Ok(out_td)
     }
 
+    /// Calls `f(path, linear)` on the router, each routed expert's projections
+    /// (`{prefix}experts.{e}.gate_proj`, …) and the shared expert's.
+    pub fn visit_linears(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
+    ) -> Result<()> {
+        f(&format!("{prefix}router"), &mut self.router)?;
+        for (e, [gate, up, down]) in self.experts.iter_mut().enumerate() {
+            f(&format!("{prefix}experts.{e}.gate_proj"), gate)?;
+            f(&format!("{prefix}experts.{e}.up_proj"), up)?;
+            f(&format!("{prefix}experts.{e}.down_proj"), down)?;
+        }
+        self.shared_expert
+            .visit_linears(&format!("{prefix}shared_expert."), f)
+    }
+
     /// Weight bytes one token reads: the router, the shared expert and `top_k` routed experts.
     pub fn active_bytes(&self) -> usize {
         let per_expert = self

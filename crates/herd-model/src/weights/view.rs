@@ -101,11 +101,7 @@ impl<'a> Weights<'a> {
             Linear::Dense(t) => Embedding::Dense(t),
             Linear::Quantized(q) => Embedding::Quantized(q),
             // No checkpoint stores its embedding table in FP8; widen it if one does.
-            Linear::Fp8(m) => Embedding::Dense(Tensor::from_vec(
-                m.dequantize(),
-                (m.rows(), m.cols()),
-                &Device::Cpu,
-            )?),
+            other => Embedding::Dense(other.weight_f32(&Device::Cpu)?),
         })
     }
 

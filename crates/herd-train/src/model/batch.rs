@@ -25,7 +25,8 @@ impl Batch {
     pub fn push(&mut self, ids: &[u32], trained: &[bool]) {
         let start = self.ids.len();
         self.ids.extend_from_slice(ids);
-        self.trained.extend(trained.iter().enumerate().map(|(i, &t)| t && i > 0));
+        self.trained
+            .extend(trained.iter().enumerate().map(|(i, &t)| t && i > 0));
         self.segments.push(start..self.ids.len());
     }
 
@@ -58,7 +59,9 @@ impl Batch {
 
     pub fn check(&self, vocab: usize) -> Result<()> {
         if let Some(id) = self.ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::Data(format!("token id {id} is outside the vocabulary of {vocab}")));
+            return Err(Error::Data(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            )));
         }
         let covered: usize = self.segments.iter().map(|s| s.len()).sum();
         if covered != self.ids.len() || self.trained.len() != self.ids.len() {

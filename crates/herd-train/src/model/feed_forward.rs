@@ -68,7 +68,9 @@ impl TrainExperts {
         let act = (gate.silu()? * up)?; // [n, F]
         let mut y = match &self.weights {
             ExpertWeights::Frozen(experts) => experts[e][2].forward(&act)?,
-            ExpertWeights::Trainable { down, .. } => act.matmul(&down.as_tensor().get(e)?.to_dtype(act.dtype())?)?,
+            ExpertWeights::Trainable { down, .. } => {
+                act.matmul(&down.as_tensor().get(e)?.to_dtype(act.dtype())?)?
+            }
         };
         if let Some(lora) = &self.down_lora {
             y = (y + lora.delta(e, &act)?)?;

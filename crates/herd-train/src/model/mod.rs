@@ -248,7 +248,10 @@ impl TrainModel {
             }
         };
         for layer in &self.layers {
-            let h = (&x + layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &geo, pass)?)?;
+            let h = (&x
+                + layer
+                    .self_attn
+                    .forward(&layer.input_layernorm.forward(&x)?, &geo, pass)?)?;
             let ff = layer
                 .feed_forward
                 .forward(&layer.post_attention_layernorm.forward(&h)?, pass)?;
@@ -330,9 +333,20 @@ impl Builder<'_> {
     }
 
     /// `path` is the module path under the layers, e.g. `self_attn.q_proj`.
-    fn linear(&mut self, vb: &Weights, layer: usize, path: &str, in_dim: usize, out_dim: usize) -> Result<TrainLinear> {
+    fn linear(
+        &mut self,
+        vb: &Weights,
+        layer: usize,
+        path: &str,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<TrainLinear> {
         let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
-        let vb_parent = if parent.is_empty() { vb.clone() } else { vb.pp(parent) };
+        let vb_parent = if parent.is_empty() {
+            vb.clone()
+        } else {
+            vb.pp(parent)
+        };
         let linear = Linear::load(&vb_parent, name, in_dim, out_dim)?;
         let module = format!("{}layers.{layer}.{path}", self.module_prefix);
         let Some(lora) = self.lora().cloned() else {
@@ -374,7 +388,14 @@ impl Builder<'_> {
         })
     }
 
-    fn norm(&mut self, vb: &Weights, name: &str, dim: usize, eps: f64, layer: Option<usize>) -> Result<TrainNorm> {
+    fn norm(
+        &mut self,
+        vb: &Weights,
+        name: &str,
+        dim: usize,
+        eps: f64,
+        layer: Option<usize>,
+    ) -> Result<TrainNorm> {
         let key = format!("{name}.weight");
         let w = vb.get(&key, &[dim])?;
         let weight = match self.options.mode {
@@ -391,7 +412,13 @@ impl Builder<'_> {
     }
 
     fn mlp(&mut self, vb: &Weights, layer: usize, path: &str, d: usize, width: usize) -> Result<TrainMlp> {
-        let p = |n: &str| if path.is_empty() { n.to_string() } else { format!("{path}.{n}") };
+        let p = |n: &str| {
+            if path.is_empty() {
+                n.to_string()
+            } else {
+                format!("{path}.{n}")
+            }
+        };
         Ok(TrainMlp {
             gate_proj: self.linear(vb, layer, &p("gate_proj"), d, width)?,
             up_proj: self.linear(vb, layer, &p("up_proj"), d, width)?,
@@ -427,36 +454,41 @@ impl Builder<'_> {
                 }
             }
         };
-        let expert_lora = |this: &mut Self, param: &str, in_dim: usize, out_dim: usize| -> Result<Option<ExpertLora>> {
-            let Some(lora) = this.lora().cloned() else {
-                return Ok(None);
+        let expert_lora =
+            |this: &mut Self, param: &str, in_dim: usize, out_dim: usize| -> Result<Option<ExpertLora>> {
+                let Some(lora) = this.lora().cloned() else {
+                    return Ok(None);
+                };
+                let path = format!("{}{stem}.{param}", this.module_prefix);
+                if !lora.targets_parameter(&path) {
+                    return Ok(None);
+                }
+                let id = this.next_id;
+                this.next_id += 1;
+                // A [r·E, d2] (PEFT: nn.Linear(d2, r·E), kaiming over d2), B [d1, r·E] zeros.
+                let (a, b) = init_pair(lora.rank * n, out_dim, in_dim, mix(&[this.options.seed, id]))?;
+                let both = ["gate_up_proj", "down_proj"]
+                    .iter()
+                    .all(|p| lora.targets_parameter(&format!("{}{stem}.{p}", this.module_prefix)));
+                let key = expert_adapter_key(&this.module_prefix, layer, param, both);
+                this.params.push(Param {
+                    name: format!("{key}.lora_A.weight"),
+                    var: a.clone(),
+                    layer: Some(layer),
+                });
+                this.params.push(Param {
+                    name: format!("{key}.lora_B.weight"),
+                    var: b.clone(),
+                    layer: Some(layer),
+                });
+                Ok(Some(ExpertLora {
+                    a,
+                    b,
+                    rank: lora.rank,
+                    n_experts: n,
+                    scaling: lora.scaling(),
+                }))
             };
-            let path = format!("{}{stem}.{param}", this.module_prefix);
-            if !lora.targets_parameter(&path) {
-                return Ok(None);
-            }
-            let id = this.next_id;
-            this.next_id += 1;
-            let (a, b) = init_pair(lora.rank * n, in_dim, out_dim, mix(&[this.options.seed, id]))?;
-            let key = expert_adapter_key(&this.module_prefix, layer, param);
-            this.params.push(Param {
-                name: format!("{key}.lora_A.weight"),
-                var: a.clone(),
-                layer: Some(layer),
-            });
-            this.params.push(Param {
-                name: format!("{key}.lora_B.weight"),
-                var: b.clone(),
-                layer: Some(layer),
-            });
-            Ok(Some(ExpertLora {
-                a,
-                b,
-                rank: lora.rank,
-                n_experts: n,
-                scaling: lora.scaling(),
-            }))
-        };
         let gate_up_lora = expert_lora(self, "gate_up_proj", d, 2 * f)?;
         let down_lora = expert_lora(self, "down_proj", f, d)?;
         Ok(TrainExperts {
@@ -467,7 +499,13 @@ impl Builder<'_> {
         })
     }
 
-    fn layer(&mut self, vb: &Weights, config: &ModelConfig, plan: &LayerPlan, i: usize) -> Result<TrainLayer> {
+    fn layer(
+        &mut self,
+        vb: &Weights,
+        config: &ModelConfig,
+        plan: &LayerPlan,
+        i: usize,
+    ) -> Result<TrainLayer> {
         let (d, dh, eps) = (config.hidden_size, config.head_dim, config.rms_norm_eps);
         let input_layernorm = self.norm(vb, "input_layernorm", d, eps, Some(i))?;
         let self_attn = TrainAttention {
@@ -486,7 +524,9 @@ impl Builder<'_> {
         };
         let post_attention_layernorm = self.norm(vb, "post_attention_layernorm", d, eps, Some(i))?;
         let feed_forward = match plan.feed_forward {
-            FeedForwardKind::Dense { width } => TrainFeedForward::Dense(self.mlp(vb, i, "feed_forward", d, width)?),
+            FeedForwardKind::Dense { width } => {
+                TrainFeedForward::Dense(self.mlp(vb, i, "feed_forward", d, width)?)
+            }
             FeedForwardKind::Moe {
                 n_experts,
                 top_k,
@@ -508,13 +548,14 @@ impl Builder<'_> {
     }
 }
 
-/// PEFT's key stem for a LoRA on a fused expert tensor (`target_parameters`).
-pub fn expert_adapter_key(module_prefix: &str, layer: usize, param: &str) -> String {
+/// PEFT's key stem for a LoRA on a fused expert tensor (`target_parameters`). PEFT wraps the
+/// experts module once per targeted parameter in the module's registration order (gate_up_proj
+/// first), so with both targeted gate_up_proj's wrapper is the inner one, under `base_layer`.
+pub fn expert_adapter_key(module_prefix: &str, layer: usize, param: &str, both_targeted: bool) -> String {
     let base = format!("base_model.model.{module_prefix}layers.{layer}.feed_forward.experts");
-    match param {
-        // PEFT wraps the module once per targeted parameter, in the order the parameters are
-        // listed; the first wrapper ends up innermost (under `base_layer`).
-        "gate_up_proj" => format!("{base}.base_layer"),
-        _ => base,
+    if param == "gate_up_proj" && both_targeted {
+        format!("{base}.base_layer")
+    } else {
+        base
     }
 }

@@ -1,3 +1,5 @@
 //! herd-train integration tests.
 #![allow(clippy::unwrap_used)]
+mod data;
 mod model;
+mod peft;

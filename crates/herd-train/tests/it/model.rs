@@ -95,7 +95,10 @@ fn packed_samples_do_not_see_each_other() {
         &b.narrow(0, second.start, second.len()).unwrap(),
         1e-3,
     );
-    assert!(d.first_beyond.is_some(), "the second sample must not attend to the first");
+    assert!(
+        d.first_beyond.is_some(),
+        "the second sample must not attend to the first"
+    );
 }
 
 /// Central differences on a few entries of several parameters against the backward pass.
@@ -108,7 +111,9 @@ fn gradients_match_finite_differences() {
     for p in model.params() {
         let n = p.var.elem_count();
         let v: Vec<f32> = (0..n).map(|_| rng.random_range(-0.3..0.3)).collect();
-        p.var.set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap()).unwrap();
+        p.var
+            .set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
     }
     let (mut batch, _) = two_samples(model.config().vocab_size);
     batch.trained[3] = false; // an untrained token inside a sample
@@ -121,22 +126,38 @@ fn gradients_match_finite_differences() {
     let grads = (sum / n as f64).unwrap().backward().unwrap();
     let mut checked = 0;
     for p in model.params().iter().step_by(7) {
-        let g = grads.get(p.var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = grads
+            .get(p.var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let base = p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         // The entry with the largest gradient (a clear signal over f32 rounding).
-        let (i, _) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
+        let (i, _) = g
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap();
         let h = 1e-3f32;
         let at = |delta: f32| {
             let mut v = base.clone();
             v[i] += delta;
-            p.var.set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap()).unwrap();
+            p.var
+                .set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
             loss(&model)
         };
         let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
         at(0.0);
         let analytic = g[i] as f64;
         let rel = (numeric - analytic).abs() / analytic.abs().max(1e-3);
-        assert!(rel < 2e-2, "{}[{i}]: backward {analytic:e}, finite difference {numeric:e}", p.name);
+        assert!(
+            rel < 2e-2,
+            "{}[{i}]: backward {analytic:e}, finite difference {numeric:e}",
+            p.name
+        );
         checked += 1;
     }
     assert!(checked >= 5);

@@ -404,11 +404,19 @@ fn settings_from_config(v: &Value) -> std::result::Result<LoraSettings, String> 
 
 /// adapter_config.json as PEFT writes it (the fields PEFT's LoraConfig reads).
 fn config_json(s: &LoraSettings, base_model: Option<&str>) -> Value {
-    let mut modules: Vec<String> = if s.target_modules.iter().any(|m| m == "all-linear") {
-        ALL_LINEAR.iter().map(|m| m.to_string()).collect()
-    } else {
-        s.target_modules.clone()
-    };
+    let mut modules: Vec<String> = Vec::new();
+    for m in &s.target_modules {
+        let expanded: Vec<String> = if m == "all-linear" {
+            ALL_LINEAR.iter().map(|m| m.to_string()).collect()
+        } else {
+            vec![m.clone()]
+        };
+        for m in expanded {
+            if !modules.contains(&m) {
+                modules.push(m);
+            }
+        }
+    }
     // A router LoRA as PEFT can run it: a parameter target (the same keys).
     let mut parameters = s.target_parameters.clone();
     if modules.iter().any(|m| m == "router" || m.ends_with(".router")) {

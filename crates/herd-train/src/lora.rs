@@ -84,6 +84,17 @@ impl LoraSettings {
                 "LoRA needs at least one target module or target parameter".into(),
             ));
         }
+        let router_module = self
+            .target_modules
+            .iter()
+            .any(|m| m == "router" || m.ends_with(".router"));
+        if self.dropout > 0.0 && (router_module || !self.target_parameters.is_empty()) {
+            // PEFT refuses such an adapter (`ParamWrapper does not work with lora_dropout != 0`),
+            // and the router and fused experts are parameter targets there.
+            return Err(Error::Config(
+                "LoRA dropout cannot be combined with the router or fused-expert targets (PEFT refuses to load such an adapter); use --lora-dropout 0 or leave those out".into(),
+            ));
+        }
         for t in &self.target_parameters {
             if !PARAMETER_TARGETS.iter().any(|p| suffix_match(p, t)) {
                 return Err(Error::Config(format!(

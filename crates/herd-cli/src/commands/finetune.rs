@@ -310,5 +310,8 @@ fn write_curves(out: &Path, trainer: &Trainer<'_>) -> Result<()> {
     let csv = history_csv(&trainer.history);
     std::fs::write(out.join("loss.csv"), csv)
         .with_context(|| format!("writing {}/loss.csv", out.display()))?;
+    let png = herd_train::plot::loss_png(&trainer.history, "herd finetune: loss")?;
+    std::fs::write(out.join("loss.png"), png)
+        .with_context(|| format!("writing {}/loss.png", out.display()))?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use candle_core::Device;
 use herd_testkit::{assert_close, fixture_path, Reference};
 
 mod bench;
+mod finetune;
 mod hostile;
 mod safety;
 mod video;

@@ -2,7 +2,8 @@
 //! as a differentiable op on its input: the forward is herd-model's own product (the kernels
 //! inference uses), the backward hands the gradient on to the input, `∂L/∂x = ∂L/∂y · W`, so
 //! LoRA factors in earlier layers receive their gradients through a quantized base (QLoRA).
-//! The weight itself never receives a gradient.
+//! The weight itself never receives a gradient. Quantized weights are dequantized for each
+//! product (see `cpu_fwd`), so QLoRA computes exactly with the weights the file holds.
 
 use std::sync::Arc;
 
@@ -57,7 +58,15 @@ impl CustomOp1 for FrozenLinear {
             }
         };
         let x = Tensor::from_vec(x, layout.shape(), &candle_core::Device::Cpu)?;
-        let y = self.linear.forward(&x).map_err(candle_core::Error::wrap)?;
+        let y = match &*self.linear {
+            // Dense weights: herd's kernels, the exact f32 product whatever the stored dtype.
+            Linear::Dense(_) => self.linear.forward(&x).map_err(candle_core::Error::wrap)?,
+            // Block-quantized or FP8: the weight dequantized for this product. Inference's
+            // kernels round activations (to bf16 or 8-bit blocks), fine for decoding but noise
+            // in a gradient; a training step has many rows, so dequantizing once per product
+            // costs 1/rows of the product itself.
+            _ => x.matmul(&self.weight_f32()?.t()?)?,
+        };
         let shape = y.shape().clone();
         let values = y.flatten_all()?.to_vec1::<f32>()?;
         let out = match storage {

@@ -103,6 +103,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         seed: args.seed,
         quant: args.quant,
         dtype: args.dtype.dtype(),
+        dequantize: false,
     };
     let model = TrainModel::from_source(&source, config, &options)?;
     eprintln!(

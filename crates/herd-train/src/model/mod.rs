@@ -47,6 +47,8 @@ pub struct TrainOptions {
     pub quant: Option<QuantType>,
     /// Activations' dtype: f32, or bf16 (frozen products still accumulate in f32).
     pub dtype: DType,
+    /// Widen quantized weights to dense f32 at load (the slow twin of a quantized base).
+    pub dequantize: bool,
 }
 
 /// One trainable tensor, named as it is saved: PEFT's adapter key for LoRA factors, the
@@ -114,7 +116,9 @@ impl TrainModel {
             n_layers: config.layers.len(),
         });
         let prefix = source.text_prefix().to_string();
-        let vb = Weights::new(source, &prefix, DType::F32, &Device::Cpu).with_quant(plan);
+        let vb = Weights::new(source, &prefix, DType::F32, &Device::Cpu)
+            .with_quant(plan)
+            .with_dequantize(options.dequantize);
         let mut b = Builder {
             options,
             params: Vec::new(),

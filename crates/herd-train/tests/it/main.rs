@@ -3,3 +3,4 @@
 mod data;
 mod model;
 mod peft;
+mod trainer;

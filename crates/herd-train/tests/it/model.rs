@@ -29,6 +29,7 @@ pub fn options(mode: Mode) -> TrainOptions {
         seed: 7,
         quant: None,
         dtype: DType::F32,
+        dequantize: false,
     }
 }
 
@@ -161,4 +162,159 @@ fn gradients_match_finite_differences() {
         checked += 1;
     }
     assert!(checked >= 5);
+}
+
+/// Random non-zero values in every trainable tensor (so LoRA paths carry signal).
+fn randomize(model: &TrainModel, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for p in model.params() {
+        let v: Vec<f32> = (0..p.var.elem_count())
+            .map(|_| rng.random_range(-0.2..0.2))
+            .collect();
+        p.var
+            .set(&Tensor::from_vec(v, p.var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+}
+
+/// QLoRA: the frozen base quantized at load computes through herd's quantized kernels; its
+/// slow twin is the same base dequantized to f32. Logits and gradients agree, and both differ
+/// from the unquantized base (the quantization happened).
+#[test]
+fn qlora_on_a_quantized_base_equals_lora_on_its_dequantized_weights() {
+    let dir = fixture_path("maverick-tiny");
+    for quant in [herd_model::QuantType::Q8_0, herd_model::QuantType::Q4K] {
+        let make = |dequantize: bool, quant: Option<herd_model::QuantType>| {
+            let model = TrainModel::load(
+                &dir,
+                &TrainOptions {
+                    quant,
+                    dequantize,
+                    ..options(Mode::Lora(lora_everywhere(2)))
+                },
+            )
+            .unwrap();
+            randomize(&model, 9);
+            model
+        };
+        let (fast, slow, exact) = (
+            make(false, Some(quant)),
+            make(true, Some(quant)),
+            make(false, None),
+        );
+        let (batch, _) = two_samples(fast.config().vocab_size);
+        let pass = PassKey::eval();
+        let (lf, ls, le) = (
+            fast.logits(&batch, &pass).unwrap(),
+            slow.logits(&batch, &pass).unwrap(),
+            exact.logits(&batch, &pass).unwrap(),
+        );
+        assert_close(
+            &lf,
+            &ls,
+            1e-4,
+            &format!("{quant:?}: quantized kernels vs dequantized f32"),
+        );
+        assert!(
+            divergence(&lf, &le, 1e-3).first_beyond.is_some(),
+            "{quant:?} changed nothing"
+        );
+        let grads = |m: &TrainModel| {
+            let (sum, n) = m.loss_sum(&batch, &pass).unwrap();
+            let store = (sum / n as f64).unwrap().backward().unwrap();
+            m.params()
+                .iter()
+                .map(|p| store.get(p.var.as_tensor()).unwrap().clone())
+                .collect::<Vec<_>>()
+        };
+        for (a, b) in grads(&fast).iter().zip(grads(&slow)) {
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1e-3);
+            assert_close(a, &b, 1e-4 * scale.max(1.0), &format!("{quant:?} gradient"));
+        }
+    }
+}
+
+#[test]
+fn a_gguf_base_trains_with_the_same_forward_as_inference() {
+    for file in ["model-q8_0.gguf", "model-q4_k_m.gguf", "model-bf16.gguf"] {
+        let path = fixture_path("gguf-tiny").join(file);
+        // Inference's quantized kernels round activations; its slow twin (the weights
+        // dequantized, f32 products) is what training computes.
+        let load = herd_model::LoadOptions {
+            dequantize: true,
+            ..herd_model::LoadOptions::new(DType::F32, &Device::Cpu)
+        };
+        let reference = TextModel::load_with(&path, &load).unwrap();
+        let model = TrainModel::load(&path, &options(Mode::Lora(lora_everywhere(2)))).unwrap();
+        let (batch, samples) = two_samples(reference.config().vocab_size);
+        let logits = model.logits(&batch, &PassKey::eval()).unwrap();
+        for (seg, ids) in batch.segments.iter().zip(&samples) {
+            let expected = reference
+                .forward(ids, &mut reference.new_cache(), LogitsFor::All)
+                .unwrap();
+            assert_close(
+                &logits.narrow(0, seg.start, seg.len()).unwrap(),
+                &expected,
+                1e-5,
+                file,
+            );
+        }
+    }
+}
+
+/// bf16 activations: the loss stays near f32's and the gradients point the same way.
+#[test]
+fn bf16_compute_tracks_f32() {
+    let dir = fixture_path("maverick-tiny");
+    let make = |dtype: DType| {
+        let m = TrainModel::load(
+            &dir,
+            &TrainOptions {
+                dtype,
+                ..options(Mode::Lora(lora_everywhere(2)))
+            },
+        )
+        .unwrap();
+        randomize(&m, 4);
+        m
+    };
+    let (f32m, bf16m) = (make(DType::F32), make(DType::BF16));
+    let (batch, _) = two_samples(f32m.config().vocab_size);
+    let pass = PassKey::eval();
+    let run = |m: &TrainModel| {
+        let (sum, n) = m.loss_sum(&batch, &pass).unwrap();
+        let loss = (sum / n as f64).unwrap();
+        let store = loss.backward().unwrap();
+        let g: Vec<f32> = m
+            .params()
+            .iter()
+            .flat_map(|p| {
+                store
+                    .get(p.var.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), g)
+    };
+    let ((l32, g32), (l16, g16)) = (run(&f32m), run(&bf16m));
+    assert!(
+        (l32 - l16).abs() < 0.05 * l32.abs(),
+        "loss {l32} (f32) vs {l16} (bf16)"
+    );
+    assert!(l32 != l16, "bf16 compute must actually round");
+    let dot: f32 = g32.iter().zip(&g16).map(|(a, b)| a * b).sum();
+    let norm = |g: &[f32]| g.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let cosine = dot / (norm(&g32) * norm(&g16));
+    assert!(cosine > 0.98, "gradient cosine {cosine}");
 }

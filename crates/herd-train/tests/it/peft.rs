@@ -59,6 +59,7 @@ fn train_model_with_adapter(adapter: &Adapter) -> TrainModel {
         seed: 0,
         quant: None,
         dtype: DType::F32,
+        dequantize: false,
     };
     let model = TrainModel::load(&fixture_path(FIXTURE), &options).unwrap();
     let values: HashMap<String, Tensor> = adapter.tensors.clone().into_iter().collect();
@@ -251,6 +252,7 @@ fn full_fine_tuning_gradients_equal_transformers() {
         seed: 0,
         quant: None,
         dtype: DType::F32,
+        dequantize: false,
     };
     let model = TrainModel::load(&fixture_path(FIXTURE), &options).unwrap();
     let b = batch(&r);

@@ -323,3 +323,147 @@ fn finetune_refuses_what_peft_could_not_load_and_an_occupied_out() {
     fails(&train_args(&o, &["--steps", "1"]), "is not empty");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The README's worked example, as written there: the tiny checkpoint learns the format.
+#[test]
+fn the_readme_example_learns_the_answer_format() {
+    let out = temp("ft-readme");
+    let o = out.to_string_lossy().into_owned();
+    let data =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/finetune/answer-format.jsonl");
+    let d = data.to_string_lossy().into_owned();
+    #[rustfmt::skip]
+    ok(&[
+        "finetune", "--model", &fixture("chat-tiny"), "--data", &d, "--out", &o,
+        "--target-modules", "all-linear", "--lr", "3e-3", "--epochs", "10", "--no-packing", "--batch-size", "4",
+        "--warmup-steps", "10", "--validation-fraction", "0.1", "--eval-every", "20", "--quiet",
+    ]);
+    let chat = |adapter: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herd"));
+        cmd.args([
+            "chat",
+            "--model",
+            &fixture("chat-tiny"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+        ]);
+        if let Some(a) = adapter {
+            cmd.args(["--adapter", a]);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"What is the capital of France?\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!chat(None).contains("ANSWER:"));
+    let after = chat(Some(&o));
+    assert!(after.starts_with("ANSWER: Paris."), "{after}");
+    let csv = std::fs::read_to_string(out.join("loss.csv")).unwrap();
+    let last = csv.lines().last().unwrap();
+    let loss: f64 = last.split(',').nth(2).unwrap().parse().unwrap();
+    assert!(loss < 0.5, "final loss {loss}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bad_adapters_and_data_are_clear_errors() {
+    let dir = temp("ft-bad-adapter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_string_lossy().into_owned();
+    let ids = "1,2,3";
+    let out = temp("ft-bad-adapter.safetensors").to_string_lossy().into_owned();
+    let run = |adapter: &str, needle: &str| {
+        fails(
+            &[
+                "logits",
+                "--model",
+                &fixture("lora-tiny"),
+                "--tokens",
+                ids,
+                "--out",
+                &out,
+                "--adapter",
+                adapter,
+            ],
+            needle,
+        )
+    };
+    run(&d, "adapter_config.json");
+    let herd_adapter = fixture_path("lora-tiny").join("herd-adapter");
+    let config = std::fs::read_to_string(herd_adapter.join("adapter_config.json")).unwrap();
+    std::fs::write(dir.join("adapter_config.json"), &config).unwrap();
+    run(&d, "adapter_model.safetensors is missing");
+    std::fs::write(
+        dir.join("adapter_model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage",
+    )
+    .unwrap();
+    run(&d, "adapter_model.safetensors");
+    std::fs::copy(
+        herd_adapter.join("adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        config.replace("\"use_dora\": false", "\"use_dora\": true"),
+    )
+    .unwrap();
+    run(&d, "use_dora");
+    // Another model's adapter (lora-tiny's experts are 24 wide, chat-tiny's 32).
+    std::fs::write(dir.join("adapter_config.json"), &config).unwrap();
+    fails(
+        &[
+            "logits",
+            "--model",
+            &fixture("chat-tiny"),
+            "--tokens",
+            ids,
+            "--out",
+            &out,
+            "--adapter",
+            &d,
+        ],
+        "adapter",
+    );
+    // Training data that is a folder, or absent.
+    let o = temp("ft-bad-data-out").to_string_lossy().into_owned();
+    fails(
+        &[
+            "finetune",
+            "--model",
+            &fixture("lora-tiny"),
+            "--data",
+            &d,
+            "--out",
+            &o,
+        ],
+        &d,
+    );
+    fails(
+        &[
+            "finetune",
+            "--model",
+            &fixture("lora-tiny"),
+            "--data",
+            "/nonexistent.jsonl",
+            "--out",
+            &o,
+        ],
+        "nonexistent",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

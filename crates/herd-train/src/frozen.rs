@@ -77,11 +77,13 @@ impl CustomOp1 for FrozenLinear {
         Ok((out, shape))
     }
 
-    /// ∂L/∂x = ∂L/∂y · W, with W widened (or dequantized) for the product and dropped after.
+    /// ∂L/∂x = ∂L/∂y · W: dense weights read in their stored dtype, a panel at a time
+    /// (herd-model's `Linear::backward`); quantized ones dequantized for the product.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let w = self.weight_f32()?; // [out, in]
-        let g = grad_res.to_dtype(DType::F32)?;
-        let grad = g.broadcast_matmul(&w)?;
+        let grad = self
+            .linear
+            .backward(&grad_res.to_dtype(DType::F32)?.contiguous()?)
+            .map_err(candle_core::Error::wrap)?;
         Ok(Some(grad.to_dtype(arg.dtype())?))
     }
 }

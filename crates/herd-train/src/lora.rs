@@ -187,9 +187,12 @@ impl LoraPair {
         } else {
             x.clone()
         };
-        let a = self.a.as_tensor().to_dtype(x.dtype())?;
-        let b = self.b.as_tensor().to_dtype(x.dtype())?;
-        Ok((x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling)?)
+        // In f32 whatever the activations' dtype (candle's bf16 matmul is scalar code).
+        let x32 = x.to_dtype(DType::F32)?;
+        let y = x32
+            .matmul(&self.a.as_tensor().t()?)?
+            .matmul(&self.b.as_tensor().t()?)?;
+        Ok((y * self.scaling)?.to_dtype(x.dtype())?)
     }
 }
 
@@ -212,9 +215,9 @@ impl ExpertLora {
 
     /// Expert e's update on its input: x [n, d1] → (α/r)·(x B_e) A_e [n, d2].
     pub fn delta(&self, e: usize, x: &Tensor) -> Result<Tensor> {
-        let a = self.a_of(e)?.to_dtype(x.dtype())?;
-        let b = self.b_of(e)?.to_dtype(x.dtype())?;
-        Ok((x.matmul(&b)?.matmul(&a)? * self.scaling)?)
+        let x32 = x.to_dtype(DType::F32)?;
+        let y = x32.matmul(&self.b_of(e)?)?.matmul(&self.a_of(e)?)?;
+        Ok((y * self.scaling)?.to_dtype(x.dtype())?)
     }
 }
 

@@ -13,3 +13,4 @@ pub mod quant_dot;
 pub mod quant_matmul;
 pub mod row_split;
 pub mod transpose;
+pub mod transposed_matmul;

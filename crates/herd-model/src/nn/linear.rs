@@ -13,6 +13,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::kernels::half_matmul::{self, HalfElement};
+use crate::kernels::transposed_matmul;
 use crate::nn::LowRank;
 use crate::weights::fp8::Fp8Matrix;
 use crate::weights::{QuantTensor, QuantType, Weights};
@@ -130,6 +131,30 @@ impl Linear {
         }
     }
 
+    /// The gradient a product sends back to its input: `∂L/∂x = ∂L/∂y · W` for
+    /// grad_y [..., out] → [..., in], in grad_y's dtype (computed in f32). Dense CPU weights
+    /// stay in their stored dtype ([`transposed_matmul`]); other formats are dequantized for
+    /// the product.
+    pub fn backward(&self, grad_y: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Dense(w) if w.device().is_cpu() && grad_y.device().is_cpu() => match w.dtype() {
+                DType::BF16 => transposed_product::<bf16>(grad_y, w),
+                DType::F16 => transposed_product::<f16>(grad_y, w),
+                DType::F32 => transposed_product::<f32>(grad_y, w),
+                _ => self.backward_slow(grad_y),
+            },
+            Linear::Adapted(pair) => Ok((pair.0.backward(grad_y)? + pair.1.backward(grad_y)?)?),
+            _ => self.backward_slow(grad_y),
+        }
+    }
+
+    /// [`Self::backward`]'s slow twin: the weight as f32, one f32 matmul.
+    pub fn backward_slow(&self, grad_y: &Tensor) -> Result<Tensor> {
+        let w32 = self.weight_f32(grad_y.device())?;
+        let g = grad_y.to_dtype(DType::F32)?.broadcast_matmul(&w32)?;
+        Ok(g.to_dtype(grad_y.dtype())?)
+    }
+
     /// The slow twin: the weight as f32 (dequantized or widened), one f32 matmul.
     pub fn forward_slow(&self, x: &Tensor) -> Result<Tensor> {
         let w32 = self.weight_f32(x.device())?;
@@ -168,6 +193,28 @@ fn half_product<W: HalfElement + candle_core::WithDType>(x: &Tensor, w: &Tensor)
     let y = half_matmul::matmul_t(&x32, t, &all[start..end], n, k);
     drop(storage);
     output(y, lead, n, x.device(), x.dtype())
+}
+
+/// grad_y [..., n] times a bf16/f16/f32 weight [n, k] on the CPU → [..., k].
+fn transposed_product<W: HalfElement + candle_core::WithDType>(
+    grad_y: &Tensor,
+    w: &Tensor,
+) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let (lead, g32) = flat_f32(grad_y, n)?;
+    let t = g32.len() / n.max(1);
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Kernel("transposed product on a non-CPU weight".into()));
+    };
+    let all = cpu.as_slice::<W>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Kernel("weight is not contiguous".into()))?;
+    let y = transposed_matmul::matmul_n(&g32, t, &all[start..end], n, k);
+    drop(storage);
+    output(y, lead, k, grad_y.device(), grad_y.dtype())
 }
 
 /// x [..., k] as one flat f32 vector, and its leading dims.

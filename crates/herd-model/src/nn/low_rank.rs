@@ -45,6 +45,13 @@ impl LowRank {
         Ok((y * self.scaling)?.to_dtype(x.dtype())?)
     }
 
+    /// grad_y [..., out] → grad_y · s·B A [..., in] (the update's share of the input gradient).
+    pub fn backward(&self, grad_y: &Tensor) -> Result<Tensor> {
+        let g = grad_y.to_dtype(DType::F32)?;
+        let y = g.broadcast_matmul(&self.b)?.broadcast_matmul(&self.a)?;
+        Ok((y * self.scaling)?.to_dtype(grad_y.dtype())?)
+    }
+
     /// s · B A: [out, in] in f32.
     pub fn weight_f32(&self) -> Result<Tensor> {
         Ok((self.b.matmul(&self.a)? * self.scaling)?)

@@ -17,6 +17,7 @@ mod long_context;
 mod mutations;
 mod ops;
 mod parity;
+mod transposed;
 mod vision;
 mod weights;
 

@@ -6,7 +6,7 @@
 //! Shapes: T rows of the micro-batch, t rows of one sample, H/Hkv query/KV heads,
 //! G = H / Hkv, Dh head dim.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use herd_model::config::{AttentionKind, RopePairing, TemperatureTuning};
 use herd_model::nn::rms_normalize;
 use herd_model::text::mask::additive_mask;
@@ -63,17 +63,23 @@ impl TrainAttention {
             let qs = q.narrow(1, seg.start, len)?;
             let ks = k.narrow(1, seg.start, len)?;
             let vs = v.narrow(1, seg.start, len)?;
-            let mask = Tensor::from_vec(additive_mask(0..len, 0..len, chunk_len), (len, len), &Device::Cpu)?
-                .to_dtype(q.dtype())?;
+            let mask = Tensor::from_vec(additive_mask(0..len, 0..len, chunk_len), (len, len), &Device::Cpu)?;
             outs.push(self.attend(&qs, &ks, &vs, &mask)?);
         }
-        let out_htd = Tensor::cat(&outs, 1)?; // [H, T, Dh]
+        let out_htd = Tensor::cat(&outs, 1)?.to_dtype(x.dtype())?; // [H, T, Dh]
         let out_td = out_htd.transpose(0, 1)?.reshape((t, h * dh))?;
         self.o_proj.forward(&out_td, pass)
     }
 
     /// q: [H, t, Dh], k/v: [Hkv, t, Dh], mask [t, t] → [H, t, Dh]
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        // Scores, softmax and the weighted sum in f32 whatever the activations' dtype (the
+        // reference's eager attention upcasts the softmax; candle's bf16 matmul is scalar).
+        let (q, k, v) = (
+            q.to_dtype(DType::F32)?,
+            k.to_dtype(DType::F32)?,
+            v.to_dtype(DType::F32)?,
+        );
         let (h, t, dh) = q.dims3()?;
         let (hkv, g) = (self.n_kv_heads, h / self.n_kv_heads);
         // Query heads h·G .. h·G+G share KV head h: fold them into the row axis.
@@ -81,7 +87,7 @@ impl TrainAttention {
         let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [Hkv, G·t, t]
         let scores = scores.reshape((hkv, g, t, t))?.broadcast_add(mask)?;
         let probs = softmax_last(&scores)?.reshape((hkv, g * t, t))?;
-        Ok(probs.matmul(v)?.reshape((h, t, dh))?)
+        Ok(probs.matmul(&v)?.reshape((h, t, dh))?)
     }
 }
 

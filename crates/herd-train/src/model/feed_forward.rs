@@ -55,7 +55,10 @@ impl TrainExperts {
         let (mut gate, mut up) = match &self.weights {
             ExpertWeights::Frozen(experts) => (experts[e][0].forward(x)?, experts[e][1].forward(x)?),
             ExpertWeights::Trainable { gate_up, .. } => {
-                let gu = x.matmul(&gate_up.as_tensor().get(e)?.to_dtype(x.dtype())?)?; // [n, 2F]
+                let gu = x
+                    .to_dtype(DType::F32)?
+                    .matmul(&gate_up.as_tensor().get(e)?)?
+                    .to_dtype(x.dtype())?; // [n, 2F]
                 (gu.narrow(1, 0, f)?, gu.narrow(1, f, f)?)
             }
         };
@@ -68,9 +71,10 @@ impl TrainExperts {
         let act = (gate.silu()? * up)?; // [n, F]
         let mut y = match &self.weights {
             ExpertWeights::Frozen(experts) => experts[e][2].forward(&act)?,
-            ExpertWeights::Trainable { down, .. } => {
-                act.matmul(&down.as_tensor().get(e)?.to_dtype(act.dtype())?)?
-            }
+            ExpertWeights::Trainable { down, .. } => act
+                .to_dtype(DType::F32)?
+                .matmul(&down.as_tensor().get(e)?)?
+                .to_dtype(act.dtype())?,
         };
         if let Some(lora) = &self.down_lora {
             y = (y + lora.delta(e, &act)?)?;
@@ -106,7 +110,10 @@ impl TrainMoe {
             RouterScoring::Softmax => softmax_last(&logits_te)?,
         };
         let shared = self.shared_expert.forward(x, pass)?;
-        let mut routed = Tensor::zeros(x.dims(), x.dtype(), x.device())?;
+        // Every expert's rows, then one scatter-add: an `index_add` per expert would copy the
+        // whole [T, D] output each time (forward and backward).
+        let mut all_tokens: Vec<u32> = Vec::new();
+        let mut outputs = Vec::new();
         let n_experts = self.experts.n_experts()?;
         for (e, chosen) in decision.per_expert.iter().enumerate().take(n_experts) {
             if chosen.is_empty() {
@@ -114,6 +121,7 @@ impl TrainMoe {
             }
             let tokens: Vec<u32> = chosen.iter().map(|(t, _)| *t).collect();
             let n = tokens.len();
+            all_tokens.extend_from_slice(&tokens);
             let tokens = Tensor::from_vec(tokens, n, &Device::Cpu)?;
             let score_n1 = scores_te.index_select(&tokens, 0)?.narrow(1, e, 1)?; // [n, 1]
             let mut x_nd = x.index_select(&tokens, 0)?;
@@ -124,8 +132,18 @@ impl TrainMoe {
             if self.routing.score_at == ScoreAt::ExpertOutput {
                 y_nd = y_nd.broadcast_mul(&score_n1)?;
             }
-            routed = routed.index_add(&tokens, &y_nd, 0)?;
+            outputs.push(y_nd);
         }
+        if outputs.is_empty() {
+            return Ok(shared);
+        }
+        let n = all_tokens.len();
+        let all_tokens = Tensor::from_vec(all_tokens, n, &Device::Cpu)?;
+        let routed = Tensor::zeros(x.dims(), x.dtype(), x.device())?.index_add(
+            &all_tokens,
+            &Tensor::cat(&outputs, 0)?,
+            0,
+        )?;
         Ok((shared + routed)?)
     }
 }

@@ -25,7 +25,11 @@ impl TrainLinear {
     pub fn forward(&self, x: &Tensor, pass: &PassKey) -> Result<Tensor> {
         let y = match &self.base {
             Base::Frozen(f) => f.forward(x)?,
-            Base::Trainable(w) => x.matmul(&w.as_tensor().to_dtype(x.dtype())?.t()?)?,
+            // f32 products whatever the activations' dtype (candle's bf16 matmul is scalar).
+            Base::Trainable(w) => x
+                .to_dtype(candle_core::DType::F32)?
+                .matmul(&w.as_tensor().t()?)?
+                .to_dtype(x.dtype())?,
         };
         match &self.lora {
             Some(lora) => Ok((y + lora.delta(x, pass)?)?),

@@ -60,6 +60,20 @@ impl ApiError {
         }
     }
 
+    /// OpenAI's answer to an unknown `model`: 404, code `model_not_found`.
+    pub fn model_not_found(model: &str, served: &[&str]) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "The model `{model}` does not exist; this server runs {}",
+                served.join(", ")
+            ),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -38,6 +38,8 @@ pub enum Update {
 
 pub struct Generation {
     id: RequestId,
+    /// The engine running it (the served model's or an adapter's).
+    engine: crate::worker::EngineHandle,
     events: UnboundedReceiver<Event>,
     state: Arc<AppState>,
     output: OutputText,
@@ -53,6 +55,7 @@ pub struct Generation {
 impl Generation {
     pub fn new(
         state: Arc<AppState>,
+        engine: crate::worker::EngineHandle,
         id: RequestId,
         events: UnboundedReceiver<Event>,
         stop: &[String],
@@ -61,6 +64,7 @@ impl Generation {
     ) -> Self {
         Generation {
             id,
+            engine,
             events,
             state,
             output: OutputText::new(stop),
@@ -109,7 +113,7 @@ impl Generation {
                 if delta.stopped {
                     // A stop string: the reply ends here; the engine need not go on.
                     self.finish();
-                    self.state.engine.cancel(self.id);
+                    self.engine.cancel(self.id);
                     return Ok(self.text_then_done(delta.text, tokens, "stop"));
                 }
                 Ok(Update::Text {
@@ -154,7 +158,7 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         if !self.done {
-            self.state.engine.cancel(self.id);
+            self.engine.cancel(self.id);
         }
     }
 }

@@ -72,6 +72,31 @@ pub fn build_state_with_guard<M>(
 where
     M: LanguageModel + Send + 'static,
 {
+    build_state_with_adapters(model, Vec::new(), frontend, images, scheduler, options, guard)
+}
+
+/// [`build_state_with_guard`] with LoRA adapters served beside the model: `(name, model with
+/// the adapter applied)`, each on its own engine thread with its own scheduler (and KV budget);
+/// a request's `model` picks one (see [`AppState::route`]).
+pub fn build_state_with_adapters<M>(
+    model: M,
+    adapters: Vec<(String, M)>,
+    frontend: Frontend,
+    images: Option<ImageEncoder>,
+    scheduler: SchedulerConfig,
+    options: ServerOptions,
+    guard: GuardChoice,
+) -> Result<Arc<AppState>, ServerError>
+where
+    M: LanguageModel + Send + 'static,
+{
+    for (i, (name, _)) in adapters.iter().enumerate() {
+        if name.is_empty() || *name == options.model_name || adapters[..i].iter().any(|(n, _)| n == name) {
+            return Err(ServerError::Config(format!(
+                "adapter name `{name}` must be non-empty and differ from the model's and the other adapters' names"
+            )));
+        }
+    }
     if options.screening.is_some() && !matches!(guard, GuardChoice::Service(_)) {
         return Err(ServerError::Config(
             "screening (--guard-mode) needs a guard model (--guard)".into(),
@@ -80,6 +105,10 @@ where
     let metrics = Arc::new(Metrics::default());
     let max_positions = model.max_positions();
     let engine = EngineHandle::spawn(model, scheduler, metrics.clone())?;
+    let adapters = adapters
+        .into_iter()
+        .map(|(name, m)| Ok((name, EngineHandle::spawn(m, scheduler, metrics.clone())?)))
+        .collect::<Result<Vec<_>, ServerError>>()?;
     let guard = match guard {
         GuardChoice::None => None,
         GuardChoice::ServedModel(guard_frontend, policy) => Some(Arc::new(guard::GuardService::over(
@@ -102,6 +131,7 @@ where
         started: state::unix_now(),
         json_tokens: std::sync::OnceLock::new(),
         guard,
+        adapters,
     }))
 }
 

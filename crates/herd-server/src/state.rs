@@ -62,9 +62,51 @@ pub struct AppState {
     pub json_tokens: OnceLock<Arc<TokenBytes>>,
     /// The guard for `/v1/moderations` and screening.
     pub guard: Option<Arc<crate::guard::GuardService>>,
+    /// LoRA adapters served beside the base (`--adapter NAME=DIR`): a request whose `model` is
+    /// NAME runs on that adapter's engine thread (a copy of the model that shares the base
+    /// weights and holds the adapter's low-rank updates).
+    pub adapters: Vec<(String, EngineHandle)>,
+}
+
+/// Which engine runs a request, and the model name its response carries.
+#[derive(Clone)]
+pub struct Route {
+    pub engine: EngineHandle,
+    pub name: String,
 }
 
 impl AppState {
+    /// The engine for a request's `model`: an adapter by its name, else the served model.
+    /// Without adapters any name is accepted (clients send their own); with adapters a name
+    /// that is neither is a 404, so a typo never silently runs the base model.
+    pub fn route(&self, model: Option<&str>) -> Result<Route, crate::error::ApiError> {
+        let base = Route {
+            engine: self.engine.clone(),
+            name: self.options.model_name.clone(),
+        };
+        let Some(model) = model else { return Ok(base) };
+        if let Some((name, engine)) = self.adapters.iter().find(|(n, _)| n == model) {
+            return Ok(Route {
+                engine: engine.clone(),
+                name: name.clone(),
+            });
+        }
+        if self.adapters.is_empty() || model == self.options.model_name {
+            return Ok(base);
+        }
+        let names: Vec<&str> = std::iter::once(self.options.model_name.as_str())
+            .chain(self.adapters.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        Err(crate::error::ApiError::model_not_found(model, &names))
+    }
+
+    /// The name a response carries for a request's `model` (checked by [`Self::route`]).
+    pub fn served_name(&self, model: Option<&str>) -> String {
+        model
+            .and_then(|m| self.adapters.iter().find(|(n, _)| n == m))
+            .map_or_else(|| self.options.model_name.clone(), |(n, _)| n.clone())
+    }
+
     pub fn json_tokens(&self) -> Arc<TokenBytes> {
         self.json_tokens
             .get_or_init(|| Arc::new(TokenBytes::new(&self.frontend.tokenizer)))

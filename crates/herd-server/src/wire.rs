@@ -130,10 +130,17 @@ pub struct Common {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+    /// `model` as given: the served model, or a LoRA adapter it serves (`--adapter NAME=DIR`).
+    pub model: Option<String>,
 }
 
 impl Common {
     pub fn parse(fields: &mut Fields, max_tokens_keys: &[&str]) -> Result<Self, ApiError> {
+        let model = match fields.take("model") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) => Some(m),
+            Some(_) => return Err(ApiError::invalid("model", "`model` must be a string")),
+        };
         let mut params = SamplingParams::default();
         if let Some(t) = fields.f32("temperature")? {
             if !(0.0..=2.0).contains(&t) {
@@ -262,6 +269,7 @@ impl Common {
             stream,
             include_usage,
             ignore_eos,
+            model,
         })
     }
 }

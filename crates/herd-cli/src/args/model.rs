@@ -35,9 +35,11 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// A LoRA adapter to apply (a PEFT folder: adapter_config.json + adapter_model.safetensors,
-    /// as `herd finetune` or PEFT writes it), kept beside the base weights unmerged.
+    /// as `herd finetune` or PEFT writes it), kept beside the base weights unmerged; repeat to
+    /// stack several. `herd serve` also takes NAME=DIR: served beside the base model, chosen by
+    /// a request's `model`.
     #[arg(long, value_name = "DIR")]
-    pub adapter: Option<PathBuf>,
+    pub adapter: Vec<String>,
     /// Debugging: check every layer's output for NaN/inf and stop naming the first layer at
     /// fault (costs one pass over the activations per layer).
     #[arg(long)]
@@ -77,6 +79,32 @@ impl DTypeArg {
 }
 
 impl ModelArgs {
+    /// `--adapter NAME=DIR` entries (served by name); the rest are applied to the model.
+    pub fn named_adapters(&self) -> Vec<(String, PathBuf)> {
+        self.adapter
+            .iter()
+            .filter_map(|a| a.split_once('=').map(|(n, d)| (n.to_string(), PathBuf::from(d))))
+            .collect()
+    }
+
+    /// Applies the adapter in `dir` to `model` (unmerged).
+    pub fn apply_adapter(model: &mut TextModel, dir: &std::path::Path) -> Result<()> {
+        let adapter = herd_train::adapter::Adapter::load(dir)
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+        adapter
+            .apply(model)
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+        Ok(())
+    }
+
+    /// Loads the model with its unnamed adapters; NAME=DIR ones are an error outside `serve`.
+    pub fn load(&self) -> Result<TextModel> {
+        if let Some((name, _)) = self.named_adapters().first() {
+            bail!("--adapter {name}=…: named adapters are served side by side by `herd serve`; here give the folder alone");
+        }
+        self.load_base()
+    }
+
     pub fn device(&self) -> Result<Device> {
         match self.device.as_str() {
             "cpu" => Ok(Device::Cpu),
@@ -95,7 +123,9 @@ impl ModelArgs {
         }
     }
 
-    pub fn load(&self) -> Result<TextModel> {
+    /// Loads the model with the `--adapter DIR` entries applied (NAME=DIR ones are left to the
+    /// caller).
+    pub fn load_base(&self) -> Result<TextModel> {
         let options = LoadOptions {
             dtype: self.dtype.dtype(),
             device: self.device()?,
@@ -117,12 +147,8 @@ impl ModelArgs {
                     bar.set_position(done as u64);
                 })?;
             bar.finish_and_clear();
-            if let Some(dir) = &self.adapter {
-                let adapter = herd_train::adapter::Adapter::load(dir)
-                    .with_context(|| format!("--adapter {}", dir.display()))?;
-                adapter
-                    .apply(&mut model)
-                    .with_context(|| format!("--adapter {}", dir.display()))?;
+            for dir in self.adapter.iter().filter(|a| !a.contains('=')) {
+                Self::apply_adapter(&mut model, std::path::Path::new(dir))?;
             }
             model.set_check_finite(self.check_finite);
             model.set_kv_dtype(self.kv_dtype.map(KvDTypeArg::dtype));

@@ -100,7 +100,7 @@ fn load_local(path: &std::path::Path) -> Result<(herd_model::TextModel, Frontend
         quant: None,
         kv_dtype: None,
         device: "cpu".into(),
-        adapter: None,
+        adapter: Vec::new(),
         check_finite: false,
     };
     let model = args.load()?;

@@ -24,7 +24,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Policy::excluding(&args.guard_exclude).context("--guard-exclude")?
     };
     let path = &args.model.model;
-    let model = args.model.load()?;
+    let model = args.model.load_base()?;
+    // `--adapter NAME=DIR`: the model again (its weights shared) with the adapter beside them.
+    let adapters = args
+        .model
+        .named_adapters()
+        .into_iter()
+        .map(|(name, dir)| {
+            let mut adapted = model.clone();
+            crate::args::ModelArgs::apply_adapter(&mut adapted, &dir)?;
+            Ok((name, adapted))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let frontend = Frontend::load(path, model.config()).context("serve needs the model's tokenizer")?;
     let images = if herd_engine::frontend::is_gguf(path) {
         None
@@ -54,6 +65,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Some(guard_path) => {
             let mut guard_args = args.model.clone();
             guard_args.model = guard_path.clone();
+            guard_args.adapter = Vec::new();
             let guard_model = guard_args.load()?;
             let guard_frontend = Frontend::load(guard_path, guard_model.config())
                 .context("--guard needs the guard's tokenizer")?;
@@ -95,7 +107,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         fail_open: args.guard_fail_open,
     });
     let options = ServerOptions { screening, ..options };
-    let state = herd_server::build_state_with_guard(model, frontend, images, scheduler, options, guard)?;
+    let state =
+        herd_server::build_state_with_adapters(model, adapters, frontend, images, scheduler, options, guard)?;
     herd_server::serve_blocking(state, SocketAddr::new(host, args.port))?;
     Ok(())
 }

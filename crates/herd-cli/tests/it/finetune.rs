@@ -467,3 +467,94 @@ fn bad_adapters_and_data_are_clear_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP POST with a JSON body over a plain socket → the response's JSON body.
+fn post_json(base: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut socket = std::net::TcpStream::connect(&host).unwrap();
+    write!(
+        socket,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
+/// `herd serve --adapter NAME=DIR`: the request's `model` picks the adapter, and its reply is
+/// what `herd chat --adapter DIR` writes.
+#[test]
+fn serve_picks_a_named_adapter_per_request() {
+    let adapter = fixture_path("lora-tiny")
+        .join("herd-adapter")
+        .to_string_lossy()
+        .into_owned();
+    let named = format!("tuned={adapter}");
+    let (mut server, url) = super::safety::serve_with(&fixture("lora-tiny"), &["--adapter", &named]);
+    let ask = |model: &str| {
+        let body = format!(
+            r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello."}}], "max_tokens": 8, "temperature": 0}}"#
+        );
+        let reply = post_json(&url, "/v1/chat/completions", &body);
+        assert_eq!(reply["model"], model, "{reply}");
+        reply["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (base, tuned) = (ask("lora-tiny"), ask("tuned"));
+    let _ = server.kill();
+    let _ = server.wait();
+    let chat = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herd"));
+        cmd.args([
+            "chat",
+            "--model",
+            &fixture("lora-tiny"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ]);
+        cmd.args(extra);
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"Say hello.\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_ne!(base, tuned, "the adapter changes the reply");
+    assert_eq!(tuned.trim_end(), chat(&["--adapter", &adapter]).trim_end());
+    assert_eq!(base.trim_end(), chat(&[]).trim_end());
+    // Outside `serve` a named adapter is an error that says why.
+    fails(
+        &[
+            "generate",
+            "--model",
+            &fixture("lora-tiny"),
+            "--tokens",
+            "1,2",
+            "--adapter",
+            &named,
+        ],
+        "named adapters are served",
+    );
+}

@@ -137,9 +137,15 @@ fn moderate_rejects_bad_input_cleanly() {
 }
 
 /// `herd serve` on a free port; its base URL.
-fn serve(model: &str) -> (Child, String) {
+pub(crate) fn serve(model: &str) -> (Child, String) {
+    serve_with(model, &[])
+}
+
+/// [`serve`] with extra flags.
+pub(crate) fn serve_with(model: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(["serve", "--model", model, "--port", "0"])
+        .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -90,12 +90,14 @@ async fn chat(
         _ => None,
     };
     if request.common.stream && output_screen.is_none() {
+        let model = state.served_name(request.common.model.as_deref());
         return Ok(stream(
             state,
             choices,
             id,
             has_tools,
             request.common.include_usage,
+            model,
         ));
     }
     let collected = collect(choices).await?;
@@ -177,7 +179,8 @@ fn respond_with(
     common: &Common,
 ) -> Response {
     if common.stream {
-        return replay_stream(state.clone(), id, replies, usage, common.include_usage);
+        let model = state.served_name(common.model.as_deref());
+        return replay_stream(id, replies, usage, common.include_usage, model);
     }
     let choices: Vec<Value> = replies
         .into_iter()
@@ -195,7 +198,7 @@ fn respond_with(
         "id": id,
         "object": "chat.completion",
         "created": unix_now(),
-        "model": state.options.model_name,
+        "model": state.served_name(common.model.as_deref()),
         "choices": choices,
         "usage": usage_value(usage),
     }))
@@ -203,12 +206,12 @@ fn respond_with(
 }
 
 /// One `chat.completion.chunk` of a stream.
-fn chunk_of(state: &AppState, id: &str, created: u64, include_usage: bool, choices: Value) -> Value {
+fn chunk_of(model: &str, id: &str, created: u64, include_usage: bool, choices: Value) -> Value {
     let mut c = json!({
         "id": id,
         "object": "chat.completion.chunk",
         "created": created,
-        "model": state.options.model_name,
+        "model": model,
         "choices": choices,
     });
     if include_usage {
@@ -219,15 +222,15 @@ fn chunk_of(state: &AppState, id: &str, created: u64, include_usage: bool, choic
 }
 
 fn replay_stream(
-    state: Arc<AppState>,
     id: String,
     replies: Vec<Reply>,
     usage: herd_engine::Usage,
     include_usage: bool,
+    model: String,
 ) -> Response {
     super::sse(move |tx: mpsc::Sender<Value>| async move {
         let created = unix_now();
-        let chunk = |choices: Value| chunk_of(&state, &id, created, include_usage, choices);
+        let chunk = |choices: Value| chunk_of(&model, &id, created, include_usage, choices);
         for (index, r) in replies.into_iter().enumerate() {
             let mut chunks = vec![
                 json!({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
@@ -786,11 +789,12 @@ fn stream(
     id: String,
     has_tools: bool,
     include_usage: bool,
+    model: String,
 ) -> Response {
     super::sse(move |tx: mpsc::Sender<Value>| async move {
         let n = choices.len();
         let created = unix_now();
-        let chunk = |choices: Value| chunk_of(&state, &id, created, include_usage, choices);
+        let chunk = |choices: Value| chunk_of(&model, &id, created, include_usage, choices);
         for index in 0..n {
             let first = json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
             if tx.send(chunk(first)).await.is_err() {

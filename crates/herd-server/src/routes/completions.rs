@@ -85,6 +85,7 @@ async fn complete(
     let choices = submit(&state, jobs, &common, arrived, "prompt").await?;
     let id = super::response_id("cmpl");
     let n = common.n;
+    let model = state.served_name(common.model.as_deref());
     if common.stream {
         return Ok(stream(
             state,
@@ -95,6 +96,7 @@ async fn complete(
             echo,
             logprobs,
             common.include_usage,
+            model,
         ));
     }
     let collected = collect(choices).await?;
@@ -126,7 +128,7 @@ async fn complete(
         "id": id,
         "object": "text_completion",
         "created": unix_now(),
-        "model": state.options.model_name,
+        "model": model,
         "choices": choices,
         "usage": usage_value(usage),
     }))
@@ -254,6 +256,7 @@ fn stream(
     echo: bool,
     logprobs: Option<usize>,
     include_usage: bool,
+    model: String,
 ) -> Response {
     super::sse(move |tx: mpsc::Sender<Value>| async move {
         let total = choices.len();
@@ -263,7 +266,7 @@ fn stream(
                 "id": id,
                 "object": "text_completion",
                 "created": created,
-                "model": state.options.model_name,
+                "model": model,
                 "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}],
             });
             if include_usage {
@@ -348,7 +351,7 @@ fn stream(
                     "id": id,
                     "object": "text_completion",
                     "created": created,
-                    "model": state.options.model_name,
+                    "model": model,
                     "choices": [],
                     "usage": usage_value(usage),
                 }))

@@ -73,6 +73,7 @@ pub async fn submit(
     arrived: Instant,
     prompt_param: &'static str,
 ) -> Result<Vec<Generation>, ApiError> {
+    let route = state.route(common.model.as_deref())?;
     let mut choices = Vec::new();
     for job in jobs {
         if job.prompt.len() > state.max_positions {
@@ -117,9 +118,10 @@ pub async fn submit(
                 }),
                 watch: Vec::new(),
             };
-            let (id, events) = state.engine.submit(request).await?;
+            let (id, events) = route.engine.submit(request).await?;
             choices.push(Generation::new(
                 state.clone(),
+                route.engine.clone(),
                 id,
                 events,
                 &common.stop,

@@ -6,11 +6,7 @@ use clap::Args;
 use herd_model::QuantType;
 use herd_train::trainer::LayerLr;
 
-use super::model::DTypeArg;
-
-fn parse_quant(text: &str) -> std::result::Result<QuantType, String> {
-    QuantType::parse(text).ok_or_else(|| format!("`{text}`: expected q8_0, q4_0, q4_k, q5_k or q6_k"))
-}
+use super::model::{parse_quant, DTypeArg};
 
 #[derive(Args, Clone)]
 pub struct FinetuneArgs {

@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use herd_model::{LoadOptions, QuantType, TextModel};
 
-fn parse_quant(text: &str) -> std::result::Result<QuantType, String> {
+pub(crate) fn parse_quant(text: &str) -> std::result::Result<QuantType, String> {
     QuantType::parse(text).ok_or_else(|| format!("`{text}`: expected q8_0, q4_0, q4_k, q5_k or q6_k"))
 }
 

@@ -55,6 +55,35 @@ fn logits(model: &str, ids: &[i64], extra: &[&str], name: &str) -> Tensor {
     t
 }
 
+/// `herd chat` on `model` with `extra` flags, fed one user line: what it prints (the reply).
+fn chat_reply(model: &str, extra: &[&str], line: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args([
+            "chat",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+        ])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn dry_run_shows_the_trained_spans_and_the_plan() {
     let out = temp("ft-dry");
@@ -338,38 +367,10 @@ fn the_readme_example_learns_the_answer_format() {
         "--target-modules", "all-linear", "--lr", "3e-3", "--epochs", "10", "--no-packing", "--batch-size", "4",
         "--warmup-steps", "10", "--validation-fraction", "0.1", "--eval-every", "20", "--quiet",
     ]);
-    let chat = |adapter: Option<&str>| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herd"));
-        cmd.args([
-            "chat",
-            "--model",
-            &fixture("chat-tiny"),
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "16",
-        ]);
-        if let Some(a) = adapter {
-            cmd.args(["--adapter", a]);
-        }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"What is the capital of France?\n")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert!(!chat(None).contains("ANSWER:"));
-    let after = chat(Some(&o));
+    let question = "What is the capital of France?";
+    let chat = |extra: &[&str]| chat_reply(&fixture("chat-tiny"), extra, question);
+    assert!(!chat(&[]).contains("ANSWER:"));
+    let after = chat(&["--adapter", &o]);
     assert!(after.starts_with("ANSWER: Paris."), "{after}");
     let csv = std::fs::read_to_string(out.join("loss.csv")).unwrap();
     let last = csv.lines().last().unwrap();
@@ -502,7 +503,7 @@ fn serve_picks_a_named_adapter_per_request() {
     let (mut server, url) = super::safety::serve_with(&fixture("lora-tiny"), &["--adapter", &named]);
     let ask = |model: &str| {
         let body = format!(
-            r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello."}}], "max_tokens": 8, "temperature": 0}}"#
+            r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello."}}], "max_tokens": 16, "temperature": 0}}"#
         );
         let reply = post_json(&url, "/v1/chat/completions", &body);
         assert_eq!(reply["model"], model, "{reply}");
@@ -514,33 +515,7 @@ fn serve_picks_a_named_adapter_per_request() {
     let (base, tuned) = (ask("lora-tiny"), ask("tuned"));
     let _ = server.kill();
     let _ = server.wait();
-    let chat = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herd"));
-        cmd.args([
-            "chat",
-            "--model",
-            &fixture("lora-tiny"),
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "8",
-        ]);
-        cmd.args(extra);
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"Say hello.\n").unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    };
+    let chat = |extra: &[&str]| chat_reply(&fixture("lora-tiny"), extra, "Say hello.");
     assert_ne!(base, tuned, "the adapter changes the reply");
     assert_eq!(tuned.trim_end(), chat(&["--adapter", &adapter]).trim_end());
     assert_eq!(base.trim_end(), chat(&[]).trim_end());

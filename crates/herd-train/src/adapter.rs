@@ -75,18 +75,20 @@ impl Adapter {
         })
     }
 
-    /// Writes the adapter as PEFT saves it. `tensors`: PEFT key → value.
+    /// Writes the adapter as PEFT saves it. `tensors`: PEFT key → value; `text_prefix`: the
+    /// text layers' module path (`model.`, or `language_model.model.` in a multimodal model).
     pub fn save(
         dir: &Path,
         settings: &LoraSettings,
         base_model: Option<&str>,
+        text_prefix: &str,
         tensors: &HashMap<String, Tensor>,
     ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        let config = serde_json::to_vec_pretty(&config_json(settings, base_model))
+        let config = serde_json::to_vec_pretty(&config_json(settings, base_model, text_prefix))
             .map_err(|e| Error::Adapter(e.to_string()))?;
         crate::trainer::replace_file(&dir.join(CONFIG_FILE), |p| {
             std::fs::write(p, &config).map_err(|source| Error::Io {
@@ -403,7 +405,7 @@ fn settings_from_config(v: &Value) -> std::result::Result<LoraSettings, String> 
 }
 
 /// adapter_config.json as PEFT writes it (the fields PEFT's LoraConfig reads).
-fn config_json(s: &LoraSettings, base_model: Option<&str>) -> Value {
+fn config_json(s: &LoraSettings, base_model: Option<&str>, text_prefix: &str) -> Value {
     let mut modules: Vec<String> = Vec::new();
     for m in &s.target_modules {
         let expanded: Vec<String> = if m == "all-linear" {
@@ -442,10 +444,37 @@ fn config_json(s: &LoraSettings, base_model: Option<&str>) -> Value {
         "r": s.rank,
         "rank_pattern": {},
         "revision": null,
-        "target_modules": modules,
+        "target_modules": target_modules_value(&modules, text_prefix),
         "target_parameters": if parameters.is_empty() { Value::Null } else { json!(parameters) },
         "task_type": "CAUSAL_LM",
         "use_dora": false,
         "use_rslora": s.use_rslora,
     })
+}
+
+/// `target_modules` as PEFT should read it: the names, or — in a multimodal model, where PEFT
+/// would also wrap the vision tower's `q_proj`s and the like — one regex PEFT full-matches
+/// against module paths, naming the same modules under the text layers only.
+fn target_modules_value(modules: &[String], text_prefix: &str) -> Value {
+    if text_prefix == "model." || modules.is_empty() {
+        return json!(modules);
+    }
+    let names: Vec<String> = modules.iter().map(|m| regex_escape(m)).collect();
+    Value::String(format!(
+        "{}layers\\.\\d+\\.(.*\\.)?({})",
+        regex_escape(text_prefix),
+        names.join("|")
+    ))
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = matches!(
+                c,
+                '.' | '\\' | '+' | '*' | '?' | '(' | ')' | '|' | '[' | ']' | '{' | '}' | '^' | '$'
+            );
+            escape.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect()
 }

@@ -36,16 +36,46 @@ impl safetensors::View for &Raw {
     }
 }
 
-/// Writes `base`'s checkpoint into `out` with `replacements` (checkpoint names → values) in
-/// place of the stored tensors. Every replacement must name a stored tensor of the same shape.
-pub fn write_checkpoint(base: &Path, out: &Path, replacements: &HashMap<String, Tensor>) -> Result<()> {
+/// The base as a safetensors folder (the only layout herd writes weights back into).
+fn open_base(base: &Path) -> Result<Checkpoint> {
     if !base.is_dir() {
         return Err(Error::Checkpoint(format!(
-            "{} is not a checkpoint folder: writing weights needs a safetensors base (GGUF bases can be trained with LoRA, not exported)",
+            "{} is not a checkpoint folder: writing weights needs a safetensors base (GGUF bases can be trained with LoRA, not exported or merged)",
             base.display()
         )));
     }
-    let checkpoint = Checkpoint::open(base)?;
+    Ok(Checkpoint::open(base)?)
+}
+
+/// Whether [`write_checkpoint`] can put these tensors (checkpoint name, shape) into `base`:
+/// each stored under that name, with that shape, as f32, bf16 or f16 — checked before a run
+/// rather than at its first save.
+pub fn check_replacements(base: &Path, tensors: &[(String, Vec<usize>)]) -> Result<()> {
+    let checkpoint = open_base(base)?;
+    for (name, shape) in tensors {
+        match checkpoint.dtype_of(name) {
+            None => {
+                return Err(Error::Checkpoint(format!(
+                    "{} has no tensor `{name}` to write back (only transformers' fused layout is exported; Meta's per-expert FP8 layout is not)",
+                    base.display()
+                )))
+            }
+            Some("F32" | "BF16" | "F16") => {}
+            Some(other) => {
+                return Err(Error::Checkpoint(format!(
+                    "`{name}` is stored as {other}: herd writes new values into f32, bf16 or f16 tensors only"
+                )))
+            }
+        }
+        checkpoint.info(name, shape)?;
+    }
+    Ok(())
+}
+
+/// Writes `base`'s checkpoint into `out` with `replacements` (checkpoint names → values) in
+/// place of the stored tensors. Every replacement must name a stored tensor of the same shape.
+pub fn write_checkpoint(base: &Path, out: &Path, replacements: &HashMap<String, Tensor>) -> Result<()> {
+    let checkpoint = open_base(base)?;
     std::fs::create_dir_all(out).map_err(|source| Error::Io {
         path: out.to_path_buf(),
         source,
@@ -159,7 +189,7 @@ fn stored_bytes(name: &str, value: &Tensor, dtype: &str) -> Result<Vec<u8>> {
 /// The base's tensors with the adapter folded in (W + (α/r)·B A, in f32): checkpoint name →
 /// merged value, for [`write_checkpoint`].
 pub fn merged_tensors(base: &Path, adapter: &Adapter) -> Result<HashMap<String, Tensor>> {
-    let checkpoint = Checkpoint::open(base)?;
+    let checkpoint = open_base(base)?;
     let prefix = checkpoint.text_prefix().to_string();
     let mut out = HashMap::new();
     for (path, delta) in adapter.deltas()? {

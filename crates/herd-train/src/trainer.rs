@@ -103,6 +103,16 @@ impl TrainConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad("weight decay must be ≥ 0".into());
         }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad(format!("AdamW's epsilon {} must be a positive number", self.eps));
+        }
+        let fits = self
+            .batch_size
+            .checked_mul(self.grad_accum)
+            .and_then(|per_step| per_step.checked_mul(usize::try_from(self.total_steps).ok()?));
+        if fits.is_none() {
+            return bad("batch size × gradient accumulation × steps is too large".into());
+        }
         Ok(())
     }
 
@@ -351,9 +361,26 @@ impl<'m> Trainer<'m> {
         let state: TrainerState = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Checkpoint(format!("{}: {e}", state_path.display())))?;
         if state.fingerprint != self.fingerprint {
+            // Fingerprints are `part=hash` lists: name the parts that differ.
+            let parts = |f: &str| -> Vec<(String, String)> {
+                f.split(';')
+                    .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                    .collect()
+            };
+            let (was, now) = (parts(&state.fingerprint), parts(&self.fingerprint));
+            let differ: Vec<&str> = now
+                .iter()
+                .filter(|(k, v)| !was.iter().any(|(k2, v2)| k2 == k && v2 == v))
+                .map(|(k, _)| k.as_str())
+                .collect();
             return Err(Error::Checkpoint(format!(
-                "{} was made with other data or model settings ({}), this run has {}",
+                "{} was made with other {} (the run's fingerprint was {}, this one is {})",
                 dir.display(),
+                if differ.is_empty() {
+                    "settings".to_string()
+                } else {
+                    differ.join(" and ")
+                },
                 state.fingerprint,
                 self.fingerprint
             )));

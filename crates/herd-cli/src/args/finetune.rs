@@ -38,7 +38,8 @@ pub struct FinetuneArgs {
     /// LoRA alpha: updates are scaled by alpha / r. Default: 2 r.
     #[arg(long, value_name = "ALPHA")]
     pub lora_alpha: Option<f64>,
-    /// Dropout on LoRA inputs (not on fused experts, where PEFT allows none).
+    /// Dropout on LoRA inputs. Cannot be combined with --target-parameters or the router
+    /// (PEFT refuses to load such an adapter).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub lora_dropout: f64,
     /// Modules to adapt, PEFT's names, comma-separated: q_proj, k_proj, v_proj, o_proj,

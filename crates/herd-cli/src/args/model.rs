@@ -79,11 +79,19 @@ impl DTypeArg {
 }
 
 impl ModelArgs {
-    /// `--adapter NAME=DIR` entries (served by name); the rest are applied to the model.
+    /// `--adapter NAME=DIR` entries (served by name); the rest are applied to the model. A
+    /// value that is an existing path, or whose part before `=` holds a `/`, is a folder
+    /// (`runs/lr=3e-3`), not a name.
     pub fn named_adapters(&self) -> Vec<(String, PathBuf)> {
+        self.adapter.iter().filter_map(|a| named(a)).collect()
+    }
+
+    /// The `--adapter DIR` entries applied to the model itself.
+    pub fn unnamed_adapters(&self) -> Vec<PathBuf> {
         self.adapter
             .iter()
-            .filter_map(|a| a.split_once('=').map(|(n, d)| (n.to_string(), PathBuf::from(d))))
+            .filter(|a| named(a).is_none())
+            .map(PathBuf::from)
             .collect()
     }
 
@@ -147,8 +155,8 @@ impl ModelArgs {
                     bar.set_position(done as u64);
                 })?;
             bar.finish_and_clear();
-            for dir in self.adapter.iter().filter(|a| !a.contains('=')) {
-                Self::apply_adapter(&mut model, std::path::Path::new(dir))?;
+            for dir in self.unnamed_adapters() {
+                Self::apply_adapter(&mut model, &dir)?;
             }
             model.set_check_finite(self.check_finite);
             model.set_kv_dtype(self.kv_dtype.map(KvDTypeArg::dtype));
@@ -156,4 +164,13 @@ impl ModelArgs {
         };
         load().with_context(|| format!("loading {}", self.model.display()))
     }
+}
+
+/// `NAME=DIR` → (NAME, DIR), unless the value is a folder's path.
+fn named(value: &str) -> Option<(String, PathBuf)> {
+    if std::path::Path::new(value).exists() {
+        return None;
+    }
+    let (name, dir) = value.split_once('=')?;
+    (!name.is_empty() && !name.contains('/')).then(|| (name.to_string(), PathBuf::from(dir)))
 }

@@ -71,7 +71,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
     };
     train_config.validate()?;
     let summary = format!(
-        "{} examples ({} validation) → {} sequences of ≤ {} tokens, {} tokens, {} trained; {} cut to length; {} steps of {} sequences",
+        "{} examples ({} validation) → {} sequences of ≤ {} tokens, {} tokens, {} trained; {} cut to length, {} dropped (no trained token within --max-len); {} steps of {} sequences",
         dataset.train_samples.len() + dataset.validation_samples.len(),
         dataset.validation_samples.len(),
         n_train,
@@ -79,6 +79,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         dataset.train.n_tokens(),
         dataset.train.n_trained(),
         dataset.truncated(),
+        dataset.train.dropped + dataset.validation.dropped,
         total_steps,
         per_step
     );
@@ -105,7 +106,25 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         dtype: args.dtype.dtype(),
         dequantize: false,
     };
+    let n_layers = config.layers.len();
+    if let Some(r) = args.layer_lr.iter().find(|r| r.first >= n_layers) {
+        bail!(
+            "--layer-lr {}-…: the model has layers 0 to {}",
+            r.first,
+            n_layers.saturating_sub(1)
+        );
+    }
     let model = TrainModel::from_source(&source, config, &options)?;
+    if mode == Mode::Full {
+        // The weights are written in the base's layout at every save: check now, not after
+        // the run, that they can be.
+        let params: Vec<(String, Vec<usize>)> = model
+            .params()
+            .iter()
+            .map(|p| (p.name.clone(), p.var.dims().to_vec()))
+            .collect();
+        herd_train::export::check_replacements(&args.model, &params)?;
+    }
     eprintln!(
         "{} · {} trainable values in {} tensors",
         describe_mode(&mode),
@@ -114,12 +133,29 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
     );
     if let Some(dir) = &args.init_adapter {
         let adapter = Adapter::load(dir)?;
+        if let Mode::Lora(run) = &mode {
+            let theirs = &adapter.settings;
+            if (theirs.rank, theirs.use_rslora) != (run.rank, run.use_rslora)
+                || theirs.scaling() != run.scaling()
+            {
+                bail!(
+                    "--init-adapter {}: made with r={} alpha={} rslora={}, this run has r={} alpha={} rslora={} (give the same --lora-rank, --lora-alpha and --use-rslora)",
+                    dir.display(),
+                    theirs.rank,
+                    theirs.alpha,
+                    theirs.use_rslora,
+                    run.rank,
+                    run.alpha,
+                    run.use_rslora
+                );
+            }
+        }
         let values: HashMap<_, _> = adapter.tensors.into_iter().collect();
         model
             .set_params(&values)
             .with_context(|| format!("--init-adapter {}", dir.display()))?;
     }
-    let fingerprint = fingerprint(&args, &dataset, &mode);
+    let fingerprint = fingerprint(&args, &dataset, &mode, model.config());
     let mut trainer = Trainer::new(
         &model,
         train_config,
@@ -229,10 +265,15 @@ fn describe_mode(mode: &Mode) -> String {
     }
 }
 
-/// A fresh run refuses an --out that already holds one (resuming writes into it).
+/// --out must be (or become) a folder, and a fresh run refuses one that already holds a run
+/// (resuming writes into it).
 fn check_out_dir(args: &FinetuneArgs) -> Result<()> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("--out {} exists and is not a folder", args.out.display());
+    }
     if args.resume.is_some() {
-        return Ok(());
+        return std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()));
     }
     if let Ok(mut entries) = std::fs::read_dir(&args.out) {
         if entries.next().is_some() {
@@ -243,31 +284,67 @@ fn check_out_dir(args: &FinetuneArgs) -> Result<()> {
             );
         }
     }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     Ok(())
 }
 
-/// What must not change between a run and its resumption: the data as token ids and the
-/// model-side settings (the training settings are compared field by field).
-fn fingerprint(args: &FinetuneArgs, dataset: &Dataset, mode: &Mode) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for seq in dataset
-        .train
-        .sequences
-        .iter()
-        .chain(&dataset.validation.sequences)
-    {
-        seq.ids.iter().for_each(|id| eat(&id.to_le_bytes()));
-        seq.trained.iter().for_each(|&t| eat(&[u8::from(t)]));
-        seq.segments.iter().for_each(|s| eat(&s.len().to_le_bytes()));
+/// What must not change between a run and its resumption, part by part (a resume names the
+/// part that differs; the training settings are compared field by field): the data as token
+/// ids, the base model (its resolved config and the sizes of its weight files: another file of
+/// the same shapes and sizes is not told apart), and the model-side settings.
+fn fingerprint(
+    args: &FinetuneArgs,
+    dataset: &Dataset,
+    mode: &Mode,
+    config: &herd_model::ModelConfig,
+) -> String {
+    fn hash(feed: impl FnOnce(&mut dyn FnMut(&[u8]))) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        feed(&mut |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        });
+        format!("{h:016x}")
     }
-    eat(format!("{mode:?}|{:?}|{:?}", args.quant, args.dtype.dtype()).as_bytes());
-    format!("{h:016x}")
+    let data = hash(|eat| {
+        for seq in dataset
+            .train
+            .sequences
+            .iter()
+            .chain(&dataset.validation.sequences)
+        {
+            seq.ids.iter().for_each(|id| eat(&id.to_le_bytes()));
+            seq.trained.iter().for_each(|&t| eat(&[u8::from(t)]));
+            seq.segments.iter().for_each(|s| eat(&s.len().to_le_bytes()));
+        }
+    });
+    let model = hash(|eat| {
+        eat(format!("{config:?}").as_bytes());
+        let files: Vec<std::path::PathBuf> = if args.model.is_dir() {
+            std::fs::read_dir(&args.model)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        } else {
+            vec![args.model.clone()]
+        };
+        let mut sizes: Vec<(String, u64)> = files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors" || e == "gguf"))
+            .map(|p| {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            })
+            .collect();
+        sizes.sort();
+        eat(format!("{sizes:?}").as_bytes());
+    });
+    let settings = hash(|eat| eat(format!("{mode:?}|{:?}|{:?}", args.quant, args.dtype.dtype()).as_bytes()));
+    format!("data={data};model={model};settings={settings}")
 }
 
 fn progress_bar(total: u64, at: u64, quiet: bool) -> Option<indicatif::ProgressBar> {
@@ -295,7 +372,7 @@ fn save(args: &FinetuneArgs, trainer: &Trainer<'_>, model: &TrainModel, dir: &Pa
     match &trainer_mode(model, args)? {
         Mode::Lora(settings) => {
             let base = args.model.to_string_lossy().into_owned();
-            Adapter::save(dir, settings, Some(&base), &tensors)?;
+            Adapter::save(dir, settings, Some(&base), model.module_prefix(), &tensors)?;
         }
         Mode::Full => herd_train::export::write_checkpoint(&args.model, dir, &tensors)?,
     }

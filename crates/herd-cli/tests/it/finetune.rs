@@ -533,3 +533,118 @@ fn serve_picks_a_named_adapter_per_request() {
         "named adapters are served",
     );
 }
+
+/// A multimodal checkpoint's text layers are `language_model.model.layers.*` in PEFT; the
+/// config names them by a regex so PEFT leaves the vision tower's `q_proj`s alone.
+#[test]
+fn an_adapter_for_a_multimodal_checkpoint_names_its_text_layers_as_peft_does() {
+    let out = temp("ft-mm");
+    let o = out.to_string_lossy().into_owned();
+    let data = fixture_path("lora-tiny")
+        .join("train.jsonl")
+        .to_string_lossy()
+        .into_owned();
+    #[rustfmt::skip]
+    ok(&[
+        "finetune", "--model", &fixture("vision-chat-tiny"), "--data", &data, "--out", &o,
+        "--max-len", "64", "--steps", "2", "--lora-rank", "4", "--quiet",
+    ]);
+    let tensors = load(&out.join("adapter_model.safetensors"));
+    assert!(!tensors.is_empty());
+    for k in tensors.keys() {
+        assert!(
+            k.starts_with("base_model.model.language_model.model.layers."),
+            "{k}"
+        );
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    let regex = config["target_modules"].as_str().unwrap();
+    assert!(regex.starts_with("language_model\\.model\\.layers\\."), "{regex}");
+    assert!(regex.contains("q_proj"), "{regex}");
+    // herd reads it back and applies it to the text layers.
+    ok(&[
+        "logits",
+        "--model",
+        &fixture("vision-chat-tiny"),
+        "--tokens",
+        "1,2,3",
+        "--adapter",
+        &o,
+        "--out",
+        &temp("ft-mm.st").to_string_lossy(),
+    ]);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn finetune_checks_its_settings_before_training() {
+    let o = temp("ft-checks");
+    let os = o.to_string_lossy().into_owned();
+    // --out is a file.
+    std::fs::write(&o, "x").unwrap();
+    fails(&train_args(&os, &["--steps", "1"]), "is not a folder");
+    std::fs::remove_file(&o).unwrap();
+    // Numbers out of range.
+    fails(&train_args(&os, &["--steps", "1", "--adam-eps", "0"]), "epsilon");
+    fails(
+        &train_args(&os, &["--steps", "1", "--layer-lr", "9=0.5"]),
+        "the model has layers 0 to 3",
+    );
+    // A full fine-tune of a GGUF base cannot be written back: refused before any step.
+    let gguf = fixture_path("gguf-tiny")
+        .join("model-q8_0.gguf")
+        .to_string_lossy()
+        .into_owned();
+    let data = fixture_path("lora-tiny")
+        .join("train.jsonl")
+        .to_string_lossy()
+        .into_owned();
+    fails(
+        &[
+            "finetune", "--model", &gguf, "--data", &data, "--out", &os, "--full", "--steps", "1",
+        ],
+        "not a checkpoint folder",
+    );
+    assert!(!o.join("loss.csv").exists(), "no step ran");
+    // An adapter made with other settings is not a starting point.
+    let herd_adapter = fixture_path("lora-tiny")
+        .join("herd-adapter")
+        .to_string_lossy()
+        .into_owned();
+    let _ = std::fs::remove_dir_all(&o);
+    fails(
+        &train_args(
+            &os,
+            &[
+                "--steps",
+                "1",
+                "--lora-rank",
+                "4",
+                "--init-adapter",
+                &herd_adapter,
+            ],
+        ),
+        "alpha=8",
+    );
+    // A folder whose name holds `=` is a folder, not NAME=DIR.
+    let odd = temp("lr=3e-3");
+    std::fs::create_dir_all(&odd).unwrap();
+    let odd_s = odd.to_string_lossy().into_owned();
+    fails(
+        &[
+            "logits",
+            "--model",
+            &fixture("lora-tiny"),
+            "--tokens",
+            "1,2",
+            "--out",
+            &os,
+            "--adapter",
+            &odd_s,
+        ],
+        "adapter_config.json",
+    );
+    let _ = std::fs::remove_dir_all(&odd);
+    let _ = std::fs::remove_dir_all(&o);
+}

@@ -77,6 +77,11 @@ impl Linear {
                 self.dims()?
             )));
         }
+        let device = match &self {
+            Linear::Dense(w) => w.device().clone(),
+            _ => Device::Cpu,
+        };
+        let update = update.to_device(&device)?;
         Ok(Linear::Adapted(Arc::new((self, update))))
     }
 

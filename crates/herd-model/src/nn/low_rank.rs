@@ -31,6 +31,15 @@ impl LowRank {
         })
     }
 
+    /// The same update on `device` (where its base weight lives).
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        Ok(LowRank {
+            a: self.a.to_device(device)?,
+            b: self.b.to_device(device)?,
+            scaling: self.scaling,
+        })
+    }
+
     /// (out, in)
     pub fn dims(&self) -> Result<(usize, usize)> {
         Ok((self.b.dims2()?.0, self.a.dims2()?.1))

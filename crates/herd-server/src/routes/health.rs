@@ -1,4 +1,5 @@
-//! `GET /health`: 200 while the engine thread runs, 503 once it has stopped.
+//! `GET /health`: 200 while the engine threads run (the model's and each served adapter's),
+//! 503 once one has stopped.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use serde_json::{json, Value};
 use crate::state::AppState;
 
 pub async fn handle(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    if !state.engine.is_alive() {
+    if !state.engine.is_alive() || state.adapters.iter().any(|(_, e)| !e.is_alive()) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "engine stopped"})),

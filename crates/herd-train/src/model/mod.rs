@@ -299,12 +299,12 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok((lse - picked)?.sum_all()?)
 }
 
-/// transformers' module path of the text layers for a checkpoint's key prefix.
+/// transformers' module path of the text layers for a checkpoint's key prefix: `model.` in
+/// Llama4ForCausalLM, `language_model.model.` in Llama4ForConditionalGeneration (PEFT 0.21 on
+/// transformers 5.24 names them so: tools/reference/make_lora_tiny.py's multimodal probe).
 fn module_prefix(checkpoint_prefix: &str) -> String {
     match checkpoint_prefix {
-        // Llama4ForConditionalGeneration: the checkpoint's `language_model.model.` is the
-        // module `model.language_model.` in transformers 5.
-        p if p.starts_with("language_model.") => "model.language_model.".into(),
+        p if p.starts_with("language_model.") => "language_model.model.".into(),
         _ => "model.".into(),
     }
 }

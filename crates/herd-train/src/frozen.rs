@@ -65,7 +65,7 @@ impl CustomOp1 for FrozenLinear {
             // kernels round activations (to bf16 or 8-bit blocks), fine for decoding but noise
             // in a gradient; a training step has many rows, so dequantizing once per product
             // costs 1/rows of the product itself.
-            _ => x.matmul(&self.weight_f32()?.t()?)?,
+            _ => self.linear.forward_slow(&x).map_err(candle_core::Error::wrap)?,
         };
         let shape = y.shape().clone();
         let values = y.flatten_all()?.to_vec1::<f32>()?;
@@ -85,16 +85,5 @@ impl CustomOp1 for FrozenLinear {
             .backward(&grad_res.to_dtype(DType::F32)?.contiguous()?)
             .map_err(candle_core::Error::wrap)?;
         Ok(Some(grad.to_dtype(arg.dtype())?))
-    }
-}
-
-impl FrozenLinear {
-    fn weight_f32(&self) -> candle_core::Result<Tensor> {
-        match &*self.linear {
-            Linear::Dense(w) if w.dtype() == DType::F32 => Ok(w.clone()),
-            other => other
-                .weight_f32(&candle_core::Device::Cpu)
-                .map_err(candle_core::Error::wrap),
-        }
     }
 }

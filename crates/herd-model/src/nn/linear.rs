@@ -186,17 +186,7 @@ fn half_product<W: HalfElement + candle_core::WithDType>(x: &Tensor, w: &Tensor)
     let (n, k) = w.dims2()?;
     let (lead, x32) = flat_f32(x, k)?;
     let t = x32.len() / k;
-    let w = w.contiguous()?;
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::Kernel("half-precision product on a non-CPU weight".into()));
-    };
-    let all = cpu.as_slice::<W>()?;
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| Error::Kernel("weight is not contiguous".into()))?;
-    let y = half_matmul::matmul_t(&x32, t, &all[start..end], n, k);
-    drop(storage);
+    let y = with_cpu_values(w, |values: &[W]| half_matmul::matmul_t(&x32, t, values, n, k))?;
     output(y, lead, n, x.device(), x.dtype())
 }
 
@@ -208,18 +198,29 @@ fn transposed_product<W: HalfElement + candle_core::WithDType>(
     let (n, k) = w.dims2()?;
     let (lead, g32) = flat_f32(grad_y, n)?;
     let t = g32.len() / n.max(1);
+    let y = with_cpu_values(w, |values: &[W]| {
+        transposed_matmul::matmul_n(&g32, t, values, n, k)
+    })?;
+    output(y, lead, k, grad_y.device(), grad_y.dtype())
+}
+
+/// `f` over a CPU weight's values where they lie (row-major; made contiguous first if needed).
+fn with_cpu_values<W: candle_core::WithDType, R>(w: &Tensor, f: impl FnOnce(&[W]) -> R) -> Result<R> {
     let w = w.contiguous()?;
     let (storage, layout) = w.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::Kernel("transposed product on a non-CPU weight".into()));
+        return Err(Error::Kernel(
+            "herd's CPU kernels got a weight on another device".into(),
+        ));
     };
     let all = cpu.as_slice::<W>()?;
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| Error::Kernel("weight is not contiguous".into()))?;
-    let y = transposed_matmul::matmul_n(&g32, t, &all[start..end], n, k);
-    drop(storage);
-    output(y, lead, k, grad_y.device(), grad_y.dtype())
+    let values = all
+        .get(start..end)
+        .ok_or_else(|| Error::Kernel("weight layout outside its storage".into()))?;
+    Ok(f(values))
 }
 
 /// x [..., k] as one flat f32 vector, and its leading dims.

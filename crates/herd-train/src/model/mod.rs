@@ -329,6 +329,30 @@ impl Builder<'_> {
         Ok(var)
     }
 
+    /// A fresh pair of LoRA factors (A [rows_a, in] by PEFT's initialisation, B [out, rows_a]
+    /// zeros), registered as `{key}.lora_A.weight` / `{key}.lora_B.weight`; with the module's
+    /// id (its dropout masks' seed).
+    fn lora_factors(
+        &mut self,
+        key: &str,
+        rows_a: usize,
+        in_dim: usize,
+        out_dim: usize,
+        layer: usize,
+    ) -> Result<(Var, Var, u64)> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (a, b) = init_pair(rows_a, in_dim, out_dim, mix(&[self.options.seed, id]))?;
+        for (factor, var) in [("lora_A", &a), ("lora_B", &b)] {
+            self.params.push(Param {
+                name: format!("{key}.{factor}.weight"),
+                var: var.clone(),
+                layer: Some(layer),
+            });
+        }
+        Ok((a, b, id))
+    }
+
     fn lora(&self) -> Option<&LoraSettings> {
         match &self.options.mode {
             Mode::Lora(l) => Some(l),
@@ -362,20 +386,8 @@ impl Builder<'_> {
             });
         };
         let pair = if lora.targets_module(&module) {
-            let id = self.next_id;
-            self.next_id += 1;
-            let (a, b) = init_pair(lora.rank, in_dim, out_dim, mix(&[self.options.seed, id]))?;
             let key = format!("base_model.model.{module}");
-            self.params.push(Param {
-                name: format!("{key}.lora_A.weight"),
-                var: a.clone(),
-                layer: Some(layer),
-            });
-            self.params.push(Param {
-                name: format!("{key}.lora_B.weight"),
-                var: b.clone(),
-                layer: Some(layer),
-            });
+            let (a, b, id) = self.lora_factors(&key, lora.rank, in_dim, out_dim, layer)?;
             Some(LoraPair {
                 a,
                 b,
@@ -467,24 +479,12 @@ impl Builder<'_> {
                 if !lora.targets_parameter(&path) {
                     return Ok(None);
                 }
-                let id = this.next_id;
-                this.next_id += 1;
-                // A [r·E, d2] (PEFT: nn.Linear(d2, r·E), kaiming over d2), B [d1, r·E] zeros.
-                let (a, b) = init_pair(lora.rank * n, out_dim, in_dim, mix(&[this.options.seed, id]))?;
                 let both = ["gate_up_proj", "down_proj"]
                     .iter()
                     .all(|p| lora.targets_parameter(&format!("{}{stem}.{p}", this.module_prefix)));
                 let key = expert_adapter_key(&this.module_prefix, layer, param, both);
-                this.params.push(Param {
-                    name: format!("{key}.lora_A.weight"),
-                    var: a.clone(),
-                    layer: Some(layer),
-                });
-                this.params.push(Param {
-                    name: format!("{key}.lora_B.weight"),
-                    var: b.clone(),
-                    layer: Some(layer),
-                });
+                // A [r·E, d2] (PEFT: nn.Linear(d2, r·E), kaiming over d2), B [d1, r·E] zeros.
+                let (a, b, _) = this.lora_factors(&key, lora.rank * n, out_dim, in_dim, layer)?;
                 Ok(Some(ExpertLora {
                     a,
                     b,

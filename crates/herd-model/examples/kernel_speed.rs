@@ -1,6 +1,8 @@
 //! Weight-streaming speed of each matrix–vector kernel (herd's and candle's) on one matrix of
 //! `ROWS` (default 65536) × 2048: `cargo run --release -p herd-model --example kernel_speed [ISA]`,
-//! `FORMAT=Q4_K` for one format.
+//! `FORMAT=Q4_K` for one format. `TOKENS=512` times the prefill products instead (GFLOP/s for
+//! that many activation rows; ROWS defaults to 4096 there): bf16 weights against f32 and
+//! bf16-valued activations, and each quantized format through its panels.
 #![allow(clippy::unwrap_used)]
 use std::time::Instant;
 
@@ -13,10 +15,11 @@ fn main() {
         .nth(1)
         .and_then(|a| Isa::parse(&a))
         .unwrap_or(Isa::current());
+    let tokens: Option<usize> = std::env::var("TOKENS").ok().and_then(|v| v.parse().ok());
     let n: usize = std::env::var("ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(65536);
+        .unwrap_or(if tokens.is_some() { 4096 } else { 65536 });
     let k = 2048;
     let x: Vec<f32> = (0..k)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
@@ -44,6 +47,10 @@ fn main() {
             s * 1e3
         );
     };
+    if let Some(t) = tokens {
+        prefill(isa, t, n, k, &w, &wb, only.as_deref());
+        return;
+    }
     time("bf16", n * k * 2, &|| {
         half_matmul::matmul_t_on(isa, &x, 1, &wb, n, k)
     });
@@ -55,5 +62,38 @@ fn main() {
         time(&format!("{}/cndl", ty.name()), q.stored_bytes(), &|| {
             q.matmul_t_candle(&x, 1).unwrap()
         });
+    }
+}
+
+/// GFLOP/s of the prefill products: t activation rows against the n × k matrix.
+fn prefill(isa: Isa, t: usize, n: usize, k: usize, w: &[f32], wb: &[bf16], only: Option<&str>) {
+    let x: Vec<f32> = (0..t * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5 + 1e-4)
+        .collect();
+    let xb: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    let flops = 2.0 * (t * n * k) as f64;
+    let time = |name: &str, f: &dyn Fn() -> Vec<f32>| {
+        if only.is_some_and(|o| o != name) {
+            return;
+        }
+        f();
+        let t0 = Instant::now();
+        let mut reps = 0;
+        while reps < 3 || t0.elapsed().as_secs_f64() < 2.0 {
+            std::hint::black_box(f());
+            reps += 1;
+        }
+        let s = t0.elapsed().as_secs_f64() / f64::from(reps);
+        println!(
+            "{name:10} {isa:10} t={t} {:7.1} GFLOP/s  {:8.2} ms",
+            flops / s / 1e9,
+            s * 1e3
+        );
+    };
+    time("bf16", &|| half_matmul::matmul_t_on(isa, &x, t, wb, n, k));
+    time("bf16/bf16x", &|| half_matmul::matmul_t_on(isa, &xb, t, wb, n, k));
+    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        let q = QuantTensor::quantize(ty, n, k, w, "w").unwrap();
+        time(ty.name(), &|| quant_matmul::matmul_t_panels_on(isa, &q, &x, t));
     }
 }

@@ -20,9 +20,13 @@
 //!
 //! The operating system must grant a process the tile state (Linux `arch_prctl`), so
 //! [`usable`] asks once and the kernels run only where it said yes.
+//!
+//! The packing and the blocking here also drive the AVX-512 BF16 microkernels of
+//! [`super::dpbf16`] on CPUs without tiles ([`product_rows_on`] with [`Isa::Avx512Bf16`]).
 
 use half::bf16;
 
+use super::isa::Isa;
 use super::row_split::ColumnBlock;
 
 /// Multiply-adds along K per tile (32 bf16 = one 64-byte tile row).
@@ -180,7 +184,7 @@ fn next_plane(rest: &mut f32) -> bf16 {
 
 /// Planes of truncated bf16 that represent every value exactly: 1, 2 or 3 (24 significant bits,
 /// all an f32 has).
-fn planes_needed(x: &[f32]) -> usize {
+pub fn planes_needed(x: &[f32]) -> usize {
     let mut planes = 1;
     for &v in x {
         let mut rest = v;
@@ -212,14 +216,34 @@ pub fn split_exact(values: &[f32]) -> Vec<Vec<bf16>> {
 }
 
 /// The packed activations times Wᵀ, written into `out`'s columns (one per weight row): y [t,
-/// rows]. W is given as bf16 planes that sum to it (one plane for bf16 weights, read where they
-/// lie; see [`split_exact`]), each [rows, k] row-major.
+/// rows], on AMX tiles. W is given as bf16 planes that sum to it (one plane for bf16 weights,
+/// read where they lie; see [`split_exact`]), each [rows, k] row-major.
 ///
 /// # Panics
 /// If the shapes disagree, there is no plane, or [`usable`] is false.
 pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &mut ColumnBlock<'_>) {
+    product_rows_on(Isa::Amx, w, rows, acts, out)
+}
+
+/// [`product_rows`] on the tiles ([`Isa::Amx`]) or on AVX-512 BF16 dot products
+/// ([`Isa::Avx512Bf16`], [`super::dpbf16`]): the same operands, blocks and planes, so the same
+/// sums up to their order.
+///
+/// # Panics
+/// If the shapes disagree, there is no plane, or `isa` is neither of the two or not usable here.
+pub fn product_rows_on(
+    isa: Isa,
+    w: &[&[bf16]],
+    rows: usize,
+    acts: &PackedActivations,
+    out: &mut ColumnBlock<'_>,
+) {
     let (t, k) = (acts.t, acts.k);
-    assert!(usable());
+    match isa {
+        Isa::Amx => assert!(usable()),
+        Isa::Avx512Bf16 => assert!(super::dpbf16::usable()),
+        _ => panic!("no bf16 block products on {isa}"),
+    }
     assert!(!w.is_empty());
     for plane in w {
         assert_eq!(plane.len(), rows * k);
@@ -250,8 +274,8 @@ pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &
         .collect();
     let mut c = [0f32; ROWS * TOKENS];
     let plane_bytes = acts.plane_len() * 2;
-    // SAFETY: usable() is asserted above.
-    let _session = unsafe { TileSession::start() };
+    // SAFETY: usable() is asserted above for the tiles.
+    let _session = (isa == Isa::Amx).then(|| unsafe { TileSession::start() });
     // Token blocks outside, weight groups inside: the caller's run of rows stays in L2 while
     // each block of packed activations is streamed through once.
     for block in 0..t.div_ceil(TOKENS) {
@@ -269,16 +293,19 @@ pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &
                 let b_planes = acts.planes.min(3 - i.min(2));
                 let b = &acts.data[block * kblocks * 2 * TILE..];
                 assert!(b.len() >= (b_planes - 1) * acts.plane_len() + kblocks * 2 * TILE);
-                let kernel = match (b_planes, tokens <= TOKENS / 2) {
-                    (1, false) => tile_32x32_1,
-                    (2, false) => tile_32x32_2,
-                    (_, false) => tile_32x32_3,
-                    (1, true) => tile_32x16_1,
-                    (2, true) => tile_32x16_2,
-                    (_, true) => tile_32x16_3,
+                let half = tokens <= TOKENS / 2;
+                let kernel: super::dpbf16::Microkernel = match (isa, b_planes, half) {
+                    (Isa::Avx512Bf16, planes, half) => super::dpbf16::microkernel(planes, half),
+                    (_, 1, false) => tile_32x32_1,
+                    (_, 2, false) => tile_32x32_2,
+                    (_, _, false) => tile_32x32_3,
+                    (_, 1, true) => tile_32x16_1,
+                    (_, 2, true) => tile_32x16_2,
+                    (_, _, true) => tile_32x16_3,
                 };
-                // SAFETY: the session is live; a holds 32 rows of k = 32·kblocks bf16, each B
-                // plane kblocks pairs of tiles (asserted above), c is 32×32 f32, kblocks ≥ 1.
+                // SAFETY: the session is live on tiles (the CPU has AVX-512 BF16 otherwise,
+                // asserted above); a holds 32 rows of k = 32·kblocks bf16, each B plane
+                // kblocks pairs of tiles (asserted above), c is 32×32 f32, kblocks ≥ 1.
                 unsafe {
                     kernel(
                         a.as_ptr(),

@@ -69,7 +69,9 @@ pub fn decode_attention<E: HalfElement>(
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2 and FMA (part of this level).
-                    Isa::Avx512 | Isa::Amx => unsafe { x86::one_head_avx512(q_h, k, v, h, scale, &mut o) },
+                    Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
+                        x86::one_head_avx512(q_h, k, v, h, scale, &mut o)
+                    },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU has AVX2 and FMA (part of this level).
                     Isa::Avx2 => unsafe { x86::one_head_avx2(q_h, k, v, h, scale, &mut o) },

@@ -35,7 +35,7 @@ pub fn dequantize_rows_bf16_on(isa: Isa, ty: QuantType, w: &[u8], out: &mut [bf1
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F/BW/VL (asserted: part of this level).
-        Isa::Avx512 | Isa::Amx => unsafe { x86::avx512(ty, w, out) },
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { x86::avx512(ty, w, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2, FMA and F16C (asserted).
         Isa::Avx2 => unsafe { x86::avx2(ty, w, out) },

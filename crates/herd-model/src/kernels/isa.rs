@@ -1,5 +1,5 @@
 //! Which SIMD instruction set the CPU kernels run on. Detected once at first use; `HERD_ISA`
-//! (`portable`, `avx2`, `avx512`, `amx`) caps it, so a benchmark can compare paths and a machine with
+//! (`portable`, `avx2`, `avx512`, `avx512bf16`, `amx`) caps it, so a benchmark can compare paths and a machine with
 //! AVX-512 can still exercise every fallback. Kernels also take an explicit [`Isa`], which is how
 //! the twin tests force each path.
 
@@ -14,19 +14,24 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL with VNNI (`vpdpbusd`).
     Avx512,
-    /// AVX-512 plus AMX-BF16 tiles, granted by the OS: prefill products run on the tiles
+    /// AVX-512 plus BF16 dot products (`vdpbf16ps`): prefill products with bf16 weights, with
+    /// block-quantized ones, or under `--dtype bf16` run on [`super::dpbf16`]; everything else
+    /// as on [`Isa::Avx512`].
+    Avx512Bf16,
+    /// AVX-512 BF16 plus AMX-BF16 tiles, granted by the OS: prefill products run on the tiles
     /// ([`super::amx`]), everything else as on [`Isa::Avx512`].
     Amx,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
+    pub const ALL: [Isa; 5] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Amx];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
             Isa::Amx => "amx",
         }
     }
@@ -79,10 +84,13 @@ fn detect() -> Isa {
     // The AVX-512 kernels also use AVX2, FMA and F16C instructions (tails, scale conversion).
     let avx2 = has!("avx2") && has!("fma") && has!("f16c");
     if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
-        if super::amx::usable() {
+        // Every CPU with AMX tiles has AVX-512 BF16; one without it stays below both.
+        if !has!("avx512bf16") {
+            Isa::Avx512
+        } else if super::amx::usable() {
             Isa::Amx
         } else {
-            Isa::Avx512
+            Isa::Avx512Bf16
         }
     } else if avx2 {
         Isa::Avx2

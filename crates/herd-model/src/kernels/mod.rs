@@ -6,6 +6,7 @@
 pub mod amx;
 pub mod decode_attention;
 pub mod dequantize;
+pub mod dpbf16;
 pub mod half_matmul;
 pub mod isa;
 pub mod q8_activations;

@@ -63,7 +63,7 @@ pub fn dot_rows(isa: Isa, ty: QuantType, w: &[u8], acts: &Q8Activations, out: &m
         Isa::Avx2 => unsafe { avx2::dot_rows(ty, w, row_bytes, acts, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx512 | Isa::Amx => unsafe { avx512::dot_rows(ty, w, row_bytes, acts, out) },
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { avx512::dot_rows(ty, w, row_bytes, acts, out) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => portable::dot_rows(ty, w, row_bytes, acts, out),
     }

@@ -66,14 +66,15 @@ pub fn matmul_t_panels(w: &crate::weights::QuantTensor, x: &[f32], t: usize) -> 
 
 /// [`matmul_t_panels`] on a chosen [`Isa`]: on [`Isa::Amx`] the panels are rounded to bf16 and
 /// multiplied on tiles with the activations rounded to bf16 too (see [`super::amx`] for what
-/// that costs in precision); elsewhere f32 panels go to the gemm kernel.
+/// that costs in precision), and on [`Isa::Avx512Bf16`] the same operands go to `vdpbf16ps`
+/// ([`super::dpbf16`]); elsewhere f32 panels go to the gemm kernel.
 ///
 /// # Panics
 /// If x is not t rows of the matrix's columns, or the CPU lacks `isa`.
 pub fn matmul_t_panels_on(isa: Isa, w: &crate::weights::QuantTensor, x: &[f32], t: usize) -> Vec<f32> {
     let (n, k) = (w.rows(), w.cols());
     assert!(isa.is_supported());
-    if isa == Isa::Amx && k.is_multiple_of(amx::K_BLOCK) {
+    if isa >= Isa::Avx512Bf16 && k.is_multiple_of(amx::K_BLOCK) {
         let row_bytes = w.bytes().len() / n.max(1);
         return amx::PackedActivations::with_packed(x, t, k, amx::Split::Rounded, |acts| {
             super::row_split::split_columns_by(n, t, amx::rows_per_task(n, k), |rows, out| {
@@ -89,7 +90,7 @@ pub fn matmul_t_panels_on(isa: Isa, w: &crate::weights::QuantTensor, x: &[f32], 
                             .zip(&wide)
                             .for_each(|(p, &v)| *p = bf16::from_f32(v));
                     }
-                    amx::product_rows(&[panel], rows.len(), acts, out)
+                    amx::product_rows_on(isa, &[panel], rows.len(), acts, out)
                 })
             })
         });

@@ -1,5 +1,6 @@
-//! The AMX tile products against their slow twins. On a CPU without AMX (or where the OS does
-//! not grant the tile state) there is nothing to run, and each test says so on stderr.
+//! The bf16 block products — AMX tiles and AVX-512 BF16 dot products, which share the packing
+//! and blocking — against their slow twins. On a CPU with neither (or where the OS does not
+//! grant the tile state) there is nothing to run, and each test says so on stderr.
 
 use half::bf16;
 use herd_model::kernels::amx::{self, PackedActivations, Split};
@@ -12,19 +13,35 @@ use herd_model::weights::QuantType;
 
 use super::weights::{max_abs, max_diff, random_blocks, values};
 
-fn amx_here() -> bool {
-    let here = amx::usable() && Isa::Amx.is_supported();
-    if !here {
-        eprintln!("no AMX on this machine: tile paths not exercised");
+/// The levels with bf16 block products this CPU has (AVX-512 BF16, AMX).
+fn block_isas() -> Vec<Isa> {
+    let isas: Vec<Isa> = [Isa::Avx512Bf16, Isa::Amx]
+        .into_iter()
+        .filter(|i| i.is_supported())
+        .collect();
+    if isas.is_empty() {
+        eprintln!("neither AVX-512 BF16 nor AMX on this machine: bf16 block products not exercised");
     }
-    here
+    isas
+}
+
+/// Activations as f32 (three planes) and rounded to bf16 (one plane, as under `--dtype bf16`):
+/// both reach the bf16 blocks against bf16 weights.
+fn both_activations(x: &[f32]) -> [Vec<f32>; 2] {
+    [
+        x.to_vec(),
+        x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+    ]
 }
 
 #[test]
 fn tile_product_agrees_with_its_slow_twin() {
-    if !amx_here() {
-        return;
+    for isa in block_isas() {
+        block_product_agrees_with_its_slow_twin(isa);
     }
+}
+
+fn block_product_agrees_with_its_slow_twin(isa: Isa) {
     // Token counts around the 32-token block and its 16-token halves, row counts around the
     // 32-row group (the short last group is read from a padded copy), one and many K blocks.
     for &(t, rows, k) in &[
@@ -45,11 +62,39 @@ fn tile_product_agrees_with_its_slow_twin() {
             let acts = PackedActivations::pack(&x, t, k, split);
             let mut fast = vec![f32::NAN; rows * t];
             let mut slow = vec![f32::NAN; rows * t];
-            amx::product_rows(&[&w], rows, &acts, &mut ColumnBlock::whole(&mut fast, t, rows));
+            amx::product_rows_on(
+                isa,
+                &[&w],
+                rows,
+                &acts,
+                &mut ColumnBlock::whole(&mut fast, t, rows),
+            );
             amx::product_rows_slow(&[&w], rows, &acts, &mut slow);
             let tol = 2e-6 * (k as f32).sqrt() * max_abs(&slow).max(1.0);
             let d = max_diff(&fast, &slow);
-            assert!(d <= tol, "{split:?} {t}x{rows}x{k}: {d}");
+            assert!(d <= tol, "{isa} {split:?} {t}x{rows}x{k}: {d}");
+            // Mutation twin: one weight of the last row changed moves that row's outputs only.
+            let mut bad = w.clone();
+            bad[(rows - 1) * k] = bf16::from_f32(w[(rows - 1) * k].to_f32() + 1.0);
+            let mut moved = vec![f32::NAN; rows * t];
+            amx::product_rows_on(
+                isa,
+                &[&bad],
+                rows,
+                &acts,
+                &mut ColumnBlock::whole(&mut moved, t, rows),
+            );
+            for ti in 0..t {
+                let row = ti * rows..(ti + 1) * rows;
+                assert_eq!(
+                    moved[row.start..row.end - 1],
+                    fast[row.start..row.end - 1],
+                    "{isa}"
+                );
+                if x[ti * k] != 0.0 {
+                    assert_ne!(moved[row.end - 1], fast[row.end - 1], "{isa} {t}x{rows}x{k}");
+                }
+            }
         }
     }
 }
@@ -82,16 +127,28 @@ fn exact_split_takes_the_planes_the_values_need() {
 
 #[test]
 fn bf16_weights_on_tiles_reproduce_the_f32_product() {
-    if !amx_here() {
-        return;
+    for isa in block_isas() {
+        bf16_weights_in_blocks_reproduce_the_f32_product(isa);
     }
-    // The exact split makes the tile path an f32 product (up to summation order): held to the
+}
+
+fn bf16_weights_in_blocks_reproduce_the_f32_product(isa: Isa) {
+    // The exact split makes the block path an f32 product (up to summation order): held to the
     // same tolerance as the f32 kernels, on prefill shapes that reach it.
-    for &(t, n, k) in &[(5, 70, 96), (40, 97, 512), (512, 64, 256)] {
-        let x = values(t * k, 11);
+    let shapes = [(5, 70, 96), (40, 97, 512), (512, 64, 256)];
+    for (t, n, k, x) in shapes
+        .into_iter()
+        .flat_map(|(t, n, k)| both_activations(&values(t * k, 11)).map(|x| (t, n, k, x)))
+    {
         let w: Vec<bf16> = values(n * k, 12).iter().map(|&v| bf16::from_f32(v)).collect();
         let slow = half_matmul::matmul_t_slow(&x, t, &w, n, k);
-        let fast = half_matmul::matmul_t_on(Isa::Amx, &x, t, &w, n, k);
+        let fast = half_matmul::matmul_t_on(isa, &x, t, &w, n, k);
+        // The blocks, not the f32 panels: their summation order differs.
+        assert_ne!(
+            fast,
+            half_matmul::matmul_t_on(Isa::Avx512, &x, t, &w, n, k),
+            "{isa} {t}x{n}x{k}"
+        );
         let tol = 2e-6 * (k as f32).sqrt() * 4.0;
         assert!(
             max_diff(&fast, &slow) <= tol,
@@ -101,7 +158,7 @@ fn bf16_weights_on_tiles_reproduce_the_f32_product() {
         // Mutation twin: one weight changed moves exactly its row's outputs.
         let mut bad = w.clone();
         bad[(n - 1) * k + 3] = bf16::from_f32(w[(n - 1) * k + 3].to_f32() + 0.5);
-        let moved = half_matmul::matmul_t_on(Isa::Amx, &x, t, &bad, n, k);
+        let moved = half_matmul::matmul_t_on(isa, &x, t, &bad, n, k);
         for ti in 0..t {
             assert_eq!(moved[ti * n..ti * n + n - 1], fast[ti * n..ti * n + n - 1]);
             assert!((moved[ti * n + n - 1] - fast[ti * n + n - 1]).abs() > 1e-4 * x[ti * k + 3].abs());
@@ -140,12 +197,12 @@ fn quantized_panels_agree_with_the_dequantized_product_on_every_isa() {
         let scale = max_abs(&exact).max(1.0);
         for isa in Isa::supported() {
             let fast = quant_matmul::matmul_t_panels_on(isa, &q, &x, t);
-            if isa == Isa::Amx {
+            if isa >= Isa::Avx512Bf16 {
                 let emulated = dequantized_product(&q, &x, t, true);
                 let d = max_diff(&fast, &emulated);
-                assert!(d <= 1e-5 * scale, "{ty} amx vs bf16-rounded operands: {d}");
+                assert!(d <= 1e-5 * scale, "{ty} {isa} vs bf16-rounded operands: {d}");
                 let rel = max_diff(&fast, &exact) / scale;
-                assert!(rel < 1e-2, "{ty} amx vs f32: relative {rel}");
+                assert!(rel < 1e-2, "{ty} {isa} vs f32: relative {rel}");
             } else {
                 let d = max_diff(&fast, &exact);
                 assert!(d <= 1e-5 * scale, "{ty} {isa}: {d}");
@@ -200,27 +257,72 @@ fn split_exact_sums_back_to_every_value() {
 
 #[test]
 fn a_matrix_computes_the_same_whatever_dtype_holds_its_values() {
-    if !amx_here() {
-        return;
+    for isa in block_isas() {
+        same_whatever_dtype_holds_the_values(isa);
     }
+}
+
+fn same_whatever_dtype_holds_the_values(isa: Isa) {
     // bf16 values stored as bf16, f16 or f32 (and f16 values as f16 or f32) take the same
-    // passes on tiles, in the same order: bit-identical products. A checkpoint converted
+    // passes in blocks, in the same order: bit-identical products. A checkpoint converted
     // between dtypes (a GGUF keeps the router in F32) must not move a routing decision.
     let (t, n, k) = (33, 40, 128);
-    let x = values(t * k, 93);
+    for x in both_activations(&values(t * k, 93)) {
+        same_for(isa, t, n, k, &x);
+    }
+}
+
+fn same_for(isa: Isa, t: usize, n: usize, k: usize, x: &[f32]) {
     let w = values(n * k, 94);
     let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
     let wb32: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
     let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
     let wh32: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
-    let from_bf16 = half_matmul::matmul_t_on(Isa::Amx, &x, t, &wb, n, k);
-    assert_eq!(from_bf16, half_matmul::matmul_t_on(Isa::Amx, &x, t, &wb32, n, k));
-    let from_f16 = half_matmul::matmul_t_on(Isa::Amx, &x, t, &wh, n, k);
-    assert_eq!(from_f16, half_matmul::matmul_t_on(Isa::Amx, &x, t, &wh32, n, k));
+    let from_bf16 = half_matmul::matmul_t_on(isa, &x, t, &wb, n, k);
+    assert_eq!(
+        from_bf16,
+        half_matmul::matmul_t_on(isa, &x, t, &wb32, n, k),
+        "{isa}"
+    );
+    let from_f16 = half_matmul::matmul_t_on(isa, &x, t, &wh, n, k);
+    assert_eq!(
+        from_f16,
+        half_matmul::matmul_t_on(isa, &x, t, &wh32, n, k),
+        "{isa}"
+    );
     // And f32 weights with all their bits are still the f32 product.
     let slow = half_matmul::matmul_t_slow(&x, t, &w, n, k);
-    let fast = half_matmul::matmul_t_on(Isa::Amx, &x, t, &w, n, k);
-    assert!(max_diff(&fast, &slow) <= 2e-6 * (k as f32).sqrt() * 4.0);
+    let fast = half_matmul::matmul_t_on(isa, &x, t, &w, n, k);
+    assert!(max_diff(&fast, &slow) <= 2e-6 * (k as f32).sqrt() * 4.0, "{isa}");
+}
+
+#[test]
+fn products_stay_on_f32_panels_where_blocks_would_lose() {
+    if !Isa::Avx512Bf16.is_supported() {
+        eprintln!("no AVX-512 BF16 on this machine: nothing to route");
+        return;
+    }
+    // f32 weights against f32 activations would take six bf16 passes (f16 weights five),
+    // slower than the f32 kernel on a CPU without tiles: AVX-512 BF16 computes exactly what
+    // AVX-512 does, bit for bit.
+    let (t, n, k) = (40, 70, 256);
+    let x = values(t * k, 95);
+    let w = values(n * k, 96);
+    let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+    assert_eq!(
+        half_matmul::matmul_t_on(Isa::Avx512Bf16, &x, t, &w, n, k),
+        half_matmul::matmul_t_on(Isa::Avx512, &x, t, &w, n, k)
+    );
+    assert_eq!(
+        half_matmul::matmul_t_on(Isa::Avx512Bf16, &x, t, &wh, n, k),
+        half_matmul::matmul_t_on(Isa::Avx512, &x, t, &wh, n, k)
+    );
+    // One bf16 operand is enough for the blocks (a different summation order).
+    let xb: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    assert_ne!(
+        half_matmul::matmul_t_on(Isa::Avx512Bf16, &xb, t, &w, n, k),
+        half_matmul::matmul_t_on(Isa::Avx512, &xb, t, &w, n, k)
+    );
 }
 
 #[test]

@@ -278,21 +278,21 @@ fn same_for(isa: Isa, t: usize, n: usize, k: usize, x: &[f32]) {
     let wb32: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
     let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
     let wh32: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
-    let from_bf16 = half_matmul::matmul_t_on(isa, &x, t, &wb, n, k);
+    let from_bf16 = half_matmul::matmul_t_on(isa, x, t, &wb, n, k);
     assert_eq!(
         from_bf16,
-        half_matmul::matmul_t_on(isa, &x, t, &wb32, n, k),
+        half_matmul::matmul_t_on(isa, x, t, &wb32, n, k),
         "{isa}"
     );
-    let from_f16 = half_matmul::matmul_t_on(isa, &x, t, &wh, n, k);
+    let from_f16 = half_matmul::matmul_t_on(isa, x, t, &wh, n, k);
     assert_eq!(
         from_f16,
-        half_matmul::matmul_t_on(isa, &x, t, &wh32, n, k),
+        half_matmul::matmul_t_on(isa, x, t, &wh32, n, k),
         "{isa}"
     );
     // And f32 weights with all their bits are still the f32 product.
-    let slow = half_matmul::matmul_t_slow(&x, t, &w, n, k);
-    let fast = half_matmul::matmul_t_on(isa, &x, t, &w, n, k);
+    let slow = half_matmul::matmul_t_slow(x, t, &w, n, k);
+    let fast = half_matmul::matmul_t_on(isa, x, t, &w, n, k);
     assert!(max_diff(&fast, &slow) <= 2e-6 * (k as f32).sqrt() * 4.0, "{isa}");
 }
 

@@ -33,14 +33,7 @@ fn main() {
         if only.as_deref().is_some_and(|o| o != name) {
             return;
         }
-        f();
-        let t0 = Instant::now();
-        let mut reps = 0;
-        while reps < 20 || t0.elapsed().as_secs_f64() < 1.0 {
-            std::hint::black_box(f());
-            reps += 1;
-        }
-        let s = t0.elapsed().as_secs_f64() / f64::from(reps);
+        let s = seconds_per_call(20, 1.0, f);
         println!(
             "{name:8} {isa:9} {:7.2} GB/s  {:8.3} ms",
             bytes as f64 / s / 1e9,
@@ -76,14 +69,7 @@ fn prefill(isa: Isa, t: usize, n: usize, k: usize, w: &[f32], wb: &[bf16], only:
         if only.is_some_and(|o| o != name) {
             return;
         }
-        f();
-        let t0 = Instant::now();
-        let mut reps = 0;
-        while reps < 3 || t0.elapsed().as_secs_f64() < 2.0 {
-            std::hint::black_box(f());
-            reps += 1;
-        }
-        let s = t0.elapsed().as_secs_f64() / f64::from(reps);
+        let s = seconds_per_call(3, 2.0, f);
         println!(
             "{name:10} {isa:10} t={t} {:7.1} GFLOP/s  {:8.2} ms",
             flops / s / 1e9,
@@ -96,4 +82,17 @@ fn prefill(isa: Isa, t: usize, n: usize, k: usize, w: &[f32], wb: &[bf16], only:
         let q = QuantTensor::quantize(ty, n, k, w, "w").unwrap();
         time(ty.name(), &|| quant_matmul::matmul_t_panels_on(isa, &q, &x, t));
     }
+}
+
+/// Mean seconds a call of `f` takes after one warm-up call: at least `min_reps` calls and
+/// `min_secs` seconds.
+fn seconds_per_call(min_reps: u32, min_secs: f64, f: &dyn Fn() -> Vec<f32>) -> f64 {
+    f();
+    let t0 = Instant::now();
+    let mut reps = 0;
+    while reps < min_reps || t0.elapsed().as_secs_f64() < min_secs {
+        std::hint::black_box(f());
+        reps += 1;
+    }
+    t0.elapsed().as_secs_f64() / f64::from(reps)
 }

@@ -267,6 +267,41 @@ fn dense_dots_agree_across_instruction_sets() {
 }
 
 #[test]
+fn f16_widening_is_exact_on_every_instruction_set() {
+    // Every f16 bit pattern, in runs whose lengths leave every vector tail, against half's
+    // scalar conversion: bit for bit (NaNs stay NaNs; hardware may quiet a signalling one).
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    for isa in Isa::supported() {
+        for len in [1, 7, 8, 9, 15, 16, 17, 33] {
+            for run in all
+                .chunks(len)
+                .take(4096 / len + 1)
+                .chain(all.chunks(len).rev().take(2))
+            {
+                let mut wide = vec![0f32; run.len()];
+                half_matmul::widen_f16_on(isa, run, &mut wide);
+                for (h, w) in run.iter().zip(&wide) {
+                    let want = h.to_f32();
+                    assert!(
+                        want.to_bits() == w.to_bits() || (want.is_nan() && w.is_nan()),
+                        "{isa} len {len}: {h:?} widened to {w}, want {want}"
+                    );
+                }
+            }
+        }
+        let mut wide = vec![0f32; all.len()];
+        half_matmul::widen_f16_on(isa, &all, &mut wide);
+        for (h, w) in all.iter().zip(&wide) {
+            let want = h.to_f32();
+            assert!(
+                want.to_bits() == w.to_bits() || (want.is_nan() && w.is_nan()),
+                "{isa}: {h:?} widened to {w}, want {want}"
+            );
+        }
+    }
+}
+
+#[test]
 fn dense_matmul_agrees_with_slow_twin_on_every_isa() {
     // Decode (t ≤ 4, streamed rows) and prefill (t > 4, gemm panels) shapes, odd sizes.
     for &(t, n, k) in &[

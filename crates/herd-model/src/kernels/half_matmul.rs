@@ -130,8 +130,8 @@ mod f16_x86 {
             _mm512_storeu_ps(dp.add(i), _mm512_cvtph_ps(_mm256_loadu_si256(sp.add(i).cast())));
             i += 16;
         }
-        for j in i..n {
-            *dp.add(j) = src[j].to_f32();
+        for (d, s) in dst[i..n].iter_mut().zip(&src[i..n]) {
+            *d = s.to_f32();
         }
     }
 
@@ -144,8 +144,8 @@ mod f16_x86 {
             _mm256_storeu_ps(dp.add(i), _mm256_cvtph_ps(_mm_loadu_si128(sp.add(i).cast())));
             i += 8;
         }
-        for j in i..n {
-            *dp.add(j) = src[j].to_f32();
+        for (d, s) in dst[i..n].iter_mut().zip(&src[i..n]) {
+            *d = s.to_f32();
         }
     }
 }

@@ -84,7 +84,7 @@ fn prefill(isa: Isa, t: usize, n: usize, k: usize, w: &[f32], wb: &[bf16], only:
     time("bf16/bf16x", &|| half_matmul::matmul_t_on(isa, &xb, t, wb, n, k));
     for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
         // Quantizing a large matrix takes seconds: only the formats asked for.
-        if only.as_deref().is_some_and(|o| !o.starts_with(ty.name())) {
+        if only.is_some_and(|o| !o.starts_with(ty.name())) {
             continue;
         }
         let q = QuantTensor::quantize(ty, n, k, w, "w").unwrap();

@@ -374,3 +374,60 @@ fn packing_into_a_used_buffer_packs_what_a_fresh_one_does() {
         assert_eq!(reused, fresh, "{split:?}");
     }
 }
+
+#[test]
+fn rounded_packing_rounds_as_bf16_from_f32_does() {
+    // The packer's own rounding (integer operations that vectorise) must be half's, bit for
+    // bit: ties to even both ways, subnormals, the largest finite values (one rounds to
+    // infinity), infinities, and NaNs of either sign with payloads.
+    let bits: [u32; 32] = [
+        0x3F80_8000,
+        0x3F81_8000,
+        0x3F80_8001,
+        0x3F80_7FFF,
+        0x0000_0001,
+        0x0000_8000,
+        0x0001_8000,
+        0x807F_FFFF,
+        0x7F7F_FFFF,
+        0x7F7F_7FFF,
+        0xFF7F_8000,
+        0x7F80_0000,
+        0xFF80_0000,
+        0x7F80_0001,
+        0xFFC1_2345,
+        0x7FFF_FFFF,
+        0x0000_0000,
+        0x8000_0000,
+        0x4049_0FDB,
+        0xC049_0FDB,
+        0x3DCC_CCCD,
+        0x3380_0000,
+        0x4B80_0000,
+        0x7F00_8000,
+        0x0080_0000,
+        0x007F_FFFF,
+        0x3F7F_FFFF,
+        0xBF7F_8000,
+        0x3EAA_AAAB,
+        0x447A_0000,
+        0x7FC0_0000,
+        0xFFFF_0000,
+    ];
+    let x: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+    // Token 0 of a 32-wide K block: value 2r + i at r·32 + i.
+    let packed = PackedActivations::pack(&x, 1, 32, Split::Rounded).into_buffer();
+    for (v, &value) in x.iter().enumerate() {
+        let got = packed[(v / 2) * 32 + v % 2];
+        assert_eq!(
+            got.to_bits(),
+            bf16::from_f32(value).to_bits(),
+            "{:#010x}",
+            bits[v]
+        );
+    }
+    // Mutation twin: truncation instead of rounding differs on these values.
+    let truncated: Vec<u16> = bits.iter().map(|&b| (b >> 16) as u16).collect();
+    let rounded: Vec<u16> = x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+    assert_ne!(truncated, rounded);
+}

@@ -30,6 +30,11 @@ pub trait HalfElement: Copy + Send + Sync + 'static {
     fn widen(src: &[Self], dst: &mut [f32]);
     /// Widens one value (the slow twin's path).
     fn to_f32_scalar(self) -> f32;
+    /// The values themselves where they are f32 already, so a reader can skip widening them
+    /// into a copy; `None` for narrower formats.
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
     /// `Σ x[i]·w[i]` with w widened on the fly on `isa`; `buf` is scratch of w's length for
     /// formats that widen through a buffer.
     fn dot(isa: Isa, x: &[f32], w: &[Self], buf: &mut [f32]) -> f32 {
@@ -85,6 +90,9 @@ impl HalfElement for f16 {
 impl HalfElement for f32 {
     fn widen(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
     }
     fn to_f32_scalar(self) -> f32 {
         self

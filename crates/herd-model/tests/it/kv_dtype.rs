@@ -89,6 +89,8 @@ fn check<E: HalfElement>(narrow: fn(f32) -> E) {
 fn decode_kernel_agrees_with_its_slow_twin() {
     check::<bf16>(bf16::from_f32);
     check::<f16>(f16::from_f32);
+    // An f32 cache is read in place rather than through the widening buffer.
+    check::<f32>(|x| x);
 }
 
 #[test]

@@ -491,3 +491,23 @@ fn q8_activations_round_trip_within_half_a_step_of_their_scale() {
         }
     }
 }
+
+#[test]
+fn q8_k_levels_round_ties_to_even_as_ggml_does() {
+    // A block whose largest magnitude is −127 has inverse scale −127 / −127 = 1, so each level is
+    // its value rounded: ties go to the even neighbour (ggml's nearest_int), not away from zero.
+    let mut x = vec![0f32; 256];
+    let ties = [
+        0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 3.49, -3.51, 7.0, 0.0,
+    ];
+    x[..ties.len()].copy_from_slice(&ties);
+    x[255] = -127.0;
+    let mut a = Q8Activations::default();
+    quantize_q8_k(&x, 256, &mut a);
+    assert_eq!(a.scales, vec![1.0]);
+    let want: Vec<i8> = x.iter().map(|v| v.round_ties_even() as i8).collect();
+    assert_eq!(a.qs, want);
+    // Mutation twin: rounding half away from zero differs on every tie.
+    let away: Vec<i8> = x.iter().map(|v| v.round() as i8).collect();
+    assert_ne!(away, want);
+}

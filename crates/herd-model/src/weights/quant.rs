@@ -7,6 +7,7 @@
 //! type (Q8_0 / Q8_K), as llama.cpp does; [`QuantTensor::dequantize`] is the plain reference.
 
 use std::fmt;
+use std::sync::Mutex;
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QuantizedType};
@@ -360,7 +361,7 @@ fn quantize_blocks<T: GgmlType + 'static>(
     rows: usize,
     cols: usize,
     mut fill: impl FnMut(usize, &mut [f32]) -> Result<()>,
-    encode: impl Fn(&[f32], &mut [T]),
+    encode: impl Fn(&[f32], &mut [T]) + Sync,
 ) -> Result<Box<dyn QuantizedType>> {
     let mut blocks: Vec<T> = vec![T::zeros(); n_blocks];
     let blocks_per_row = n_blocks / rows.max(1);
@@ -371,13 +372,45 @@ fn quantize_blocks<T: GgmlType + 'static>(
         let n = slab_rows.min(rows - first);
         let slab = &mut values[..n * cols];
         fill(first, slab)?;
-        encode(
+        encode_in_parallel(
             slab,
             &mut blocks[first * blocks_per_row..(first + n) * blocks_per_row],
+            cols,
+            blocks_per_row,
+            &encode,
         );
         first += n;
     }
     Ok(Box::new(blocks))
+}
+
+/// Values per task when a slab is encoded across threads.
+const TASK_VALUES: usize = 1 << 16;
+
+/// `encode(values, blocks)` over runs of whole rows on the kernels' thread pool. Every block
+/// depends only on its own values, so the bytes are those of one serial call (the quantizers
+/// were the whole of `herd quantize`'s time, on one core).
+fn encode_in_parallel<T: GgmlType>(
+    values: &[f32],
+    blocks: &mut [T],
+    cols: usize,
+    blocks_per_row: usize,
+    encode: &(impl Fn(&[f32], &mut [T]) + Sync),
+) {
+    let rows_per_task = (TASK_VALUES / cols.max(1)).max(1);
+    let tasks: Vec<Mutex<(&[f32], &mut [T])>> = values
+        .chunks(rows_per_task * cols.max(1))
+        .zip(blocks.chunks_mut(rows_per_task * blocks_per_row.max(1)))
+        .map(Mutex::new)
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(tasks.len(), |range| {
+        for i in range {
+            // Each task's lock is taken once, by the one thread that runs it.
+            let Ok(mut task) = tasks[i].lock() else { continue };
+            let (values, blocks) = &mut *task;
+            encode(values, blocks);
+        }
+    });
 }
 
 fn read_blocks<T: GgmlType + 'static>(

@@ -75,3 +75,40 @@ fn q6_k_bytes_equal_llama_quantize() {
     let counts = check_file("model-q6_k.gguf");
     assert!(counts.iter().any(|c| c.0 == QuantType::Q6K));
 }
+
+#[test]
+fn quantizing_across_threads_writes_the_bytes_of_row_at_a_time_quantization() {
+    // 700 rows of 256 values are several tasks of whole rows (the last one short): the bytes
+    // must be those of quantizing each row alone, for every format.
+    let (rows, cols) = (700, 256);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 2_654_435_761usize) % 10_007) as f32 / 5003.0 - 1.0)
+        .collect();
+    for ty in [
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ] {
+        let whole = QuantTensor::quantize(ty, rows, cols, &values, "w").unwrap();
+        let by_row: Vec<u8> = values
+            .chunks_exact(cols)
+            .flat_map(|row| {
+                QuantTensor::quantize(ty, 1, cols, row, "w")
+                    .unwrap()
+                    .bytes()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(whole.bytes(), &by_row[..], "{ty}");
+        // Mutation twin: one value changed changes only its own row's bytes.
+        let mut moved = values.clone();
+        moved[(rows - 1) * cols + 5] += 0.5;
+        let changed = QuantTensor::quantize(ty, rows, cols, &moved, "w").unwrap();
+        let row_bytes = by_row.len() / rows;
+        let split = (rows - 1) * row_bytes;
+        assert_eq!(changed.bytes()[..split], whole.bytes()[..split], "{ty}");
+        assert_ne!(changed.bytes()[split..], whole.bytes()[split..], "{ty}");
+    }
+}

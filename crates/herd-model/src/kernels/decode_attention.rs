@@ -69,6 +69,11 @@ pub fn decode_attention<E: HalfElement>(
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2 and FMA (part of this level).
+                    Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx if registers::takes(dh) => unsafe {
+                        registers::one_head(q_h, k, v, h, scale, &mut o)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
                     Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
                         x86::one_head_avx512(q_h, k, v, h, scale, &mut o)
                     },
@@ -108,6 +113,213 @@ mod x86 {
 
     build!(one_head_avx512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
     build!(one_head_avx2, "avx2,fma,f16c");
+}
+
+/// The AVX-512 kernel for the common head sizes (64, 128: four or eight 16-lane vectors, held
+/// in registers): each query head's vectors stay in registers while a block of keys (widened
+/// once) streams past, four keys at a time so four sums are in flight; softmax with a
+/// vectorised [`exp`]; then each query head's output accumulates in registers over the block of
+/// values. Written with intrinsics because the compiler did not keep array accumulators in
+/// registers, and a closure's body loses the calling build's target features.
+#[cfg(target_arch = "x86_64")]
+mod registers {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// Whether the kernel takes this head size.
+    pub fn takes(head_dim: usize) -> bool {
+        head_dim == 64 || head_dim == 128
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL, AVX2, FMA and F16C, and `takes(k.head_dim)`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn one_head<E: HalfElement>(
+        q_h: &[f32],
+        k: &CacheView<'_, E>,
+        v: &CacheView<'_, E>,
+        h: usize,
+        scale: f32,
+        o: &mut [f32],
+    ) {
+        if k.head_dim == 64 {
+            one_head_c::<E, 4>(q_h, k, v, h, scale, o)
+        } else {
+            one_head_c::<E, 8>(q_h, k, v, h, scale, o)
+        }
+    }
+
+    /// Head size 16·C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn one_head_c<E: HalfElement, const C: usize>(
+        q_h: &[f32],
+        k: &CacheView<'_, E>,
+        v: &CacheView<'_, E>,
+        h: usize,
+        scale: f32,
+        o: &mut [f32],
+    ) {
+        let dh = 16 * C;
+        let len = k.len;
+        let g = q_h.len() / dh;
+        let mut buf = vec![0f32; ROWS_PER_WIDEN * dh];
+        // s [G, L]
+        let mut s = vec![0f32; g * len];
+        for first in (0..len).step_by(ROWS_PER_WIDEN) {
+            let rows = widened_rows(k, h, first, &mut buf);
+            let n = rows.len() / dh;
+            for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
+                let mut q = [_mm512_setzero_ps(); C];
+                for (c, q) in q.iter_mut().enumerate() {
+                    *q = _mm512_loadu_ps(q_g[16 * c..].as_ptr());
+                }
+                let s_g = &mut s[gi * len + first..gi * len + first + n];
+                let mut r = 0;
+                while r < n {
+                    let keys = (n - r).min(4);
+                    let mut acc = [_mm512_setzero_ps(); 4];
+                    for (c, &q_c) in q.iter().enumerate() {
+                        for (j, acc) in acc.iter_mut().enumerate().take(keys) {
+                            let k_vec = _mm512_loadu_ps(rows[(r + j) * dh + 16 * c..].as_ptr());
+                            *acc = _mm512_fmadd_ps(q_c, k_vec, *acc);
+                        }
+                    }
+                    for (j, acc) in acc.iter().enumerate().take(keys) {
+                        s_g[r + j] = _mm512_reduce_add_ps(*acc) * scale;
+                    }
+                    r += keys;
+                }
+            }
+        }
+        for row in s.chunks_exact_mut(len) {
+            softmax_in_place(row);
+        }
+        o.fill(0.0);
+        for first in (0..len).step_by(ROWS_PER_WIDEN) {
+            let rows = widened_rows(v, h, first, &mut buf);
+            let n = rows.len() / dh;
+            for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
+                let mut acc = [_mm512_setzero_ps(); C];
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_loadu_ps(o_g[16 * c..].as_ptr());
+                }
+                for (r, &p) in s[gi * len + first..gi * len + first + n].iter().enumerate() {
+                    let p = _mm512_set1_ps(p);
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(p, _mm512_loadu_ps(rows[r * dh + 16 * c..].as_ptr()), *acc);
+                    }
+                }
+                for (c, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o_g[16 * c..].as_mut_ptr(), *acc);
+                }
+            }
+        }
+    }
+}
+
+/// Rows `first ..` (at most [`ROWS_PER_WIDEN`]) of KV head `h` as f32: widened into `buf`, one
+/// conversion call per block; an f32 cache is read where it lies.
+#[inline(always)]
+fn widened_rows<'a, E: HalfElement>(
+    c: &'a CacheView<'_, E>,
+    h: usize,
+    first: usize,
+    buf: &'a mut [f32],
+) -> &'a [f32] {
+    let dh = c.head_dim;
+    let n = ROWS_PER_WIDEN.min(c.len - first);
+    let start = h * c.head_stride + first * dh;
+    let rows = &c.data[start..start + n * dh];
+    if let Some(rows) = E::as_f32(rows) {
+        return rows;
+    }
+    let wide = &mut buf[..n * dh];
+    E::widen(rows, wide);
+    wide
+}
+
+/// softmax over one row of scores, in lanes the compiler vectorises: the maximum, then
+/// e^(s − max) by [`exp`] with the sum, then the scaling. Plain loops throughout (a closure's
+/// body is compiled without the calling build's target features).
+#[inline(always)]
+fn softmax_in_place(row: &mut [f32]) {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let mut max = f32::NEG_INFINITY;
+    for &x in chunks.remainder() {
+        max = max.max(x);
+    }
+    for c in chunks {
+        for i in 0..LANES {
+            // A comparison, not f32::max (whose NaN rule keeps it from vectorising); a NaN
+            // score makes its row NaN either way, through its own exp.
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    for x in lanes {
+        max = max.max(x);
+    }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in chunks.by_ref() {
+        for i in 0..LANES {
+            c[i] = exp(c[i] - max);
+            sums[i] += c[i];
+        }
+    }
+    let mut sum = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    for s in sums {
+        sum += s;
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// e^x for the shifted scores of a softmax (x ≤ 0), after Cephes' `expf`: x = n·ln 2 + r with
+/// |r| ≤ ln 2 / 2, e^r by a polynomial (relative error under 3e-7), 2ⁿ built in the exponent
+/// bits. Plain arithmetic, so a row of them vectorises where libm's `expf` is a call per value.
+/// Below −87.3 (where e^x is under 1e-38, nothing beside the row's maximum, which is e⁰) it
+/// returns 0, as e^−∞ is; above 88.3 it saturates; NaN stays NaN.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n·C1 is exact.
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // Rounds to the nearest integer (ties to even) for |v| < 2²².
+    const ROUND: f32 = 12_582_912.0;
+    let underflow = x < -87.3;
+    let x = if underflow {
+        -87.3
+    } else if x > 88.3 {
+        88.3
+    } else {
+        x
+    };
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * C1 - n * C2;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_2e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e_r = p * (r * r) + r + 1.0;
+    // 2ⁿ: n in [−126, 128) here, so a normal f32's exponent field.
+    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if underflow {
+        0.0
+    } else {
+        e_r * two_n
+    }
 }
 
 /// The G query heads of KV head `h`: q_h [G, Dh] → o [G, Dh].

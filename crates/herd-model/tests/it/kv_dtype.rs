@@ -39,7 +39,14 @@ fn reference<E: HalfElement>(q: &[f32], k: &CacheView<'_, E>, v: &CacheView<'_, 
 
 fn check<E: HalfElement>(narrow: fn(f32) -> E) {
     // Heads a capacity apart and a view starting past slot 0, as the cache hands them out.
-    for &(hkv, g, dh, len) in &[(1, 1, 64, 1), (2, 5, 72, 7), (8, 2, 128, 300), (3, 4, 16, 1000)] {
+    for &(hkv, g, dh, len) in &[
+        (1, 1, 64, 1),
+        (2, 5, 72, 7),
+        (8, 2, 128, 300),
+        (3, 4, 16, 1000),
+        (2, 5, 128, 33),
+        (1, 3, 64, 70),
+    ] {
         let (cap, first) = (len + 13, 5);
         let buffer = |seed| -> Vec<E> {
             values(hkv * cap * dh, seed)
@@ -150,4 +157,27 @@ fn kv_bytes_read_counts_what_each_layer_kind_sees() {
         model.kv_bytes_read(p) * 2,
         global * (p + 1) * row + chunked.len() * 4 * row
     );
+}
+
+/// The largest relative error of `f` against libm's e^x over every shifted score a softmax
+/// meets: [-87.3, 0], densely.
+fn worst_exp_error(f: impl Fn(f32) -> f32) -> f32 {
+    (0..=2_000_000)
+        .map(|i| -87.3 * i as f32 / 2_000_000.0)
+        .map(|x| (f(x) - x.exp()).abs() / x.exp())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn softmax_exp_is_within_a_few_ulps_of_libm() {
+    use herd_model::kernels::decode_attention::exp;
+    let worst = worst_exp_error(exp);
+    assert!(worst <= 3e-7, "relative error {worst}");
+    assert_eq!(exp(0.0), 1.0);
+    assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(exp(-200.0), 0.0);
+    assert!(exp(f32::NAN).is_nan());
+    assert!((exp(1.0) - std::f32::consts::E).abs() <= 3e-7 * std::f32::consts::E);
+    // Mutation twin: an exp off by one part in a million (a coefficient's worth) is caught.
+    assert!(worst_exp_error(|x| exp(x) * (1.0 + 1e-6)) > 3e-7);
 }

@@ -469,15 +469,13 @@ mod avx512 {
 
     dot_rows_on!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 
-    /// i16 lane indices: lanes 0..16 take element `a`, lanes 16..32 element `b`.
+    /// The f16 at `p` as f32, through a masked load that zeroes the other lanes: a plain
+    /// zero-extended move becomes `vpinsrw` into whatever register LLVM has at hand, and that
+    /// false dependency tied each Q6_K block to the previous block's sums.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    unsafe fn halves(a: i16, b: i16) -> __m512i {
-        _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_set1_epi16(a)),
-            _mm256_set1_epi16(b),
-            1,
-        )
+    unsafe fn f16_masked_load(p: *const u8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_maskz_loadu_epi16(1, p.cast())))
     }
 
     /// i16 lane indices: lane m takes element `first + m / 8`.
@@ -537,60 +535,76 @@ mod avx512 {
         s
     }
 
+    /// `vpshufb` control that spreads the sub-block scales (bytes 0..8, in every 128-bit lane)
+    /// over the i16 lanes of `packs(s[2p], s[2p + 1])` for pair p of 32-byte chunks: lanes 0, 1
+    /// hold sub-blocks 4p and 4p + 2, four sums each; lanes 2, 3 sub-blocks 4p + 1 and 4p + 3.
+    /// Odd bytes are 0x80, so each scale lands zero-extended to i16.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn q4k_scale_spread(p: u8) -> __m512i {
+        let lane = |a: u8, b: u8| -> [u8; 16] {
+            let mut c = [0x80u8; 16];
+            for e in 0..8 {
+                c[2 * e] = if e < 4 { a } else { b };
+            }
+            c
+        };
+        let (near, far) = (lane(4 * p, 4 * p + 2), lane(4 * p + 1, 4 * p + 3));
+        let mut bytes = [0u8; 64];
+        bytes[..16].copy_from_slice(&near);
+        bytes[16..32].copy_from_slice(&near);
+        bytes[32..48].copy_from_slice(&far);
+        bytes[48..].copy_from_slice(&far);
+        _mm512_loadu_si512(bytes.as_ptr().cast())
+    }
+
+    /// Each 32-byte chunk j of nibbles, broadcast to both halves of a register and the upper
+    /// half shifted down by 4, is values 64j..64j + 64 in order: one `vpdpbusd` against the
+    /// activations as they lie, eight lanes per sub-block. The i32 sums (|Σ| ≤ 4·15·128) pack
+    /// to i16 two chunks at a time, and one `vpdpwssd` weighs them by their sub-block scales.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     unsafe fn dot_q4k(w: &[u8], ad: &[f32], aq: &[i8], asum: &[i16]) -> f32 {
         let mut acc = _mm512_setzero_ps();
         let mut acc_m = _mm256_setzero_ps();
         let low = _mm512_set1_epi8(0x0F);
-        // Sub-block scales (i16 elements 0..8 of the unpacked field) for the low and high
-        // nibbles of each 64-byte half: [0|2], [1|3], [4|6], [5|7].
-        let idx = [halves(0, 2), halves(1, 3), halves(4, 6), halves(5, 7)];
+        let zero = _mm512_setzero_si512();
+        let spread = [q4k_scale_spread(0), q4k_scale_spread(1)];
         // Each min (elements 8..16) twice, for the two 16-value sums of its sub-block.
         let dup_mins = _mm256_setr_epi16(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
         let (wp, yp, sp) = (w.as_ptr(), aq.as_ptr(), asum.as_ptr());
         for (b, &a_d) in ad.iter().enumerate() {
             let blk = wp.add(144 * b);
             prefetch(blk.wrapping_add(PREFETCH_BYTES), 144);
+            // [d, dmin] of the block times the activations' scale, twice.
+            let d_dmin = _mm_mul_ps(
+                _mm_cvtph_ps(_mm_set1_epi32(blk.cast::<i32>().read_unaligned())),
+                _mm_set1_ps(a_d),
+            );
             let packed = unpack_q4k_scales(std::slice::from_raw_parts(blk.add(4), 12));
-            let sm = _mm256_cvtepu8_epi16(_mm_loadu_si128(packed.as_ptr().cast()));
+            let scales_mins = _mm_loadu_si128(packed.as_ptr().cast());
             let pm = _mm256_madd_epi16(
                 _mm256_loadu_si256(sp.add(16 * b).cast()),
-                _mm256_permutexvar_epi16(dup_mins, sm),
+                _mm256_permutexvar_epi16(dup_mins, _mm256_cvtepu8_epi16(scales_mins)),
             );
             acc_m = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(pm),
-                _mm256_set1_ps(a_d * avx2::f16_load(blk.add(2))),
+                _mm256_broadcastss_ps(_mm_movehdup_ps(d_dmin)),
                 acc_m,
             );
-            let sm = _mm512_castsi256_si512(sm);
+            let scales = _mm512_broadcast_i32x4(scales_mins);
             let (qs, y) = (blk.add(16), yp.add(256 * b));
-            let mut sumi = _mm512_setzero_si512();
-            for h in 0..2 {
-                // Bytes 64h.. : low nibbles are values 128h + [0..32 | 64..96], high nibbles
-                // 128h + [32..64 | 96..128].
-                let q = _mm512_loadu_si512(qs.add(64 * h).cast());
-                let q_lo = _mm512_and_si512(q, low);
-                let q_hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low);
-                let y_at = |o: usize| _mm256_loadu_si256(y.add(128 * h + o).cast());
-                let y_lo = _mm512_inserti64x4(_mm512_castsi256_si512(y_at(0)), y_at(64), 1);
-                let y_hi = _mm512_inserti64x4(_mm512_castsi256_si512(y_at(32)), y_at(96), 1);
-                let p_lo = _mm512_maddubs_epi16(q_lo, y_lo);
-                let p_hi = _mm512_maddubs_epi16(q_hi, y_hi);
-                sumi = _mm512_add_epi32(
-                    sumi,
-                    _mm512_madd_epi16(p_lo, _mm512_permutexvar_epi16(idx[2 * h], sm)),
-                );
-                sumi = _mm512_add_epi32(
-                    sumi,
-                    _mm512_madd_epi16(p_hi, _mm512_permutexvar_epi16(idx[2 * h + 1], sm)),
-                );
+            let chunk = |j: usize| {
+                let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(32 * j).cast()));
+                let q = _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xFFFF_0000, q, 4), low);
+                _mm512_dpbusd_epi32(zero, q, _mm512_loadu_si512(y.add(64 * j).cast()))
+            };
+            let mut sumi = zero;
+            for (p, &spread_p) in spread.iter().enumerate() {
+                let sums = _mm512_packs_epi32(chunk(2 * p), chunk(2 * p + 1));
+                sumi = _mm512_dpwssd_epi32(sumi, sums, _mm512_shuffle_epi8(scales, spread_p));
             }
-            acc = _mm512_fmadd_ps(
-                _mm512_cvtepi32_ps(sumi),
-                _mm512_set1_ps(a_d * avx2::f16_load(blk)),
-                acc,
-            );
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_broadcastss_ps(d_dmin), acc);
         }
         _mm512_reduce_add_ps(acc) - avx2::hsum(acc_m)
     }
@@ -611,7 +625,7 @@ mod avx512 {
         for (b, &a_d) in ad.iter().enumerate() {
             let blk = wp.add(210 * b);
             prefetch(blk.wrapping_add(PREFETCH_BYTES), 210);
-            let d = a_d * avx2::f16_load(blk.add(208));
+            let d = a_d * f16_masked_load(blk.add(208));
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
             let off = _mm256_madd_epi16(_mm256_loadu_si256(sp.add(16 * b).cast()), sc16);
             acc_off = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(32.0 * d), acc_off);

@@ -65,27 +65,42 @@ pub fn decode_attention<E: HalfElement>(
         candle_core::utils::barrier_pool().execute_chunked(hkv, |range| {
             for h in range {
                 let Ok(mut o) = heads[h].lock() else { continue };
-                let q_h = &q[h * g * dh..(h + 1) * g * dh];
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2 and FMA (part of this level).
-                    Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx if registers::takes(dh) => unsafe {
-                        registers::one_head(q_h, k, v, h, scale, &mut o)
-                    },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
-                        x86::one_head_avx512(q_h, k, v, h, scale, &mut o)
-                    },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the CPU has AVX2 and FMA (part of this level).
-                    Isa::Avx2 => unsafe { x86::one_head_avx2(q_h, k, v, h, scale, &mut o) },
-                    _ => one_head(q_h, k, v, h, scale, &mut o),
-                }
+                attend_head(isa, &q[h * g * dh..(h + 1) * g * dh], k, v, h, scale, &mut o);
             }
         });
     }
     out
+}
+
+/// The G query heads of KV head `h` (q_h [G, Dh] → o [G, Dh]) on the best kernel `isa` has,
+/// in the calling thread.
+///
+/// # Panics
+/// If `isa` is not supported by this CPU; the views must be in bounds (callers assert it).
+pub(crate) fn attend_head<E: HalfElement>(
+    isa: Isa,
+    q_h: &[f32],
+    k: &CacheView<'_, E>,
+    v: &CacheView<'_, E>,
+    h: usize,
+    scale: f32,
+    o: &mut [f32],
+) {
+    assert!(isa.is_supported());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2 and FMA (part of this level, asserted).
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx if registers::takes(k.head_dim) => unsafe {
+            registers::one_head(q_h, k, v, h, scale, o)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { x86::one_head_avx512(q_h, k, v, h, scale, o) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (part of this level).
+        Isa::Avx2 => unsafe { x86::one_head_avx2(q_h, k, v, h, scale, o) },
+        _ => one_head(q_h, k, v, h, scale, o),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -163,7 +178,8 @@ mod registers {
         let dh = 16 * C;
         let len = k.len;
         let g = q_h.len() / dh;
-        let mut buf = vec![0f32; ROWS_PER_WIDEN * dh];
+        // Grown only if the cache needs widening (an f32 cache is read where it lies).
+        let mut buf = Vec::new();
         // s [G, L]
         let mut s = vec![0f32; g * len];
         for first in (0..len).step_by(ROWS_PER_WIDEN) {
@@ -225,7 +241,7 @@ fn widened_rows<'a, E: HalfElement>(
     c: &'a CacheView<'_, E>,
     h: usize,
     first: usize,
-    buf: &'a mut [f32],
+    buf: &'a mut Vec<f32>,
 ) -> &'a [f32] {
     let dh = c.head_dim;
     let n = ROWS_PER_WIDEN.min(c.len - first);
@@ -233,6 +249,9 @@ fn widened_rows<'a, E: HalfElement>(
     let rows = &c.data[start..start + n * dh];
     if let Some(rows) = E::as_f32(rows) {
         return rows;
+    }
+    if buf.len() < n * dh {
+        buf.resize(ROWS_PER_WIDEN * dh, 0.0);
     }
     let wide = &mut buf[..n * dh];
     E::widen(rows, wide);
@@ -334,7 +353,7 @@ fn one_head<E: HalfElement>(
 ) {
     let (dh, len) = (k.head_dim, k.len);
     let g = q_h.len() / dh;
-    let mut buf = vec![0f32; ROWS_PER_WIDEN * dh];
+    let mut buf = Vec::new();
     // s [G, L]
     let mut s = vec![0f32; g * len];
     for_each_row(k, h, &mut buf, |l, k_row| {
@@ -369,7 +388,7 @@ fn one_head<E: HalfElement>(
 fn for_each_row<E: HalfElement>(
     c: &CacheView<'_, E>,
     h: usize,
-    buf: &mut [f32],
+    buf: &mut Vec<f32>,
     mut f: impl FnMut(usize, &[f32]),
 ) {
     let dh = c.head_dim;
@@ -380,6 +399,7 @@ fn for_each_row<E: HalfElement>(
         }
         return;
     }
+    buf.resize(ROWS_PER_WIDEN * dh, 0.0);
     for (b, block) in rows.chunks(ROWS_PER_WIDEN * dh).enumerate() {
         let wide = &mut buf[..block.len()];
         E::widen(block, wide);

@@ -4,6 +4,7 @@
 //! on every path this CPU has.
 
 pub mod amx;
+pub mod causal_attention;
 pub mod decode_attention;
 pub mod dequantize;
 pub mod dpbf16;

@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 
 use crate::config::{AttentionKind, LayerPlan, ModelConfig, TemperatureTuning};
 use crate::error::Result;
+use crate::kernels::causal_attention::causal_attention;
 use crate::kernels::decode_attention::{decode_attention, CacheView};
 use crate::kernels::half_matmul::HalfElement;
 use crate::kv_cache::LayerCache;
@@ -267,6 +268,12 @@ impl Attention {
                     continue;
                 }
             }
+            if run.len() > 1 && q.device().is_cpu() && q.dtype() == DType::F32 {
+                // A prompt's queries: each over its own causal prefix of the run's keys (the
+                // first sees those up to its position, each later one a key more).
+                outs.push(self.attend_causal(&q_run, &k_run, &v_run, run.start + 1 - first_key)?);
+                continue;
+            }
             if k_run.dtype() != q.dtype() {
                 // A cache stored narrower than the compute dtype (`--kv-dtype`): widen the keys
                 // this block of queries needs.
@@ -286,6 +293,44 @@ impl Attention {
         Ok(out_htd
             .transpose(0, 1)?
             .reshape((t, self.n_heads * self.head_dim))?)
+    }
+
+    /// A run of f32 queries q [H, Tq, Dh] over key runs k/v [Hkv, L, Dh], query i seeing the
+    /// first `first_len + i` keys, by the causal kernel (no mask, no score matrix) → [H, Tq, Dh].
+    fn attend_causal(&self, q: &Tensor, k: &Tensor, v: &Tensor, first_len: usize) -> Result<Tensor> {
+        let (h, tq, dh) = q.dims3()?;
+        // A cache stored narrower than f32 (`--kv-dtype`) is widened once for the whole run,
+        // not once per query; an f32 cache stays a view of its buffer.
+        let (mut k, mut v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+        let q_thd = q.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?; // [Tq, H, Dh]
+        let scale = (1.0 / (dh as f64).sqrt()) as f32;
+        let len = k.dims()[1];
+        let out = loop {
+            let (k_store, k_layout) = k.storage_and_layout();
+            let (v_store, v_layout) = v.storage_and_layout();
+            let (candle_core::Storage::Cpu(k_cpu), candle_core::Storage::Cpu(v_cpu)) = (&*k_store, &*v_store)
+            else {
+                return Err(candle_core::Error::Msg("causal attention needs CPU tensors".into()).into());
+            };
+            let views = (
+                cache_view(k_cpu.as_slice::<f32>()?, k_layout, self.n_kv_heads, len, dh),
+                cache_view(v_cpu.as_slice::<f32>()?, v_layout, self.n_kv_heads, len, dh),
+            );
+            if let (Some(k_view), Some(v_view)) = views {
+                break causal_attention(&q_thd, tq, &k_view, &v_view, first_len, scale);
+            }
+            if k.is_contiguous() && v.is_contiguous() {
+                return Err(candle_core::Error::Msg(format!(
+                    "key run {:?} does not match {} heads of {dh}",
+                    k.dims(),
+                    self.n_kv_heads
+                ))
+                .into());
+            }
+            drop((k_store, v_store));
+            (k, v) = (k.contiguous()?, v.contiguous()?);
+        };
+        Ok(Tensor::from_vec(out, (tq, h, dh), q.device())?.transpose(0, 1)?)
     }
 
     /// Calls `f(path, linear)` on q/k/v/o, path `{prefix}q_proj` etc.

@@ -4,6 +4,7 @@
 
 mod amx;
 mod batch;
+mod causal_attention;
 mod checkpoint_errors;
 mod config;
 mod dtypes;

@@ -1,23 +1,36 @@
 //! Prefill attention: a run of T queries at consecutive positions, each over its own causal
-//! prefix of one key run, by the decode kernel ([`super::decode_attention`]) once per query:
+//! prefix of one key run:
 //!
 //! ```text
 //! query i (0 ≤ i < T) sees keys 0 .. first_len + i     of the views (first_len ≥ 1)
 //! o[i, g] = softmax(q[i, g] · K[..first_len + i] · scale) · V[..first_len + i]
 //! ```
 //!
-//! Every (query, KV head) pair is one task on the barrier pool, so a prompt's attention runs
-//! on the same workers as its products (candle's matmul ran on rayon's threads while the
-//! pool's worker spun beside them on a two-core machine), computes only the keys each query
-//! may see (a masked score matrix computes them all and throws half away), and never holds
-//! more scores than one query's. A chunked layer's run lies inside one chunk, so its mask is
-//! causal too once the views start at the chunk's first key.
+//! The work runs as tasks on the barrier pool, so a prompt's attention runs on the same workers
+//! as its products (candle's matmul ran on rayon's threads while the pool's worker spun beside
+//! them on a two-core machine), computes only the keys each query may see (a masked score
+//! matrix computes them all and throws half away), and never holds a score matrix. A chunked
+//! layer's run lies inside one chunk, so its mask is causal too once the views start at the
+//! chunk's first key.
+//!
+//! Two builds: on AVX-512 with head size 64 or 128, [`blocked`] takes [`QUERY_BLOCK`] queries
+//! of one KV head per task and streams each block of keys and values past all of them with an
+//! online softmax, so a long prompt reads its keys once per block of queries instead of once
+//! per query (at 8k tokens the per-query history no longer fits in L2). Elsewhere each
+//! (query, KV head) pair is a task for the decode kernel on that query's prefix — the twin the
+//! tests hold the blocked build to.
 
 use std::sync::Mutex;
 
 use super::decode_attention::{attend_head, CacheView};
+#[cfg(target_arch = "x86_64")]
+use super::decode_attention::{exp, widened_rows, ROWS_PER_WIDEN};
 use super::half_matmul::HalfElement;
 use super::isa::Isa;
+
+/// Queries per task of the blocked build: each key block, once in L1, serves this many queries
+/// times G heads.
+pub const QUERY_BLOCK: usize = 8;
 
 /// q [T, H, Dh] (H = G · n_kv_heads, query heads h·G .. h·G+G on KV head h) → o [T, H, Dh],
 /// query i over the first `first_len + i` keys of `k` and `v`.
@@ -65,6 +78,33 @@ pub fn causal_attention_on<E: HalfElement>(
         return out;
     }
     assert!(first_len >= 1 && first_len + t - 1 <= k.len, "queries see past the keys");
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) && blocked::takes(dh) {
+        let h_dh = hkv * g * dh;
+        let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(g * dh).map(Mutex::new).collect();
+        let blocks = t.div_ceil(QUERY_BLOCK);
+        candle_core::utils::barrier_pool().execute_chunked(blocks * hkv, |range| {
+            let mut o = Vec::new();
+            for task in range {
+                // The last (longest) query blocks first, so the pool's tail is short tasks.
+                let (i0, h) = ((blocks - 1 - task / hkv) * QUERY_BLOCK, task % hkv);
+                let nq = QUERY_BLOCK.min(t - i0);
+                o.resize(nq * g * dh, 0.0);
+                let block = blocked::QueryBlock { i0, nq, first_len, h_dh, g };
+                // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2, FMA and F16C (part of this level,
+                // asserted above); the views are in bounds and the last query sees at most
+                // k.len keys (asserted above); `takes(dh)` holds.
+                unsafe { blocked::query_block(q, k, v, h, &block, scale, &mut o) };
+                for (qi, o_q) in o.chunks_exact(g * dh).enumerate() {
+                    if let Ok(mut slot) = slots[(i0 + qi) * hkv + h].lock() {
+                        slot.copy_from_slice(o_q);
+                    }
+                }
+            }
+        });
+        drop(slots);
+        return out;
+    }
     {
         // Task i·Hkv + h: query i's G heads on KV head h, a [G, Dh] run of q and o.
         let tasks: Vec<Mutex<&mut [f32]>> = out.chunks_mut(g * dh).map(Mutex::new).collect();
@@ -90,5 +130,148 @@ fn prefix<'a, E>(c: &CacheView<'a, E>, len: usize) -> CacheView<'a, E> {
         head_stride: c.head_stride,
         len,
         head_dim: c.head_dim,
+    }
+}
+
+/// The AVX-512 build: a block of queries of one KV head against the key and value runs,
+/// [`ROWS_PER_WIDEN`] rows at a time, with the softmax kept online (running maximum m and
+/// sum l per query head, the output rescaled by e^(m_old − m_new) when the maximum grows).
+#[cfg(target_arch = "x86_64")]
+mod blocked {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// Whether the build takes this head size (four or eight 16-lane vectors).
+    pub fn takes(head_dim: usize) -> bool {
+        head_dim == 64 || head_dim == 128
+    }
+
+    /// Queries `i0 .. i0 + nq` of a run of q [T, h_dh], each with G heads per KV head.
+    pub struct QueryBlock {
+        pub i0: usize,
+        pub nq: usize,
+        pub first_len: usize,
+        pub h_dh: usize,
+        pub g: usize,
+    }
+
+    /// o [nq, G, Dh] for the block's queries on KV head `h`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL, AVX2, FMA and F16C; `takes(k.head_dim)`; the views
+    /// in bounds with at least `first_len + i0 + nq − 1` rows; q holds the block's rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn query_block<E: HalfElement>(
+        q: &[f32],
+        k: &CacheView<'_, E>,
+        v: &CacheView<'_, E>,
+        h: usize,
+        block: &QueryBlock,
+        scale: f32,
+        o: &mut [f32],
+    ) {
+        if k.head_dim == 64 {
+            query_block_c::<E, 4>(q, k, v, h, block, scale, o)
+        } else {
+            query_block_c::<E, 8>(q, k, v, h, block, scale, o)
+        }
+    }
+
+    /// Head size 16·C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn query_block_c<E: HalfElement, const C: usize>(
+        q: &[f32],
+        k: &CacheView<'_, E>,
+        v: &CacheView<'_, E>,
+        h: usize,
+        block: &QueryBlock,
+        scale: f32,
+        o: &mut [f32],
+    ) {
+        let QueryBlock { i0, nq, first_len, h_dh, g } = *block;
+        let dh = 16 * C;
+        let heads = nq * g;
+        assert_eq!(o.len(), heads * dh);
+        assert!(q.len() >= (i0 + nq) * h_dh && (h + 1) * g * dh <= h_dh);
+        // Keys the block's last query sees: every key block below it is read once here.
+        let end = first_len + i0 + nq - 1;
+        let (k, v) = (prefix(k, end), prefix(v, end));
+        let mut max = vec![f32::NEG_INFINITY; heads];
+        let mut sum = vec![0f32; heads];
+        o.fill(0.0);
+        let (mut k_buf, mut v_buf) = (Vec::new(), Vec::new());
+        let mut s = [0f32; ROWS_PER_WIDEN];
+        for first in (0..end).step_by(ROWS_PER_WIDEN) {
+            let k_rows = widened_rows(&k, h, first, &mut k_buf);
+            let v_rows = widened_rows(&v, h, first, &mut v_buf);
+            let n = k_rows.len() / dh;
+            for qi in 0..nq {
+                let seen = first_len + i0 + qi;
+                if seen <= first {
+                    continue;
+                }
+                // This query's keys in the block.
+                let nk = (seen - first).min(n);
+                for gi in 0..g {
+                    let head = qi * g + gi;
+                    let q_at = (i0 + qi) * h_dh + (h * g + gi) * dh;
+                    let mut q_vec = [_mm512_setzero_ps(); C];
+                    for (c, q_c) in q_vec.iter_mut().enumerate() {
+                        *q_c = _mm512_loadu_ps(q[q_at + 16 * c..].as_ptr());
+                    }
+                    // s[j] = q · K[first + j] · scale, four keys' sums in flight.
+                    let mut r = 0;
+                    while r < nk {
+                        let keys = (nk - r).min(4);
+                        let mut acc = [_mm512_setzero_ps(); 4];
+                        for (c, &q_c) in q_vec.iter().enumerate() {
+                            for (j, acc) in acc.iter_mut().enumerate().take(keys) {
+                                let k_vec = _mm512_loadu_ps(k_rows[(r + j) * dh + 16 * c..].as_ptr());
+                                *acc = _mm512_fmadd_ps(q_c, k_vec, *acc);
+                            }
+                        }
+                        for (j, acc) in acc.iter().enumerate().take(keys) {
+                            s[r + j] = _mm512_reduce_add_ps(*acc) * scale;
+                        }
+                        r += keys;
+                    }
+                    // Online softmax: the block's maximum joins the running one; what was
+                    // summed so far is rescaled to it.
+                    let s = &mut s[..nk];
+                    let block_max = s.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+                    let old = max[head];
+                    let new = if block_max > old { block_max } else { old };
+                    let rescale = if old == f32::NEG_INFINITY { 0.0 } else { exp(old - new) };
+                    let mut block_sum = 0f32;
+                    for x in s.iter_mut() {
+                        *x = exp(*x - new);
+                        block_sum += *x;
+                    }
+                    max[head] = new;
+                    sum[head] = sum[head] * rescale + block_sum;
+                    // o = o · rescale + Σ_j p_j · V[first + j]
+                    let o_h = &mut o[head * dh..(head + 1) * dh];
+                    let rescale = _mm512_set1_ps(rescale);
+                    let mut acc = [_mm512_setzero_ps(); C];
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_mul_ps(_mm512_loadu_ps(o_h[16 * c..].as_ptr()), rescale);
+                    }
+                    for (j, &p) in s.iter().enumerate() {
+                        let p = _mm512_set1_ps(p);
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            *acc = _mm512_fmadd_ps(p, _mm512_loadu_ps(v_rows[j * dh + 16 * c..].as_ptr()), *acc);
+                        }
+                    }
+                    for (c, acc) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(o_h[16 * c..].as_mut_ptr(), *acc);
+                    }
+                }
+            }
+        }
+        for (o_h, &total) in o.chunks_exact_mut(dh).zip(&sum) {
+            let inv = 1.0 / total;
+            o_h.iter_mut().for_each(|x| *x *= inv);
+        }
     }
 }

@@ -19,7 +19,7 @@ use super::half_matmul::HalfElement;
 use super::isa::Isa;
 
 /// Cache rows widened to f32 per conversion call.
-const ROWS_PER_WIDEN: usize = 32;
+pub(crate) const ROWS_PER_WIDEN: usize = 32;
 
 /// The cache of one layer as the kernel reads it: `n_kv_heads` heads, each `len` rows of
 /// `head_dim` values starting `head_stride` values after the previous head's.
@@ -237,7 +237,7 @@ mod registers {
 /// Rows `first ..` (at most [`ROWS_PER_WIDEN`]) of KV head `h` as f32: widened into `buf`, one
 /// conversion call per block; an f32 cache is read where it lies.
 #[inline(always)]
-fn widened_rows<'a, E: HalfElement>(
+pub(crate) fn widened_rows<'a, E: HalfElement>(
     c: &'a CacheView<'_, E>,
     h: usize,
     first: usize,

@@ -268,9 +268,10 @@ impl Attention {
                     continue;
                 }
             }
-            if run.len() > 1 && q.device().is_cpu() && q.dtype() == DType::F32 {
+            if run.len() > 1 && q.device().is_cpu() {
                 // A prompt's queries: each over its own causal prefix of the run's keys (the
-                // first sees those up to its position, each later one a key more).
+                // first sees those up to its position, each later one a key more), in f32
+                // whatever the compute dtype, as a decode step attends.
                 outs.push(self.attend_causal(&q_run, &k_run, &v_run, run.start + 1 - first_key)?);
                 continue;
             }
@@ -295,10 +296,13 @@ impl Attention {
             .reshape((t, self.n_heads * self.head_dim))?)
     }
 
-    /// A run of f32 queries q [H, Tq, Dh] over key runs k/v [Hkv, L, Dh], query i seeing the
-    /// first `first_len + i` keys, by the causal kernel (no mask, no score matrix) → [H, Tq, Dh].
+    /// A run of queries q [H, Tq, Dh] over key runs k/v [Hkv, L, Dh], query i seeing the first
+    /// `first_len + i` keys, by the causal kernel in f32 (no mask, no score matrix) →
+    /// [H, Tq, Dh] in q's dtype.
     fn attend_causal(&self, q: &Tensor, k: &Tensor, v: &Tensor, first_len: usize) -> Result<Tensor> {
         let (h, tq, dh) = q.dims3()?;
+        let dtype = q.dtype();
+        let q = q.to_dtype(DType::F32)?;
         // A cache stored narrower than f32 (`--kv-dtype`) is widened once for the whole run,
         // not once per query; an f32 cache stays a view of its buffer.
         let (mut k, mut v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
@@ -330,7 +334,9 @@ impl Attention {
             drop((k_store, v_store));
             (k, v) = (k.contiguous()?, v.contiguous()?);
         };
-        Ok(Tensor::from_vec(out, (tq, h, dh), q.device())?.transpose(0, 1)?)
+        Ok(Tensor::from_vec(out, (tq, h, dh), q.device())?
+            .transpose(0, 1)?
+            .to_dtype(dtype)?)
     }
 
     /// Calls `f(path, linear)` on q/k/v/o, path `{prefix}q_proj` etc.

@@ -30,6 +30,7 @@ fn check<E: HalfElement>(narrow: fn(f32) -> E) {
         (8, 2, 128, 40, 25),
         (2, 3, 72, 11, 4),
         (1, 4, 16, 70, 3),
+        (2, 5, 64, 13, 70),
     ] {
         let len = first_len + t - 1;
         // Heads a capacity apart and views starting past slot 0, as a cache hands them out.

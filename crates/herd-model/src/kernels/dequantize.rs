@@ -58,16 +58,30 @@ mod x86 {
     }
 }
 
-/// Every block, inlined into whichever build calls it.
+/// Every block, inlined into whichever build calls it. Plain loops, no closures: a closure's
+/// body is compiled without the calling build's target features, which left this pass SSE2 on
+/// every build (7 % of a Q4_K_M prefill).
 #[inline(always)]
 fn blocks(ty: QuantType, w: &[u8], out: &mut [bf16]) {
     let blocks = w
         .chunks_exact(ty.block_bytes())
         .zip(out.chunks_exact_mut(ty.block_len()));
     match ty {
-        QuantType::Q8_0 => blocks.for_each(|(blk, y)| q8_0(blk, y)),
-        QuantType::Q4K => blocks.for_each(|(blk, y)| q4_k(blk, y)),
-        _ => blocks.for_each(|(blk, y)| q6_k(blk, y)),
+        QuantType::Q8_0 => {
+            for (blk, y) in blocks {
+                q8_0(blk, y)
+            }
+        }
+        QuantType::Q4K => {
+            for (blk, y) in blocks {
+                q4_k(blk, y)
+            }
+        }
+        _ => {
+            for (blk, y) in blocks {
+                q6_k(blk, y)
+            }
+        }
     }
 }
 

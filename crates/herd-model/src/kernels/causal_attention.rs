@@ -142,6 +142,34 @@ mod blocked {
 
     use super::*;
 
+    /// The four sums of four vectors' lanes, [Σ a₀, Σ a₁, Σ a₂, Σ a₃] (transposing adds, where
+    /// four horizontal reductions would take as long as the dot products).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn sum4(a: &[__m512; 4]) -> __m128 {
+        // Pairs interleaved: lane i of t01 is a₀[..] + a₀[..] or a₁[..] + a₁[..].
+        let t01 = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
+        let t23 = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
+        // Each 128-bit lane now holds partial [a₀, a₁, a₂, a₃].
+        let t = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23))),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23))),
+        );
+        let t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0b01_00_11_10));
+        let t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0b10_11_00_01));
+        _mm512_castps512_ps128(t)
+    }
+
+    /// The mask of the first `n` of 16 lanes.
+    #[inline]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
     /// Whether the build takes this head size (four or eight 16-lane vectors).
     pub fn takes(head_dim: usize) -> bool {
         head_dim == 64 || head_dim == 128
@@ -201,7 +229,8 @@ mod blocked {
         let mut sum = vec![0f32; heads];
         o.fill(0.0);
         let (mut k_buf, mut v_buf) = (Vec::new(), Vec::new());
-        let mut s = [0f32; ROWS_PER_WIDEN];
+        // Room for a whole last quad of keys past the block's rows.
+        let mut s = [0f32; ROWS_PER_WIDEN + 4];
         for first in (0..end).step_by(ROWS_PER_WIDEN) {
             let k_rows = widened_rows(&k, h, first, &mut k_buf);
             let v_rows = widened_rows(&v, h, first, &mut v_buf);
@@ -220,34 +249,42 @@ mod blocked {
                     for (c, q_c) in q_vec.iter_mut().enumerate() {
                         *q_c = _mm512_loadu_ps(q[q_at + 16 * c..].as_ptr());
                     }
-                    // s[j] = q · K[first + j] · scale, four keys' sums in flight.
+                    // s[j] = q · K[first + j] · scale, four keys' sums in flight (keys past
+                    // nk in the last quad are computed and not kept).
+                    let scale4 = _mm_set1_ps(scale);
                     let mut r = 0;
                     while r < nk {
-                        let keys = (nk - r).min(4);
                         let mut acc = [_mm512_setzero_ps(); 4];
                         for (c, &q_c) in q_vec.iter().enumerate() {
-                            for (j, acc) in acc.iter_mut().enumerate().take(keys) {
-                                let k_vec = _mm512_loadu_ps(k_rows[(r + j) * dh + 16 * c..].as_ptr());
+                            for (j, acc) in acc.iter_mut().enumerate() {
+                                let row = (r + j).min(n - 1);
+                                let k_vec = _mm512_loadu_ps(k_rows[row * dh + 16 * c..].as_ptr());
                                 *acc = _mm512_fmadd_ps(q_c, k_vec, *acc);
                             }
                         }
-                        for (j, acc) in acc.iter().enumerate().take(keys) {
-                            s[r + j] = _mm512_reduce_add_ps(*acc) * scale;
-                        }
-                        r += keys;
+                        _mm_storeu_ps(s[r..].as_mut_ptr(), _mm_mul_ps(sum4(&acc), scale4));
+                        r += 4;
                     }
                     // Online softmax: the block's maximum joins the running one; what was
-                    // summed so far is rescaled to it.
-                    let s = &mut s[..nk];
-                    let block_max = s.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+                    // summed so far is rescaled to it. Lanes past nk are masked out.
+                    let masks = [lanes(nk), lanes(nk.saturating_sub(16))];
+                    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+                    let halves = [
+                        _mm512_mask_loadu_ps(neg_inf, masks[0], s.as_ptr()),
+                        _mm512_mask_loadu_ps(neg_inf, masks[1], s[16..].as_ptr()),
+                    ];
+                    let block_max = _mm512_reduce_max_ps(_mm512_max_ps(halves[0], halves[1]));
                     let old = max[head];
                     let new = if block_max > old { block_max } else { old };
                     let rescale = if old == f32::NEG_INFINITY { 0.0 } else { exp(old - new) };
-                    let mut block_sum = 0f32;
+                    let s = &mut s[..nk];
                     for x in s.iter_mut() {
                         *x = exp(*x - new);
-                        block_sum += *x;
                     }
+                    let block_sum = _mm512_reduce_add_ps(_mm512_add_ps(
+                        _mm512_maskz_loadu_ps(masks[0], s.as_ptr()),
+                        _mm512_maskz_loadu_ps(masks[1], s[16.min(nk)..].as_ptr()),
+                    ));
                     max[head] = new;
                     sum[head] = sum[head] * rescale + block_sum;
                     // o = o · rescale + Σ_j p_j · V[first + j]

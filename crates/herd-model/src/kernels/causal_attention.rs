@@ -30,7 +30,7 @@ use super::isa::Isa;
 
 /// Queries per task of the blocked build: each key block, once in L1, serves this many queries
 /// times G heads.
-pub const QUERY_BLOCK: usize = 8;
+pub const QUERY_BLOCK: usize = 16;
 
 /// q [T, H, Dh] (H = G · n_kv_heads, query heads h·G .. h·G+G on KV head h) → o [T, H, Dh],
 /// query i over the first `first_len + i` keys of `k` and `v`.

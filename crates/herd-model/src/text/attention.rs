@@ -27,6 +27,11 @@ pub struct Segment<'a> {
 /// Most queries scored at once; bounds prefill memory to [H, QUERY_BLOCK, L] scores.
 const QUERY_BLOCK: usize = 256;
 
+/// Most queries per call of the CPU's causal kernel, which holds no score matrix: a narrow
+/// cache's keys are widened once per run, so longer runs widen less (the bound keeps the f32
+/// queries and outputs of a run to tens of MB at Scout's 40 heads).
+const CAUSAL_QUERY_BLOCK: usize = 2048;
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     q_proj: Linear,
@@ -250,7 +255,8 @@ impl Attention {
         let chunk_len = self.kind.chunk_len();
 
         let mut outs = Vec::new();
-        for run in mask::query_blocks(step.positions.clone(), chunk_len, QUERY_BLOCK) {
+        let max_queries = if q.device().is_cpu() { CAUSAL_QUERY_BLOCK } else { QUERY_BLOCK };
+        for run in mask::query_blocks(step.positions.clone(), chunk_len, max_queries) {
             let first_key = mask::chunk_start(run.start, chunk_len).max(keys_start);
             let keys = first_key..run.end;
             let q_run = q_htd.narrow(1, run.start - step.positions.start, run.len())?;

@@ -140,25 +140,8 @@ fn prefix<'a, E>(c: &CacheView<'a, E>, len: usize) -> CacheView<'a, E> {
 mod blocked {
     use std::arch::x86_64::*;
 
+    use crate::kernels::decode_attention::registers::sum4;
     use super::*;
-
-    /// The four sums of four vectors' lanes, [Σ a₀, Σ a₁, Σ a₂, Σ a₃] (transposing adds, where
-    /// four horizontal reductions would take as long as the dot products).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    #[inline]
-    unsafe fn sum4(a: &[__m512; 4]) -> __m128 {
-        // Pairs interleaved: lane i of t01 is a₀[..] + a₀[..] or a₁[..] + a₁[..].
-        let t01 = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
-        let t23 = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
-        // Each 128-bit lane now holds partial [a₀, a₁, a₂, a₃].
-        let t = _mm512_add_ps(
-            _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23))),
-            _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23))),
-        );
-        let t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0b01_00_11_10));
-        let t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0b10_11_00_01));
-        _mm512_castps512_ps128(t)
-    }
 
     /// The mask of the first `n` of 16 lanes.
     #[inline]

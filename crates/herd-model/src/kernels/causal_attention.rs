@@ -212,86 +212,167 @@ mod blocked {
         let mut sum = vec![0f32; heads];
         o.fill(0.0);
         let (mut k_buf, mut v_buf) = (Vec::new(), Vec::new());
-        // Room for a whole last quad of keys past the block's rows.
-        let mut s = [0f32; ROWS_PER_WIDEN + 4];
+        // Scores of up to two heads, with room for a whole last quad past the block's rows.
+        let mut s = [[0f32; ROWS_PER_WIDEN + 4]; 2];
         for first in (0..end).step_by(ROWS_PER_WIDEN) {
             let k_rows = widened_rows(&k, h, first, &mut k_buf);
             let v_rows = widened_rows(&v, h, first, &mut v_buf);
             let n = k_rows.len() / dh;
-            for qi in 0..nq {
-                let seen = first_len + i0 + qi;
-                if seen <= first {
-                    continue;
-                }
-                // This query's keys in the block.
-                let nk = (seen - first).min(n);
-                for gi in 0..g {
-                    let head = qi * g + gi;
-                    let q_at = (i0 + qi) * h_dh + (h * g + gi) * dh;
-                    let mut q_vec = [_mm512_setzero_ps(); C];
-                    for (c, q_c) in q_vec.iter_mut().enumerate() {
-                        *q_c = _mm512_loadu_ps(q[q_at + 16 * c..].as_ptr());
-                    }
-                    // s[j] = q · K[first + j] · scale, four keys' sums in flight (keys past
-                    // nk in the last quad are computed and not kept).
-                    let scale4 = _mm_set1_ps(scale);
-                    let mut r = 0;
-                    while r < nk {
-                        let mut acc = [_mm512_setzero_ps(); 4];
-                        for (c, &q_c) in q_vec.iter().enumerate() {
-                            for (j, acc) in acc.iter_mut().enumerate() {
-                                let row = (r + j).min(n - 1);
-                                let k_vec = _mm512_loadu_ps(k_rows[row * dh + 16 * c..].as_ptr());
-                                *acc = _mm512_fmadd_ps(q_c, k_vec, *acc);
-                            }
-                        }
-                        _mm_storeu_ps(s[r..].as_mut_ptr(), _mm_mul_ps(sum4(&acc), scale4));
-                        r += 4;
-                    }
-                    // Online softmax: the block's maximum joins the running one; what was
-                    // summed so far is rescaled to it. Lanes past nk are masked out.
-                    let masks = [lanes(nk), lanes(nk.saturating_sub(16))];
-                    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-                    let halves = [
-                        _mm512_mask_loadu_ps(neg_inf, masks[0], s.as_ptr()),
-                        _mm512_mask_loadu_ps(neg_inf, masks[1], s[16..].as_ptr()),
-                    ];
-                    let block_max = _mm512_reduce_max_ps(_mm512_max_ps(halves[0], halves[1]));
-                    let old = max[head];
-                    let new = if block_max > old { block_max } else { old };
-                    let rescale = if old == f32::NEG_INFINITY { 0.0 } else { exp(old - new) };
-                    let s = &mut s[..nk];
-                    for x in s.iter_mut() {
-                        *x = exp(*x - new);
-                    }
-                    let block_sum = _mm512_reduce_add_ps(_mm512_add_ps(
-                        _mm512_maskz_loadu_ps(masks[0], s.as_ptr()),
-                        _mm512_maskz_loadu_ps(masks[1], s[16.min(nk)..].as_ptr()),
-                    ));
-                    max[head] = new;
-                    sum[head] = sum[head] * rescale + block_sum;
-                    // o = o · rescale + Σ_j p_j · V[first + j]
-                    let o_h = &mut o[head * dh..(head + 1) * dh];
-                    let rescale = _mm512_set1_ps(rescale);
-                    let mut acc = [_mm512_setzero_ps(); C];
-                    for (c, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_mul_ps(_mm512_loadu_ps(o_h[16 * c..].as_ptr()), rescale);
-                    }
-                    for (j, &p) in s.iter().enumerate() {
-                        let p = _mm512_set1_ps(p);
-                        for (c, acc) in acc.iter_mut().enumerate() {
-                            *acc = _mm512_fmadd_ps(p, _mm512_loadu_ps(v_rows[j * dh + 16 * c..].as_ptr()), *acc);
-                        }
-                    }
-                    for (c, acc) in acc.iter().enumerate() {
-                        _mm512_storeu_ps(o_h[16 * c..].as_mut_ptr(), *acc);
-                    }
+            // The block's query heads two at a time: each key row loaded feeds both.
+            let step = BlockStep { q, h, block, scale, first, n, k_rows, v_rows };
+            let mut hd = 0;
+            while hd < heads {
+                if hd + 1 < heads {
+                    heads_step::<C, 2>(&step, [hd, hd + 1], &mut max, &mut sum, o, &mut s);
+                    hd += 2;
+                } else {
+                    heads_step::<C, 1>(&step, [hd], &mut max, &mut sum, o, &mut s);
+                    hd += 1;
                 }
             }
         }
         for (o_h, &total) in o.chunks_exact_mut(dh).zip(&sum) {
             let inv = 1.0 / total;
             o_h.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+
+    /// One block of key rows as the query heads of a [`QueryBlock`] see it.
+    struct BlockStep<'a> {
+        q: &'a [f32],
+        h: usize,
+        block: &'a QueryBlock,
+        scale: f32,
+        /// The block's first key and its row count.
+        first: usize,
+        n: usize,
+        k_rows: &'a [f32],
+        v_rows: &'a [f32],
+    }
+
+    /// N query heads (indices into the block's [nq, G] heads) over one block of keys: scores,
+    /// the online softmax update of each head's (max, sum, o), and the values, with every K
+    /// and V row loaded once for all N heads. A head sees `first_len + i0 + qi − first` of
+    /// the block's keys (none: it is left as it is).
+    // Index loops: each statement reads two or three register arrays at the same (head, key,
+    // vector) position, which zips would hide.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn heads_step<const C: usize, const N: usize>(
+        step: &BlockStep<'_>,
+        heads: [usize; N],
+        max: &mut [f32],
+        sum: &mut [f32],
+        o: &mut [f32],
+        s: &mut [[f32; ROWS_PER_WIDEN + 4]; 2],
+    ) {
+        let BlockStep { q, h, block, scale, first, n, k_rows, v_rows } = *step;
+        let QueryBlock { i0, first_len, h_dh, g, .. } = *block;
+        let dh = 16 * C;
+        let mut nk = [0usize; N];
+        for (nk, &hd) in nk.iter_mut().zip(&heads) {
+            *nk = (first_len + i0 + hd / g).saturating_sub(first).min(n);
+        }
+        let (mut most, mut least) = (0, usize::MAX);
+        for &x in &nk {
+            most = most.max(x);
+            least = least.min(x);
+        }
+        if most == 0 {
+            return;
+        }
+        let mut q_vec = [[_mm512_setzero_ps(); C]; N];
+        for (q_h, &hd) in q_vec.iter_mut().zip(&heads) {
+            let at = (i0 + hd / g) * h_dh + (h * g + hd % g) * dh;
+            for (c, q_c) in q_h.iter_mut().enumerate() {
+                *q_c = _mm512_loadu_ps(q[at + 16 * c..].as_ptr());
+            }
+        }
+        // s[i][j] = q_i · K[first + j] · scale, four keys' sums in flight per head (keys past
+        // a head's count are computed and not kept).
+        let scale4 = _mm_set1_ps(scale);
+        let mut r = 0;
+        while r < most {
+            let mut acc = [[_mm512_setzero_ps(); 4]; N];
+            for c in 0..C {
+                for j in 0..4 {
+                    let row = (r + j).min(n - 1);
+                    let k_vec = _mm512_loadu_ps(k_rows[row * dh + 16 * c..].as_ptr());
+                    for i in 0..N {
+                        acc[i][j] = _mm512_fmadd_ps(q_vec[i][c], k_vec, acc[i][j]);
+                    }
+                }
+            }
+            for i in 0..N {
+                _mm_storeu_ps(s[i][r..].as_mut_ptr(), _mm_mul_ps(sum4(&acc[i]), scale4));
+            }
+            r += 4;
+        }
+        // Online softmax per head: the block's maximum joins the running one; what was summed
+        // so far is rescaled to it. Lanes past the head's keys are masked out.
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut rescale = [0f32; N];
+        for i in 0..N {
+            let (hd, nk) = (heads[i], nk[i]);
+            if nk == 0 {
+                continue;
+            }
+            let masks = [lanes(nk), lanes(nk.saturating_sub(16))];
+            let row = &mut s[i];
+            let block_max = _mm512_reduce_max_ps(_mm512_max_ps(
+                _mm512_mask_loadu_ps(neg_inf, masks[0], row.as_ptr()),
+                _mm512_mask_loadu_ps(neg_inf, masks[1], row[16..].as_ptr()),
+            ));
+            let old = max[hd];
+            let new = if block_max > old { block_max } else { old };
+            rescale[i] = if old == f32::NEG_INFINITY { 0.0 } else { exp(old - new) };
+            for x in row[..nk].iter_mut() {
+                *x = exp(*x - new);
+            }
+            let block_sum = _mm512_reduce_add_ps(_mm512_add_ps(
+                _mm512_maskz_loadu_ps(masks[0], row.as_ptr()),
+                _mm512_maskz_loadu_ps(masks[1], row[16..].as_ptr()),
+            ));
+            max[hd] = new;
+            sum[hd] = sum[hd] * rescale[i] + block_sum;
+        }
+        // o_i = o_i · rescale_i + Σ_j p_ij · V[first + j]: the keys all N heads see with each
+        // V row loaded once, then each head's own remainder.
+        let mut acc = [[_mm512_setzero_ps(); C]; N];
+        for i in 0..N {
+            if nk[i] > 0 {
+                let (o_h, rescale) = (&o[heads[i] * dh..], _mm512_set1_ps(rescale[i]));
+                for (c, acc) in acc[i].iter_mut().enumerate() {
+                    *acc = _mm512_mul_ps(_mm512_loadu_ps(o_h[16 * c..].as_ptr()), rescale);
+                }
+            }
+        }
+        for j in 0..least {
+            let mut p = [_mm512_setzero_ps(); N];
+            for i in 0..N {
+                p[i] = _mm512_set1_ps(s[i][j]);
+            }
+            for c in 0..C {
+                let v_vec = _mm512_loadu_ps(v_rows[j * dh + 16 * c..].as_ptr());
+                for i in 0..N {
+                    acc[i][c] = _mm512_fmadd_ps(p[i], v_vec, acc[i][c]);
+                }
+            }
+        }
+        for i in 0..N {
+            for j in least..nk[i] {
+                let p = _mm512_set1_ps(s[i][j]);
+                for (c, acc) in acc[i].iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(p, _mm512_loadu_ps(v_rows[j * dh + 16 * c..].as_ptr()), *acc);
+                }
+            }
+            if nk[i] > 0 {
+                let o_h = &mut o[heads[i] * dh..(heads[i] + 1) * dh];
+                for (c, acc) in acc[i].iter().enumerate() {
+                    _mm512_storeu_ps(o_h[16 * c..].as_mut_ptr(), *acc);
+                }
+            }
         }
     }
 }

@@ -77,7 +77,10 @@ pub fn causal_attention_on<E: HalfElement>(
     if g == 0 {
         return out;
     }
-    assert!(first_len >= 1 && first_len + t - 1 <= k.len, "queries see past the keys");
+    assert!(
+        first_len >= 1 && first_len + t - 1 <= k.len,
+        "queries see past the keys"
+    );
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) && blocked::takes(dh) {
         let h_dh = hkv * g * dh;
@@ -90,7 +93,13 @@ pub fn causal_attention_on<E: HalfElement>(
                 let (i0, h) = ((blocks - 1 - task / hkv) * QUERY_BLOCK, task % hkv);
                 let nq = QUERY_BLOCK.min(t - i0);
                 o.resize(nq * g * dh, 0.0);
-                let block = blocked::QueryBlock { i0, nq, first_len, h_dh, g };
+                let block = blocked::QueryBlock {
+                    i0,
+                    nq,
+                    first_len,
+                    h_dh,
+                    g,
+                };
                 // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2, FMA and F16C (part of this level,
                 // asserted above); the views are in bounds and the last query sees at most
                 // k.len keys (asserted above); `takes(dh)` holds.
@@ -140,8 +149,8 @@ fn prefix<'a, E>(c: &CacheView<'a, E>, len: usize) -> CacheView<'a, E> {
 mod blocked {
     use std::arch::x86_64::*;
 
-    use crate::kernels::decode_attention::registers::sum4;
     use super::*;
+    use crate::kernels::decode_attention::registers::sum4;
 
     /// The mask of the first `n` of 16 lanes.
     #[inline]
@@ -200,7 +209,13 @@ mod blocked {
         scale: f32,
         o: &mut [f32],
     ) {
-        let QueryBlock { i0, nq, first_len, h_dh, g } = *block;
+        let QueryBlock {
+            i0,
+            nq,
+            first_len,
+            h_dh,
+            g,
+        } = *block;
         let dh = 16 * C;
         let heads = nq * g;
         assert_eq!(o.len(), heads * dh);
@@ -219,7 +234,16 @@ mod blocked {
             let v_rows = widened_rows(&v, h, first, &mut v_buf);
             let n = k_rows.len() / dh;
             // The block's query heads two at a time: each key row loaded feeds both.
-            let step = BlockStep { q, h, block, scale, first, n, k_rows, v_rows };
+            let step = BlockStep {
+                q,
+                h,
+                block,
+                scale,
+                first,
+                n,
+                k_rows,
+                v_rows,
+            };
             let mut hd = 0;
             while hd < heads {
                 if hd + 1 < heads {
@@ -267,8 +291,23 @@ mod blocked {
         o: &mut [f32],
         s: &mut [[f32; ROWS_PER_WIDEN + 4]; 2],
     ) {
-        let BlockStep { q, h, block, scale, first, n, k_rows, v_rows } = *step;
-        let QueryBlock { i0, first_len, h_dh, g, .. } = *block;
+        let BlockStep {
+            q,
+            h,
+            block,
+            scale,
+            first,
+            n,
+            k_rows,
+            v_rows,
+        } = *step;
+        let QueryBlock {
+            i0,
+            first_len,
+            h_dh,
+            g,
+            ..
+        } = *block;
         let dh = 16 * C;
         let mut nk = [0usize; N];
         for (nk, &hd) in nk.iter_mut().zip(&heads) {
@@ -326,7 +365,11 @@ mod blocked {
             ));
             let old = max[hd];
             let new = if block_max > old { block_max } else { old };
-            rescale[i] = if old == f32::NEG_INFINITY { 0.0 } else { exp(old - new) };
+            rescale[i] = if old == f32::NEG_INFINITY {
+                0.0
+            } else {
+                exp(old - new)
+            };
             for x in row[..nk].iter_mut() {
                 *x = exp(*x - new);
             }

@@ -255,7 +255,11 @@ impl Attention {
         let chunk_len = self.kind.chunk_len();
 
         let mut outs = Vec::new();
-        let max_queries = if q.device().is_cpu() { CAUSAL_QUERY_BLOCK } else { QUERY_BLOCK };
+        let max_queries = if q.device().is_cpu() {
+            CAUSAL_QUERY_BLOCK
+        } else {
+            QUERY_BLOCK
+        };
         for run in mask::query_blocks(step.positions.clone(), chunk_len, max_queries) {
             let first_key = mask::chunk_start(run.start, chunk_len).max(keys_start);
             let keys = first_key..run.end;

@@ -56,7 +56,10 @@ fn check<E: HalfElement>(narrow: fn(f32) -> E) {
                 )
             })
             .collect();
-        let (k, v) = (view(&kb, first, hkv, cap, len, dh), view(&vb, first, hkv, cap, len, dh));
+        let (k, v) = (
+            view(&kb, first, hkv, cap, len, dh),
+            view(&vb, first, hkv, cap, len, dh),
+        );
         for isa in Isa::supported() {
             let fast = causal_attention_on(isa, &q, t, &k, &v, first_len, scale);
             let d = max_diff(&fast, &slow);
@@ -70,7 +73,11 @@ fn check<E: HalfElement>(narrow: fn(f32) -> E) {
             kb2[at] = narrow(kb[at].to_f32_scalar() + 4.0);
             let k2 = view(&kb2, first, hkv, cap, len, dh);
             let moved = causal_attention_on(isa, &q, t, &k2, &v, first_len, scale);
-            assert_eq!(moved[..h_dh], fast[..h_dh], "{case}: the first query saw a later key");
+            assert_eq!(
+                moved[..h_dh],
+                fast[..h_dh],
+                "{case}: the first query saw a later key"
+            );
             assert!(
                 max_diff(&moved[h_dh..h_dh + g * dh], &fast[h_dh..h_dh + g * dh]) > 1e-6,
                 "{case}: the second query missed its last key"

@@ -11,7 +11,12 @@ use herd_testkit::{fixture_path, Reference};
 use super::weights::{max_abs, max_diff, values};
 
 /// The slow twin: the cache widened to f32, one softmax(q·Kᵀ·scale)·V per query head.
-pub(crate) fn reference<E: HalfElement>(q: &[f32], k: &CacheView<'_, E>, v: &CacheView<'_, E>, scale: f32) -> Vec<f32> {
+pub(crate) fn reference<E: HalfElement>(
+    q: &[f32],
+    k: &CacheView<'_, E>,
+    v: &CacheView<'_, E>,
+    scale: f32,
+) -> Vec<f32> {
     let (hkv, dh, len) = (k.n_kv_heads, k.head_dim, k.len);
     let g = q.len() / (hkv * dh);
     let row = |c: &CacheView<'_, E>, h: usize, l: usize| -> Vec<f32> {

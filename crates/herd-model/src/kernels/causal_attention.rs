@@ -32,6 +32,20 @@ use super::isa::Isa;
 /// times G heads.
 pub const QUERY_BLOCK: usize = 16;
 
+/// Whether `isa` has the blocked build for this head size (AVX-512, 64 or 128: Llama 4's 128).
+/// Elsewhere the per-query build is no faster than a masked product, and the model keeps that.
+pub fn has_blocked_build(isa: Isa, head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) && blocked::takes(head_dim)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, head_dim);
+        false
+    }
+}
+
 /// q [T, H, Dh] (H = G · n_kv_heads, query heads h·G .. h·G+G on KV head h) → o [T, H, Dh],
 /// query i over the first `first_len + i` keys of `k` and `v`.
 ///
@@ -82,7 +96,7 @@ pub fn causal_attention_on<E: HalfElement>(
         "queries see past the keys"
     );
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) && blocked::takes(dh) {
+    if has_blocked_build(isa, dh) {
         let h_dh = hkv * g * dh;
         let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(g * dh).map(Mutex::new).collect();
         let blocks = t.div_ceil(QUERY_BLOCK);

@@ -9,9 +9,10 @@ use candle_core::{DType, Tensor};
 
 use crate::config::{AttentionKind, LayerPlan, ModelConfig, TemperatureTuning};
 use crate::error::Result;
-use crate::kernels::causal_attention::causal_attention;
+use crate::kernels::causal_attention::{causal_attention, has_blocked_build};
 use crate::kernels::decode_attention::{decode_attention, CacheView};
 use crate::kernels::half_matmul::HalfElement;
+use crate::kernels::isa::Isa;
 use crate::kv_cache::LayerCache;
 use crate::nn::{rms_normalize, Linear, RotaryTables};
 use crate::step::{DecodeInputs, StepInputs};
@@ -255,11 +256,10 @@ impl Attention {
         let chunk_len = self.kind.chunk_len();
 
         let mut outs = Vec::new();
-        let max_queries = if q.device().is_cpu() {
-            CAUSAL_QUERY_BLOCK
-        } else {
-            QUERY_BLOCK
-        };
+        // The CPU's causal kernel where it has its blocked build (Llama 4's head size on
+        // AVX-512); the masked product otherwise.
+        let causal = q.device().is_cpu() && has_blocked_build(Isa::current(), self.head_dim);
+        let max_queries = if causal { CAUSAL_QUERY_BLOCK } else { QUERY_BLOCK };
         for run in mask::query_blocks(step.positions.clone(), chunk_len, max_queries) {
             let first_key = mask::chunk_start(run.start, chunk_len).max(keys_start);
             let keys = first_key..run.end;
@@ -278,7 +278,7 @@ impl Attention {
                     continue;
                 }
             }
-            if run.len() > 1 && q.device().is_cpu() {
+            if run.len() > 1 && causal {
                 // A prompt's queries: each over its own causal prefix of the run's keys (the
                 // first sees those up to its position, each later one a key more), in f32
                 // whatever the compute dtype, as a decode step attends.

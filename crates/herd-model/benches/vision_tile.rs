@@ -1,6 +1,7 @@
 //! Time to encode 336-px tiles with a Scout-sized vision tower (34 layers, width 1408, 16
 //! heads, MLP 5632, adapter and projector into width 5120), random weights:
-//! `cargo bench -p herd-model --bench vision_tile`. Prints a table, then one JSON line.
+//! `cargo bench -p herd-model --bench vision_tile` (`COMPUTE=f32|bf16` for one compute dtype).
+//! Prints a table, then one JSON line.
 //! The random checkpoint (bf16, ~1.7 GB) is written to a temporary folder and removed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench may panic on a broken setup
@@ -76,25 +77,33 @@ fn main() {
     drop(tensors);
 
     println!(
-        "Scout-sized vision tower: {:.0}M parameters, f32 compute, {} threads, {} kernels",
+        "Scout-sized vision tower: {:.0}M parameters, {} threads, {} kernels",
         params as f64 / 1e6,
         herd_model::kernels::row_split::threads(),
         herd_model::kernels::isa::Isa::current()
     );
-    println!("{:<10} {:>10} {:>14}", "tiles", "seconds", "s per tile");
-    let model = VisionModel::load_dir(&dir, TEXT, DType::F32, &dev)
-        .unwrap()
-        .unwrap();
+    println!(
+        "{:<8} {:<8} {:>10} {:>14}",
+        "compute", "tiles", "seconds", "s per tile"
+    );
     let mut results = Vec::new();
-    for tiles in [1usize, 2] {
-        let pixels = Tensor::randn(0f32, 1.0, (tiles, 3, 336, 336), &dev).unwrap();
-        model.forward(&pixels).unwrap(); // warm-up
-        let t = Instant::now();
-        let out = model.forward(&pixels).unwrap();
-        let s = t.elapsed().as_secs_f64();
-        assert_eq!(out.dims(), &[tiles * 144, TEXT]);
-        println!("{tiles:<10} {s:>10.2} {:>14.2}", s / tiles as f64);
-        results.push(serde_json::json!({"tiles": tiles, "seconds": s}));
+    // COMPUTE=f32 or COMPUTE=bf16 times one compute dtype alone (for a profile).
+    let only = std::env::var("COMPUTE").ok();
+    for (name, dtype) in [("f32", DType::F32), ("bf16", DType::BF16)] {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let model = VisionModel::load_dir(&dir, TEXT, dtype, &dev).unwrap().unwrap();
+        for tiles in [1usize, 2] {
+            let pixels = Tensor::randn(0f32, 1.0, (tiles, 3, 336, 336), &dev).unwrap();
+            model.forward(&pixels).unwrap(); // warm-up
+            let t = Instant::now();
+            let out = model.forward(&pixels).unwrap();
+            let s = t.elapsed().as_secs_f64();
+            assert_eq!(out.dims(), &[tiles * 144, TEXT]);
+            println!("{name:<8} {tiles:<8} {s:>10.2} {:>14.2}", s / tiles as f64);
+            results.push(serde_json::json!({"compute": name, "tiles": tiles, "seconds": s}));
+        }
     }
     println!(
         "{}",

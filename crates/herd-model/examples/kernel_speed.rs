@@ -1,5 +1,5 @@
 //! Weight-streaming speed of each matrix–vector kernel (herd's and candle's) on one matrix of
-//! `ROWS` (default 65536) × 2048: `cargo run --release -p herd-model --example kernel_speed [ISA]`,
+//! `ROWS` (default 65536) × `K` (default 2048): `cargo run --release -p herd-model --example kernel_speed [ISA]`,
 //! `FORMAT=Q4_K` for one format. `TOKENS=512` times the prefill products instead (GFLOP/s for
 //! that many activation rows; ROWS defaults to 4096 there): bf16 weights against f32 and
 //! bf16-valued activations, and each quantized format through its panels.
@@ -20,7 +20,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if tokens.is_some() { 4096 } else { 65536 });
-    let k = 2048;
+    let k: usize = std::env::var("K")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
     let x: Vec<f32> = (0..k)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();

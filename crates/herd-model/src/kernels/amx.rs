@@ -324,65 +324,132 @@ pub fn product_rows_on(
             tail
         })
         .collect();
-    let mut c = [0f32; ROWS * TOKENS];
     let plane_bytes = acts.plane_len() * 2;
+    let (groups, blocks) = (rows.div_ceil(ROWS), t.div_ceil(TOKENS));
+    // c [32 rows × 32 tokens] += row group g · token block `block` over the K panel from block
+    // kb0, weight plane after plane. Both loop orders below run the panels in order, so they
+    // make the same additions in the same order (a microkernel continues the sums it finds in
+    // c) and the result does not depend on which one the run's length picks.
+    let product = |block: usize, g: usize, kb0: usize, c: &mut [f32]| {
+        let r0 = g * ROWS;
+        let half = t - block * TOKENS <= TOKENS / 2;
+        let nkb = K_PANEL_BLOCKS.min(kblocks - kb0);
+        for (i, a_plane) in w.iter().enumerate() {
+            let a = if r0 < whole {
+                &a_plane[r0 * k..(r0 + ROWS) * k]
+            } else {
+                &tails[i][..]
+            };
+            let a = &a[kb0 * K_BLOCK..];
+            // Activation planes j with i + j ≤ 2 (the rest are below 2⁻²⁴ of the product).
+            let b_planes = acts.planes.min(3 - i.min(2));
+            let b = &acts.data[(block * kblocks + kb0) * 2 * TILE..];
+            assert!(b.len() >= (b_planes - 1) * acts.plane_len() + nkb * 2 * TILE);
+            assert_eq!(c.len(), ROWS * TOKENS);
+            let kernel: super::dpbf16::Microkernel = match (isa, b_planes, half) {
+                (Isa::Avx512Bf16, planes, half) => super::dpbf16::microkernel(planes, half),
+                (_, 1, false) => tile_32x32_1,
+                (_, 2, false) => tile_32x32_2,
+                (_, _, false) => tile_32x32_3,
+                (_, 1, true) => tile_32x16_1,
+                (_, 2, true) => tile_32x16_2,
+                (_, _, true) => tile_32x16_3,
+            };
+            // SAFETY: the tile session is live on tiles (the CPU has AVX-512 BF16
+            // otherwise, asserted above); a holds 32 rows k bf16 apart, each with the
+            // panel's 32·nkb values from its start (kb0 + nkb ≤ kblocks), each B plane nkb
+            // pairs of tiles (asserted above), c is 32×32 f32 (asserted), nkb ≥ 1.
+            unsafe { kernel(a.as_ptr(), k * 2, b.as_ptr(), plane_bytes, nkb, c.as_mut_ptr()) };
+        }
+    };
+    // c is [rows × tokens]; y wants token-major rows.
+    let scatter = |block: usize, g: usize, c: &[f32], out: &mut ColumnBlock<'_>| {
+        let (r0, group) = (g * ROWS, (rows - g * ROWS).min(ROWS));
+        for j in 0..(t - block * TOKENS).min(TOKENS) {
+            let dst = &mut out.token_row(block * TOKENS + j)[r0..r0 + group];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = c[i * TOKENS + j];
+            }
+        }
+    };
     // SAFETY: usable() is asserted above for the tiles.
     let _session = (isa == Isa::Amx).then(|| unsafe { TileSession::start() });
-    // Token blocks outside, weight groups inside: the caller's run of rows stays in L2 while
-    // each block of packed activations is streamed through once.
-    for block in 0..t.div_ceil(TOKENS) {
-        let tokens = (t - block * TOKENS).min(TOKENS);
-        for r0 in (0..rows).step_by(ROWS) {
-            let group = (rows - r0).min(ROWS);
-            c.fill(0.0);
-            for (i, a_plane) in w.iter().enumerate() {
-                let a = if r0 < whole {
-                    &a_plane[r0 * k..(r0 + ROWS) * k]
-                } else {
-                    &tails[i][..]
-                };
-                // Activation planes j with i + j ≤ 2 (the rest are below 2⁻²⁴ of the product).
-                let b_planes = acts.planes.min(3 - i.min(2));
-                let b = &acts.data[block * kblocks * 2 * TILE..];
-                assert!(b.len() >= (b_planes - 1) * acts.plane_len() + kblocks * 2 * TILE);
-                let half = tokens <= TOKENS / 2;
-                let kernel: super::dpbf16::Microkernel = match (isa, b_planes, half) {
-                    (Isa::Avx512Bf16, planes, half) => super::dpbf16::microkernel(planes, half),
-                    (_, 1, false) => tile_32x32_1,
-                    (_, 2, false) => tile_32x32_2,
-                    (_, _, false) => tile_32x32_3,
-                    (_, 1, true) => tile_32x16_1,
-                    (_, 2, true) => tile_32x16_2,
-                    (_, _, true) => tile_32x16_3,
-                };
-                // SAFETY: the session is live on tiles (the CPU has AVX-512 BF16 otherwise,
-                // asserted above); a holds 32 rows of k = 32·kblocks bf16, each B plane
-                // kblocks pairs of tiles (asserted above), c is 32×32 f32, kblocks ≥ 1.
-                unsafe {
-                    kernel(
-                        a.as_ptr(),
-                        k * 2,
-                        b.as_ptr(),
-                        plane_bytes,
-                        kblocks,
-                        c.as_mut_ptr(),
-                    )
-                };
+    if rows * k * 2 * w.len() <= L2_WEIGHT_BYTES {
+        // Token blocks outside, weight groups inside: the run of rows stays in L2 while each
+        // block of packed activations is streamed through once.
+        let mut c = [0f32; ROWS * TOKENS];
+        for block in 0..blocks {
+            for g in 0..groups {
+                c.fill(0.0);
+                for kb0 in (0..kblocks).step_by(K_PANEL_BLOCKS) {
+                    product(block, g, kb0, &mut c);
+                }
+                scatter(block, g, &c, out);
             }
-            // c is [rows × tokens]; y wants token-major rows.
-            for j in 0..tokens {
-                let dst = &mut out.token_row(block * TOKENS + j)[r0..r0 + group];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = c[i * TOKENS + j];
+        }
+        return;
+    }
+    // A run too long for L2: K panels outside, then token blocks, then weight groups, so the
+    // run's rows of one panel stay in L2 while every block of activations streams past them
+    // and the activations are still read once per run (a short run per task instead re-read
+    // all of them every few rows: two Scout tiles' fc2 took 2.8 times one tile's).
+    with_accumulators(groups * blocks * ROWS * TOKENS, |c| {
+        let at = |block: usize, g: usize| {
+            (g * blocks + block) * ROWS * TOKENS..(g * blocks + block + 1) * ROWS * TOKENS
+        };
+        for kb0 in (0..kblocks).step_by(K_PANEL_BLOCKS) {
+            for block in 0..blocks {
+                for g in 0..groups {
+                    product(block, g, kb0, &mut c[at(block, g)]);
                 }
             }
         }
-    }
+        for block in 0..blocks {
+            for g in 0..groups {
+                scatter(block, g, &c[at(block, g)], out);
+            }
+        }
+    });
 }
 
-/// Weight rows per task for a product on tiles: whole tile groups, about 512 KiB of bf16 rows
-/// (a core's share of L2 with room for the activation block streamed past them).
-pub fn rows_per_task(n: usize, k: usize) -> usize {
+/// Bytes of a run's weight rows (all planes) that stay in L2 across the token blocks: about half
+/// a core's share, leaving room for the activations streamed past.
+const L2_WEIGHT_BYTES: usize = 512 << 10;
+
+/// K blocks per panel: 1024 values, a task's run of up to 384 bf16 rows being 768 KiB of L2
+/// (512 values streamed each row in 1 KiB pieces, which cost ~10 % at pp512). Fixed (not
+/// from the run's length, which follows the thread count) so the summation order, panel by
+/// panel, is the same whatever the threads.
+const K_PANEL_BLOCKS: usize = 32;
+
+/// Runs `f` on `len` zeroed f32 accumulators, this thread's buffer kept from call to call.
+fn with_accumulators<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static BUFFER: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut c = BUFFER.take();
+    c.clear();
+    c.resize(len, 0.0);
+    let result = f(&mut c);
+    BUFFER.set(c);
+    result
+}
+
+/// Weight rows per task for a product on tiles or `vdpbf16ps` whose weights are read where
+/// they lie: each task reads all the packed activations once, so runs are long (up to 384 rows,
+/// whole tile groups; K panels keep their slice in L2), in a count of tasks that is a multiple
+/// of the threads.
+pub fn rows_per_task(n: usize) -> usize {
+    const MAX: usize = 12 * ROWS;
+    let threads = super::row_split::threads().max(1);
+    let rounds = n.div_ceil(threads * MAX).max(1);
+    n.div_ceil(threads * rounds).div_ceil(ROWS).max(1) * ROWS
+}
+
+/// Weight rows per task where each task first dequantizes its rows into a bf16 panel: about
+/// 512 KiB of them (a core's share of L2, so the panel is still there when the products read
+/// it), whole tile groups, at least two tasks per thread.
+pub fn panel_rows_per_task(n: usize, k: usize) -> usize {
     let by_bytes = (512 << 10) / (2 * k.max(1)) / ROWS * ROWS;
     let by_threads = n.div_ceil(super::row_split::threads() * 2).div_ceil(ROWS) * ROWS;
     by_bytes.min(by_threads).clamp(ROWS, 4 * ROWS)

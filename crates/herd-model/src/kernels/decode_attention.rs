@@ -280,7 +280,7 @@ pub(crate) fn widened_rows<'a, E: HalfElement>(
 /// e^(s − max) by [`exp`] with the sum, then the scaling. Plain loops throughout (a closure's
 /// body is compiled without the calling build's target features).
 #[inline(always)]
-fn softmax_in_place(row: &mut [f32]) {
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
     const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -430,7 +430,7 @@ fn for_each_row<E: HalfElement>(
 /// `Σ a[i]·b[i]` over sixteen running sums (a vector's worth, so the compiler keeps them in one
 /// register of whatever width the calling build has), then the tail.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = a16

@@ -185,7 +185,7 @@ pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: us
         // On tiles, both sides split exactly into bf16 planes (bf16 weights read where they
         // lie): the f32 product up to summation order.
         amx::PackedActivations::with_packed(x, t, k, amx::Split::Exact, |acts| {
-            split_columns_by(n, t, amx::rows_per_task(n, k), |rows, out| {
+            split_columns_by(n, t, amx::rows_per_task(n), |rows, out| {
                 let planes = W::bf16_planes(&w[rows.start * k..rows.end * k]);
                 let planes: Vec<&[bf16]> = planes.iter().map(|p| &p[..]).collect();
                 amx::product_rows_on(isa, &planes, rows.len(), acts, out)

@@ -77,7 +77,7 @@ pub fn matmul_t_panels_on(isa: Isa, w: &crate::weights::QuantTensor, x: &[f32], 
     if isa >= Isa::Avx512Bf16 && k.is_multiple_of(amx::K_BLOCK) {
         let row_bytes = w.bytes().len() / n.max(1);
         return amx::PackedActivations::with_packed(x, t, k, amx::Split::Rounded, |acts| {
-            super::row_split::split_columns_by(n, t, amx::rows_per_task(n, k), |rows, out| {
+            super::row_split::split_columns_by(n, t, amx::panel_rows_per_task(n, k), |rows, out| {
                 with_panel(rows.len() * k, |panel| {
                     if dequantize::supports(w.quant_type()) {
                         let bytes = &w.bytes()[rows.start * row_bytes..rows.end * row_bytes];

@@ -2,10 +2,11 @@
 //! bidirectional multi-head attention (biases on q/k/v/o, 2-D RoPE on q and k, scale
 //! 1/√Dh). Shapes: N tiles, L = P + 1 tokens, C width, H heads, Dh head dim.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::LayerNorm;
 
 use crate::error::Result;
+use crate::kernels::full_attention::full_attention;
 use crate::nn::BiasedLinear as Linear;
 use crate::weights::Weights;
 
@@ -68,6 +69,39 @@ impl EncoderLayer {
     fn attention(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (n, l, c) = x.dims3()?;
         let dh = c / self.n_heads;
+        let scale = 1.0 / (dh as f64).sqrt();
+        // [N, L, C] → [N, H, L, Dh]
+        let heads = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((n, l, self.n_heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        if x.device().is_cpu() {
+            // Rotation and attention in f32 whatever the compute dtype (the reference rotates
+            // in f32 too), on herd's kernel: candle's bf16 matmul and softmax are scalar loops.
+            let f32 = DType::F32;
+            let (cos, sin) = (cos.to_dtype(f32)?, sin.to_dtype(f32)?);
+            let rotated = |y: Tensor| -> Result<Vec<f32>> {
+                let y = candle_nn::rotary_emb::rope_i(&heads(y.to_dtype(f32)?)?, &cos, &sin)?;
+                Ok(y.flatten_all()?.to_vec1::<f32>()?)
+            };
+            let q = rotated(self.q_proj.forward(x)?)?;
+            let k = rotated(self.k_proj.forward(x)?)?;
+            let v = heads(self.v_proj.forward(x)?.to_dtype(f32)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let out = full_attention(&q, &k, &v, n, self.n_heads, l, dh, scale as f32);
+            let out = Tensor::from_vec(out, (n, l, c), x.device())?.to_dtype(x.dtype())?;
+            return self.o_proj.forward(&out);
+        }
+        self.o_proj.forward(&self.attention_slow(x, cos, sin)?)
+    }
+
+    /// The attention before o_proj in candle's tensor ops (other devices): x [N, L, C] →
+    /// [N, L, C].
+    fn attention_slow(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (n, l, c) = x.dims3()?;
+        let dh = c / self.n_heads;
         // [N, L, C] → [N, H, L, Dh]
         let heads = |y: Tensor| -> Result<Tensor> {
             Ok(y.reshape((n, l, self.n_heads, dh))?
@@ -79,7 +113,6 @@ impl EncoderLayer {
         let v = heads(self.v_proj.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [N, H, L, L]
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, l, c))?;
-        self.o_proj.forward(&out)
+        Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((n, l, c))?)
     }
 }

@@ -100,6 +100,55 @@ fn block_product_agrees_with_its_slow_twin(isa: Isa) {
 }
 
 #[test]
+fn a_run_too_long_for_l2_computes_what_short_runs_do() {
+    // 130 rows × 2048 bf16 (520 KiB) take the K-panel order, a 32-row run the token-block
+    // order: the same sums, bit for bit, for one weight plane and for the three of f32 weights,
+    // against one and three planes of activations, over two token blocks (the second a half).
+    let (t, rows, k) = (40, 130, 2048);
+    let x = values(t * k, 21);
+    let wide: Vec<f32> = values(rows * k, 22).iter().map(|v| v * 0.3).collect();
+    let bf: Vec<bf16> = wide.iter().map(|&v| bf16::from_f32(v)).collect();
+    let three = amx::split_exact(&wide);
+    assert_eq!(three.len(), 3);
+    for isa in block_isas() {
+        for planes in [vec![&bf[..]], three.iter().map(|p| &p[..]).collect::<Vec<_>>()] {
+            for split in [Split::Exact, Split::Rounded] {
+                let acts = PackedActivations::pack(&x, t, k, split);
+                let mut long = vec![f32::NAN; rows * t];
+                amx::product_rows_on(
+                    isa,
+                    &planes,
+                    rows,
+                    &acts,
+                    &mut ColumnBlock::whole(&mut long, t, rows),
+                );
+                let mut slow = vec![f32::NAN; rows * t];
+                amx::product_rows_slow(&planes, rows, &acts, &mut slow);
+                let d = max_diff(&long, &slow);
+                assert!(
+                    d <= 2e-6 * (k as f32).sqrt() * max_abs(&slow).max(1.0),
+                    "{isa} {split:?}: {d}"
+                );
+                for r0 in (0..rows).step_by(32) {
+                    let n = (rows - r0).min(32);
+                    let part: Vec<&[bf16]> = planes.iter().map(|p| &p[r0 * k..(r0 + n) * k]).collect();
+                    let mut short = vec![f32::NAN; n * t];
+                    amx::product_rows_on(isa, &part, n, &acts, &mut ColumnBlock::whole(&mut short, t, n));
+                    for ti in 0..t {
+                        assert_eq!(
+                            short[ti * n..(ti + 1) * n],
+                            long[ti * rows + r0..ti * rows + r0 + n],
+                            "{isa} {split:?} {} planes: rows {r0}.., token {ti}",
+                            planes.len()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn exact_split_takes_the_planes_the_values_need() {
     let bf16_exact: Vec<f32> = values(64, 5)
         .iter()

@@ -9,6 +9,7 @@ mod checkpoint_errors;
 mod config;
 mod dtypes;
 mod fp8;
+mod full_attention;
 mod gguf;
 mod gguf_parity;
 mod hostile;

@@ -1,0 +1,106 @@
+//! The vision encoder's attention kernel (every query over every key of its sequence, heads
+//! merged into [B, L, H·Dh]) on every path this CPU has, against the definition in f64.
+
+use herd_model::kernels::full_attention::full_attention_on;
+use herd_model::kernels::isa::Isa;
+
+use super::weights::{max_abs, max_diff, values};
+
+/// softmax(q kᵀ · scale) v per (sequence, head), in f64: q, k, v [B, H, L, Dh] → [B, L, H·Dh].
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    h: usize,
+    l: usize,
+    dh: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; b * h * l * dh];
+    for bi in 0..b {
+        for hi in 0..h {
+            let at = |x: &[f32], j: usize, d: usize| f64::from(x[((bi * h + hi) * l + j) * dh + d]);
+            for i in 0..l {
+                let s: Vec<f64> = (0..l)
+                    .map(|j| (0..dh).map(|d| at(q, i, d) * at(k, j, d)).sum::<f64>() * f64::from(scale))
+                    .collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in 0..dh {
+                    let o: f64 = (0..l).map(|j| e[j] / sum * at(v, j, d)).sum();
+                    out[((bi * l + i) * h + hi) * dh + d] = o as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn full_attention_matches_definition_on_every_path() {
+    // (sequences, heads, length, head dim): Scout's vision head (88: five vectors and a half),
+    // whole vectors, sizes under one vector and over four, lengths off every block size.
+    for &(b, h, l, dh) in &[
+        (1, 1, 1, 1),
+        (2, 3, 5, 88),
+        (1, 4, 37, 88),
+        (1, 2, 70, 16),
+        (2, 2, 33, 128),
+        (1, 1, 17, 130),
+        (1, 2, 65, 64),
+        (1, 1, 6, 7),
+    ] {
+        let n = b * h * l * dh;
+        let (q, k, v) = (values(n, 1 + l as u64), values(n, 2 + dh as u64), values(n, 3));
+        let q: Vec<f32> = q.iter().map(|x| x * 4.0).collect();
+        let scale = 1.0 / (dh as f32).sqrt();
+        let slow = reference(&q, &k, &v, b, h, l, dh, scale);
+        for isa in Isa::supported() {
+            let case = format!("{isa} {b}×{h}×{l}×{dh}");
+            let fast = full_attention_on(isa, &q, &k, &v, b, h, l, dh, scale);
+            let d = max_diff(&fast, &slow);
+            assert!(d <= 1e-5 * max_abs(&slow).max(1.0), "{case}: {d}");
+            // Mutation twin: the last key of (sequence 0, head 0), made to match the first
+            // query, moves that query's output (no causal mask), and nothing of any other head.
+            if l > 1 {
+                let mut k2 = k.clone();
+                for d in 0..dh {
+                    k2[(l - 1) * dh + d] = q[d];
+                }
+                let moved = full_attention_on(isa, &q, &k2, &v, b, h, l, dh, scale);
+                assert!(
+                    max_diff(&moved[..dh], &fast[..dh]) > 1e-4,
+                    "{case}: the first query missed the last key"
+                );
+                for i in 0..b * l {
+                    for hi in 1..h {
+                        let o = (i * h + hi) * dh;
+                        assert_eq!(
+                            moved[o..o + dh],
+                            fast[o..o + dh],
+                            "{case}: a key leaked into head {hi}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn full_attention_of_nothing_is_nothing() {
+    for isa in Isa::supported() {
+        assert!(full_attention_on(isa, &[], &[], &[], 0, 16, 577, 88, 1.0).is_empty());
+        assert!(full_attention_on(isa, &[], &[], &[], 1, 2, 0, 88, 1.0).is_empty());
+    }
+}
+
+#[test]
+#[should_panic(expected = "q, k, v must be [B, H, L, Dh]")]
+fn full_attention_rejects_a_short_key_buffer() {
+    let q = values(2 * 5 * 8, 1);
+    full_attention_on(Isa::Portable, &q, &q[1..], &q, 1, 2, 5, 8, 1.0);
+}

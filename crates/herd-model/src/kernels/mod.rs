@@ -9,6 +9,7 @@ pub mod decode_attention;
 pub mod dequantize;
 pub mod dpbf16;
 pub mod full_attention;
+pub mod gelu;
 pub mod half_matmul;
 pub mod isa;
 pub mod q8_activations;

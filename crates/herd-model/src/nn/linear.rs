@@ -18,6 +18,9 @@ use crate::nn::LowRank;
 use crate::weights::fp8::Fp8Matrix;
 use crate::weights::{QuantTensor, QuantType, Weights};
 
+/// What [`Linear::forward_then`] runs on a product's f32 result: (values [rows, out] flat, out).
+pub type Epilogue<'a> = dyn Fn(&mut [f32], usize) + 'a;
+
 #[derive(Debug, Clone)]
 pub enum Linear {
     /// [out, in] in the stored dtype.
@@ -107,33 +110,56 @@ impl Linear {
 
     /// x: [..., in] → [..., out], in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
+        self.product(x, None)
+    }
+
+    /// [`Linear::forward`] with `epilogue` run on the f32 result ([rows, out] flat, and out)
+    /// before it becomes a tensor in x's dtype: a bias and an activation in f32, in the one pass
+    /// the product's output takes anyway. Where the product is a tensor already (other devices,
+    /// adapted weights) it goes through host f32 values for the epilogue: a CPU tool.
+    pub fn forward_then(&self, x: &Tensor, epilogue: &Epilogue<'_>) -> Result<Tensor> {
+        self.product(x, Some(epilogue))
+    }
+
+    fn product(&self, x: &Tensor, epilogue: Option<&Epilogue<'_>>) -> Result<Tensor> {
+        let finish = |mut y: Vec<f32>, lead: Vec<usize>, n: usize| {
+            if let Some(f) = epilogue {
+                f(&mut y, n);
+            }
+            output(y, lead, n, x.device(), x.dtype())
+        };
+        let tensor = match self {
             // On the CPU herd's kernels take every dense dtype, accumulating in f32 whatever
             // the compute dtype (candle's bf16 matmul is scalar: 0.2 tok/s). One kernel for all
             // three also means the same values compute the same whichever dtype holds them (a
             // GGUF keeps the router in F32 where the folder had bf16).
             Linear::Dense(w) if w.device().is_cpu() && x.device().is_cpu() => match w.dtype() {
-                DType::BF16 => half_product::<bf16>(x, w),
-                DType::F16 => half_product::<f16>(x, w),
-                DType::F32 => half_product::<f32>(x, w),
-                _ if w.dtype() == x.dtype() => Ok(x.broadcast_matmul(&w.t()?)?),
-                _ => Ok(x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?),
+                DType::BF16 => return half_product::<bf16>(x, w, finish),
+                DType::F16 => return half_product::<f16>(x, w, finish),
+                DType::F32 => return half_product::<f32>(x, w, finish),
+                _ if w.dtype() == x.dtype() => x.broadcast_matmul(&w.t()?)?,
+                _ => x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?,
             },
-            Linear::Dense(w) if w.dtype() == x.dtype() => Ok(x.broadcast_matmul(&w.t()?)?),
-            Linear::Dense(w) => Ok(x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?),
+            Linear::Dense(w) if w.dtype() == x.dtype() => x.broadcast_matmul(&w.t()?)?,
+            Linear::Dense(w) => x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?,
             Linear::Quantized(q) => {
                 let (lead, x32) = flat_f32(x, q.cols())?;
                 let t = x32.len() / q.cols();
-                let y = q.matmul_t(&x32, t)?;
-                output(y, lead, q.rows(), x.device(), x.dtype())
+                return finish(q.matmul_t(&x32, t)?, lead, q.rows());
             }
             Linear::Fp8(m) => {
                 let (lead, x32) = flat_f32(x, m.cols())?;
                 let t = x32.len() / m.cols().max(1);
-                output(m.matmul_t(&x32, t), lead, m.rows(), x.device(), x.dtype())
+                return finish(m.matmul_t(&x32, t), lead, m.rows());
             }
-            Linear::Adapted(pair) => Ok((pair.0.forward(x)? + pair.1.delta(x)?)?),
-        }
+            Linear::Adapted(pair) => (pair.0.forward(x)? + pair.1.delta(x)?)?,
+        };
+        let Some(f) = epilogue else { return Ok(tensor) };
+        let dims = tensor.dims().to_vec();
+        let n = dims.last().copied().unwrap_or(1);
+        let mut values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        f(&mut values, n);
+        Ok(Tensor::from_vec(values, dims, tensor.device())?.to_dtype(tensor.dtype())?)
     }
 
     /// The gradient a product sends back to its input: `∂L/∂x = ∂L/∂y · W` for
@@ -181,13 +207,18 @@ impl Linear {
     }
 }
 
-/// f32 activations against a bf16/f16 weight, on the CPU, without widening the whole weight.
-fn half_product<W: HalfElement + candle_core::WithDType>(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// f32 activations against a bf16/f16 weight, on the CPU, without widening the whole weight;
+/// `finish` makes the f32 result [rows, n] a tensor.
+fn half_product<W: HalfElement + candle_core::WithDType>(
+    x: &Tensor,
+    w: &Tensor,
+    finish: impl FnOnce(Vec<f32>, Vec<usize>, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     let (lead, x32) = flat_f32(x, k)?;
     let t = x32.len() / k;
     let y = with_cpu_values(w, |values: &[W]| half_matmul::matmul_t(&x32, t, values, n, k))?;
-    output(y, lead, n, x.device(), x.dtype())
+    finish(y, lead, n)
 }
 
 /// grad_y [..., n] times a bf16/f16/f32 weight [n, k] on the CPU → [..., k].
@@ -263,6 +294,31 @@ impl BiasedLinear {
 
     /// x: [..., in] → [..., out]
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.linear.forward(x)?.broadcast_add(&self.bias)?)
+        self.forward_act(x, false)
+    }
+
+    /// x: [..., in] → GELU(x Wᵀ + b) [..., out], the exact (erf) GELU.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            // Bias and activation in f32 on the product's f32 result, before its one
+            // conversion to the compute dtype (candle's bf16 add and erf are scalar loops).
+            let bias = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            return self.linear.forward_then(x, &|y, n| {
+                for row in y.chunks_exact_mut(n.max(1)) {
+                    for (v, b) in row.iter_mut().zip(&bias) {
+                        *v += b;
+                    }
+                }
+                if gelu {
+                    crate::kernels::gelu::gelu_erf_in_place(y);
+                }
+            });
+        }
+        let y = self.linear.forward(x)?.broadcast_add(&self.bias)?;
+        Ok(if gelu { y.gelu_erf()? } else { y })
     }
 }

@@ -60,8 +60,7 @@ impl EncoderLayer {
         let mlp = self.fc2.forward(
             &self
                 .fc1
-                .forward(&self.post_attention_layernorm.forward(&h)?)?
-                .gelu_erf()?,
+                .forward_gelu(&self.post_attention_layernorm.forward(&h)?)?,
         )?;
         Ok((h + mlp)?)
     }

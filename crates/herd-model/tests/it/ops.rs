@@ -143,3 +143,43 @@ fn router_picks_top_k_on_raw_logits_with_sigmoid_scores() {
     // Sigmoid scores are not renormalised: they need not sum to 1.
     assert!((sig(2.0) + sig(1.0) - 1.0).abs() > 0.1);
 }
+
+#[test]
+fn gelu_matches_candles_erf_gelu_on_every_path() {
+    use herd_model::kernels::gelu::gelu_erf_in_place_on;
+    use herd_model::kernels::isa::Isa;
+    // Both tails, the middle, zeros of both signs, values past the exponential's range, and
+    // enough of them for several pool tasks.
+    let mut x: Vec<f32> = (0..200_003).map(|i| (i as f32 - 100_000.0) * 1.3e-4).collect();
+    x.extend([0.0, -0.0, 1e-30, -1e-30, 9.0, -9.0, 50.0, -50.0, f32::MAX, -1e5]);
+    // The slow twin in f64: candle's gelu_erf with its own erf.
+    let slow: Vec<f32> = Tensor::new(x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), &Device::Cpu)
+        .unwrap()
+        .gelu_erf()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    for isa in Isa::supported() {
+        let mut fast = x.clone();
+        gelu_erf_in_place_on(isa, &mut fast);
+        for ((&xi, &f), &s) in x.iter().zip(&fast).zip(&slow) {
+            // Absolute error of erf (2e-7 with the exponential's) times |x|/2, and f32 rounding.
+            let tol = 1.5e-7 * xi.abs().max(1.0) + 1e-7 * s.abs();
+            assert!((f - s).abs() <= tol, "{isa}: gelu({xi}) = {f}, want {s}");
+        }
+        // Mutation twin: the tanh approximation (what `gelu` means elsewhere) is told apart.
+        let tanh = |v: f32| {
+            0.5 * v * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+        };
+        assert!(
+            x.iter().zip(&fast).any(|(&xi, &f)| (tanh(xi) - f).abs() > 1e-5),
+            "{isa}"
+        );
+    }
+    let mut nan = [f32::NAN];
+    gelu_erf_in_place_on(Isa::current(), &mut nan);
+    assert!(nan[0].is_nan());
+}

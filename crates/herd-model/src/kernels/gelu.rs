@@ -1,0 +1,94 @@
+//! GELU in its exact form, `0.5·x·(1 + erf(x/√2))` (the vision tower's activation), in plain
+//! arithmetic that vectorises: candle calls an erf value by value, 0.3 s of a Scout tile in f32
+//! and 0.6 s under `--dtype bf16`. The slow twin is candle's `gelu_erf`.
+
+use super::isa::Isa;
+
+/// Values per task on the barrier pool.
+const TASK_VALUES: usize = 1 << 16;
+
+/// GELU of every value, in place, on [`Isa::current`].
+pub fn gelu_erf_in_place(values: &mut [f32]) {
+    gelu_erf_in_place_on(Isa::current(), values)
+}
+
+/// [`gelu_erf_in_place`] on a chosen [`Isa`] (the twin tests force each path).
+///
+/// # Panics
+/// If this CPU lacks `isa`.
+pub fn gelu_erf_in_place_on(isa: Isa, values: &mut [f32]) {
+    assert!(isa.is_supported());
+    let tasks: Vec<std::sync::Mutex<&mut [f32]>> = values
+        .chunks_mut(TASK_VALUES)
+        .map(std::sync::Mutex::new)
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(tasks.len(), |range| {
+        for i in range {
+            let Ok(mut chunk) = tasks[i].lock() else { continue };
+            run(isa, &mut chunk);
+        }
+    });
+}
+
+fn run(isa: Isa, values: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F (part of these levels, asserted by the caller).
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { x86::run_avx512(values) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (part of this level).
+        Isa::Avx2 => unsafe { x86::run_avx2(values) },
+        _ => run_portable(values),
+    }
+}
+
+#[inline(always)]
+fn run_portable(values: &mut [f32]) {
+    for x in values.iter_mut() {
+        *x = gelu_erf(*x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    // The plain loop compiled for wider registers.
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn run_avx512(values: &mut [f32]) {
+        super::run_portable(values)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn run_avx2(values: &mut [f32]) {
+        super::run_portable(values)
+    }
+}
+
+/// `0.5·x·(1 + erf(x/√2))`.
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error under 1.5e-7, about an f32 ulp of 1):
+/// `1 − (a₁t + … + a₅t⁵)·e^(−x²)` with `t = 1/(1 + p|x|)`, odd in x. Selects, no branches, so a
+/// run of them vectorises; the exponential is the softmax's ([`super::decode_attention::exp`]),
+/// whose argument here is never positive. NaN stays NaN.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_74;
+    const A3: f32 = 1.421_413_8;
+    const A4: f32 = -1.453_152_1;
+    const A5: f32 = 1.061_405_4;
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
+    let y = 1.0 - poly * super::decode_attention::exp(-(a * a));
+    if x < 0.0 {
+        -y
+    } else {
+        y
+    }
+}

@@ -172,6 +172,18 @@ fn exact_split_takes_the_planes_the_values_need() {
         PackedActivations::pack(&values(64, 7), 2, 32, Split::Rounded).planes(),
         1
     );
+    // Long inputs are scanned in parallel runs: one value that needs more, anywhere (first,
+    // inside a late run, last), raises the count for the whole.
+    let n = 300_001;
+    let long: Vec<f32> = values(n, 8).iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    assert_eq!(amx::planes_needed(&long), 1);
+    for at in [0, 70_000, 262_143, n - 1] {
+        let mut one = long.clone();
+        one[at] = f32::from_bits(one[at].to_bits() | 0x100);
+        assert_eq!(amx::planes_needed(&one), 2, "at {at}");
+        one[at] = f32::from_bits(one[at].to_bits() | 0x1);
+        assert_eq!(amx::planes_needed(&one), 3, "at {at}");
+    }
 }
 
 #[test]

@@ -196,6 +196,9 @@ pub(crate) mod registers {
         let dh = 16 * C;
         let len = k.len;
         let g = q_h.len() / dh;
+        if let (Some(kd), Some(vd)) = (E::as_f16(k.data), E::as_f16(v.data)) {
+            return one_head_f16::<C>(q_h, k, kd, v, vd, h, scale, o);
+        }
         // Grown only if the cache needs widening (an f32 cache is read where it lies).
         let mut buf = Vec::new();
         // s [G, L]
@@ -242,6 +245,80 @@ pub(crate) mod registers {
                     let p = _mm512_set1_ps(p);
                     for (c, acc) in acc.iter_mut().enumerate() {
                         *acc = _mm512_fmadd_ps(p, _mm512_loadu_ps(rows[r * dh + 16 * c..].as_ptr()), *acc);
+                    }
+                }
+                for (c, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o_g[16 * c..].as_mut_ptr(), *acc);
+                }
+            }
+        }
+    }
+    /// [`one_head_c`] on an f16 cache, its rows widened in registers as they are read (a
+    /// widening pass into a buffer first stored and reloaded every value).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn one_head_f16<const C: usize>(
+        q_h: &[f32],
+        k: &CacheView<'_, impl HalfElement>,
+        kd: &[half::f16],
+        v: &CacheView<'_, impl HalfElement>,
+        vd: &[half::f16],
+        h: usize,
+        scale: f32,
+        o: &mut [f32],
+    ) {
+        let dh = 16 * C;
+        let len = k.len;
+        let g = q_h.len() / dh;
+        let k_rows = &kd[h * k.head_stride..h * k.head_stride + len * dh];
+        let v_rows = &vd[h * v.head_stride..h * v.head_stride + len * dh];
+        let load = |rows: &[half::f16], at: usize| -> __m512 {
+            // SAFETY: callers pass at + 16 ≤ rows.len() (a row's 16·c-th vector).
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(rows.as_ptr().add(at).cast())) }
+        };
+        // s [G, L], a block of rows at a time for all G heads (the block stays in L1).
+        let mut s = vec![0f32; g * len];
+        for first in (0..len).step_by(ROWS_PER_WIDEN) {
+            let n = ROWS_PER_WIDEN.min(len - first);
+            let rows = &k_rows[first * dh..(first + n) * dh];
+            for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
+                let mut q = [_mm512_setzero_ps(); C];
+                for (c, q) in q.iter_mut().enumerate() {
+                    *q = _mm512_loadu_ps(q_g[16 * c..].as_ptr());
+                }
+                let s_g = &mut s[gi * len + first..gi * len + first + n];
+                let mut r = 0;
+                while r < n {
+                    let keys = (n - r).min(4);
+                    let mut acc = [_mm512_setzero_ps(); 4];
+                    for (c, &q_c) in q.iter().enumerate() {
+                        for (j, acc) in acc.iter_mut().enumerate().take(keys) {
+                            *acc = _mm512_fmadd_ps(q_c, load(rows, (r + j) * dh + 16 * c), *acc);
+                        }
+                    }
+                    let mut sums = [0f32; 4];
+                    _mm_storeu_ps(sums.as_mut_ptr(), _mm_mul_ps(sum4(&acc), _mm_set1_ps(scale)));
+                    s_g[r..r + keys].copy_from_slice(&sums[..keys]);
+                    r += keys;
+                }
+            }
+        }
+        for row in s.chunks_exact_mut(len) {
+            softmax_in_place(row);
+        }
+        o.fill(0.0);
+        for first in (0..len).step_by(ROWS_PER_WIDEN) {
+            let n = ROWS_PER_WIDEN.min(len - first);
+            let rows = &v_rows[first * dh..(first + n) * dh];
+            for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
+                let mut acc = [_mm512_setzero_ps(); C];
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_loadu_ps(o_g[16 * c..].as_ptr());
+                }
+                for (r, &p) in s[gi * len + first..gi * len + first + n].iter().enumerate() {
+                    let p = _mm512_set1_ps(p);
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(p, load(rows, r * dh + 16 * c), *acc);
                     }
                 }
                 for (c, acc) in acc.iter().enumerate() {

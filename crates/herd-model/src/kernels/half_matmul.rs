@@ -35,6 +35,11 @@ pub trait HalfElement: Copy + Send + Sync + 'static {
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
         None
     }
+    /// The values themselves where they are f16, so a kernel can widen them in registers
+    /// (`vcvtph2ps`) as it reads them; `None` for other formats.
+    fn as_f16(_: &[Self]) -> Option<&[f16]> {
+        None
+    }
     /// `Σ x[i]·w[i]` with w widened on the fly on `isa`; `buf` is scratch of w's length for
     /// formats that widen through a buffer.
     fn dot(isa: Isa, x: &[f32], w: &[Self], buf: &mut [f32]) -> f32 {
@@ -79,6 +84,9 @@ impl HalfElement for bf16 {
 }
 
 impl HalfElement for f16 {
+    fn as_f16(s: &[Self]) -> Option<&[f16]> {
+        Some(s)
+    }
     fn widen(src: &[Self], dst: &mut [f32]) {
         widen_f16_on(Isa::current(), src, dst);
     }

@@ -131,11 +131,12 @@ mod x86 {
 }
 
 /// The AVX-512 kernel for the common head sizes (64, 128: four or eight 16-lane vectors, held
-/// in registers): each query head's vectors stay in registers while a block of keys (widened
-/// once) streams past, four keys at a time so four sums are in flight; softmax with a
-/// vectorised [`exp`]; then each query head's output accumulates in registers over the block of
-/// values. Written with intrinsics because the compiler did not keep array accumulators in
-/// registers, and a closure's body loses the calling build's target features.
+/// in registers): each query head's vectors stay in registers while a block of keys (f16 widened
+/// in registers as read, bf16 widened once into a buffer) streams past, four keys at a time so
+/// four sums are in flight; softmax with a vectorised [`exp`]; then each query head's output
+/// accumulates in registers over the block of values. Written with intrinsics because the
+/// compiler did not keep array accumulators in registers, and an iterator adapter's closure
+/// (called from a function not inlined into the build) loses the calling build's target features.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod registers {
     use std::arch::x86_64::*;
@@ -183,7 +184,10 @@ pub(crate) mod registers {
         }
     }
 
-    /// Head size 16·C.
+    /// Head size 16·C. Keys and values go by blocks of [`ROWS_PER_WIDEN`] rows, each block used
+    /// by all G heads while it is in L1: an f16 cache widened in registers as it is read
+    /// (`vcvtph2ps`; a widening pass into a buffer stored and reloaded every value), bf16
+    /// through [`widened_rows`], f32 where it lies.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn one_head_c<E: HalfElement, const C: usize>(
         q_h: &[f32],
@@ -196,37 +200,35 @@ pub(crate) mod registers {
         let dh = 16 * C;
         let len = k.len;
         let g = q_h.len() / dh;
-        if let (Some(kd), Some(vd)) = (E::as_f16(k.data), E::as_f16(v.data)) {
-            return one_head_f16::<C>(q_h, k, kd, v, vd, h, scale, o);
+        let f16 = E::as_f16(k.data).zip(E::as_f16(v.data));
+        // Rows first .. first + n of head h of an f16 cache laid out as `view`.
+        fn f16_rows<'a, E>(
+            data: &'a [half::f16],
+            view: &CacheView<'_, E>,
+            h: usize,
+            first: usize,
+            n: usize,
+        ) -> &'a [half::f16] {
+            let start = h * view.head_stride + first * view.head_dim;
+            &data[start..start + n * view.head_dim]
         }
         // Grown only if the cache needs widening (an f32 cache is read where it lies).
         let mut buf = Vec::new();
         // s [G, L]
         let mut s = vec![0f32; g * len];
         for first in (0..len).step_by(ROWS_PER_WIDEN) {
-            let rows = widened_rows(k, h, first, &mut buf);
-            let n = rows.len() / dh;
-            for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
-                let mut q = [_mm512_setzero_ps(); C];
-                for (c, q) in q.iter_mut().enumerate() {
-                    *q = _mm512_loadu_ps(q_g[16 * c..].as_ptr());
-                }
-                let s_g = &mut s[gi * len + first..gi * len + first + n];
-                let mut r = 0;
-                while r < n {
-                    let keys = (n - r).min(4);
-                    let mut acc = [_mm512_setzero_ps(); 4];
-                    for (c, &q_c) in q.iter().enumerate() {
-                        for (j, acc) in acc.iter_mut().enumerate().take(keys) {
-                            let k_vec = _mm512_loadu_ps(rows[(r + j) * dh + 16 * c..].as_ptr());
-                            *acc = _mm512_fmadd_ps(q_c, k_vec, *acc);
-                        }
-                    }
-                    let mut sums = [0f32; 4];
-                    _mm_storeu_ps(sums.as_mut_ptr(), _mm_mul_ps(sum4(&acc), _mm_set1_ps(scale)));
-                    s_g[r..r + keys].copy_from_slice(&sums[..keys]);
-                    r += keys;
-                }
+            let n = ROWS_PER_WIDEN.min(len - first);
+            if let Some((kd, _)) = f16 {
+                let rows = f16_rows(kd, k, h, first, n);
+                // SAFETY (both loads): score_rows reads 16 values from at < n·Dh, in the rows.
+                score_rows::<C>(q_h, first, n, len, scale, &mut s, |at| unsafe {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(rows[at..at + 16].as_ptr().cast()))
+                });
+            } else {
+                let rows = widened_rows(k, h, first, &mut buf);
+                score_rows::<C>(q_h, first, n, len, scale, &mut s, |at| unsafe {
+                    _mm512_loadu_ps(rows[at..at + 16].as_ptr())
+                });
             }
         }
         for row in s.chunks_exact_mut(len) {
@@ -234,96 +236,86 @@ pub(crate) mod registers {
         }
         o.fill(0.0);
         for first in (0..len).step_by(ROWS_PER_WIDEN) {
-            let rows = widened_rows(v, h, first, &mut buf);
-            let n = rows.len() / dh;
-            for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
-                let mut acc = [_mm512_setzero_ps(); C];
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_loadu_ps(o_g[16 * c..].as_ptr());
-                }
-                for (r, &p) in s[gi * len + first..gi * len + first + n].iter().enumerate() {
-                    let p = _mm512_set1_ps(p);
-                    for (c, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(p, _mm512_loadu_ps(rows[r * dh + 16 * c..].as_ptr()), *acc);
-                    }
-                }
-                for (c, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(o_g[16 * c..].as_mut_ptr(), *acc);
-                }
+            let n = ROWS_PER_WIDEN.min(len - first);
+            if let Some((_, vd)) = f16 {
+                let rows = f16_rows(vd, v, h, first, n);
+                // SAFETY (both loads): value_rows reads 16 values from at < n·Dh, in the rows.
+                value_rows::<C>(&s, first, n, len, o, |at| unsafe {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(rows[at..at + 16].as_ptr().cast()))
+                });
+            } else {
+                let rows = widened_rows(v, h, first, &mut buf);
+                value_rows::<C>(&s, first, n, len, o, |at| unsafe {
+                    _mm512_loadu_ps(rows[at..at + 16].as_ptr())
+                });
             }
         }
     }
-    /// [`one_head_c`] on an f16 cache, its rows widened in registers as they are read (a
-    /// widening pass into a buffer first stored and reloaded every value).
-    #[allow(clippy::too_many_arguments)]
+
+    /// s[g, first .. first + n] = q_g · K[first + r] · scale for the G heads, K's rows read by
+    /// `load` (offset in the block → 16 lanes as f32): each query head's vectors stay in
+    /// registers, four keys at a time so four sums are in flight.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn one_head_f16<const C: usize>(
+    #[inline]
+    unsafe fn score_rows<const C: usize>(
         q_h: &[f32],
-        k: &CacheView<'_, impl HalfElement>,
-        kd: &[half::f16],
-        v: &CacheView<'_, impl HalfElement>,
-        vd: &[half::f16],
-        h: usize,
+        first: usize,
+        n: usize,
+        len: usize,
         scale: f32,
-        o: &mut [f32],
+        s: &mut [f32],
+        load: impl Fn(usize) -> __m512,
     ) {
         let dh = 16 * C;
-        let len = k.len;
-        let g = q_h.len() / dh;
-        let k_rows = &kd[h * k.head_stride..h * k.head_stride + len * dh];
-        let v_rows = &vd[h * v.head_stride..h * v.head_stride + len * dh];
-        let load = |rows: &[half::f16], at: usize| -> __m512 {
-            // SAFETY: callers pass at + 16 ≤ rows.len() (a row's 16·c-th vector).
-            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(rows.as_ptr().add(at).cast())) }
-        };
-        // s [G, L], a block of rows at a time for all G heads (the block stays in L1).
-        let mut s = vec![0f32; g * len];
-        for first in (0..len).step_by(ROWS_PER_WIDEN) {
-            let n = ROWS_PER_WIDEN.min(len - first);
-            let rows = &k_rows[first * dh..(first + n) * dh];
-            for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
-                let mut q = [_mm512_setzero_ps(); C];
-                for (c, q) in q.iter_mut().enumerate() {
-                    *q = _mm512_loadu_ps(q_g[16 * c..].as_ptr());
-                }
-                let s_g = &mut s[gi * len + first..gi * len + first + n];
-                let mut r = 0;
-                while r < n {
-                    let keys = (n - r).min(4);
-                    let mut acc = [_mm512_setzero_ps(); 4];
-                    for (c, &q_c) in q.iter().enumerate() {
-                        for (j, acc) in acc.iter_mut().enumerate().take(keys) {
-                            *acc = _mm512_fmadd_ps(q_c, load(rows, (r + j) * dh + 16 * c), *acc);
-                        }
+        for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
+            let mut q = [_mm512_setzero_ps(); C];
+            for (c, q) in q.iter_mut().enumerate() {
+                *q = _mm512_loadu_ps(q_g[16 * c..16 * c + 16].as_ptr());
+            }
+            let s_g = &mut s[gi * len + first..gi * len + first + n];
+            let mut r = 0;
+            while r < n {
+                let keys = (n - r).min(4);
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for (c, &q_c) in q.iter().enumerate() {
+                    for (j, acc) in acc.iter_mut().enumerate().take(keys) {
+                        *acc = _mm512_fmadd_ps(q_c, load((r + j) * dh + 16 * c), *acc);
                     }
-                    let mut sums = [0f32; 4];
-                    _mm_storeu_ps(sums.as_mut_ptr(), _mm_mul_ps(sum4(&acc), _mm_set1_ps(scale)));
-                    s_g[r..r + keys].copy_from_slice(&sums[..keys]);
-                    r += keys;
                 }
+                let mut sums = [0f32; 4];
+                _mm_storeu_ps(sums.as_mut_ptr(), _mm_mul_ps(sum4(&acc), _mm_set1_ps(scale)));
+                s_g[r..r + keys].copy_from_slice(&sums[..keys]);
+                r += keys;
             }
         }
-        for row in s.chunks_exact_mut(len) {
-            softmax_in_place(row);
-        }
-        o.fill(0.0);
-        for first in (0..len).step_by(ROWS_PER_WIDEN) {
-            let n = ROWS_PER_WIDEN.min(len - first);
-            let rows = &v_rows[first * dh..(first + n) * dh];
-            for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
-                let mut acc = [_mm512_setzero_ps(); C];
+    }
+
+    /// o_g += Σ_r p[g, first + r] · V[first + r] for the G heads, V's rows read by `load`: each
+    /// head's output accumulates in registers over the block.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn value_rows<const C: usize>(
+        p: &[f32],
+        first: usize,
+        n: usize,
+        len: usize,
+        o: &mut [f32],
+        load: impl Fn(usize) -> __m512,
+    ) {
+        let dh = 16 * C;
+        for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
+            let mut acc = [_mm512_setzero_ps(); C];
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_loadu_ps(o_g[16 * c..16 * c + 16].as_ptr());
+            }
+            for (r, &p) in p[gi * len + first..gi * len + first + n].iter().enumerate() {
+                let p = _mm512_set1_ps(p);
                 for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_loadu_ps(o_g[16 * c..].as_ptr());
+                    *acc = _mm512_fmadd_ps(p, load(r * dh + 16 * c), *acc);
                 }
-                for (r, &p) in s[gi * len + first..gi * len + first + n].iter().enumerate() {
-                    let p = _mm512_set1_ps(p);
-                    for (c, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(p, load(rows, r * dh + 16 * c), *acc);
-                    }
-                }
-                for (c, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(o_g[16 * c..].as_mut_ptr(), *acc);
-                }
+            }
+            for (c, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o_g[16 * c..16 * c + 16].as_mut_ptr(), *acc);
             }
         }
     }

@@ -2,12 +2,13 @@
 //! `ROWS` (default 65536) × `K` (default 2048): `cargo run --release -p herd-model --example kernel_speed [ISA]`,
 //! `FORMAT=Q4_K` for one format. `TOKENS=512` times the prefill products instead (GFLOP/s for
 //! that many activation rows; ROWS defaults to 4096 there): bf16 weights against f32 and
-//! bf16-valued activations, and each quantized format through its panels.
+//! bf16-valued activations, and each quantized format through its bf16 panels, its per-token integer dots (`Q4_K/dots`) and (`Q4_K/q8k`,
+//! `Q6_K/q8k`) the integer kernel on Q8_K activations.
 #![allow(clippy::unwrap_used)]
 use std::time::Instant;
 
 use half::bf16;
-use herd_model::kernels::{half_matmul, isa::Isa, quant_matmul};
+use herd_model::kernels::{half_matmul, isa::Isa, quant_gemm, quant_matmul};
 use herd_model::weights::{QuantTensor, QuantType};
 
 fn main() {
@@ -92,6 +93,14 @@ fn prefill(isa: Isa, t: usize, n: usize, k: usize, w: &[f32], wb: &[bf16], only:
         }
         let q = QuantTensor::quantize(ty, n, k, w, "w").unwrap();
         time(ty.name(), &|| quant_matmul::matmul_t_panels_on(isa, &q, &x, t));
+        time(&format!("{}/dots", ty.name()), &|| {
+            quant_matmul::matmul_t_on(isa, ty, q.bytes(), n, k, &x, t)
+        });
+        if quant_gemm::supports(ty) {
+            time(&format!("{}/q8k", ty.name()), &|| {
+                quant_gemm::matmul_t_on(isa, ty, q.bytes(), n, k, &x, t)
+            });
+        }
     }
 }
 

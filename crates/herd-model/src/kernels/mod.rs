@@ -14,6 +14,7 @@ pub mod half_matmul;
 pub mod isa;
 pub mod q8_activations;
 pub mod quant_dot;
+pub mod quant_gemm;
 pub mod quant_matmul;
 pub mod row_split;
 pub mod transpose;

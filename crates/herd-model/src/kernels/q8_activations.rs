@@ -74,8 +74,131 @@ pub fn quantize_q8_0(x: &[f32], cols: usize, out: &mut Q8Activations) {
 
 /// ggml's `quantize_row_q8_K_ref`: per 256 values, the value of largest magnitude maps to −127
 /// (so the scale carries its sign), q = nearest(x · −127 / max) clamped to 127; plus the sum of
-/// every 16 quantized values.
+/// every 16 quantized values. Blocks are quantized on the barrier pool when there are many (a
+/// prompt's activations), each compiled for the CPU's widest vectors; the result is the same
+/// bytes as [`quantize_q8_k_slow`], ggml's loop.
 pub fn quantize_q8_k(x: &[f32], cols: usize, out: &mut Q8Activations) {
+    quantize_q8_k_on(super::isa::Isa::current(), x, cols, out)
+}
+
+/// Blocks per pool task, and the count from which the pool is worth waking (a decode step's
+/// vectors, a few thousand values, stay on the calling thread).
+const Q8_K_TASK_BLOCKS: usize = 64;
+
+/// [`quantize_q8_k`] compiled for `isa`.
+///
+/// # Panics
+/// If the CPU lacks `isa`.
+pub fn quantize_q8_k_on(isa: super::isa::Isa, x: &[f32], cols: usize, out: &mut Q8Activations) {
+    assert!(isa.is_supported());
+    out.reset(Q8_K, cols, x.len());
+    let blocks = x.len() / Q8_K;
+    out.scales.resize(blocks, 0.0);
+    out.sums16.resize(blocks * Q8_K / 16, 0);
+    let run = |x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F/BW/VL (asserted: part of this level).
+        super::isa::Isa::Avx512 | super::isa::Isa::Avx512Bf16 | super::isa::Isa::Amx => unsafe {
+            x86::q8_k_avx512(x, qs, scales, sums)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (asserted).
+        super::isa::Isa::Avx2 => unsafe { x86::q8_k_avx2(x, qs, scales, sums) },
+        _ => q8_k_blocks(x, qs, scales, sums),
+    };
+    if blocks < 2 * Q8_K_TASK_BLOCKS {
+        run(x, &mut out.qs, &mut out.scales, &mut out.sums16);
+        return;
+    }
+    let tasks: Vec<std::sync::Mutex<Q8KTask<'_>>> = x
+        .chunks(Q8_K_TASK_BLOCKS * Q8_K)
+        .zip(out.qs.chunks_mut(Q8_K_TASK_BLOCKS * Q8_K))
+        .zip(out.scales.chunks_mut(Q8_K_TASK_BLOCKS))
+        .zip(out.sums16.chunks_mut(Q8_K_TASK_BLOCKS * Q8_K / 16))
+        .map(|(((x, q), s), m)| std::sync::Mutex::new((x, q, s, m)))
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(tasks.len(), |range| {
+        for i in range {
+            // Each task's lock is taken once, by the one thread that runs it.
+            if let Ok(mut task) = tasks[i].lock() {
+                let (x, q, s, m) = &mut *task;
+                run(x, q, s, m);
+            }
+        }
+    });
+}
+
+/// Values per Q8_K block.
+const Q8_K: usize = 256;
+
+/// One pool task's run of blocks: (values, levels, scales, 16-value sums).
+type Q8KTask<'a> = (&'a [f32], &'a mut [i8], &'a mut [f32], &'a mut [i16]);
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub unsafe fn q8_k_avx512(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
+        super::q8_k_blocks(x, qs, scales, sums)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q8_k_avx2(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
+        super::q8_k_blocks(x, qs, scales, sums)
+    }
+}
+
+/// Whole Q8_K blocks of `x` into their levels, scales and 16-value sums, in loops the compiler
+/// vectorises: the largest magnitude from lane-wise maxima and minima (ggml's scan keeps the
+/// first value of that magnitude, whose sign matters only where +m and −m both occur: then the
+/// block is searched for the first).
+#[inline(always)]
+fn q8_k_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
+    for (((xb, qb), scale), sb) in x
+        .chunks_exact(Q8_K)
+        .zip(qs.chunks_exact_mut(Q8_K))
+        .zip(scales.iter_mut())
+        .zip(sums.chunks_exact_mut(Q8_K / 16))
+    {
+        let (mut hi, mut lo) = ([f32::NEG_INFINITY; 16], [f32::INFINITY; 16]);
+        for run in xb.chunks_exact(16) {
+            for i in 0..16 {
+                // Comparisons, not f32::max: NaN is skipped as ggml's `>` skips it.
+                hi[i] = if run[i] > hi[i] { run[i] } else { hi[i] };
+                lo[i] = if run[i] < lo[i] { run[i] } else { lo[i] };
+            }
+        }
+        let hi = hi
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let lo = lo.iter().fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+        let max = if hi > -lo {
+            hi
+        } else if -lo > hi {
+            lo
+        } else {
+            // Equal magnitudes (or no number at all): ggml's first value of that magnitude.
+            let amax = hi.max(-lo);
+            xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+        };
+        if max == 0.0 || max.is_nan() {
+            *scale = 0.0;
+            qb.fill(0);
+            sb.fill(0);
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        *scale = 1.0 / iscale;
+        for (s, run) in sb.iter_mut().zip(qb.chunks_exact(16)) {
+            *s = run.iter().map(|&q| i16::from(q)).sum::<i16>();
+        }
+    }
+}
+
+/// The slow twin of [`quantize_q8_k`]: ggml's loop as written, one block at a time.
+pub fn quantize_q8_k_slow(x: &[f32], cols: usize, out: &mut Q8Activations) {
     const BLOCK: usize = 256;
     out.reset(BLOCK, cols, x.len());
     for (xb, qb) in x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)) {

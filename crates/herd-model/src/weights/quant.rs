@@ -256,7 +256,20 @@ impl QuantTensor {
                 message: format!("input of {} values is not {t} rows of {}", x.len(), self.cols),
             });
         }
-        if t >= crate::kernels::quant_matmul::panel_min_rows(crate::kernels::isa::Isa::current()) {
+        let isa = crate::kernels::isa::Isa::current();
+        if crate::kernels::quant_gemm::applies(isa, self.ty)
+            && t >= crate::kernels::quant_gemm::min_rows(self.ty)
+        {
+            return Ok(crate::kernels::quant_gemm::matmul_t(
+                self.ty,
+                self.bytes(),
+                self.rows,
+                self.cols,
+                x,
+                t,
+            ));
+        }
+        if t >= crate::kernels::quant_matmul::panel_min_rows(isa) {
             return Ok(crate::kernels::quant_matmul::matmul_t_panels(self, x, t));
         }
         if crate::kernels::quant_dot::supports(self.ty) {

@@ -19,6 +19,7 @@ mod long_context;
 mod mutations;
 mod ops;
 mod parity;
+mod quant_gemm;
 mod transposed;
 mod vision;
 mod weights;

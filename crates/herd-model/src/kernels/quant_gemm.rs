@@ -42,7 +42,7 @@ const GROUP: usize = 16;
 const PAIR: usize = 2 * GROUP;
 /// Tokens per microkernel call: 6 tokens × 2 groups of integer sums and as many f32 sums are 24
 /// of the 32 vector registers.
-const TOKENS: usize = 6;
+const TOKENS: usize = 4;
 /// From how many activation rows a product of `ty` takes this kernel rather than the per-token
 /// integer dots, which unpack every block once per token: where the one unpacking of the panel
 /// costs less than the dots' repeated ones (`kernel_speed`, `TOKENS=2..6 ROWS=1024`: Q4_K from 4

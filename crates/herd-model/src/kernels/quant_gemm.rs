@@ -40,8 +40,9 @@ const GROUP: usize = 16;
 /// Rows per microkernel call: two groups, so each broadcast activation word feeds two
 /// `vpdpbusd`.
 const PAIR: usize = 2 * GROUP;
-/// Tokens per microkernel call: 6 tokens × 2 groups of integer sums and as many f32 sums are 24
-/// of the 32 vector registers.
+/// Tokens per microkernel call: 4 tokens × 2 groups of integer sums and as many f32 sums are 16
+/// of the 32 vector registers. Six (24 registers) measured ~12 % slower: the f32 sums spill at
+/// every sub-block.
 const TOKENS: usize = 4;
 /// From how many activation rows a product of `ty` takes this kernel rather than the per-token
 /// integer dots, which unpack every block once per token: where the one unpacking of the panel
@@ -389,12 +390,12 @@ fn block(isa: Isa, ty: QuantType, tt: usize, v: &PairView<'_>, c: &mut [f32; TOK
                     1 => avx512::block::<1, $l, $bias> as Microkernel,
                     2 => avx512::block::<2, $l, $bias> as Microkernel,
                     3 => avx512::block::<3, $l, $bias> as Microkernel,
-                    4 => avx512::block::<4, $l, $bias> as Microkernel,
-                    5 => avx512::block::<5, $l, $bias> as Microkernel,
-                    _ => avx512::block::<6, $l, $bias> as Microkernel,
+                    _ => avx512::block::<TOKENS, $l, $bias> as Microkernel,
                 }
             };
         }
+        // The arms above cover tt = 1..=TOKENS.
+        const { assert!(TOKENS == 4) };
         let kernel = if ty == QuantType::Q6K {
             pick!(16, false)
         } else {

@@ -37,9 +37,12 @@ use crate::weights::QuantType;
 
 /// Rows whose levels share one 64-byte vector (one lane of i32 sums each).
 const GROUP: usize = 16;
-/// Rows per microkernel call: two groups, so each broadcast activation word feeds two
-/// `vpdpbusd`.
-const PAIR: usize = 2 * GROUP;
+/// Row groups per microkernel call: each broadcast activation word feeds this many `vpdpbusd`.
+/// With [`TOKENS`], the fastest of 1 × 8, 2 × 4, 3 × 4, 4 × 3 and 2 × 6 (groups × tokens) in
+/// `kernel_speed` (t = 512, 4096 × 2048): ~555 GFLOP/s against 500–535 for the others.
+const GROUPS: usize = 2;
+/// Rows per microkernel call.
+const BAND: usize = GROUPS * GROUP;
 /// Tokens per microkernel call: 4 tokens × 2 groups of integer sums and as many f32 sums are 16
 /// of the 32 vector registers. Six (24 registers) measured ~12 % slower: the f32 sums spill at
 /// every sub-block.
@@ -78,7 +81,7 @@ fn sub_len(ty: QuantType) -> usize {
     }
 }
 
-/// A run of weight rows unpacked for the kernel, padded with zero rows to whole pairs.
+/// A run of weight rows unpacked for the kernel, padded to whole bands of [`BAND`] rows.
 #[derive(Default)]
 struct Panel {
     /// [groups][K/4][16 rows][4 values] levels (Q4_K 0..15, Q6_K 0..63). This and the others
@@ -95,7 +98,7 @@ impl Panel {
     /// grown, never cleared: a padding row's lane holds whatever it held, which is harmless,
     /// since lanes never mix and a padding row's results are never written out.
     fn unpack(&mut self, isa: Isa, ty: QuantType, w: &[u8], rows: usize, k: usize) {
-        let groups = rows.div_ceil(PAIR) * 2;
+        let groups = rows.div_ceil(BAND) * GROUPS;
         let subs = k / sub_len(ty);
         grow(&mut self.levels, groups * GROUP * k, 0);
         grow(&mut self.scales, groups * GROUP * subs, 0.0);
@@ -252,12 +255,12 @@ thread_local! {
     static PANEL: RefCell<Panel> = RefCell::new(Panel::default());
 }
 
-/// Weight rows per task: whole pairs, a panel of at most ~384 KiB (it stays in L2 while every
+/// Weight rows per task: whole bands, a panel of at most ~384 KiB (it stays in L2 while every
 /// token block streams past it), and at least two tasks per thread where the matrix allows.
 pub fn rows_per_task(n: usize, k: usize) -> usize {
-    let by_bytes = (384 << 10) / k.max(1) / PAIR * PAIR;
-    let by_threads = n.div_ceil(super::row_split::threads() * 2).div_ceil(PAIR) * PAIR;
-    by_bytes.min(by_threads).clamp(PAIR, 8 * PAIR)
+    let by_bytes = (384 << 10) / k.max(1) / BAND * BAND;
+    let by_threads = n.div_ceil(super::row_split::threads() * 2).div_ceil(BAND) * BAND;
+    by_bytes.min(by_threads).clamp(BAND, 8 * BAND)
 }
 
 /// x [t, k] f32 times w (n rows of k values in `ty` blocks) → [t, n], on the current [`Isa`].
@@ -311,7 +314,7 @@ fn with_panel<R>(f: impl FnOnce(&mut Panel) -> R) -> R {
 }
 
 /// The panel's `rows` rows times every token, into `out`'s columns: token blocks outside (their
-/// activations stay in L1), the panel's pairs inside (it stays in L2).
+/// activations stay in L1), the panel's bands inside (it stays in L2).
 fn product(
     isa: Isa,
     ty: QuantType,
@@ -323,19 +326,19 @@ fn product(
 ) {
     let (t, k) = (acts.rows(), acts.cols);
     let subs = k / sub_len(ty);
-    let mut c = [0f32; TOKENS * PAIR];
+    let mut c = [0f32; TOKENS * BAND];
     for t0 in (0..t).step_by(TOKENS) {
         let tt = TOKENS.min(t - t0);
-        for pair in 0..rows.div_ceil(PAIR) {
-            let g = 2 * pair;
-            let view = PairView {
+        for band in 0..rows.div_ceil(BAND) {
+            let g = GROUPS * band;
+            let view = BandView {
                 k,
-                levels: &panel.levels[g * GROUP * k..(g + 2) * GROUP * k],
-                scales: &panel.scales[g * GROUP * subs..(g + 2) * GROUP * subs],
+                levels: &panel.levels[g * GROUP * k..(g + GROUPS) * GROUP * k],
+                scales: &panel.scales[g * GROUP * subs..(g + GROUPS) * GROUP * subs],
                 biases: if ty == QuantType::Q6K {
                     &[]
                 } else {
-                    &panel.biases[g * GROUP * subs..(g + 2) * GROUP * subs]
+                    &panel.biases[g * GROUP * subs..(g + GROUPS) * GROUP * subs]
                 },
                 q: &acts.qs[t0 * k..(t0 + tt) * k],
                 init: &terms.init[t0 * subs..(t0 + tt) * subs],
@@ -348,16 +351,16 @@ fn product(
             };
             c.fill(0.0);
             block(isa, ty, tt, &view, &mut c);
-            let (r0, r1) = (pair * PAIR, ((pair + 1) * PAIR).min(rows));
-            for (i, ci) in c.chunks_exact(PAIR).take(tt).enumerate() {
+            let (r0, r1) = (band * BAND, ((band + 1) * BAND).min(rows));
+            for (i, ci) in c.chunks_exact(BAND).take(tt).enumerate() {
                 out.token_row(t0 + i)[r0..r1].copy_from_slice(&ci[..r1 - r0]);
             }
         }
     }
 }
 
-/// One pair of row groups of the panel and `tt` tokens' activations: what a microkernel reads.
-struct PairView<'a> {
+/// One band of row groups of the panel and `tt` tokens' activations: what a microkernel reads.
+struct BandView<'a> {
     k: usize,
     /// [2 groups][K/4][16][4].
     levels: &'a [u8],
@@ -375,12 +378,12 @@ struct PairView<'a> {
     ascale: &'a [f32],
 }
 
-/// An AVX-512 microkernel: (the pair and its tokens, c).
+/// An AVX-512 microkernel: (the band and its tokens, c).
 #[cfg(target_arch = "x86_64")]
-type Microkernel = unsafe fn(&PairView<'_>, *mut f32);
+type Microkernel = unsafe fn(&BandView<'_>, *mut f32);
 
-/// c [tt tokens][32 rows] += the pair's products, on `isa`.
-fn block(isa: Isa, ty: QuantType, tt: usize, v: &PairView<'_>, c: &mut [f32; TOKENS * PAIR]) {
+/// c [tt tokens][BAND rows] += the band's products, on `isa`.
+fn block(isa: Isa, ty: QuantType, tt: usize, v: &BandView<'_>, c: &mut [f32; TOKENS * BAND]) {
     debug_assert!((1..=TOKENS).contains(&tt));
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512 {
@@ -390,7 +393,8 @@ fn block(isa: Isa, ty: QuantType, tt: usize, v: &PairView<'_>, c: &mut [f32; TOK
                     1 => avx512::block::<1, $l, $bias> as Microkernel,
                     2 => avx512::block::<2, $l, $bias> as Microkernel,
                     3 => avx512::block::<3, $l, $bias> as Microkernel,
-                    _ => avx512::block::<TOKENS, $l, $bias> as Microkernel,
+                    4 => avx512::block::<4, $l, $bias> as Microkernel,
+                    _ => unreachable!("token blocks are at most TOKENS long"),
                 }
             };
         }
@@ -415,12 +419,12 @@ fn block(isa: Isa, ty: QuantType, tt: usize, v: &PairView<'_>, c: &mut [f32; TOK
 }
 
 /// The slices a microkernel reads through raw pointers are as long as it reads.
-fn check_extents(v: &PairView<'_>, tt: usize, l: usize, bias: bool) {
+fn check_extents(v: &BandView<'_>, tt: usize, l: usize, bias: bool) {
     let subs = v.k / l;
     assert!(v.k.is_multiple_of(SUPER));
-    assert_eq!(v.levels.len(), PAIR * v.k);
-    assert_eq!(v.scales.len(), PAIR * subs);
-    assert_eq!(v.biases.len(), if bias { PAIR * subs } else { 0 });
+    assert_eq!(v.levels.len(), BAND * v.k);
+    assert_eq!(v.scales.len(), BAND * subs);
+    assert_eq!(v.biases.len(), if bias { BAND * subs } else { 0 });
     assert_eq!(v.q.len(), tt * v.k);
     assert_eq!(v.init.len(), tt * subs);
     assert_eq!(v.sums.len(), if bias { tt * subs } else { 0 });
@@ -428,12 +432,12 @@ fn check_extents(v: &PairView<'_>, tt: usize, l: usize, bias: bool) {
 }
 
 /// The panel arithmetic in plain Rust, in the microkernel's order of operations.
-fn portable(ty: QuantType, tt: usize, v: &PairView<'_>, c: &mut [f32; TOKENS * PAIR]) {
+fn portable(ty: QuantType, tt: usize, v: &BandView<'_>, c: &mut [f32; TOKENS * BAND]) {
     let (k, l) = (v.k, sub_len(ty));
     let subs = k / l;
     check_extents(v, tt, l, ty == QuantType::Q4K);
     for i in 0..tt {
-        for r in 0..PAIR {
+        for r in 0..BAND {
             let (g, lane) = (r / GROUP, r % GROUP);
             for sb in 0..k / SUPER {
                 let mut acc = 0f32;
@@ -448,7 +452,7 @@ fn portable(ty: QuantType, tt: usize, v: &PairView<'_>, c: &mut [f32; TOKENS * P
                         acc += v.biases[g * GROUP * subs + j * GROUP + lane] * v.sums[i * subs + j];
                     }
                 }
-                c[i * PAIR + r] += acc * v.ascale[i * (k / SUPER) + sb];
+                c[i * BAND + r] += acc * v.ascale[i * (k / SUPER) + sb];
             }
         }
     }
@@ -456,7 +460,7 @@ fn portable(ty: QuantType, tt: usize, v: &PairView<'_>, c: &mut [f32; TOKENS * P
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PairView, GROUP, PAIR, SUPER};
+    use super::{BandView, BAND, GROUP, GROUPS, SUPER};
     use std::arch::x86_64::*;
 
     /// The same 4-byte word of each of `lanes` rows' blocks, `row_bytes` apart, as one vector
@@ -636,17 +640,17 @@ mod avx512 {
         }
     }
 
-    /// c [TT][32] += the products of TT tokens with a pair of row groups, over all of K.
+    /// c [TT][BAND] += the products of TT tokens with a band of row groups, over all of K.
     ///
-    /// Registers: TT × 2 integer sums for the current sub-block, TT × 2 f32 sums for the current
-    /// super-block (scaled by the token's activation scale into c at its end), the pair's two
-    /// level vectors.
+    /// Registers: TT × GROUPS integer sums for the current sub-block, TT × GROUPS f32 sums for
+    /// the current super-block (scaled by the token's activation scale into c at its end), the
+    /// band's level vectors.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F/BW and VNNI, and the view's slices must have the extents
-    /// [`super::check_extents`] asserts for (TT, L, BIAS); c must hold TT × 32 values.
+    /// [`super::check_extents`] asserts for (TT, L, BIAS); c must hold TT × BAND values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn block<const TT: usize, const L: usize, const BIAS: bool>(v: &PairView<'_>, c: *mut f32) {
+    pub unsafe fn block<const TT: usize, const L: usize, const BIAS: bool>(v: &BandView<'_>, c: *mut f32) {
         let k = v.k;
         let subs = k / L;
         let (levels, scales, biases) = (v.levels.as_ptr(), v.scales.as_ptr(), v.biases.as_ptr());
@@ -655,42 +659,43 @@ mod avx512 {
         // guarantees: sub-block j < K/L, value index < K, token < TT, group < 2.
         unsafe {
             for sb in 0..k / SUPER {
-                let mut acc = [[_mm512_setzero_ps(); 2]; TT];
+                let mut acc = [[_mm512_setzero_ps(); GROUPS]; TT];
                 for j in sb * SUPER / L..(sb + 1) * SUPER / L {
-                    let mut isum = [[_mm512_setzero_si512(); 2]; TT];
+                    let mut isum = [[_mm512_setzero_si512(); GROUPS]; TT];
                     for (i, s) in isum.iter_mut().enumerate() {
-                        let start = _mm512_set1_epi32(*init.add(i * subs + j));
-                        *s = [start, start];
+                        *s = [_mm512_set1_epi32(*init.add(i * subs + j)); GROUPS];
                     }
                     for step in j * L / 4..(j + 1) * L / 4 {
-                        let w0 = _mm512_loadu_si512(levels.add(step * 64).cast());
-                        let w1 = _mm512_loadu_si512(levels.add(GROUP * k + step * 64).cast());
+                        let mut w = [_mm512_setzero_si512(); GROUPS];
+                        for (g, w) in w.iter_mut().enumerate() {
+                            *w = _mm512_loadu_si512(levels.add(g * GROUP * k + step * 64).cast());
+                        }
                         for (i, s) in isum.iter_mut().enumerate() {
                             let a = _mm512_set1_epi32(q.add(i * k + step * 4).cast::<i32>().read_unaligned());
-                            s[0] = _mm512_dpbusd_epi32(s[0], w0, a);
-                            s[1] = _mm512_dpbusd_epi32(s[1], w1, a);
+                            for (s, &w) in s.iter_mut().zip(&w) {
+                                *s = _mm512_dpbusd_epi32(*s, w, a);
+                            }
                         }
                     }
-                    let s0 = _mm512_loadu_ps(scales.add(j * GROUP));
-                    let s1 = _mm512_loadu_ps(scales.add(GROUP * subs + j * GROUP));
-                    for (a, s) in acc.iter_mut().zip(&isum) {
-                        a[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0]), s0, a[0]);
-                        a[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1]), s1, a[1]);
+                    for g in 0..GROUPS {
+                        let scale = _mm512_loadu_ps(scales.add(g * GROUP * subs + j * GROUP));
+                        for (a, s) in acc.iter_mut().zip(&isum) {
+                            a[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g]), scale, a[g]);
+                        }
                     }
                     if BIAS {
-                        let b0 = _mm512_loadu_ps(biases.add(j * GROUP));
-                        let b1 = _mm512_loadu_ps(biases.add(GROUP * subs + j * GROUP));
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            let m = _mm512_set1_ps(*sums.add(i * subs + j));
-                            a[0] = _mm512_fmadd_ps(b0, m, a[0]);
-                            a[1] = _mm512_fmadd_ps(b1, m, a[1]);
+                        for g in 0..GROUPS {
+                            let bias = _mm512_loadu_ps(biases.add(g * GROUP * subs + j * GROUP));
+                            for (i, a) in acc.iter_mut().enumerate() {
+                                a[g] = _mm512_fmadd_ps(bias, _mm512_set1_ps(*sums.add(i * subs + j)), a[g]);
+                            }
                         }
                     }
                 }
                 for (i, a) in acc.iter().enumerate() {
                     let sa = _mm512_set1_ps(*ascale.add(i * (k / SUPER) + sb));
-                    for (h, v) in a.iter().enumerate() {
-                        let at = c.add(i * PAIR + h * GROUP);
+                    for (g, v) in a.iter().enumerate() {
+                        let at = c.add(i * BAND + g * GROUP);
                         _mm512_storeu_ps(at, _mm512_fmadd_ps(*v, sa, _mm512_loadu_ps(at)));
                     }
                 }

@@ -3,7 +3,8 @@
 //! `FORMAT=Q4_K` for one format. `TOKENS=512` times the prefill products instead (GFLOP/s for
 //! that many activation rows; ROWS defaults to 4096 there): bf16 weights against f32 and
 //! bf16-valued activations, and each quantized format through its bf16 panels, its per-token integer dots (`Q4_K/dots`) and (`Q4_K/q8k`,
-//! `Q6_K/q8k`) the integer kernel on Q8_K activations.
+//! `Q6_K/q8k`) the integer kernel on Q8_K activations. `ATTN=4096` times one decode step's
+//! attention over an f16 cache of that many positions instead.
 #![allow(clippy::unwrap_used)]
 use std::time::Instant;
 
@@ -44,6 +45,10 @@ fn main() {
             s * 1e3
         );
     };
+    if let Some(len) = std::env::var("ATTN").ok().and_then(|v| v.parse().ok()) {
+        attention(len);
+        return;
+    }
     if let Some(t) = tokens {
         prefill(isa, t, n, k, &w, &wb, only.as_deref());
         return;
@@ -64,6 +69,34 @@ fn main() {
             q.matmul_t_candle(&x, 1).unwrap()
         });
     }
+}
+
+/// Cache read speed of one decode step's attention over an f16 cache of `len` positions, 8 KV
+/// heads of 128, `G` (default 2) query heads each (`HERD_ISA` picks the kernel).
+fn attention(len: usize) {
+    use herd_model::kernels::decode_attention::{decode_attention, CacheView};
+    let g: usize = std::env::var("G").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let (hkv, dh) = (8, 128);
+    let cache: Vec<half::f16> = (0..hkv * len * dh)
+        .map(|i| half::f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
+        .collect();
+    let q: Vec<f32> = (0..hkv * g * dh)
+        .map(|i| ((i * 104729) % 1000) as f32 / 5000.0)
+        .collect();
+    let view = CacheView {
+        data: &cache[..],
+        n_kv_heads: hkv,
+        head_stride: len * dh,
+        len,
+        head_dim: dh,
+    };
+    let s = seconds_per_call(20, 1.0, &|| decode_attention(&q, &view, &view, 0.088));
+    let bytes = 2 * cache.len() * 2;
+    println!(
+        "attention f16 len={len} G={g}  {:7.2} GB/s  {:8.3} ms",
+        bytes as f64 / s / 1e9,
+        s * 1e3
+    );
 }
 
 /// GFLOP/s of the prefill products: t activation rows against the n × k matrix.

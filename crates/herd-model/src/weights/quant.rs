@@ -248,7 +248,10 @@ impl QuantTensor {
         self.blocks.storage_size_in_bytes()
     }
 
-    /// `x Wᵀ`: x is row-major [T, cols] f32 → [T, rows] f32.
+    /// `x Wᵀ`: x is row-major [T, cols] f32 → [T, rows] f32. Q4_K and Q6_K on AVX-512 VNNI
+    /// below AMX take the integer panel kernel from a few rows ([`crate::kernels::quant_gemm`]);
+    /// otherwise many rows take dequantized panels ([`crate::kernels::quant_matmul`]) and few
+    /// rows the per-token integer dots.
     pub fn matmul_t(&self, x: &[f32], t: usize) -> Result<Vec<f32>> {
         if x.len() != t * self.cols {
             return Err(Error::Quantization {

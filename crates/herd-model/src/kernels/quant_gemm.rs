@@ -222,7 +222,8 @@ fn grow<T: Clone>(v: &mut Vec<T>, len: usize, fill: T) {
 /// The activations' per-sub-block terms, shared by every task of a call: [T][K/L] each.
 #[derive(Default)]
 struct Terms {
-    /// Where each integer sum starts (Q6_K: −32·Σq over the 16 values; Q4_K: 0).
+    /// Where each integer sum starts (Q6_K: −32·Σq over the 16 values; empty for Q4_K, whose
+    /// sums start at 0).
     init: Vec<i32>,
     /// Σq over the sub-block, in f32, for the offset b (Q4_K; empty for Q6_K).
     sums: Vec<f32>,
@@ -237,7 +238,7 @@ impl Terms {
             }
         } else {
             Terms {
-                init: vec![0; acts.sums16.len() / 2],
+                init: Vec::new(),
                 sums: acts
                     .sums16
                     .chunks_exact(2)
@@ -341,7 +342,11 @@ fn product(
                     &panel.biases[g * GROUP * subs..(g + GROUPS) * GROUP * subs]
                 },
                 q: &acts.qs[t0 * k..(t0 + tt) * k],
-                init: &terms.init[t0 * subs..(t0 + tt) * subs],
+                init: if ty == QuantType::Q6K {
+                    &terms.init[t0 * subs..(t0 + tt) * subs]
+                } else {
+                    &[]
+                },
                 sums: if ty == QuantType::Q6K {
                     &[]
                 } else {
@@ -370,9 +375,9 @@ struct BandView<'a> {
     biases: &'a [f32],
     /// [tt][K] Q8_K levels.
     q: &'a [i8],
-    /// [tt][K/L].
+    /// [tt][K/L] (Q6_K), or empty.
     init: &'a [i32],
-    /// [tt][K/L], or empty.
+    /// [tt][K/L] (Q4_K), or empty.
     sums: &'a [f32],
     /// [tt][K/256].
     ascale: &'a [f32],
@@ -426,7 +431,7 @@ fn check_extents(v: &BandView<'_>, tt: usize, l: usize, bias: bool) {
     assert_eq!(v.scales.len(), BAND * subs);
     assert_eq!(v.biases.len(), if bias { BAND * subs } else { 0 });
     assert_eq!(v.q.len(), tt * v.k);
-    assert_eq!(v.init.len(), tt * subs);
+    assert_eq!(v.init.len(), if bias { 0 } else { tt * subs });
     assert_eq!(v.sums.len(), if bias { tt * subs } else { 0 });
     assert_eq!(v.ascale.len(), tt * v.k / SUPER);
 }
@@ -442,7 +447,7 @@ fn portable(ty: QuantType, tt: usize, v: &BandView<'_>, c: &mut [f32; TOKENS * B
             for sb in 0..k / SUPER {
                 let mut acc = 0f32;
                 for j in sb * SUPER / l..(sb + 1) * SUPER / l {
-                    let mut isum = v.init[i * subs + j];
+                    let mut isum = v.init.get(i * subs + j).copied().unwrap_or(0);
                     for kk in j * l..(j + 1) * l {
                         let u = v.levels[g * GROUP * k + kk / 4 * 64 + lane * 4 + kk % 4];
                         isum += i32::from(u) * i32::from(v.q[i * k + kk]);
@@ -663,7 +668,9 @@ mod avx512 {
                 for j in sb * SUPER / L..(sb + 1) * SUPER / L {
                     let mut isum = [[_mm512_setzero_si512(); GROUPS]; TT];
                     for (i, s) in isum.iter_mut().enumerate() {
-                        *s = [_mm512_set1_epi32(*init.add(i * subs + j)); GROUPS];
+                        // Q4_K's sums start at 0; Q6_K's at its offset's share.
+                        let start = if BIAS { 0 } else { *init.add(i * subs + j) };
+                        *s = [_mm512_set1_epi32(start); GROUPS];
                     }
                     for step in j * L / 4..(j + 1) * L / 4 {
                         let mut w = [_mm512_setzero_si512(); GROUPS];

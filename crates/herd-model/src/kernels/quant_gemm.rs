@@ -11,6 +11,10 @@
 //! - per sub-block (Q4_K: 32 values, Q6_K: 16), each row's f32 scale s = d·sc and, for Q4_K, its
 //!   offset b = −dmin·m.
 //!
+//! On AVX-512 the levels are unpacked 16 rows at a time through a 16 × 16 transpose of the
+//! blocks' 32-bit words (64 shuffles; gathering each word across the rows cost twice as much at
+//! 32 tokens), the scales through gathers of the rows' few scale words.
+//!
 //! ```text
 //! y[t][r] = Σ_superblocks sa[t] · Σ_j ( s[r][j] · Σ_{k∈j} u[r][k]·q[t][k]  +  b[r][j] · Σ_{k∈j} q[t][k] )
 //!                                           └─ vpdpbusd: 16 rows in lanes ─┘       └─ activation sums ─┘
@@ -49,15 +53,16 @@ const BAND: usize = GROUPS * GROUP;
 const TOKENS: usize = 4;
 /// From how many activation rows a product of `ty` takes this kernel rather than the per-token
 /// integer dots, which unpack every block once per token: where the one unpacking of the panel
-/// costs less than the dots' repeated ones (`kernel_speed`, `TOKENS=2..6 ROWS=1024`: Q4_K from 4
-/// rows, Q6_K, whose unpacking costs more, from 6).
+/// costs less than the dots' repeated ones (`kernel_speed`, `TOKENS=2..4 ROWS=1024`: Q4_K from 3
+/// rows, Q6_K, whose unpacking costs more, from 4).
 pub fn min_rows(ty: QuantType) -> usize {
     if ty == QuantType::Q6K {
-        6
-    } else {
         4
+    } else {
+        3
     }
 }
+
 /// Values per Q8_K activation block (one scale).
 const SUPER: usize = 256;
 
@@ -489,25 +494,76 @@ mod avx512 {
         (_mm512_mullo_epi32(index, stride), mask)
     }
 
+    /// The 16 × 16 transpose of 32-bit words: out[c] holds word c of every input row, row i in
+    /// lane i (32-bit, then 64-bit interleaves within 128-bit lanes, then a 4 × 4 transpose of
+    /// the 128-bit lanes: 64 shuffles).
+    #[inline(always)]
+    unsafe fn transpose16(r: &[__m512i; 16]) -> [__m512i; 16] {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4m + c], 128-bit lane L: rows 4m .. 4m + 4 at word 4L + c.
+        let mut u = [_mm512_setzero_si512(); 16];
+        for m in 0..4 {
+            let (lo, hi) = (4 * m, 4 * m + 2);
+            u[4 * m] = _mm512_unpacklo_epi64(t[lo], t[hi]);
+            u[4 * m + 1] = _mm512_unpackhi_epi64(t[lo], t[hi]);
+            u[4 * m + 2] = _mm512_unpacklo_epi64(t[lo + 1], t[hi + 1]);
+            u[4 * m + 3] = _mm512_unpackhi_epi64(t[lo + 1], t[hi + 1]);
+        }
+        let mut out = [_mm512_setzero_si512(); 16];
+        for c in 0..4 {
+            let y0 = _mm512_shuffle_i32x4::<0x44>(u[c], u[4 + c]);
+            let y1 = _mm512_shuffle_i32x4::<0xEE>(u[c], u[4 + c]);
+            let y2 = _mm512_shuffle_i32x4::<0x44>(u[8 + c], u[12 + c]);
+            let y3 = _mm512_shuffle_i32x4::<0xEE>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_i32x4::<0x88>(y0, y2);
+            out[4 + c] = _mm512_shuffle_i32x4::<0xDD>(y0, y2);
+            out[8 + c] = _mm512_shuffle_i32x4::<0x88>(y1, y3);
+            out[12 + c] = _mm512_shuffle_i32x4::<0xDD>(y1, y3);
+        }
+        out
+    }
+
+    /// Words at..at + 16 (64 bytes from byte `at`) of each of `lanes` rows' blocks, transposed:
+    /// out[c] holds word c of every row, lanes past `lanes` 0.
+    ///
+    /// # Safety
+    /// 64 bytes readable at `src + at + r·row_bytes` for r < lanes.
+    #[inline(always)]
+    unsafe fn columns(src: *const u8, at: usize, row_bytes: usize, lanes: usize) -> [__m512i; 16] {
+        let mut rows = [_mm512_setzero_si512(); 16];
+        for (r, row) in rows.iter_mut().enumerate().take(lanes) {
+            // SAFETY: the caller's extents.
+            *row = unsafe { _mm512_loadu_si512(src.add(r * row_bytes + at).cast()) };
+        }
+        // SAFETY: register shuffles only (the caller's CPU has AVX-512 F).
+        unsafe { transpose16(&rows) }
+    }
+
     /// Q4_K levels of one block of `lanes` rows (the first at `src`, the others `row_bytes`
-    /// apart) into `dst`, the block's [64 words][16 lanes][4 values]: each word of nibbles is
-    /// gathered across the rows once and split into its low (value 64j + l) and high (64j + 32
-    /// + l) levels.
+    /// apart) into `dst`, the block's [64 words][16 lanes][4 values]: the rows' 32 words of
+    /// nibbles are transposed (a word of every row per vector) and each split into its low
+    /// (value 64j + l) and high (64j + 32 + l) levels.
     ///
     /// # Safety
     /// AVX-512 F/BW; `lanes` ≤ 16 blocks of 144 bytes readable at `src + r·row_bytes`
     /// (row_bytes < 2³¹), 4096 bytes writable at `dst`.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn levels_q4k(src: *const u8, row_bytes: usize, lanes: usize, dst: *mut u8) {
-        // SAFETY (whole body): gathers read inside the rows' blocks, stores stay in dst's 4 KiB.
+        // SAFETY (whole body): loads read the rows' qs (bytes 16..144), stores stay in dst's 4 KiB.
         unsafe {
-            let (offsets, mask) = lanes_of(row_bytes, lanes);
             let nibble = _mm512_set1_epi32(0x0F0F_0F0F);
-            for j in 0..4 {
-                for i in 0..8 {
-                    let q = column(src, 16 + 32 * j + 4 * i, offsets, mask);
-                    _mm512_storeu_si512(dst.add((16 * j + i) * 64).cast(), _mm512_and_si512(q, nibble));
-                    let high = _mm512_and_si512(_mm512_srli_epi32::<4>(q), nibble);
+            for half in 0..2 {
+                let words = columns(src, 16 + 64 * half, row_bytes, lanes);
+                for (w, q) in words.iter().enumerate() {
+                    // Word p = 16·half + w of qs: byte run j = p / 8, bytes 4i .. 4i + 4, i = p % 8.
+                    let p = 16 * half + w;
+                    let (j, i) = (p / 8, p % 8);
+                    _mm512_storeu_si512(dst.add((16 * j + i) * 64).cast(), _mm512_and_si512(*q, nibble));
+                    let high = _mm512_and_si512(_mm512_srli_epi32::<4>(*q), nibble);
                     _mm512_storeu_si512(dst.add((16 * j + 8 + i) * 64).cast(), high);
                 }
             }
@@ -609,33 +665,34 @@ mod avx512 {
     /// As [`levels_q4k`], with 210-byte blocks.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn levels_q6k(src: *const u8, row_bytes: usize, lanes: usize, dst: *mut u8) {
-        // SAFETY (whole body): as levels_q4k.
+        // SAFETY (whole body): loads read the rows' ql and qh (bytes 0..192), stores stay in
+        // dst's 4 KiB.
         unsafe {
-            let (offsets, mask) = lanes_of(row_bytes, lanes);
             let nibble = _mm512_set1_epi32(0x0F0F_0F0F);
             let two = _mm512_set1_epi32(0x0303_0303);
+            let ql = [
+                columns(src, 0, row_bytes, lanes),
+                columns(src, 64, row_bytes, lanes),
+            ];
+            let qh = columns(src, 128, row_bytes, lanes);
             for n in 0..2 {
                 for l4 in 0..8 {
-                    let a = column(src, 64 * n + 4 * l4, offsets, mask);
-                    let c = column(src, 64 * n + 32 + 4 * l4, offsets, mask);
-                    let h = column(src, 128 + 32 * n + 4 * l4, offsets, mask);
+                    // ql bytes 64n + 4·l4 and 64n + 32 + 4·l4, qh bytes 32n + 4·l4.
+                    let (a, c, h) = (ql[n][l4], ql[n][8 + l4], qh[8 * n + l4]);
+                    let high = |shift: u32| {
+                        let bits = match shift {
+                            0 => h,
+                            2 => _mm512_srli_epi32::<2>(h),
+                            4 => _mm512_srli_epi32::<4>(h),
+                            _ => _mm512_srli_epi32::<6>(h),
+                        };
+                        _mm512_slli_epi32::<4>(_mm512_and_si512(bits, two))
+                    };
                     let words = [
-                        _mm512_or_si512(
-                            _mm512_and_si512(a, nibble),
-                            _mm512_slli_epi32::<4>(_mm512_and_si512(h, two)),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(c, nibble),
-                            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<2>(h), two)),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi32::<4>(a), nibble),
-                            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<4>(h), two)),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi32::<4>(c), nibble),
-                            _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(h), two)),
-                        ),
+                        _mm512_or_si512(_mm512_and_si512(a, nibble), high(0)),
+                        _mm512_or_si512(_mm512_and_si512(c, nibble), high(2)),
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(a), nibble), high(4)),
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(c), nibble), high(6)),
                     ];
                     for (i, v) in words.iter().enumerate() {
                         _mm512_storeu_si512(dst.add((32 * n + 8 * i + l4) * 64).cast(), *v);

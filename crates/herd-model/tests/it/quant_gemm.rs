@@ -97,23 +97,33 @@ fn quant_gemm_mutation_twins_see_a_level_a_scale_and_a_token() {
 #[test]
 fn quantized_linear_prefill_takes_the_integer_kernel_where_it_applies() {
     // A prefill through `Linear` computes what the kernel computes, bit for bit, on a CPU where
-    // the kernel applies; elsewhere it still agrees with the slow twin within the rounding of
-    // the activations (the bf16 panels do not round them to 8 bits).
-    for ty in FORMATS {
-        let (t, n, k) = (quant_gemm::min_rows(ty), 48, 512);
-        let q = random_blocks(ty, n, k, 81);
-        let x = values(t * k, 82);
-        let via_linear = Linear::Quantized(Arc::new(random_blocks(ty, n, k, 81)))
-            .forward(&candle_core::Tensor::from_vec(x.clone(), (t, k), &candle_core::Device::Cpu).unwrap())
+    // the kernel applies, and one row fewer what the per-token integer dots compute; elsewhere
+    // it still agrees with the slow twin within the rounding of the activations (the bf16
+    // panels do not round them to 8 bits).
+    let forward = |ty: QuantType, n: usize, k: usize, x: &[f32], t: usize| {
+        Linear::Quantized(Arc::new(random_blocks(ty, n, k, 81)))
+            .forward(&candle_core::Tensor::from_vec(x.to_vec(), (t, k), &candle_core::Device::Cpu).unwrap())
             .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
-            .unwrap();
+            .unwrap()
+    };
+    for ty in FORMATS {
+        let (t, n, k) = (quant_gemm::min_rows(ty), 48, 512);
+        let q = random_blocks(ty, n, k, 81);
+        let x = values(t * k, 82);
+        let via_linear = forward(ty, n, k, &x, t);
         if quant_gemm::applies(Isa::current(), ty) {
             assert_eq!(
                 via_linear,
                 quant_gemm::matmul_t(ty, q.bytes(), n, k, &x, t),
+                "{ty}"
+            );
+            let fewer = &x[..(t - 1) * k];
+            assert_eq!(
+                forward(ty, n, k, fewer, t - 1),
+                quant_matmul::matmul_t(ty, q.bytes(), n, k, fewer, t - 1),
                 "{ty}"
             );
         } else {

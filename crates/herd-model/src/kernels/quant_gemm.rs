@@ -113,6 +113,9 @@ impl Panel {
         let bytes = ty.block_bytes();
         let row_bytes = k / SUPER * bytes;
         assert!(w.len() >= rows * row_bytes);
+        // Only x86-64 has a vector unpacking to choose.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = isa;
         // Group by group and block by block, the 16 rows inside: one block's levels of the
         // group (4 KiB) are written while they are in L1.
         for g in 0..rows.div_ceil(GROUP) {
@@ -372,9 +375,9 @@ fn product(
 /// One band of row groups of the panel and `tt` tokens' activations: what a microkernel reads.
 struct BandView<'a> {
     k: usize,
-    /// [2 groups][K/4][16][4].
+    /// [GROUPS groups][K/4][16][4].
     levels: &'a [u8],
-    /// [2 groups][K/L][16].
+    /// [GROUPS groups][K/L][16].
     scales: &'a [f32],
     /// As `scales`, or empty.
     biases: &'a [f32],
@@ -441,7 +444,8 @@ fn check_extents(v: &BandView<'_>, tt: usize, l: usize, bias: bool) {
     assert_eq!(v.ascale.len(), tt * v.k / SUPER);
 }
 
-/// The panel arithmetic in plain Rust, in the microkernel's order of operations.
+/// The panel arithmetic in plain Rust, in the microkernel's order of operations (a multiply
+/// and an add where the microkernel fuses them).
 fn portable(ty: QuantType, tt: usize, v: &BandView<'_>, c: &mut [f32; TOKENS * BAND]) {
     let (k, l) = (v.k, sub_len(ty));
     let subs = k / l;

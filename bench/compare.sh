@@ -12,7 +12,8 @@
 #    with llama-quantize to Q8_0 and Q4_K_M — the files llama.cpp users have;
 # 4. runs `llama-bench` and `herd bench` (KV cache in f16, as llama-bench's) on each file,
 #    `-p $P -n $N -t $THREADS -r $REPS`,
-#    alternating, plus a decode test at depth $DEPTH on Q4_K_M; then mistral.rs (PyPI
+#    alternating, plus a decode test at depth $DEPTH on Q4_K_M and a BF16 prefill at
+#    `--matmul-precision medium` (llama.cpp's rounding of activations); then mistral.rs (PyPI
 #    `mistralrs`) on the Q4_K_M file, printing its error where it does not run;
 # 5. prints each figure with the ratio herd ÷ llama.cpp, then one JSON line.
 #
@@ -243,6 +244,17 @@ for fmt_name in BF16 Q8_0 Q4_K_M; do
             json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"$test_name\",\"herd_tok_s\":$h,\"llama_cpp_tok_s\":$l}")
         done
     done
+    if [ "$fmt_name" = BF16 ]; then
+        # llama.cpp rounds activations to bf16 before a product with bf16 weights; herd's
+        # default keeps the f32 product. `--matmul-precision medium` is llama.cpp's arithmetic:
+        # the same prefill once more at that level, beside llama.cpp's one figure.
+        log "$fmt_name: herd bench --matmul-precision medium"
+        herd_run "$file" "$RESULTS/herd-$fmt_name-medium.json" -p "$P" -n 0 --matmul-precision medium
+        h=$(herd_speed "$RESULTS/herd-$fmt_name-medium.json" pp "$P" 0)
+        l=$(llama_speed "$RESULTS/llama-$fmt_name.json" "$P" 0 0)
+        rows+=("$(printf '| %-7s | %-14s | %12s | %12s | %7s |' "$fmt_name" "pp$P medium" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
+        json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"pp$P\",\"herd_matmul_precision\":\"medium\",\"herd_tok_s\":$h,\"llama_cpp_tok_s\":$l}")
+    fi
     bw=$(herd_field "$RESULTS/herd-$fmt_name.json" bandwidth_bytes_s)
     bpt=$(herd_field "$RESULTS/herd-$fmt_name.json" decode_bytes_per_token)
     rows+=("$(printf '| %-7s | %-14s | %12s | %12s | %7s |' "$fmt_name" "peak RSS GB" "$(gb "$h_rss")" "$(gb "$l_rss")" "$(ratio "$h_rss" "$l_rss")")")
@@ -285,6 +297,7 @@ printf '| %-7s | %-14s | %12s | %12s | %7s |\n' format test "herd" "llama.cpp" "
 printf '| %-7s | %-14s | %12s | %12s | %7s |\n' ------- -------------- ------------ ------------ -------
 printf '%s\n' "${rows[@]}"
 echo
+echo "pp$P medium: herd with --matmul-precision medium (activations rounded to bf16 before products with bf16 weights, as llama.cpp computes them); the other herd rows keep the f32 product."
 echo "$mistral_note"
 printf '{"bench":"compare","model":"bench-moe-2.7b","threads":%s,"p":%s,"n":%s,"reps":%s,"mistralrs":%s,"rows":[%s]}\n' \
     "$THREADS" "$P" "$N" "$REPS" "$("$PYTHON" -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$mistral_note")" \

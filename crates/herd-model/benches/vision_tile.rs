@@ -1,6 +1,6 @@
 //! Time to encode 336-px tiles with a Scout-sized vision tower (34 layers, width 1408, 16
 //! heads, MLP 5632, adapter and projector into width 5120), random weights:
-//! `cargo bench -p herd-model --bench vision_tile` (`COMPUTE=f32|bf16` for one compute dtype).
+//! `cargo bench -p herd-model --bench vision_tile` (`COMPUTE=f32|medium|bf16` for one).
 //! Prints a table, then one JSON line.
 //! The random checkpoint (bf16, ~1.7 GB) is written to a temporary folder and removed.
 
@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use herd_model::nn::MatmulPrecision;
 use herd_model::vision::VisionModel;
 
 const C: usize = 1408;
@@ -87,13 +88,19 @@ fn main() {
         "compute", "tiles", "seconds", "s per tile"
     );
     let mut results = Vec::new();
-    // COMPUTE=f32 or COMPUTE=bf16 times one compute dtype alone (for a profile).
+    // COMPUTE=f32, medium or bf16 times one alone (for a profile). `medium`: f32 compute with
+    // activations rounded to bf16 before the products (`--matmul-precision medium`).
     let only = std::env::var("COMPUTE").ok();
-    for (name, dtype) in [("f32", DType::F32), ("bf16", DType::BF16)] {
+    for (name, dtype, precision) in [
+        ("f32", DType::F32, MatmulPrecision::Highest),
+        ("medium", DType::F32, MatmulPrecision::Medium),
+        ("bf16", DType::BF16, MatmulPrecision::Highest),
+    ] {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
-        let model = VisionModel::load_dir(&dir, TEXT, dtype, &dev).unwrap().unwrap();
+        let mut model = VisionModel::load_dir(&dir, TEXT, dtype, &dev).unwrap().unwrap();
+        model.set_matmul_precision(precision);
         for tiles in [1usize, 2] {
             let pixels = Tensor::randn(0f32, 1.0, (tiles, 3, 336, 336), &dev).unwrap();
             model.forward(&pixels).unwrap(); // warm-up

@@ -177,11 +177,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .quant
         .map(|q| format!(" --quant {q}"))
         .unwrap_or_default();
+    let precision = match model.matmul_precision() {
+        herd_model::nn::MatmulPrecision::Highest => String::new(),
+        p => format!(" --matmul-precision {p}"),
+    };
     let isa = Isa::current();
     let mut results = Vec::new();
     if !args.json {
         println!(
-            "model: {name}{quant} · weights {:.2} GB resident, {:.3} GB read per decoded token · {threads} threads · {isa} · load {load_seconds:.1} s",
+            "model: {name}{quant}{precision} · weights {:.2} GB resident, {:.3} GB read per decoded token · {threads} threads · {isa} · load {load_seconds:.1} s",
             model.weight_bytes() as f64 / 1e9,
             bytes_per_token as f64 / 1e9,
         );
@@ -237,6 +241,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "quant": args.model.quant.map(|q| q.to_string()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
         "kv_dtype": format!("{:?}", model.kv_dtype().unwrap_or(model.dtype())).to_lowercase(),
+        "matmul_precision": model.matmul_precision().as_str(),
         "threads": threads,
         "isa": isa.name(),
         "repetitions": args.repetitions,

@@ -46,15 +46,12 @@ pub fn run(args: ChatArgs) -> Result<()> {
     // Loaded once, at the first image or video of the session.
     let load_encoder = |encoder: &mut Option<ImageEncoder>| -> Result<()> {
         if encoder.is_none() {
-            *encoder = Some(
-                ImageEncoder::load(dir, model.config().hidden_size, model.dtype(), model.device())?
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "{} is a text-only checkpoint: it has no vision tower for images",
-                            dir.display()
-                        )
-                    })?,
-            );
+            *encoder = Some(ImageEncoder::for_model(dir, &model)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is a text-only checkpoint: it has no vision tower for images",
+                    dir.display()
+                )
+            })?);
         }
         Ok(())
     };

@@ -43,9 +43,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let images = match (&args.video, &tokenizer) {
         (Some(video), Some(tokenizer)) => {
             // Each frame: its label, then its image layout (herd_engine::video::label).
-            let Some(encoder) =
-                ImageEncoder::load(dir, model.config().hidden_size, model.dtype(), model.device())?
-            else {
+            let Some(encoder) = ImageEncoder::for_model(dir, &model)? else {
                 bail!(
                     "{} is a text-only checkpoint: it has no vision tower for video",
                     dir.display()
@@ -65,13 +63,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             encoded
         }
         _ => {
-            let images = herd_engine::frontend::images::encode_files(
-                dir,
-                model.config().hidden_size,
-                &args.images,
-                model.dtype(),
-                model.device(),
-            )?;
+            let images = herd_engine::frontend::images::encode_files(dir, &model, &args.images)?;
             if let (Some(images), Some(tokenizer)) = (&images, &tokenizer) {
                 let markup = ImageTokenIds::from_tokenizer(tokenizer)?;
                 for &grid in &images.grids {

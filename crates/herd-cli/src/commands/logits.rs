@@ -13,13 +13,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let ids = parse_ids(&args.tokens)?;
     let model = args.model.load()?;
     let mut cache = model.new_cache();
-    let images = herd_engine::frontend::images::encode_files(
-        &args.model.model,
-        model.config().hidden_size,
-        &args.images,
-        model.dtype(),
-        model.device(),
-    )?;
+    let images = herd_engine::frontend::images::encode_files(&args.model.model, &model, &args.images)?;
     let logits = if let Some(images) = &images {
         model.forward_with_images(
             &ids,

@@ -22,13 +22,7 @@ pub fn run(args: ModerateArgs) -> Result<()> {
     if guard.origin() == TemplateOrigin::Builtin {
         tracing::info!("the checkpoint's chat template is not a Llama Guard template: using herd's built-in Llama Guard 4 format");
     }
-    let images = herd_engine::frontend::images::encode_files(
-        path,
-        model.config().hidden_size,
-        &args.images,
-        model.dtype(),
-        model.device(),
-    )?;
+    let images = herd_engine::frontend::images::encode_files(path, &model, &args.images)?;
     let (grids, tokens_per_tile, features) = match images {
         Some(i) => (i.grids, i.tokens_per_tile, Some(i.features)),
         None => (Vec::new(), 0, None),

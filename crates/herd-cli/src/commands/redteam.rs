@@ -13,7 +13,7 @@ use herd_engine::frontend::Frontend;
 use herd_engine::guard::Policy;
 
 use super::redteam_local::{LocalChat, LocalGuardJudge};
-use crate::args::model::DTypeArg;
+use crate::args::model::{DTypeArg, MatmulPrecisionArg};
 use crate::args::redteam::{JudgeKind, RedteamArgs};
 use crate::args::ModelArgs;
 
@@ -99,6 +99,7 @@ fn load_local(path: &std::path::Path) -> Result<(herd_model::TextModel, Frontend
         dtype: DTypeArg::F32,
         quant: None,
         kv_dtype: None,
+        matmul_precision: MatmulPrecisionArg::Highest,
         device: "cpu".into(),
         adapter: Vec::new(),
         check_finite: false,

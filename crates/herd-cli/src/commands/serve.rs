@@ -40,7 +40,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let images = if herd_engine::frontend::is_gguf(path) {
         None
     } else {
-        ImageEncoder::load(path, model.config().hidden_size, model.dtype(), model.device())?
+        ImageEncoder::for_model(path, &model)?
     };
     let name = args.served_model_name.clone().unwrap_or_else(|| {
         path.file_name()
@@ -72,12 +72,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             let guard_images = if herd_engine::frontend::is_gguf(guard_path) {
                 None
             } else {
-                ImageEncoder::load(
-                    guard_path,
-                    guard_model.config().hidden_size,
-                    guard_model.dtype(),
-                    guard_model.device(),
-                )?
+                ImageEncoder::for_model(guard_path, &guard_model)?
             };
             let name = guard_path
                 .file_name()

@@ -124,3 +124,29 @@ fn bench_reports_the_kv_cache_dtype_it_ran_with() {
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown cache dtype");
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'f8'"));
 }
+
+#[test]
+fn bench_reports_the_matmul_precision_it_ran_with() {
+    let model = fixture("scout-tiny");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "bench", "--model", &model, "-p", "4", "-n", "0", "-r", "1", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    assert_eq!(
+        run(&[])["matmul_precision"],
+        "highest",
+        "the f32 product by default"
+    );
+    for level in ["high", "medium", "highest"] {
+        let v = run(&["--matmul-precision", level]);
+        assert_eq!(v["matmul_precision"], level);
+        assert!(v["results"][0]["tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let out = herd(&["bench", "--model", &model, "--matmul-precision", "low"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown level");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'low'"));
+}

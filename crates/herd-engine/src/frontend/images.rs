@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use herd_model::nn::MatmulPrecision;
 use herd_model::vision::VisionModel;
+use herd_model::TextModel;
 
 use crate::error::EngineError;
 use crate::image::{preprocess, PreprocessConfig, ProcessedImage, RgbImage};
@@ -81,6 +83,22 @@ impl ImageEncoder {
             config,
             device: device.clone(),
         }))
+    }
+
+    /// The tower of `dir` for `model`: its text width, compute dtype, device and matmul
+    /// precision.
+    pub fn for_model(dir: &Path, model: &TextModel) -> Result<Option<Self>> {
+        let mut encoder = Self::load(dir, model.config().hidden_size, model.dtype(), model.device())?;
+        if let Some(encoder) = &mut encoder {
+            encoder.set_matmul_precision(model.matmul_precision());
+        }
+        Ok(encoder)
+    }
+
+    /// Rounds activations before the tower's products with narrow-float weights (see
+    /// [`MatmulPrecision`]).
+    pub fn set_matmul_precision(&mut self, precision: MatmulPrecision) {
+        self.vision.set_matmul_precision(precision);
     }
 
     /// Patches per tile in the prompt.
@@ -176,19 +194,17 @@ impl ImageEncoder {
     }
 }
 
-/// Loads the tower of `dir` and encodes the image files (or data URLs) at `paths` (the CLI's
-/// `--image`).
+/// Loads the tower of `dir` for `model` and encodes the image files (or data URLs) at `paths`
+/// (the CLI's `--image`).
 pub fn encode_files(
     dir: &Path,
-    text_hidden: usize,
+    model: &TextModel,
     paths: &[std::path::PathBuf],
-    dtype: DType,
-    device: &Device,
 ) -> Result<Option<EncodedImages>> {
     if paths.is_empty() {
         return Ok(None);
     }
-    let Some(encoder) = ImageEncoder::load(dir, text_hidden, dtype, device)? else {
+    let Some(encoder) = ImageEncoder::for_model(dir, model)? else {
         return Err(EngineError::Frontend(format!(
             "{} is a text-only checkpoint: it has no vision tower for images",
             dir.display()

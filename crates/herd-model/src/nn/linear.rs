@@ -14,6 +14,7 @@ use half::{bf16, f16};
 use crate::error::{Error, Result};
 use crate::kernels::half_matmul::{self, HalfElement};
 use crate::kernels::transposed_matmul;
+use crate::nn::matmul_precision::{self, MatmulPrecision};
 use crate::nn::LowRank;
 use crate::weights::fp8::Fp8Matrix;
 use crate::weights::{QuantTensor, QuantType, Weights};
@@ -134,9 +135,11 @@ impl Linear {
             // three also means the same values compute the same whichever dtype holds them (a
             // GGUF keeps the router in F32 where the folder had bf16).
             Linear::Dense(w) if w.device().is_cpu() && x.device().is_cpu() => match w.dtype() {
-                DType::BF16 => return half_product::<bf16>(x, w, finish),
-                DType::F16 => return half_product::<f16>(x, w, finish),
-                DType::F32 => return half_product::<f32>(x, w, finish),
+                // Narrow-float weights meet activations at the thread's matmul precision;
+                // f32 weights (a GGUF's router) always at full precision, as llama.cpp's.
+                DType::BF16 => return half_product::<bf16>(x, w, matmul_precision::current(), finish),
+                DType::F16 => return half_product::<f16>(x, w, matmul_precision::current(), finish),
+                DType::F32 => return half_product::<f32>(x, w, MatmulPrecision::Highest, finish),
                 _ if w.dtype() == x.dtype() => x.broadcast_matmul(&w.t()?)?,
                 _ => x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?,
             },
@@ -148,7 +151,8 @@ impl Linear {
                 return finish(q.matmul_t(&x32, t)?, lead, q.rows());
             }
             Linear::Fp8(m) => {
-                let (lead, x32) = flat_f32(x, m.cols())?;
+                let (lead, mut x32) = flat_f32(x, m.cols())?;
+                matmul_precision::current().round(&mut x32);
                 let t = x32.len() / m.cols().max(1);
                 return finish(m.matmul_t(&x32, t), lead, m.rows());
             }
@@ -207,15 +211,18 @@ impl Linear {
     }
 }
 
-/// f32 activations against a bf16/f16 weight, on the CPU, without widening the whole weight;
-/// `finish` makes the f32 result [rows, n] a tensor.
+/// f32 activations (rounded to `precision`) against a bf16/f16/f32 weight, on the CPU, without
+/// widening the whole weight; `finish` makes the f32 result [rows, n] a tensor.
 fn half_product<W: HalfElement + candle_core::WithDType>(
     x: &Tensor,
     w: &Tensor,
+    precision: MatmulPrecision,
     finish: impl FnOnce(Vec<f32>, Vec<usize>, usize) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
-    let (lead, x32) = flat_f32(x, k)?;
+    let (lead, mut x32) = flat_f32(x, k)?;
+    // Rounded activations need fewer bf16 planes, so the block kernels take fewer passes.
+    precision.round(&mut x32);
     let t = x32.len() / k;
     let y = with_cpu_values(w, |values: &[W]| half_matmul::matmul_t(&x32, t, values, n, k))?;
     finish(y, lead, n)

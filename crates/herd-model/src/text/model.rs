@@ -10,6 +10,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
+use crate::nn::matmul_precision::{self, MatmulPrecision};
 use crate::nn::{Embedding, Linear, RmsNorm};
 use crate::step::{DecodeInputs, StepInputs};
 use crate::text::attention::Segment;
@@ -76,6 +77,8 @@ pub struct TextModel {
     check_finite: bool,
     /// What [`TextModel::new_cache`] stores keys and values as (None: the compute dtype).
     kv_dtype: Option<DType>,
+    /// How far activations are rounded before products with narrow-float weights.
+    matmul_precision: MatmulPrecision,
 }
 
 impl TextModel {
@@ -165,6 +168,7 @@ impl TextModel {
             tied_lm_head,
             check_finite: false,
             kv_dtype: None,
+            matmul_precision: MatmulPrecision::Highest,
             inv_freq,
             dtype,
             device: device.clone(),
@@ -237,6 +241,17 @@ impl TextModel {
         self.kv_dtype
     }
 
+    /// Rounds activations before every product with bf16/f16/fp8 weights to `precision` in
+    /// this model's forward passes (`medium`: bf16, as llama.cpp computes bf16 weights, one
+    /// block-kernel pass in place of three); `highest` (the default) keeps the f32 product.
+    pub fn set_matmul_precision(&mut self, precision: MatmulPrecision) {
+        self.matmul_precision = precision;
+    }
+
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        self.matmul_precision
+    }
+
     /// Bytes of cached keys and values a decode query at position `position` reads (with the
     /// positions before it in the cache): every earlier position for global layers, the ones
     /// in its own block for chunked layers, in the cache's dtype. With
@@ -296,6 +311,10 @@ impl TextModel {
     /// Returns each item's f32 logits ([Tᵢ, V] or [1, V]) in order. Nothing is written to any
     /// cache unless every item's ids and context length check out.
     pub fn forward_batch(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
+        matmul_precision::scoped(self.matmul_precision, || self.forward_batch_scoped(items))
+    }
+
+    fn forward_batch_scoped(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }

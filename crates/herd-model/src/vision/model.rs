@@ -10,6 +10,7 @@ use super::encoder::{layer_norm, EncoderLayer};
 use super::pixel_shuffle::pixel_shuffle;
 use super::rope2d;
 use crate::error::{Error, Result};
+use crate::nn::matmul_precision::{self, MatmulPrecision};
 use crate::nn::Linear;
 use crate::weights::Weights;
 
@@ -28,6 +29,8 @@ pub struct VisionModel {
     multi_modal_projector: Linear,
     rope_cos: Tensor,
     rope_sin: Tensor,
+    /// How far activations are rounded before products with narrow-float weights.
+    matmul_precision: MatmulPrecision,
 }
 
 /// Intermediate results of one batch of tiles, for parity checks.
@@ -86,6 +89,7 @@ impl VisionModel {
             )?,
             rope_cos: cos.to_dtype(vb.dtype())?,
             rope_sin: sin.to_dtype(vb.dtype())?,
+            matmul_precision: MatmulPrecision::Highest,
         })
     }
 
@@ -105,6 +109,12 @@ impl VisionModel {
         Self::load(&vb, &config, text_hidden).map(Some)
     }
 
+    /// Rounds activations before every product with bf16/f16/fp8 weights to `precision` in
+    /// this tower's forward passes (see [`MatmulPrecision`]).
+    pub fn set_matmul_precision(&mut self, precision: MatmulPrecision) {
+        self.matmul_precision = precision;
+    }
+
     pub fn config(&self) -> &VisionConfig {
         &self.config
     }
@@ -116,6 +126,10 @@ impl VisionModel {
 
     /// The forward pass, keeping its named intermediates.
     pub fn forward_taps(&self, pixels: &Tensor) -> Result<VisionTaps> {
+        matmul_precision::scoped(self.matmul_precision, || self.forward_taps_scoped(pixels))
+    }
+
+    fn forward_taps_scoped(&self, pixels: &Tensor) -> Result<VisionTaps> {
         let cfg = &self.config;
         let (s, p, g) = (cfg.image_size, cfg.patch_size, cfg.grid());
         let dims = pixels.dims();

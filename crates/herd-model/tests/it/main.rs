@@ -16,6 +16,7 @@ mod hostile;
 mod kquant;
 mod kv_dtype;
 mod long_context;
+mod matmul_precision;
 mod mutations;
 mod ops;
 mod parity;

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 
 use super::decode_attention::{attend_head, CacheView};
 #[cfg(target_arch = "x86_64")]
-use super::decode_attention::{exp, widened_rows, ROWS_PER_WIDEN};
+use super::decode_attention::{widened_rows, ROWS_PER_WIDEN};
 use super::half_matmul::HalfElement;
 use super::isa::Isa;
 
@@ -164,7 +164,11 @@ mod blocked {
     use std::arch::x86_64::*;
 
     use super::*;
-    use crate::kernels::decode_attention::registers::sum4;
+    use crate::kernels::decode_attention::exp;
+    use crate::kernels::decode_attention::registers::{exp16, sum4};
+
+    // A block's scores are two 16-lane vectors of exponentials.
+    const _: () = assert!(ROWS_PER_WIDEN == 32);
 
     /// The mask of the first `n` of 16 lanes.
     #[inline]
@@ -384,8 +388,14 @@ mod blocked {
             } else {
                 exp(old - new)
             };
-            for x in row[..nk].iter_mut() {
-                *x = exp(*x - new);
+            // The block's 32 scores (row has room for them), 16 lanes at a time: lanes past
+            // nk are computed and never read.
+            let new_v = _mm512_set1_ps(new);
+            for half in 0..2 {
+                if nk > 16 * half {
+                    let at = row[16 * half..16 * half + 16].as_mut_ptr();
+                    _mm512_storeu_ps(at, exp16(_mm512_sub_ps(_mm512_loadu_ps(at), new_v)));
+                }
             }
             let block_sum = _mm512_reduce_add_ps(_mm512_add_ps(
                 _mm512_maskz_loadu_ps(masks[0], row.as_ptr()),

@@ -161,6 +161,90 @@ pub(crate) mod registers {
         _mm512_castps512_ps128(t)
     }
 
+    /// [`exp`] of 16 lanes, the same operations in the same order (so each lane is bit for bit
+    /// the scalar's): LLVM leaves the scalar loop scalar (its saturating float-to-int cast), and
+    /// at a few thousand keys the softmax's exponentials cost a quarter of a decode head's
+    /// time. NaN stays NaN (the clamps keep a NaN lane; its polynomial is NaN).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
+        let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
+        // max/min return their second operand when either is NaN: x's NaN survives.
+        let x = _mm512_max_ps(_mm512_set1_ps(-87.3), x);
+        let x = _mm512_min_ps(_mm512_set1_ps(88.3), x);
+        let round = _mm512_set1_ps(EXP_ROUND);
+        let n = _mm512_sub_ps(
+            _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), round),
+            round,
+        );
+        let r = _mm512_sub_ps(
+            _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(EXP_C1))),
+            _mm512_mul_ps(n, _mm512_set1_ps(EXP_C2)),
+        );
+        let mut p = _mm512_set1_ps(EXP_P[0]);
+        for &c in &EXP_P[1..] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+        }
+        let e_r = _mm512_add_ps(
+            _mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r),
+            _mm512_set1_ps(1.0),
+        );
+        let n_i = _mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127));
+        let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(n_i));
+        _mm512_maskz_mov_ps(!underflow, _mm512_mul_ps(e_r, two_n))
+    }
+
+    /// [`softmax_in_place`] with the exponentials 16 lanes at a time by [`exp16`]: the same
+    /// lanes, sums and order, so bit for bit the same row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(crate) unsafe fn softmax_in_place(row: &mut [f32]) {
+        const LANES: usize = 16;
+        let chunks = row.len() / LANES;
+        let tail = chunks * LANES;
+        let mut max = f32::NEG_INFINITY;
+        for &x in &row[tail..] {
+            max = max.max(x);
+        }
+        let mut lanes = _mm512_set1_ps(f32::NEG_INFINITY);
+        for c in 0..chunks {
+            let x = _mm512_loadu_ps(row[c * LANES..].as_ptr());
+            // x > lanes ? x : lanes, as the scalar comparison (NaN keeps the lane).
+            lanes = _mm512_mask_mov_ps(lanes, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, lanes), x);
+        }
+        let mut lane_max = [0f32; LANES];
+        _mm512_storeu_ps(lane_max.as_mut_ptr(), lanes);
+        for x in lane_max {
+            max = max.max(x);
+        }
+        let max_v = _mm512_set1_ps(max);
+        let mut sums = _mm512_setzero_ps();
+        for c in 0..chunks {
+            let at = row[c * LANES..].as_mut_ptr();
+            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(at), max_v));
+            _mm512_storeu_ps(at, e);
+            sums = _mm512_add_ps(sums, e);
+        }
+        let mut sum = 0f32;
+        for x in &mut row[tail..] {
+            *x = exp(*x - max);
+            sum += *x;
+        }
+        let mut lane_sums = [0f32; LANES];
+        _mm512_storeu_ps(lane_sums.as_mut_ptr(), sums);
+        for x in lane_sums {
+            sum += x;
+        }
+        let inv = 1.0 / sum;
+        let inv_v = _mm512_set1_ps(inv);
+        for c in 0..chunks {
+            let at = row[c * LANES..].as_mut_ptr();
+            _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_loadu_ps(at), inv_v));
+        }
+        for x in &mut row[tail..] {
+            *x *= inv;
+        }
+    }
+
     /// Whether the kernel takes this head size.
     pub fn takes(head_dim: usize) -> bool {
         head_dim == 64 || head_dim == 128
@@ -345,6 +429,45 @@ pub(crate) fn widened_rows<'a, E: HalfElement>(
     wide
 }
 
+/// [`exp`] of every value on `isa`: 16 lanes at a time by the AVX-512 build where `isa` has
+/// it (the tail one by one), [`exp`] per value elsewhere. The twin tests' handle on the
+/// vector build, which must equal [`exp`] bit for bit.
+///
+/// # Panics
+/// If this CPU lacks `isa`.
+pub fn exp_in_place_on(isa: Isa, x: &mut [f32]) {
+    assert!(isa.is_supported());
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) {
+        use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in chunks.by_ref() {
+            // SAFETY: the CPU has this level (asserted), which includes exp16's features; the
+            // chunk holds 16 values.
+            unsafe { _mm512_storeu_ps(c.as_mut_ptr(), registers::exp16(_mm512_loadu_ps(c.as_ptr()))) };
+        }
+        chunks.into_remainder().iter_mut().for_each(|v| *v = exp(*v));
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = exp(*v));
+}
+
+/// softmax over `row` on `isa`: the AVX-512 build (exponentials 16 lanes at a time) or the
+/// plain one, which it must equal bit for bit.
+///
+/// # Panics
+/// If this CPU lacks `isa`.
+pub fn softmax_on(isa: Isa, row: &mut [f32]) {
+    assert!(isa.is_supported());
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) {
+        // SAFETY: the CPU has this level (asserted), which includes the build's features.
+        unsafe { registers::softmax_in_place(row) };
+        return;
+    }
+    softmax_in_place(row);
+}
+
 /// softmax over one row of scores, in lanes the compiler vectorises: the maximum, then
 /// e^(s − max) by [`exp`] with the sum, then the scaling. Plain loops throughout (a closure's
 /// body is compiled without the calling build's target features).
@@ -389,6 +512,21 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
     }
 }
 
+// ln 2 split in two so that n·C1 is exact.
+const EXP_C1: f32 = 0.693_359_4;
+const EXP_C2: f32 = -2.121_944_4e-4;
+// Rounds to the nearest integer (ties to even) for |v| < 2²².
+const EXP_ROUND: f32 = 12_582_912.0;
+/// e^r − 1 − r ≈ r² · p(r), p's coefficients from the highest power down.
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// e^x for the shifted scores of a softmax (x ≤ 0), after Cephes' `expf`: x = n·ln 2 + r with
 /// |r| ≤ ln 2 / 2, e^r by a polynomial (relative error under 3e-7), 2ⁿ built in the exponent
 /// bits. Plain arithmetic, so a row of them vectorises where libm's `expf` is a call per value.
@@ -397,11 +535,9 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that n·C1 is exact.
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    // Rounds to the nearest integer (ties to even) for |v| < 2²².
-    const ROUND: f32 = 12_582_912.0;
+    const C1: f32 = EXP_C1;
+    const C2: f32 = EXP_C2;
+    const ROUND: f32 = EXP_ROUND;
     let underflow = x < -87.3;
     let x = if underflow {
         -87.3
@@ -412,12 +548,12 @@ pub fn exp(x: f32) -> f32 {
     };
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * C1 - n * C2;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_2e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
+    let p = EXP_P[0];
+    let p = p * r + EXP_P[1];
+    let p = p * r + EXP_P[2];
+    let p = p * r + EXP_P[3];
+    let p = p * r + EXP_P[4];
+    let p = p * r + EXP_P[5];
     let e_r = p * (r * r) + r + 1.0;
     // 2ⁿ: n in [−126, 128) here, so a normal f32's exponent field.
     let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);

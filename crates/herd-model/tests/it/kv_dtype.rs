@@ -186,3 +186,82 @@ fn softmax_exp_is_within_a_few_ulps_of_libm() {
     // Mutation twin: an exp off by one part in a million (a coefficient's worth) is caught.
     assert!(worst_exp_error(|x| exp(x) * (1.0 + 1e-6)) > 3e-7);
 }
+
+/// Scores a softmax meets: the shifted range, the clamps' edges, specials.
+fn exp_inputs() -> Vec<f32> {
+    let mut x: Vec<f32> = (0..=200_000).map(|i| -90.0 * i as f32 / 200_000.0).collect();
+    x.extend((0..2000).map(|i| i as f32 * 0.05));
+    x.extend([
+        -87.3,
+        -87.299_99,
+        -87.300_01,
+        88.3,
+        88.300_01,
+        100.0,
+        -0.0,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::MIN_POSITIVE,
+        -1e-30,
+    ]);
+    // A length that leaves a tail past the 16-lane chunks.
+    x.extend([-1.5, -2.5, -3.5]);
+    x
+}
+
+#[test]
+fn the_vector_exp_is_the_scalar_exp_bit_for_bit_on_every_isa() {
+    use herd_model::kernels::decode_attention::{exp, exp_in_place_on};
+    use herd_model::kernels::isa::Isa;
+    let x = exp_inputs();
+    let expected: Vec<f32> = x.iter().map(|&v| exp(v)).collect();
+    for isa in Isa::supported() {
+        let mut got = x.clone();
+        exp_in_place_on(isa, &mut got);
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan()),
+                "{isa}: exp({:e}) = {g:e}, scalar {e:e}",
+                x[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_vector_softmax_is_the_plain_softmax_bit_for_bit_on_every_isa() {
+    use herd_model::kernels::decode_attention::softmax_on;
+    use herd_model::kernels::isa::Isa;
+    let mut state = 0x9e37_79b9u32;
+    for len in [1usize, 5, 16, 17, 31, 32, 33, 100, 1000, 8195] {
+        let row: Vec<f32> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 100_000) as f32 / 1000.0 - 60.0
+            })
+            .collect();
+        let mut with_specials = row.clone();
+        if len > 3 {
+            with_specials[len / 2] = f32::NEG_INFINITY; // a masked score
+            with_specials[len - 1] = 1e4; // one score far above the rest
+        }
+        for row in [row, with_specials] {
+            let mut expected = row.clone();
+            softmax_on(Isa::Portable, &mut expected);
+            let total: f32 = expected.iter().sum();
+            assert!((total - 1.0).abs() < 1e-4, "len {len}: sums to {total}");
+            for isa in Isa::supported() {
+                let mut got = row.clone();
+                softmax_on(isa, &mut got);
+                assert!(
+                    got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa}, len {len}"
+                );
+            }
+        }
+    }
+}

@@ -40,6 +40,8 @@ mkdir -p "$WORK"
 log() { printf '\n== %s\n' "$*" >&2; }
 
 # --- herd -------------------------------------------------------------------------------
+# The table names the commit only for a herd this checkout builds; a given binary by its path.
+if [ -n "${HERD:-}" ]; then HERD_LABEL="herd binary $HERD"; else HERD_LABEL="herd $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"; fi
 HERD=${HERD:-$ROOT/target/release/herd}
 if [ ! -x "$HERD" ]; then
     log "building herd (release)"
@@ -290,7 +292,7 @@ fi
 
 # --- report -------------------------------------------------------------------------------
 echo
-echo "bench-moe-2.7b · $THREADS threads · -p $P -n $N -r $REPS · KV cache f16 · herd $(git rev-parse --short HEAD 2>/dev/null || echo unknown) · llama.cpp $LLAMA_COMMIT (llama-cpp-python $LCP_VERSION sdist)"
+echo "bench-moe-2.7b · $THREADS threads · -p $P -n $N -r $REPS · KV cache f16 · $HERD_LABEL · llama.cpp $LLAMA_COMMIT (llama-cpp-python $LCP_VERSION sdist)"
 echo "herd's bandwidth probe: $(gb "$(herd_field "$RESULTS/herd-Q4_K_M.json" bandwidth_bytes_s)") GB/s"
 echo
 printf '| %-7s | %-14s | %12s | %12s | %7s |\n' format test "herd" "llama.cpp" "ratio"

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! highest   x exactly (up to three bf16 planes in the block kernels)   the f32 product
-//! high      x rounded to hi + lo, two bf16 planes (16 significant bits) relative error ≤ 2⁻¹⁷
-//! medium    x rounded to bf16 (8 significant bits)                      relative error ≤ 2⁻⁹
+//! high      x rounded to hi + lo, two bf16 planes (16 significant bits) relative error ≤ 2⁻¹⁶
+//! medium    x rounded to bf16 (8 significant bits)                      relative error ≤ 2⁻⁸
 //! ```
 //!
 //! `medium` is what llama.cpp computes against bf16 weights (its `vec_dot_type` for BF16 is

@@ -59,6 +59,13 @@ fn medium_rounds_to_the_nearest_bf16_as_the_half_crate_does() {
             b.to_bits()
         );
     }
+    // The bound the docs state: half a bf16 unit, 2⁻⁸ of the value.
+    let original = edge_values();
+    for (a, o) in x.iter().zip(&original) {
+        if o.is_finite() && o.abs() >= f32::MIN_POSITIVE && o.abs() < 3e38 {
+            assert!((a - o).abs() <= o.abs() * 2f32.powi(-8), "{o:e} → {a:e}");
+        }
+    }
 }
 
 #[test]

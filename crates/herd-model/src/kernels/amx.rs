@@ -15,7 +15,7 @@
 //! activations that are bf16 already, as under `--dtype bf16`), and a weight plane's passes
 //! run together, so a matrix computes bit for bit the same whichever dtype holds its values.
 //! Block-quantized weights are dequantized and rounded to bf16, against one rounded plane of
-//! activations (relative error ≤ 2⁻⁹ each side, finer than the 8-bit activations llama.cpp and
+//! activations (relative error ≤ 2⁻⁸ each side, finer than the 8-bit activations llama.cpp and
 //! herd's decode use).
 //!
 //! The operating system must grant a process the tile state (Linux `arch_prctl`), so

@@ -46,6 +46,11 @@ fn edge_values() -> Vec<f32> {
     v
 }
 
+/// The largest magnitude in a tensor.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
 #[test]
 fn medium_rounds_to_the_nearest_bf16_as_the_half_crate_does() {
     let mut x = edge_values();
@@ -173,8 +178,7 @@ fn a_level_rounds_the_inputs_of_narrow_weights_only() {
                 );
                 // The rounding is visible where the weights are narrow (the twin that fails
                 // if the level were ignored), and absent for f32 weights.
-                let moved = highest.sub(&got).unwrap().abs().unwrap().max_all().unwrap();
-                let moved = moved.to_scalar::<f32>().unwrap();
+                let moved = max_abs(&highest.sub(&got).unwrap());
                 if dtype == DType::F32 {
                     assert_eq!(moved, 0.0, "f32 weights at {level}");
                 } else {
@@ -211,15 +215,8 @@ fn a_bf16_model_at_medium_rounds_inside_its_forward_pass_only() {
     model.set_matmul_precision(MatmulPrecision::Medium);
     assert_eq!(model.matmul_precision(), MatmulPrecision::Medium);
     let medium = full_logits(&model, &ids);
-    let moved = highest.sub(&medium).unwrap().abs().unwrap().max_all().unwrap();
-    let moved = moved.to_scalar::<f32>().unwrap();
-    let scale = highest
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let moved = max_abs(&highest.sub(&medium).unwrap());
+    let scale = max_abs(&highest);
     println!("medium vs highest: max |Δlogit| {moved:.3e} of {scale:.3e}");
     assert!(moved > 0.0, "the level did not reach the forward pass");
     assert!(moved < 0.05 * scale, "medium moved logits by {moved} of {scale}");
@@ -276,15 +273,8 @@ fn a_bf16_vision_tower_at_medium_rounds_inside_its_forward_pass() {
     let highest = vision.forward(&pixels).unwrap();
     vision.set_matmul_precision(MatmulPrecision::Medium);
     let medium = vision.forward(&pixels).unwrap();
-    let moved = highest.sub(&medium).unwrap().abs().unwrap().max_all().unwrap();
-    let moved = moved.to_scalar::<f32>().unwrap();
-    let scale = highest
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let moved = max_abs(&highest.sub(&medium).unwrap());
+    let scale = max_abs(&highest);
     println!("vision medium vs highest: max |Δ| {moved:.3e} of {scale:.3e}");
     assert!(moved > 0.0, "the level did not reach the tower's products");
     assert!(

@@ -150,7 +150,7 @@ impl ModelArgs {
                 if !candle_core::utils::cuda_is_available() {
                     bail!("--device {d}: this herd was built without CUDA (rebuild with --features cuda)");
                 }
-                Ok(Device::new_cuda(ordinal)?)
+                Ok(herd_model::device::cuda_device(ordinal)?)
             }
             other => bail!("--device {other}: expected cpu, cuda or cuda:N"),
         }

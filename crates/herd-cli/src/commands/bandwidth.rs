@@ -38,6 +38,24 @@ pub fn probe(passes: usize) -> f64 {
     best
 }
 
+/// Best-of-`passes` device-to-device copy bandwidth of a GPU in bytes per second, counting
+/// bytes read plus bytes written (as NVIDIA and PyTorch report a copy's bandwidth).
+pub fn probe_device(device: &candle_core::Device, passes: usize) -> candle_core::Result<f64> {
+    let src = candle_core::Tensor::zeros(PROBE_BYTES / 4, candle_core::DType::F32, device)?;
+    drop(src.copy()?);
+    device.synchronize()?;
+    let mut best = 0f64;
+    for _ in 0..passes.max(1) {
+        let start = Instant::now();
+        let dst = src.copy()?;
+        device.synchronize()?;
+        let seconds = start.elapsed().as_secs_f64();
+        drop(dst);
+        best = best.max(2.0 * PROBE_BYTES as f64 / seconds);
+    }
+    Ok(best)
+}
+
 /// Resets the process's peak resident set (`VmHWM`) to its current size, so a probe run before
 /// loading a model does not count as the model's memory. Linux only; elsewhere a no-op.
 pub fn reset_peak_rss() {

@@ -63,7 +63,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
 
     let probe_bar = bar(1, "memory bandwidth probe");
-    let bandwidth = bandwidth::probe(3);
+    // Decode streams the weights from wherever they live: host memory, or the GPU's.
+    let (bandwidth, probe_name) = match args.model.device()? {
+        device if device.is_cpu() => (bandwidth::probe(3), "probe, best of 3"),
+        device => (
+            bandwidth::probe_device(&device, 5)?,
+            "GPU device-to-device copy, read + written, best of 5",
+        ),
+    };
     probe_bar.finish_and_clear();
     bandwidth::reset_peak_rss();
 
@@ -190,7 +197,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bytes_per_token as f64 / 1e9,
         );
         println!(
-            "memory bandwidth (probe, best of 3): {:.1} GB/s · peak RSS {}",
+            "memory bandwidth ({probe_name}): {:.1} GB/s · peak RSS {}",
             bandwidth / 1e9,
             peak.map_or("unknown".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
         );

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::Linear;
 use crate::error::Result;
+use crate::weights::device_quant::DeviceQuantTensor;
 use crate::weights::QuantTensor;
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,17 @@ impl Embedding {
             Embedding::Dense(t) => Linear::Dense(t.clone()),
             Embedding::Quantized(q) => Linear::Quantized(q.clone()),
         }
+    }
+
+    /// [`Self::as_linear`] for products on `device`: on a GPU a quantized table gets a copy
+    /// of its blocks there (the lookups keep the host's).
+    pub fn as_linear_on(&self, device: &Device) -> Result<Linear> {
+        Ok(match self {
+            Embedding::Quantized(q) if !device.is_cpu() => {
+                Linear::QuantizedDevice(Arc::new(DeviceQuantTensor::upload(q, device)?))
+            }
+            _ => self.as_linear(),
+        })
     }
 
     pub fn stored_bytes(&self) -> usize {

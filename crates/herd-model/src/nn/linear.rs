@@ -16,6 +16,7 @@ use crate::kernels::half_matmul::{self, HalfElement};
 use crate::kernels::transposed_matmul;
 use crate::nn::matmul_precision::{self, MatmulPrecision};
 use crate::nn::LowRank;
+use crate::weights::device_quant::DeviceQuantTensor;
 use crate::weights::fp8::Fp8Matrix;
 use crate::weights::{QuantTensor, QuantType, Weights};
 
@@ -28,6 +29,8 @@ pub enum Linear {
     Dense(Tensor),
     /// [out, in] in ggml blocks (CPU).
     Quantized(Arc<QuantTensor>),
+    /// [out, in] in ggml blocks on a GPU (candle's CUDA kernels).
+    QuantizedDevice(Arc<DeviceQuantTensor>),
     /// [out, in] float8_e4m3fn with a scale per output channel (CPU).
     Fp8(Arc<Fp8Matrix>),
     /// A base weight plus an unmerged low-rank update (a LoRA adapter).
@@ -67,6 +70,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => WeightFormat::Dense(w.dtype()),
             Linear::Quantized(q) => WeightFormat::Quantized(q.quant_type()),
+            Linear::QuantizedDevice(q) => WeightFormat::Quantized(q.quant_type()),
             Linear::Fp8(_) => WeightFormat::Fp8,
             Linear::Adapted(pair) => pair.0.format(),
         }
@@ -83,6 +87,7 @@ impl Linear {
         }
         let device = match &self {
             Linear::Dense(w) => w.device().clone(),
+            Linear::QuantizedDevice(q) => q.device().clone(),
             _ => Device::Cpu,
         };
         let update = update.to_device(&device)?;
@@ -94,6 +99,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => Ok(w.dims2()?),
             Linear::Quantized(q) => Ok((q.rows(), q.cols())),
+            Linear::QuantizedDevice(q) => Ok((q.rows(), q.cols())),
             Linear::Fp8(m) => Ok((m.rows(), m.cols())),
             Linear::Adapted(pair) => pair.0.dims(),
         }
@@ -104,6 +110,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
             Linear::Quantized(q) => q.stored_bytes(),
+            Linear::QuantizedDevice(q) => q.stored_bytes(),
             Linear::Fp8(m) => m.stored_bytes(),
             Linear::Adapted(pair) => pair.0.stored_bytes() + pair.1.stored_bytes(),
         }
@@ -143,13 +150,17 @@ impl Linear {
                 _ if w.dtype() == x.dtype() => x.broadcast_matmul(&w.t()?)?,
                 _ => x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?,
             },
-            Linear::Dense(w) if w.dtype() == x.dtype() => x.broadcast_matmul(&w.t()?)?,
-            Linear::Dense(w) => x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?,
+            Linear::Dense(w) => match device_gemv(w, x)? {
+                Some(y) => y,
+                None if w.dtype() == x.dtype() => x.broadcast_matmul(&w.t()?)?,
+                None => x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?,
+            },
             Linear::Quantized(q) => {
                 let (lead, x32) = flat_f32(x, q.cols())?;
                 let t = x32.len() / q.cols();
                 return finish(q.matmul_t(&x32, t)?, lead, q.rows());
             }
+            Linear::QuantizedDevice(q) => q.forward(x)?,
             Linear::Fp8(m) => {
                 let (lead, mut x32) = flat_f32(x, m.cols())?;
                 matmul_precision::current().round(&mut x32);
@@ -202,6 +213,7 @@ impl Linear {
         match self {
             Linear::Dense(w) => Ok(w.to_dtype(DType::F32)?.to_device(device)?),
             Linear::Quantized(q) => Ok(Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), device)?),
+            Linear::QuantizedDevice(q) => q.dequantize(device),
             Linear::Fp8(m) => Ok(Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), device)?),
             // The merged weight W + s·B A.
             Linear::Adapted(pair) => {
@@ -209,6 +221,31 @@ impl Linear {
             }
         }
     }
+}
+
+/// One row against a weight on the GPU: herd's memory-bound matrix-vector kernel (a decode
+/// step's every projection), where it takes the dtypes; `None` sends the caller to cuBLAS.
+#[cfg(feature = "cuda")]
+fn device_gemv(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let k = x.dims().last().copied().unwrap_or(0);
+    if !x.device().is_cuda() || k == 0 || x.elem_count() != k {
+        return Ok(None);
+    }
+    let y = crate::cuda::gemv(w, &x.reshape((1, k))?, None)?;
+    let mut dims = x.dims().to_vec();
+    let out = w.dims().first().copied().unwrap_or(0);
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    Ok(match y {
+        Some(y) => Some(y.reshape(dims)?),
+        None => None,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_gemv(_: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
+    Ok(None)
 }
 
 /// f32 activations (rounded to `precision`) against a bf16/f16/f32 weight, on the CPU, without

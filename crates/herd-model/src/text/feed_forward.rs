@@ -35,6 +35,14 @@ impl FeedForward {
         }
     }
 
+    /// Stacks a MoE half's experts for routing on the device ([`Moe::stack_experts`]).
+    pub fn stack_experts(&mut self) -> Result<bool> {
+        match self {
+            FeedForward::Dense(_) => Ok(false),
+            FeedForward::Moe(moe) => moe.stack_experts(),
+        }
+    }
+
     /// Calls `f(path, linear)` on every projection of this half (see [`Moe::visit_linears`]).
     pub fn visit_linears(
         &mut self,

@@ -64,6 +64,11 @@ impl DecoderLayer {
             .visit_linears(&format!("{prefix}feed_forward."), f)
     }
 
+    /// See [`crate::text::moe::Moe::stack_experts`].
+    pub fn stack_experts(&mut self) -> Result<bool> {
+        self.feed_forward.stack_experts()
+    }
+
     pub fn stored_bytes(&self) -> usize {
         self.input_layernorm.stored_bytes()
             + self.self_attn.stored_bytes()

@@ -149,7 +149,7 @@ impl TextModel {
         let lm_head_name = source.lm_head_name();
         let tied_lm_head = config.tie_word_embeddings;
         let lm_head = if tied_lm_head {
-            embed_tokens.as_linear()
+            embed_tokens.as_linear_on(device)?
         } else {
             vb.linear_absolute(lm_head_name, d, v)?
         };
@@ -184,6 +184,17 @@ impl TextModel {
             layer.visit_linears(&format!("layers.{i}."), f)?;
         }
         Ok(())
+    }
+
+    /// Stacks every MoE layer's experts so a decode step routes on the device (what loading
+    /// onto a GPU does). On the CPU this runs the GPU's decode path through candle's ops, for
+    /// tests. Returns how many layers now route on the device.
+    pub fn stack_experts(&mut self) -> Result<usize> {
+        let mut stacked = 0;
+        for layer in &mut self.layers {
+            stacked += usize::from(layer.stack_experts()?);
+        }
+        Ok(stacked)
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -9,9 +9,17 @@
 //!
 //! Deviation: transformers and Meta run every expert on every token (zeros for the unrouted);
 //! herd gathers each expert's tokens and runs only those — same sums, E/k times less work.
-//! Shapes: T tokens, D hidden, E experts, F expert width, N tokens routed to one expert.
+//!
+//! Two ways to route. On the host ([`route`]): the logits come back, each expert runs once
+//! over its gathered tokens — right for prefill, where one expert sees many tokens. On the
+//! device ([`Moe::forward_routed_on_device`], a decode step's few rows on a GPU): top-k by a
+//! sort on the device, then per (token, choice) row one matrix-vector product that reads its
+//! expert's matrix out of the stacked `[E, F, D]` weights by the id on the device — no host
+//! sync per layer, each chosen expert's weights read once.
+//! Shapes: T tokens, D hidden, E experts, F expert width, N tokens routed to one expert,
+//! R = T·k (token, choice) rows.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::{ModelConfig, RouterScoring, Routing, ScoreAt};
 use crate::error::Result;
@@ -26,7 +34,23 @@ pub struct Moe {
     shared_expert: Mlp,
     top_k: usize,
     routing: Routing,
+    /// The experts' dense weights stacked for device routing; each expert's `Linear`s are
+    /// views of these (no second copy). Made at load on a GPU, or by [`Moe::stack_experts`].
+    stacked: Option<StackedExperts>,
 }
+
+/// gate_proj and up_proj `[E, F, D]`, down_proj `[E, D, F]`.
+#[derive(Debug, Clone)]
+struct StackedExperts {
+    gate_efd: Tensor,
+    up_efd: Tensor,
+    down_edf: Tensor,
+}
+
+/// The most (token, choice) rows a step routes on the device. Each row reads its expert's
+/// whole matrices, so past a few rows (prefill) gathering each expert's tokens on the host and
+/// reading its weights once wins.
+pub const DEVICE_ROUTED_ROWS: usize = 8;
 
 /// Which experts each token goes to, with the weight of each choice.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,17 +68,109 @@ impl Moe {
         width: usize,
     ) -> Result<Self> {
         let d = config.hidden_size;
-        Ok(Moe {
+        let mut moe = Moe {
             router: Linear::load(vb, "router", d, n_experts)?,
             experts: vb.pp("experts").experts(n_experts, d, width)?,
             shared_expert: Mlp::load(&vb.pp("shared_expert"), d, width)?,
             top_k,
             routing: config.routing,
-        })
+            stacked: None,
+        };
+        if !matches!(vb.device(), Device::Cpu) {
+            moe.stack_experts()?;
+        }
+        Ok(moe)
+    }
+
+    /// Stacks the experts' weights for routing on the device (done at load on a GPU; on the
+    /// CPU it lets tests run the GPU's decode path). `false` where the experts are not all
+    /// dense in one dtype (quantized, adapted): those route on the host.
+    pub fn stack_experts(&mut self) -> Result<bool> {
+        let mut parts: [Vec<Tensor>; 3] = Default::default();
+        for trio in &self.experts {
+            for (part, linear) in parts.iter_mut().zip(trio) {
+                let Linear::Dense(w) = linear else {
+                    return Ok(false);
+                };
+                part.push(w.clone());
+            }
+        }
+        let dtype = parts[0].first().map(Tensor::dtype);
+        if dtype.is_none() || parts.iter().flatten().any(|w| Some(w.dtype()) != dtype) {
+            return Ok(false);
+        }
+        let [gate, up, down] = parts;
+        let stacked = StackedExperts {
+            gate_efd: Tensor::stack(&gate, 0)?,
+            up_efd: Tensor::stack(&up, 0)?,
+            down_edf: Tensor::stack(&down, 0)?,
+        };
+        drop((gate, up, down));
+        for (e, [g, u, dn]) in self.experts.iter_mut().enumerate() {
+            *g = Linear::Dense(stacked.gate_efd.get(e)?);
+            *u = Linear::Dense(stacked.up_efd.get(e)?);
+            *dn = Linear::Dense(stacked.down_edf.get(e)?);
+        }
+        self.stacked = Some(stacked);
+        Ok(true)
     }
 
     /// x: [T, D] → [T, D]
     pub fn forward(&self, x_td: &Tensor) -> Result<Tensor> {
+        if self.stacked.is_some() && x_td.dim(0)? * self.top_k <= DEVICE_ROUTED_ROWS {
+            return self.forward_routed_on_device(x_td);
+        }
+        self.forward_routed_on_host(x_td)
+    }
+
+    /// Routing on the device (see the module docs); the stacked weights must exist.
+    /// x: [T, D] → [T, D]
+    pub fn forward_routed_on_device(&self, x_td: &Tensor) -> Result<Tensor> {
+        let Some(stacked) = &self.stacked else {
+            return Err(crate::error::Error::Kernel(
+                "device routing needs the experts stacked (Moe::stack_experts)".into(),
+            ));
+        };
+        let (t, d) = x_td.dims2()?;
+        let k = self.top_k.min(self.experts.len());
+        let logits_te = self.router.forward(x_td)?.to_dtype(DType::F32)?;
+        // Ties between equal logits may order either way here (the host route takes the
+        // lower index); equal f32 logits do not occur in practice.
+        let order_te = logits_te.arg_sort_last_dim(false)?;
+        let ids_tk = order_te.narrow(1, 0, k)?.contiguous()?;
+        let top_tk = logits_te.gather(&ids_tk, 1)?;
+        let scores_tk = match self.routing.scoring {
+            RouterScoring::Sigmoid => (top_tk.neg()?.exp()? + 1.0)?.recip()?,
+            RouterScoring::Softmax => {
+                let max_t1 = logits_te.max_keepdim(1)?;
+                let denominator_t1 = logits_te.broadcast_sub(&max_t1)?.exp()?.sum_keepdim(1)?;
+                top_tk
+                    .broadcast_sub(&max_t1)?
+                    .exp()?
+                    .broadcast_div(&denominator_t1)?
+            }
+        };
+        let r = t * k;
+        let ids_r = ids_tk.reshape(r)?;
+        let scores_r1 = scores_tk.reshape((r, 1))?.to_dtype(x_td.dtype())?;
+        // One row per (token, choice): [T, D] → [R, D].
+        let mut x_rd = x_td.unsqueeze(1)?.broadcast_as((t, k, d))?.reshape((r, d))?;
+        if self.routing.score_at == ScoreAt::ExpertInput {
+            x_rd = x_rd.broadcast_mul(&scores_r1)?;
+        }
+        let gate_rf = expert_gemv(&stacked.gate_efd, &x_rd, &ids_r)?;
+        let up_rf = expert_gemv(&stacked.up_efd, &x_rd, &ids_r)?;
+        let act_rf = (candle_nn::ops::silu(&gate_rf)? * up_rf)?;
+        let mut y_rd = expert_gemv(&stacked.down_edf, &act_rf, &ids_r)?;
+        if self.routing.score_at == ScoreAt::ExpertOutput {
+            y_rd = y_rd.broadcast_mul(&scores_r1)?;
+        }
+        let routed_td = y_rd.reshape((t, k, d))?.sum(1)?;
+        Ok((self.shared_expert.forward(x_td)? + routed_td)?)
+    }
+
+    /// Routing on the host (see the module docs). x: [T, D] → [T, D]
+    pub fn forward_routed_on_host(&self, x_td: &Tensor) -> Result<Tensor> {
         let router_logits_te = self.router.forward(x_td)?;
         let decision = route(
             &router_logits_te.to_dtype(DType::F32)?.to_vec2::<f32>()?,
@@ -116,6 +232,8 @@ impl Moe {
         prefix: &str,
         f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
     ) -> Result<()> {
+        // `f` may replace an expert (an adapter): the stacked copy would no longer be it.
+        self.stacked = None;
         f(&format!("{prefix}router"), &mut self.router)?;
         for (e, [gate, up, down]) in self.experts.iter_mut().enumerate() {
             f(&format!("{prefix}experts.{e}.gate_proj"), gate)?;
@@ -147,6 +265,19 @@ impl Moe {
                 .map(Linear::stored_bytes)
                 .sum::<usize>()
     }
+}
+
+/// `y [R, out] = x [R, in] · W[ids[r]]ᵀ`, W `[E, out, in]` stacked: herd's CUDA kernel, or
+/// the gathered weights' batched product elsewhere (its slow twin).
+fn expert_gemv(w_eoi: &Tensor, x_ri: &Tensor, ids_r: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(y) = crate::cuda::gemv(w_eoi, x_ri, Some(ids_r))? {
+        return Ok(y);
+    }
+    let w_roi = w_eoi.index_select(ids_r, 0)?.to_dtype(x_ri.dtype())?;
+    // [R, 1, in] · [R, in, out] → [R, 1, out]
+    let y_r1o = x_ri.unsqueeze(1)?.matmul(&w_roi.transpose(1, 2)?)?;
+    Ok(y_r1o.squeeze(1)?)
 }
 
 /// Picks each token's top-k experts by raw router logit (ties: lower expert index) and scores

@@ -143,7 +143,10 @@ impl VisionModel {
         }
         let n = dims[0];
         let c = cfg.hidden_size;
-        let pixels = pixels.to_dtype(self.class_embedding.dtype())?;
+        // Pixels are made on the host (the image pipeline); the tower may be on a GPU.
+        let pixels = pixels
+            .to_device(self.class_embedding.device())?
+            .to_dtype(self.class_embedding.dtype())?;
         // Unfold: [N, 3, G, p, G, p] → [N, G, G, 3, p, p] → [N, P, 3·p·p]
         let patches = pixels
             .reshape((n, cfg.n_channels, g, p, g, p))?

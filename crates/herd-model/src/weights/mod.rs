@@ -3,6 +3,7 @@
 //! stored format ([`Stored`]); the [`Weights`] view turns them into model parts (`Linear`,
 //! `Embedding`, experts), quantizing at load when a [`QuantPlan`] says so.
 
+pub mod device_quant;
 pub mod fp8;
 pub mod gguf;
 pub mod gguf_llama4;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::device_quant::DeviceQuantTensor;
 use super::plan::TensorRole;
 use super::source::{to_dense, Stored, StoredFormat};
 use super::{QuantPlan, QuantTensor, WeightSource};
@@ -96,12 +97,18 @@ impl<'a> Weights<'a> {
     }
 
     /// The embedding table [V, D] by its full name.
+    /// A quantized table stays on the host whatever the device: a step dequantizes the few
+    /// rows it looks up there and sends only those.
     pub fn embedding_absolute(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
-        Ok(match self.linear_absolute(name, dim, vocab)? {
-            Linear::Dense(t) => Embedding::Dense(t),
+        let host = Weights {
+            device: Device::Cpu,
+            ..self.clone()
+        };
+        Ok(match host.linear_absolute(name, dim, vocab)? {
+            Linear::Dense(t) => Embedding::Dense(self.placed(t)?),
             Linear::Quantized(q) => Embedding::Quantized(q),
             // No checkpoint stores its embedding table in FP8; widen it if one does.
-            other => Embedding::Dense(other.weight_f32(&Device::Cpu)?),
+            other => Embedding::Dense(self.placed(other.weight_f32(&Device::Cpu)?)?),
         })
     }
 
@@ -129,8 +136,14 @@ impl<'a> Weights<'a> {
                 let w = Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), &Device::Cpu)?;
                 Ok(Linear::Dense(self.placed(w)?))
             }
-            Stored::Quantized(q) => Ok(Linear::Quantized(Arc::new(q))),
-            Stored::Fp8(m) if self.dequantize => {
+            Stored::Quantized(q) if self.device.is_cpu() => Ok(Linear::Quantized(Arc::new(q))),
+            Stored::Quantized(q) => Ok(Linear::QuantizedDevice(Arc::new(DeviceQuantTensor::upload(
+                &q,
+                &self.device,
+            )?))),
+            // herd's fp8 product is a CPU kernel: on a GPU the weight is widened to the compute
+            // dtype at load (twice the memory of fp8 in bf16; exact, as the CPU's product is).
+            Stored::Fp8(m) if self.dequantize || !self.device.is_cpu() => {
                 let w = Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), &Device::Cpu)?;
                 Ok(Linear::Dense(self.placed(w)?))
             }
@@ -152,11 +165,13 @@ impl<'a> Weights<'a> {
         }
     }
 
-    /// A stored dense weight on the view's device. Under f32 compute it keeps its stored dtype
-    /// (f32 activations multiply bf16/f16 weights directly); under reduced-precision compute a
-    /// weight of another dtype is converted once, here, so candle's same-dtype matmul applies.
+    /// A stored dense weight on the view's device. Under f32 compute on the CPU it keeps its
+    /// stored dtype (herd's kernels multiply f32 activations by bf16/f16 weights directly);
+    /// otherwise a weight of another dtype is converted once, here, so the same-dtype matmuls
+    /// (candle's, cuBLAS) apply without a conversion per product.
     fn placed(&self, t: Tensor) -> Result<Tensor> {
-        let t = if t.dtype() != self.dtype && self.dtype != DType::F32 {
+        let keeps_stored = self.dtype == DType::F32 && self.device.is_cpu();
+        let t = if t.dtype() != self.dtype && !keeps_stored {
             t.to_dtype(self.dtype)?
         } else {
             t

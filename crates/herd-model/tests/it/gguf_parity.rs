@@ -4,7 +4,7 @@
 //! Q8_0, Q4_K_M and Q6_K files exactly on their dequantized weights, and within stated bounds
 //! with the quantized kernels.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use herd_model::{LoadOptions, LogitsFor, TextModel};
 use herd_testkit::{assert_close, fixture_path, Reference};
 
@@ -31,7 +31,7 @@ fn prefill_and_greedy(model: &TextModel, ids: &[u32], n: usize) -> (Tensor, Vec<
 }
 
 fn rows_of(all: &Tensor, rows: &[u32]) -> Tensor {
-    let idx = Tensor::from_vec(rows.to_vec(), rows.len(), &Device::Cpu).unwrap();
+    let idx = Tensor::from_vec(rows.to_vec(), rows.len(), all.device()).unwrap();
     all.index_select(&idx, 0).unwrap()
 }
 
@@ -92,7 +92,7 @@ fn load(name: &str, dequantize: bool) -> TextModel {
     let path = if name.is_empty() { dir } else { dir.join(name) };
     let options = LoadOptions {
         dequantize,
-        ..LoadOptions::new(DType::F32, &Device::Cpu)
+        ..LoadOptions::new(DType::F32, &crate::test_device())
     };
     TextModel::load_with(&path, &options).unwrap()
 }

@@ -7,6 +7,7 @@ mod batch;
 mod causal_attention;
 mod checkpoint_errors;
 mod config;
+mod device_routing;
 mod dtypes;
 mod fp8;
 mod full_attention;
@@ -40,8 +41,25 @@ pub fn copy_fixture(name: &str, tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Where the parity suite runs: the CPU, or the GPU with `HERD_TEST_DEVICE=cuda` (or `cuda:N`)
+/// in a build with the `cuda` feature (tools/cuda/check.sh runs it so on the GPU machine).
+pub fn test_device() -> Device {
+    match std::env::var("HERD_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("" | "cpu") => Device::Cpu,
+        Ok(d) => {
+            let ordinal = match d.strip_prefix("cuda:") {
+                Some(n) => n.parse().expect("HERD_TEST_DEVICE=cuda:N"),
+                None if d == "cuda" => 0,
+                None => panic!("HERD_TEST_DEVICE={d}: expected cpu, cuda or cuda:N"),
+            };
+            herd_model::device::cuda_device(ordinal)
+                .expect("HERD_TEST_DEVICE asks for a GPU this build or machine lacks")
+        }
+    }
+}
+
 pub fn load_fixture(name: &str, dtype: DType) -> TextModel {
-    TextModel::load(&herd_testkit::fixture_path(name), dtype, &Device::Cpu)
+    TextModel::load(&herd_testkit::fixture_path(name), dtype, &test_device())
         .unwrap_or_else(|e| panic!("loading fixture {name}: {e}"))
 }
 

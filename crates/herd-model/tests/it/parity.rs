@@ -2,7 +2,7 @@
 //! however the tokens are fed: one full pass, one token at a time through the KV cache, or in
 //! uneven pieces (chunked prefill). Prompts cross several attention chunks.
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use herd_testkit::{assert_close, Reference, TEXT_FIXTURES};
 
 use crate::{full_logits, greedy, load_fixture, piecewise_logits};
@@ -109,7 +109,8 @@ fn bf16_compute_agrees_within_bf16_precision() {
                     .to_scalar::<f32>()
                     .unwrap(),
             );
-            let got = full_logits(&model, &p.ids);
+            // On the host, beside the reference (the model may run on a GPU).
+            let got = full_logits(&model, &p.ids).to_device(&Device::Cpu).unwrap();
             let diff = (got.clone() - &p.logits).unwrap().abs().unwrap().max(1).unwrap();
             row_errors.extend(diff.to_vec1::<f32>().unwrap());
             let a = got.argmax(1).unwrap().to_vec1::<u32>().unwrap();

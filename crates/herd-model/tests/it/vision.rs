@@ -28,7 +28,7 @@ fn pixel_shuffle_matches_slow_twin() {
 fn image_prompt_matches_reference_through_vision_projector_and_fusion() {
     let dir = fixture_path("sharded-bf16");
     let text = load_fixture("sharded-bf16", DType::F32);
-    let vision = VisionModel::load_dir(&dir, text.config().hidden_size, DType::F32, &Device::Cpu)
+    let vision = VisionModel::load_dir(&dir, text.config().hidden_size, DType::F32, &crate::test_device())
         .unwrap()
         .unwrap();
     let reference = Reference::load("sharded-bf16");
@@ -72,7 +72,7 @@ fn image_prompt_matches_reference_through_vision_projector_and_fusion() {
         "{e}"
     );
     // Pixels of the wrong size are an error naming both shapes.
-    let wrong = Tensor::zeros((1, 3, 30, 30), DType::F32, &Device::Cpu).unwrap();
+    let wrong = Tensor::zeros((1, 3, 30, 30), DType::F32, &crate::test_device()).unwrap();
     assert!(matches!(vision.forward(&wrong), Err(Error::TensorShape { .. })));
 }
 
@@ -88,7 +88,7 @@ fn text_only_checkpoints_have_no_vision_tower() {
 fn vision_tiny_taps_and_fused_prompt_match_reference() {
     let dir = fixture_path("vision-tiny");
     let text = load_fixture("vision-tiny", DType::F32);
-    let vision = VisionModel::load_dir(&dir, text.config().hidden_size, DType::F32, &Device::Cpu)
+    let vision = VisionModel::load_dir(&dir, text.config().hidden_size, DType::F32, &crate::test_device())
         .unwrap()
         .unwrap();
     let reference = Reference::load("vision-tiny");

@@ -3,9 +3,11 @@
 //! (its slow twin), against the reference and the host-routed path, on every MoE fixture.
 
 use candle_core::DType;
-use herd_testkit::{assert_close, Reference, TEXT_FIXTURES};
+use herd_model::config::{FeedForwardKind, ModelConfig, RouterScoring, ScoreAt};
+use herd_model::{Checkpoint, TextModel};
+use herd_testkit::{assert_close, divergence, fixture_path, Reference, TEXT_FIXTURES};
 
-use crate::{load_fixture, piecewise_logits};
+use crate::{load_fixture, piecewise_logits, test_device};
 
 const TOL_F32: f32 = 1e-4;
 
@@ -42,4 +44,49 @@ fn device_routed_decode_matches_reference_and_host_routing() {
         }
     }
     assert!(routed_fixtures > 0, "no MoE fixture exercised device routing");
+}
+
+/// Mutation twins: with one routing knob broken, the device-routed decode leaves the
+/// reference's tolerance on every MoE fixture — the path reads the scoring, where the score
+/// applies and k, and does not pass by accident.
+#[test]
+fn device_routed_decode_notices_routing_mistakes() {
+    type Mutation = fn(&mut ModelConfig);
+    let mutations: [(&str, Mutation); 3] = [
+        ("softmax scores", |c| c.routing.scoring = RouterScoring::Softmax),
+        ("score on the expert output", |c| {
+            c.routing.score_at = ScoreAt::ExpertOutput
+        }),
+        ("one expert too many", |c| {
+            for layer in &mut c.layers {
+                if let FeedForwardKind::Moe { top_k, .. } = &mut layer.feed_forward {
+                    *top_k += 1;
+                }
+            }
+        }),
+    ];
+    for name in ["scout-tiny", "maverick-tiny"] {
+        let reference = Reference::load(name);
+        for (what, mutate) in mutations {
+            let dir = fixture_path(name);
+            let mut config = ModelConfig::load(&dir).unwrap();
+            mutate(&mut config);
+            let checkpoint = Checkpoint::open(&dir).unwrap();
+            let mut model =
+                TextModel::from_checkpoint(checkpoint, config, DType::F32, &test_device()).unwrap();
+            assert!(model.stack_experts().unwrap() > 0);
+            let d = reference
+                .prompts()
+                .iter()
+                .map(|p| {
+                    divergence(&piecewise_logits(&model, &p.ids, &[1]), &p.decode_logits, TOL_F32).max_abs
+                })
+                .fold(0.0, f32::max);
+            assert!(
+                d > TOL_F32,
+                "{what} on {name}: max |Δ| {d:e} stays within tolerance"
+            );
+            println!("{what} on {name}: max |Δ| = {d:e}");
+        }
+    }
 }

@@ -8,7 +8,7 @@
 # only CUDA library the binary links is libcudart.so.13, which tools/cuda/check.sh finds on the
 # GPU machine.
 #
-#   tools/cuda/build.sh                 # release `herd` with --features cuda → target/release/herd
+#   tools/cuda/build.sh                 # release `herd` with --features cuda → target/cuda/release/herd
 #   tools/cuda/build.sh check           # clippy (a full check) with --features cuda: what CI runs
 #   tools/cuda/build.sh tests           # also the herd-model test binary, for check.sh
 #
@@ -57,6 +57,8 @@ export LIBRARY_PATH="$cuda_home/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 nvcc --version | tail -1
 
+# Release builds go to their own target dir: a CUDA `herd` links libcuda and would otherwise
+# replace the CPU build at target/release/herd.
 case "${1:-release}" in
     check)
         cargo clippy --locked -p herd-cli -p herd-model --features herd-cli/cuda --all-targets \
@@ -64,21 +66,22 @@ case "${1:-release}" in
         ;;
     release)
         link_libraries
-        cargo build --locked --release -p herd-cli --bin herd --features herd-cli/cuda
+        cargo build --locked --release --target-dir target/cuda -p herd-cli --bin herd --features herd-cli/cuda
         ;;
     tests)
         # herd and the herd-model test binary, stripped and compressed into target/cuda-bin
         # for tools/cuda/check.sh (the device tool carries at most 64 MiB with the repo).
         link_libraries
-        cargo build --locked --release -p herd-cli --bin herd --features herd-cli/cuda
-        tests=$(cargo test --locked --release -p herd-model --features cuda --no-run --message-format=json \
+        cargo build --locked --release --target-dir target/cuda -p herd-cli --bin herd --features herd-cli/cuda
+        tests=$(cargo test --locked --release --target-dir target/cuda -p herd-model --features cuda --no-run \
+            --message-format=json \
             | "$venv/bin/python" -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "it" and m.get("executable"):
         print(m["executable"])')
         rm -rf target/cuda-bin && mkdir -p target/cuda-bin
-        for exe in target/release/herd "$tests"; do
+        for exe in target/cuda/release/herd "$tests"; do
             strip -o "target/cuda-bin/$(basename "$exe" | sed 's/-[0-9a-f]*$//')" "$exe"
         done
         xz -T2 -6 target/cuda-bin/*

@@ -135,12 +135,19 @@ impl Moe {
         let k = self.top_k.min(self.experts.len());
         let logits_te = self.router.forward(x_td)?.to_dtype(DType::F32)?;
         // Ties between equal logits may order either way here (the host route takes the
-        // lower index); equal f32 logits do not occur in practice.
-        let order_te = logits_te.arg_sort_last_dim(false)?;
-        let ids_tk = order_te.narrow(1, 0, k)?.contiguous()?;
+        // lower index); equal f32 logits do not occur in practice. Each op here is a kernel
+        // launch, the cost of a decode step on a GPU: Scout's k = 1 takes an argmax, not a sort.
+        let ids_tk = if k == 1 {
+            logits_te.argmax_keepdim(1)?
+        } else {
+            logits_te
+                .arg_sort_last_dim(false)?
+                .narrow(1, 0, k)?
+                .contiguous()?
+        };
         let top_tk = logits_te.gather(&ids_tk, 1)?;
         let scores_tk = match self.routing.scoring {
-            RouterScoring::Sigmoid => (top_tk.neg()?.exp()? + 1.0)?.recip()?,
+            RouterScoring::Sigmoid => candle_nn::ops::sigmoid(&top_tk)?,
             RouterScoring::Softmax => {
                 let max_t1 = logits_te.max_keepdim(1)?;
                 let denominator_t1 = logits_te.broadcast_sub(&max_t1)?.exp()?.sum_keepdim(1)?;
@@ -153,8 +160,12 @@ impl Moe {
         let r = t * k;
         let ids_r = ids_tk.reshape(r)?;
         let scores_r1 = scores_tk.reshape((r, 1))?.to_dtype(x_td.dtype())?;
-        // One row per (token, choice): [T, D] → [R, D].
-        let mut x_rd = x_td.unsqueeze(1)?.broadcast_as((t, k, d))?.reshape((r, d))?;
+        // One row per (token, choice): [T, D] → [R, D] (the rows themselves when k = 1).
+        let mut x_rd = if k == 1 {
+            x_td.clone()
+        } else {
+            x_td.unsqueeze(1)?.broadcast_as((t, k, d))?.reshape((r, d))?
+        };
         if self.routing.score_at == ScoreAt::ExpertInput {
             x_rd = x_rd.broadcast_mul(&scores_r1)?;
         }
@@ -165,7 +176,11 @@ impl Moe {
         if self.routing.score_at == ScoreAt::ExpertOutput {
             y_rd = y_rd.broadcast_mul(&scores_r1)?;
         }
-        let routed_td = y_rd.reshape((t, k, d))?.sum(1)?;
+        let routed_td = if k == 1 {
+            y_rd
+        } else {
+            y_rd.reshape((t, k, d))?.sum(1)?
+        };
         Ok((self.shared_expert.forward(x_td)? + routed_td)?)
     }
 

@@ -192,9 +192,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     if !args.json {
         println!(
-            "model: {name}{quant}{precision} · weights {:.2} GB resident, {:.3} GB read per decoded token · {threads} threads · {isa} · load {load_seconds:.1} s",
+            "model: {name}{quant}{precision} · weights {:.2} GB resident, {:.3} GB read per decoded token · device {} · {threads} threads · {isa} · load {load_seconds:.1} s",
             model.weight_bytes() as f64 / 1e9,
             bytes_per_token as f64 / 1e9,
+            args.model.device,
         );
         println!(
             "memory bandwidth ({probe_name}): {:.1} GB/s · peak RSS {}",
@@ -249,6 +250,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
         "kv_dtype": format!("{:?}", model.kv_dtype().unwrap_or(model.dtype())).to_lowercase(),
         "matmul_precision": model.matmul_precision().as_str(),
+        // Threads and ISA are the CPU kernels'; on a GPU they only run the host's side.
+        "device": args.model.device,
         "threads": threads,
         "isa": isa.name(),
         "repetitions": args.repetitions,

@@ -26,6 +26,11 @@ fn bench_prints_a_table_then_one_json_line() {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["bench"], "herd");
     assert_eq!(v["threads"], 1, "-t sets the kernels' threads");
+    assert_eq!(v["device"], "cpu", "the device the run measured");
+    assert!(
+        out.contains("· device cpu ·"),
+        "the table's header names the device:\n{out}"
+    );
     assert_eq!(v["repetitions"], 2);
     let results = v["results"].as_array().unwrap();
     let tests: Vec<&str> = results.iter().map(|r| r["test"].as_str().unwrap()).collect();

@@ -39,7 +39,7 @@ pub struct ModelArgs {
     /// quantized weights are unaffected.
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = MatmulPrecisionArg::Highest)]
     pub matmul_precision: MatmulPrecisionArg,
-    /// `cpu`, or `cuda` / `cuda:N` when herd is built with `--features cuda`.
+    /// `cpu`, or `cuda` / `cuda:N` when herd is built with `--features cuda` (tools/cuda/build.sh).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// A LoRA adapter to apply (a PEFT folder: adapter_config.json + adapter_model.safetensors,

@@ -173,6 +173,10 @@ impl<'a> Weights<'a> {
         let keeps_stored = self.dtype == DType::F32 && self.device.is_cpu();
         let t = if t.dtype() != self.dtype && !keeps_stored {
             t.to_dtype(self.dtype)?
+        } else if !self.device.is_cpu() && !spans_its_storage(&t) {
+            // A view (a fused expert's gate or up half) moves with its whole buffer: copy out
+            // the part the device keeps.
+            t.force_contiguous()?
         } else {
             t
         };
@@ -190,4 +194,16 @@ impl<'a> Weights<'a> {
     pub fn source(&self) -> &WeightSource {
         self.source
     }
+}
+
+/// Whether a host tensor's values are its whole buffer (not a view into a larger one).
+fn spans_its_storage(t: &Tensor) -> bool {
+    let (storage, layout) = t.storage_and_layout();
+    let len = match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)) => v.len(),
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F16(v)) => v.len(),
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.len(),
+        _ => return true,
+    };
+    layout.start_offset() == 0 && len == t.elem_count()
 }

@@ -9,7 +9,8 @@
 #      stated bounds, MoE decode routed on the device, the vision tower and early fusion;
 #   2. a Scout-shaped slice (tools/cuda/scout_slice.py: full width, 16 experts, vocab 202048,
 #      `SLICE_LAYERS` of the 48 layers, bf16, random weights) timed in herd — decode at batch 1,
-#      prefill of 2048 tokens — with herd's CUDA kernels and without (cuBLAS only), and in
+#      prefill of 2048 tokens — with herd's CUDA kernels, without (cuBLAS only) and with
+#      cudarc's event tracking off (HERD_CUDA_EVENT_TRACKING=off), and in
 #      transformers on the same folder and GPU; then one table and one JSON line.
 #
 # Environment: HERD_CUDA_BIN (default target/cuda-bin), SLICE_LAYERS (4), SLICE_DIR
@@ -67,6 +68,8 @@ bench=(bench --model "$slice" --device cuda --dtype bf16 -p 2048 -n 64 -r 3 --js
 "$bin/herd" "${bench[@]}" > "$out/herd.json" 2> "$out/herd.err" || { cat "$out/herd.err"; status=1; }
 HERD_CUDA_KERNELS=off "$bin/herd" "${bench[@]}" -p 0 > "$out/herd-cublas.json" 2> "$out/herd-cublas.err" \
     || { cat "$out/herd-cublas.err"; status=1; }
+HERD_CUDA_EVENT_TRACKING=off "$bin/herd" "${bench[@]}" -p 0 > "$out/herd-untracked.json" \
+    2> "$out/herd-untracked.err" || { cat "$out/herd-untracked.err"; status=1; }
 python3 tools/cuda/scout_slice.py bench "$slice" --gen 64 --prompt 2048 > "$out/transformers.json" \
     || status=1
 python3 - "$out" <<'PY'
@@ -78,6 +81,7 @@ def load(name):
     except Exception as e:
         return {"error": str(e)}
 herd, cublas, hf = load("herd.json"), load("herd-cublas.json"), load("transformers.json")
+untracked = load("herd-untracked.json")
 def result(run, kind):
     return next((r["tok_s"] for r in run.get("results", []) if r["kind"] == kind), None)
 bw = hf.get("copy_bandwidth_bytes_s")
@@ -85,6 +89,7 @@ per_token = herd.get("decode_bytes_per_token")
 rows = [
     ("herd decode tok/s (batch 1)", result(herd, "tg")),
     ("herd decode, cuBLAS only", result(cublas, "tg")),
+    ("herd decode, event tracking off", result(untracked, "tg")),
     ("transformers decode tok/s", hf.get("tg_tok_s")),
     ("herd prefill tok/s (2048)", result(herd, "pp")),
     ("transformers prefill tok/s", hf.get("pp_tok_s")),
@@ -104,7 +109,8 @@ if tg and hf_tg:
 if pp and hf_pp:
     summary["prefill_vs_transformers"] = pp / hf_pp
     print(f"| {'prefill ÷ transformers':32} | {pp / hf_pp:10.2f} |")
-summary.update({"herd_tg": tg, "herd_tg_cublas": result(cublas, "tg"), "herd_pp": pp,
+summary.update({"herd_tg": tg, "herd_tg_cublas": result(cublas, "tg"),
+                "herd_tg_untracked": result(untracked, "tg"), "herd_pp": pp,
                 "transformers_tg": hf_tg, "transformers_pp": hf_pp})
 print(json.dumps(summary))
 PY

@@ -12,8 +12,9 @@
 //!
 //! Two ways to route. On the host ([`route`]): the logits come back, each expert runs once
 //! over its gathered tokens — right for prefill, where one expert sees many tokens. On the
-//! device ([`Moe::forward_routed_on_device`], a decode step's few rows on a GPU): top-k by a
-//! sort on the device, then per (token, choice) row one matrix-vector product that reads its
+//! device ([`Moe::forward_routed_on_device`], a decode step's few rows on a GPU): top-k on the
+//! device (an argmax for k = 1, a sort beyond), then per (token, choice) row one
+//! matrix-vector product that reads its
 //! expert's matrix out of the stacked `[E, F, D]` weights by the id on the device — no host
 //! sync per layer, each chosen expert's weights read once.
 //! Shapes: T tokens, D hidden, E experts, F expert width, N tokens routed to one expert,

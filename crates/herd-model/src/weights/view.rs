@@ -97,6 +97,7 @@ impl<'a> Weights<'a> {
     }
 
     /// The embedding table [V, D] by its full name.
+    ///
     /// A quantized table stays on the host whatever the device: a step dequantizes the few
     /// rows it looks up there and sends only those.
     pub fn embedding_absolute(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {

@@ -63,9 +63,27 @@ impl SynthSpec {
         }
     }
 
+    /// `scout`: Llama 4 Scout's text model at its real shapes (109B parameters over 48
+    /// layers; `--layers 4` makes the 10.9B-parameter slice the GPU benchmark uses).
+    pub fn scout() -> Self {
+        SynthSpec {
+            hidden: 5120,
+            layers: 48,
+            heads: 40,
+            kv_heads: 8,
+            head_dim: 128,
+            experts: 16,
+            expert_width: 8192,
+            dense_width: 16384,
+            moe_step: 1,
+            vocab: 202048,
+        }
+    }
+
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "bench-moe-2.7b" => Some(Self::bench_moe_2_7b()),
+            "scout" => Some(Self::scout()),
             _ => None,
         }
     }

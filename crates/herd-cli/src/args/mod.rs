@@ -180,7 +180,9 @@ pub struct BenchArgs {
 #[derive(Args)]
 pub struct SynthArgs {
     /// Shapes to use: `bench-moe-2.7b` (hidden 2048, 16 layers, 16 q / 8 kv heads × 128,
-    /// 16 experts + shared, top-1, expert width 1024, vocab 202048; 5.5 GB).
+    /// 16 experts + shared, top-1, expert width 1024, vocab 202048; 5.5 GB) or `scout` (Llama 4
+    /// Scout's text model: hidden 5120, 48 layers, 40 q / 8 kv heads × 128, 16 experts of 8192
+    /// + shared; 216 GB, so pick a slice with `--layers`: 4 layers are 21.8 GB).
     #[arg(long, default_value = "bench-moe-2.7b")]
     pub preset: String,
     /// Output folder (created).

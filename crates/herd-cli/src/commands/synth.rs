@@ -8,7 +8,7 @@ use crate::args::SynthArgs;
 
 pub fn run(args: SynthArgs) -> Result<()> {
     let Some(mut spec) = SynthSpec::preset(&args.preset) else {
-        bail!("--preset {}: expected bench-moe-2.7b", args.preset);
+        bail!("--preset {}: expected bench-moe-2.7b or scout", args.preset);
     };
     if let Some(layers) = args.layers {
         spec.layers = layers;

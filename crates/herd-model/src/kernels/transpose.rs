@@ -59,26 +59,31 @@ pub fn transpose_slow(t: &Tensor) -> Result<Tensor> {
     Ok(t.t()?.contiguous()?)
 }
 
-/// A 2-D CPU tensor transposed, in its dtype.
+/// A 2-D CPU tensor transposed, in its dtype, read where it lies (no copy of the source: at
+/// load, fresh buffers of hundreds of MB cost more in page faults than the transpose itself).
 pub fn transpose_tensor(t: &Tensor) -> Result<Tensor> {
+    match t.dtype() {
+        DType::BF16 => transpose_in_place_read::<bf16>(t),
+        DType::F16 => transpose_in_place_read::<f16>(t),
+        DType::F32 => transpose_in_place_read::<f32>(t),
+        _ => transpose_slow(t),
+    }
+}
+
+fn transpose_in_place_read<T: candle_core::WithDType + Send + Sync>(t: &Tensor) -> Result<Tensor> {
     let (rows, cols) = t.dims2()?;
-    let device = t.device();
-    Ok(match t.dtype() {
-        DType::BF16 => Tensor::from_vec(
-            transpose_parallel(&t.flatten_all()?.to_vec1::<bf16>()?, rows, cols),
-            (cols, rows),
-            device,
-        )?,
-        DType::F16 => Tensor::from_vec(
-            transpose_parallel(&t.flatten_all()?.to_vec1::<f16>()?, rows, cols),
-            (cols, rows),
-            device,
-        )?,
-        DType::F32 => Tensor::from_vec(
-            transpose_parallel(&t.flatten_all()?.to_vec1::<f32>()?, rows, cols),
-            (cols, rows),
-            device,
-        )?,
-        _ => transpose_slow(t)?,
-    })
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+    else {
+        drop(storage);
+        return transpose_slow(&t);
+    };
+    let values = cpu
+        .as_slice::<T>()?
+        .get(start..end)
+        .ok_or_else(|| crate::error::Error::Kernel("transpose: layout outside its storage".into()))?;
+    let out = transpose_parallel(values, rows, cols);
+    drop(storage);
+    Ok(Tensor::from_vec(out, (cols, rows), t.device())?)
 }

@@ -275,3 +275,28 @@ fn fixture_configs_written_by_transformers_resolve() {
         .iter()
         .all(|l| matches!(l.feed_forward, FeedForwardKind::Dense { .. })));
 }
+
+/// `herd synth --preset scout` is Scout's text model as published: every layer's plan, the
+/// widths, RoPE and routing (the context length it declares and the special ids of its
+/// synthetic vocabulary differ); about 108B parameters (Scout's 109B less its vision tower).
+#[test]
+fn synth_scout_preset_resolves_to_the_published_scout() {
+    let spec = herd_model::synth::SynthSpec::preset("scout").unwrap();
+    let synth = ModelConfig::from_json(&spec.config_json()).unwrap();
+    let published = ModelConfig::from_json(&scout()).unwrap();
+    assert_eq!(
+        ModelConfig {
+            max_position_embeddings: published.max_position_embeddings,
+            bos_token_id: published.bos_token_id,
+            eos_token_ids: published.eos_token_ids.clone(),
+            pad_token_id: published.pad_token_id,
+            ..synth
+        },
+        published
+    );
+    let parameters = spec.weight_bytes() / 2;
+    assert!(
+        (105_000_000_000..110_000_000_000).contains(&parameters),
+        "{parameters}"
+    );
+}

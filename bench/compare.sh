@@ -12,7 +12,8 @@
 #    with llama-quantize to Q8_0 and Q4_K_M — the files llama.cpp users have;
 # 4. runs `llama-bench` and `herd bench` (KV cache in f16, as llama-bench's) on each file,
 #    `-p $P -n $N -t $THREADS -r $REPS`,
-#    alternating, plus a decode test at depth $DEPTH on Q4_K_M and a BF16 prefill at
+#    alternating, plus a decode test at depth $DEPTH on Q4_K_M (KV cache f16, then both engines
+#    with a Q8_0 cache, and each engine's depth ÷ depth-0 ratio) and a BF16 prefill at
 #    `--matmul-precision medium` (llama.cpp's rounding of activations); then mistral.rs (PyPI
 #    `mistralrs`) on the Q4_K_M file, printing its error where it does not run;
 # 5. prints each figure with the ratio herd ÷ llama.cpp, then one JSON line.
@@ -170,8 +171,8 @@ llama_run() { # file out args...
 herd_run() { # file out args...  (herd reports its own peak RSS, after its bandwidth probe's
     # buffer is freed and the peak reset; the wall-clock RSS of the process would count it)
     local file=$1 out=$2; shift 2
-    # llama-bench keeps its KV cache in f16 (-ctk/-ctv default): herd the same.
-    "$HERD" -t "$THREADS" bench --model "$file" --kv-dtype f16 -r "$REPS" --json "$@" >"$out" 2>"$out.err" || true
+    # llama-bench keeps its KV cache in f16 (-ctk/-ctv default): herd the same, unless KV says.
+    "$HERD" -t "$THREADS" bench --model "$file" --kv-dtype "${KV:-f16}" -r "$REPS" --json "$@" >"$out" 2>"$out.err" || true
 }
 
 RESULTS=$WORK/results
@@ -242,10 +243,33 @@ for fmt_name in BF16 Q8_0 Q4_K_M; do
             l=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.json" "$lp" "$lg" "$d")
             test_name="$kind$n"
             if [ "$d" -gt 0 ]; then test_name="$test_name @ d$d"; fi
-            rows+=("$(printf '| %-7s | %-14s | %12s | %12s | %7s |' "$fmt_name" "$test_name" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
+            rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "$test_name" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
             json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"$test_name\",\"herd_tok_s\":$h,\"llama_cpp_tok_s\":$l}")
         done
     done
+    if [ "${#depths[@]}" -gt 1 ]; then
+        # The same decode at depth with both caches in Q8_0 blocks (llama.cpp: -ctk/-ctv q8_0,
+        # which needs its flash attention for V; herd: --kv-dtype q8_0), then each engine's
+        # decode at depth as a fraction of its decode at 0 (the issue's "within 15 %").
+        log "$fmt_name: llama-bench, decode at depth $DEPTH, KV cache q8_0"
+        read -r _ _ < <(REPS=$DEPTH_REPS llama_run "$file" "$RESULTS/llama-$fmt_name-d$DEPTH-q8.json" -p 0 -n "$N" -d "$DEPTH" -ctk q8_0 -ctv q8_0 -fa on)
+        log "$fmt_name: herd bench, decode at depth $DEPTH, --kv-dtype q8_0"
+        REPS=$DEPTH_REPS KV=q8_0 herd_run "$file" "$RESULTS/herd-$fmt_name-d$DEPTH-q8.json" -p 0 -n "$N" -d "$DEPTH"
+        h=$(herd_speed "$RESULTS/herd-$fmt_name-d$DEPTH-q8.json" tg "$N" "$DEPTH")
+        l=$(llama_speed "$RESULTS/llama-$fmt_name-d$DEPTH-q8.json" 0 "$N" "$DEPTH")
+        test_name="tg$N @ d$DEPTH, KV q8_0"
+        rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "$test_name" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
+        json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"tg$N @ d$DEPTH\",\"kv\":\"q8_0\",\"herd_tok_s\":$h,\"llama_cpp_tok_s\":$l}")
+        h0=$(herd_speed "$RESULTS/herd-$fmt_name.json" tg "$N" 0)
+        l0=$(llama_speed "$RESULTS/llama-$fmt_name.json" 0 "$N" 0)
+        for kv in f16 q8_0; do
+            if [ $kv = f16 ]; then suffix="-d$DEPTH"; else suffix="-d$DEPTH-q8"; fi
+            hd=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.json" tg "$N" "$DEPTH")
+            ld=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.json" 0 "$N" "$DEPTH")
+            rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "d$DEPTH ÷ d0, KV $kv" "$(ratio "$hd" "$h0")" "$(ratio "$ld" "$l0")" "")")
+            json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"tg$N d$DEPTH / d0\",\"kv\":\"$kv\",\"herd\":$(ratio "$hd" "$h0" | sed 's/—/null/'),\"llama_cpp\":$(ratio "$ld" "$l0" | sed 's/—/null/')}")
+        done
+    fi
     if [ "$fmt_name" = BF16 ]; then
         # llama.cpp rounds activations to bf16 before a product with bf16 weights; herd's
         # default keeps the f32 product. `--matmul-precision medium` is llama.cpp's arithmetic:
@@ -254,12 +278,12 @@ for fmt_name in BF16 Q8_0 Q4_K_M; do
         herd_run "$file" "$RESULTS/herd-$fmt_name-medium.json" -p "$P" -n 0 --matmul-precision medium
         h=$(herd_speed "$RESULTS/herd-$fmt_name-medium.json" pp "$P" 0)
         l=$(llama_speed "$RESULTS/llama-$fmt_name.json" "$P" 0 0)
-        rows+=("$(printf '| %-7s | %-14s | %12s | %12s | %7s |' "$fmt_name" "pp$P medium" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
+        rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "pp$P medium" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
         json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"pp$P\",\"herd_matmul_precision\":\"medium\",\"herd_tok_s\":$h,\"llama_cpp_tok_s\":$l}")
     fi
     bw=$(herd_field "$RESULTS/herd-$fmt_name.json" bandwidth_bytes_s)
     bpt=$(herd_field "$RESULTS/herd-$fmt_name.json" decode_bytes_per_token)
-    rows+=("$(printf '| %-7s | %-14s | %12s | %12s | %7s |' "$fmt_name" "peak RSS GB" "$(gb "$h_rss")" "$(gb "$l_rss")" "$(ratio "$h_rss" "$l_rss")")")
+    rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "peak RSS GB" "$(gb "$h_rss")" "$(gb "$l_rss")" "$(ratio "$h_rss" "$l_rss")")")
     json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"peak_rss_bytes\",\"herd\":$h_rss,\"llama_cpp\":$l_rss,\"llama_cpp_mode\":\"$l_mode\",\"herd_bandwidth_bytes_s\":$bw,\"herd_decode_bytes_per_token\":$bpt}")
     if [ "$l_mode" = no-repack ]; then
         rows+=("| $fmt_name | llama.cpp: with weight repacking it crashed (SIGSEGV); these are its --repack 0 figures |")
@@ -292,13 +316,14 @@ fi
 
 # --- report -------------------------------------------------------------------------------
 echo
-echo "bench-moe-2.7b · $THREADS threads · -p $P -n $N -r $REPS · KV cache f16 · $HERD_LABEL · llama.cpp $LLAMA_COMMIT (llama-cpp-python $LCP_VERSION sdist)"
+echo "bench-moe-2.7b · $THREADS threads · -p $P -n $N -r $REPS · KV cache f16 unless a row says q8_0 · $HERD_LABEL · llama.cpp $LLAMA_COMMIT (llama-cpp-python $LCP_VERSION sdist)"
 echo "herd's bandwidth probe: $(gb "$(herd_field "$RESULTS/herd-Q4_K_M.json" bandwidth_bytes_s)") GB/s"
 echo
-printf '| %-7s | %-14s | %12s | %12s | %7s |\n' format test "herd" "llama.cpp" "ratio"
-printf '| %-7s | %-14s | %12s | %12s | %7s |\n' ------- -------------- ------------ ------------ -------
+printf '| %-7s | %-22s | %12s | %12s | %7s |\n' format test "herd" "llama.cpp" "ratio"
+printf '| %-7s | %-22s | %12s | %12s | %7s |\n' ------- ---------------------- ------------ ------------ -------
 printf '%s\n' "${rows[@]}"
 echo
+echo "KV q8_0: both caches in ggml's Q8_0 blocks (herd --kv-dtype q8_0; llama.cpp -ctk q8_0 -ctv q8_0 -fa on). d$DEPTH ÷ d0: decode at depth over decode at 0, each engine against itself (herd's target: ≥ 0.85)."
 echo "pp$P medium: herd with --matmul-precision medium (activations rounded to bf16 before products with bf16 weights, as llama.cpp computes them); the other herd rows keep the f32 product."
 echo "$mistral_note"
 printf '{"bench":"compare","model":"bench-moe-2.7b","threads":%s,"p":%s,"n":%s,"reps":%s,"mistralrs":%s,"rows":[%s]}\n' \

@@ -182,9 +182,8 @@ impl LanguageModel for TextModel {
     }
 
     fn kv_bytes_for(&self, positions: usize, max_step: usize) -> usize {
-        let elem = self.kv_dtype().unwrap_or(self.dtype()).size_in_bytes();
         let config = self.config();
-        let row = 2 * config.n_kv_heads * config.head_dim * elem;
+        let row = 2 * config.n_kv_heads * self.kv_format_stored().row_bytes(config.head_dim);
         config
             .layers
             .iter()

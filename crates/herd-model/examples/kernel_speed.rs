@@ -77,23 +77,52 @@ fn attention(len: usize) {
     use herd_model::kernels::decode_attention::{decode_attention, CacheView};
     let g: usize = std::env::var("G").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let (hkv, dh) = (8, 128);
-    let cache: Vec<half::f16> = (0..hkv * len * dh)
-        .map(|i| half::f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
-        .collect();
+    // Keys and values apart, as a cache holds them: one buffer for both would read V from L3.
+    let values = |seed: usize| -> Vec<half::f16> {
+        (0..hkv * len * dh)
+            .map(|i| half::f16::from_f32(((i * 7919 + seed) % 2001) as f32 / 1000.0 - 1.0))
+            .collect()
+    };
+    let (cache, cache_v) = (values(0), values(1000));
     let q: Vec<f32> = (0..hkv * g * dh)
         .map(|i| ((i * 104729) % 1000) as f32 / 5000.0)
         .collect();
-    let view = CacheView {
-        data: &cache[..],
+    let view = |data| CacheView {
+        data,
         n_kv_heads: hkv,
         head_stride: len * dh,
         len,
         head_dim: dh,
     };
-    let s = seconds_per_call(20, 1.0, &|| decode_attention(&q, &view, &view, 0.088));
+    let (k, v) = (view(&cache[..]), view(&cache_v[..]));
+    let s = seconds_per_call(20, 1.0, &|| decode_attention(&q, &k, &v, 0.088));
     let bytes = 2 * cache.len() * 2;
     println!(
         "attention f16 len={len} G={g}  {:7.2} GB/s  {:8.3} ms",
+        bytes as f64 / s / 1e9,
+        s * 1e3
+    );
+    // The same cache as Q8_0 blocks (`--kv-dtype q8_0`).
+    use herd_model::kernels::{decode_attention::Q8CacheView, kv_q8};
+    let blocks = |cache: &[half::f16]| -> Vec<u8> {
+        let wide: Vec<f32> = cache.iter().map(|v| v.to_f32()).collect();
+        let mut blocks = vec![0u8; wide.len() / kv_q8::BLOCK * kv_q8::BLOCK_BYTES];
+        kv_q8::quantize(&wide, &mut blocks);
+        blocks
+    };
+    let (kb, vb) = (blocks(&cache), blocks(&cache_v));
+    let view = |data| Q8CacheView {
+        data,
+        n_kv_heads: hkv,
+        head_stride: len * kv_q8::row_bytes(dh),
+        len,
+        head_dim: dh,
+    };
+    let (k, v) = (view(&kb[..]), view(&vb[..]));
+    let s = seconds_per_call(20, 1.0, &|| decode_attention(&q, &k, &v, 0.088));
+    let bytes = 2 * kb.len();
+    println!(
+        "attention q8_0 len={len} G={g} {:7.2} GB/s  {:8.3} ms",
         bytes as f64 / s / 1e9,
         s * 1e3
     );

@@ -84,6 +84,10 @@ pub enum Error {
         dtype: String,
     },
 
+    /// A KV cache format this model or device cannot store (`--kv-dtype`).
+    #[error("KV cache: {0}")]
+    KvCache(String),
+
     #[error("empty input: a forward step needs at least one token")]
     EmptyInput,
 

@@ -9,12 +9,62 @@
 //! falls in, since no later query can see an earlier block: when a step crosses into a new
 //! block the old block's slots are reused for it, so their memory stays near the chunk length
 //! whatever the context length (transformers keeps the last C − 1, the same bound).
+//!
+//! A cache stores its values in the compute dtype, in f16/bf16, or as Q8_0 blocks
+//! ([`KvFormat`]); a Q8_0 buffer is bytes, [Hkv, capacity, Dh/32 · 34], one row of blocks per
+//! position, quantized as it is written.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::{LayerPlan, ModelConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kernels::kv_q8;
 use crate::text::mask::chunk_start;
+
+/// How a cache stores keys and values (`--kv-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvFormat {
+    /// Values as this float dtype (f32 keeps the reference's values; f16/bf16 halve them).
+    Dtype(DType),
+    /// ggml's Q8_0 (llama.cpp's `-ctk/-ctv q8_0`): 32 values in 34 bytes, 0.27× an f32 cache
+    /// and 0.53× an f16 one. Needs a head size that is a multiple of 32, and the CPU.
+    Q8_0,
+}
+
+impl KvFormat {
+    /// The name `--kv-dtype` takes and `herd bench` prints.
+    pub fn name(self) -> String {
+        match self {
+            KvFormat::Dtype(d) => format!("{d:?}").to_lowercase(),
+            KvFormat::Q8_0 => "q8_0".to_string(),
+        }
+    }
+
+    /// Bytes one position's keys (or values) take in a head of `head_dim` values.
+    pub fn row_bytes(self, head_dim: usize) -> usize {
+        match self {
+            KvFormat::Dtype(d) => head_dim * d.size_in_bytes(),
+            KvFormat::Q8_0 => kv_q8::row_bytes(head_dim),
+        }
+    }
+
+    /// Whether a model of `head_dim` on `device` can keep its cache in this format.
+    pub fn check(self, head_dim: usize, device: &Device) -> Result<()> {
+        match self {
+            KvFormat::Dtype(DType::F32 | DType::F16 | DType::BF16) => Ok(()),
+            KvFormat::Dtype(d) => Err(Error::KvCache(format!(
+                "{d:?} is not a cache dtype (f32, f16, bf16, q8_0)"
+            ))),
+            KvFormat::Q8_0 if !head_dim.is_multiple_of(kv_q8::BLOCK) || head_dim == 0 => Err(Error::KvCache(
+                format!("q8_0 stores blocks of 32 values; this model's heads have {head_dim}"),
+            )),
+            KvFormat::Q8_0 if !device.is_cpu() => Err(Error::KvCache(
+                "q8_0 is read by herd's CPU kernels only; use f16 or bf16 on a GPU".into(),
+            )),
+            KvFormat::Q8_0 => Ok(()),
+        }
+    }
+}
 
 /// Slots a buffer starts with (grown by doubling as the history does).
 const MIN_CAPACITY: usize = 256;
@@ -25,8 +75,8 @@ const MIN_CAPACITY: usize = 256;
 #[derive(Debug)]
 pub struct LayerCache {
     chunk_len: Option<usize>,
-    /// The element type the buffers store (None: whatever the keys come in).
-    dtype: Option<DType>,
+    /// How the buffers store values (None: as the keys come in).
+    format: Option<KvFormat>,
     kv: Option<(Tensor, Tensor)>,
     len: usize,
     start: usize,
@@ -37,15 +87,15 @@ pub struct LayerCache {
 
 impl LayerCache {
     pub fn new(plan: &LayerPlan) -> Self {
-        Self::with_dtype(plan, None)
+        Self::with_format(plan, None)
     }
 
-    /// A layer cache storing its keys and values as `dtype` (converted on the way in), or as
+    /// A layer cache storing its keys and values as `format` (converted on the way in), or as
     /// they come when `None`.
-    pub fn with_dtype(plan: &LayerPlan, dtype: Option<DType>) -> Self {
+    pub fn with_format(plan: &LayerPlan, format: Option<KvFormat>) -> Self {
         LayerCache {
             chunk_len: plan.attention.chunk_len(),
-            dtype,
+            format,
             kv: None,
             len: 0,
             start: 0,
@@ -61,7 +111,7 @@ impl LayerCache {
         };
         Ok(LayerCache {
             chunk_len: self.chunk_len,
-            dtype: self.dtype,
+            format: self.format,
             kv,
             len: self.len,
             start: self.start,
@@ -90,13 +140,23 @@ impl LayerCache {
             .map_or(0, |(k, _)| k.dims().get(1).copied().unwrap_or(0))
     }
 
+    /// How the buffers store values (None: as the keys come in).
+    pub fn format(&self) -> Option<KvFormat> {
+        self.format
+    }
+
     /// Appends the step's keys/values [Hkv, T, Dh] in place; returns views of every
-    /// key/value a query of this step may need, [Hkv, L, Dh], starting at absolute position
-    /// [`Self::start`].
+    /// key/value a query of this step may need, [Hkv, L, Dh] (for Q8_0, [Hkv, L, Dh/32 · 34]
+    /// bytes: [`widen_q8_0`] reads them), starting at absolute position [`Self::start`].
     pub fn extend(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k_new, v_new) = match self.format {
+            Some(KvFormat::Q8_0) => (quantize_q8_0(k_new)?, quantize_q8_0(v_new)?),
+            Some(KvFormat::Dtype(d)) => (k_new.to_dtype(d)?, v_new.to_dtype(d)?),
+            None => (k_new.clone(), v_new.clone()),
+        };
+        let (k_new, v_new) = (&k_new, &v_new);
+        // dh: values per row, or bytes per row of Q8_0 blocks.
         let (hkv, t, dh) = k_new.dims3()?;
-        let dtype = self.dtype.unwrap_or(k_new.dtype());
-        let (k_new, v_new) = (&k_new.to_dtype(dtype)?, &v_new.to_dtype(dtype)?);
         let needed = self.len + t;
         if needed > self.capacity() {
             let doubled = (2 * self.capacity()).max(MIN_CAPACITY);
@@ -155,7 +215,7 @@ impl LayerCache {
         Ok(())
     }
 
-    /// Bytes held by this layer's key and value buffers.
+    /// Bytes held by this layer's key and value buffers (a Q8_0 buffer's element is a byte).
     pub fn bytes(&self) -> usize {
         self.kv.as_ref().map_or(0, |(k, v)| {
             (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()
@@ -174,17 +234,17 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(config: &ModelConfig) -> Self {
-        Self::with_dtype(config, None)
+        Self::with_format(config, None)
     }
 
-    /// A cache storing keys and values as `dtype` (f16/bf16 halve an f32 cache; decode reads
-    /// them where they lie), or in the compute dtype when `None`.
-    pub fn with_dtype(config: &ModelConfig, dtype: Option<DType>) -> Self {
+    /// A cache storing keys and values as `format` (f16/bf16 halve an f32 cache, Q8_0 takes
+    /// 0.27 of it; decode reads them where they lie), or in the compute dtype when `None`.
+    pub fn with_format(config: &ModelConfig, format: Option<KvFormat>) -> Self {
         KvCache {
             layers: config
                 .layers
                 .iter()
-                .map(|plan| LayerCache::with_dtype(plan, dtype))
+                .map(|plan| LayerCache::with_format(plan, format))
                 .collect(),
             n_positions: 0,
         }
@@ -238,6 +298,58 @@ impl KvCache {
     }
 }
 
+/// Keys or values [Hkv, T, Dh] (any float dtype) as Q8_0 rows, bytes [Hkv, T, Dh/32 · 34].
+fn quantize_q8_0(x: &Tensor) -> Result<Tensor> {
+    let (hkv, t, dh) = x.dims3()?;
+    KvFormat::Q8_0.check(dh, x.device())?;
+    let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut bytes = vec![0u8; hkv * t * kv_q8::row_bytes(dh)];
+    kv_q8::quantize(&values, &mut bytes);
+    Ok(Tensor::from_vec(
+        bytes,
+        (hkv, t, kv_q8::row_bytes(dh)),
+        x.device(),
+    )?)
+}
+
+/// A view of Q8_0 rows [Hkv, L, Dh/32 · 34] (bytes, as [`LayerCache::extend`] returns them) as
+/// f32 values [Hkv, L, Dh]: what the prompt's attention reads, once per block of queries.
+pub fn widen_q8_0(rows: &Tensor) -> Result<Tensor> {
+    let (hkv, l, rb) = rows.dims3()?;
+    if rows.dtype() != DType::U8 || !rb.is_multiple_of(kv_q8::BLOCK_BYTES) {
+        return Err(Error::KvCache(format!(
+            "{:?} {:?} is not a view of Q8_0 rows",
+            rows.dtype(),
+            rows.dims()
+        )));
+    }
+    let dh = rb / kv_q8::BLOCK_BYTES * kv_q8::BLOCK;
+    let mut out = vec![0f32; hkv * l * dh];
+    if l > 0 {
+        // Each head's rows are contiguous in the cache's buffer (narrowed along L, heads a
+        // capacity apart): widened from where they lie.
+        let rows = if rows.stride().get(1..) == Some(&[rb, 1][..]) {
+            rows.clone()
+        } else {
+            rows.contiguous()?
+        };
+        let (store, layout) = rows.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*store else {
+            return Err(Error::KvCache("Q8_0 rows live on the CPU".into()));
+        };
+        let data = cpu.as_slice::<u8>()?;
+        let head_stride = layout.stride()[0];
+        for (h, o) in out.chunks_exact_mut(l * dh).enumerate() {
+            let start = layout.start_offset() + h * head_stride;
+            let head = data
+                .get(start..start + l * rb)
+                .ok_or_else(|| Error::KvCache("Q8_0 rows outside their buffer".into()))?;
+            kv_q8::dequantize(head, o);
+        }
+    }
+    Ok(Tensor::from_vec(out, (hkv, l, dh), rows.device())?)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -261,7 +373,7 @@ mod tests {
         for hkv in [1, 3] {
             let mut cache = LayerCache {
                 chunk_len: Some(4),
-                dtype: None,
+                format: None,
                 kv: None,
                 len: 0,
                 start: 0,
@@ -293,7 +405,7 @@ mod tests {
         for (chunk_len, expected) in [(None, 1000), (Some(4), 4)] {
             let mut cache = LayerCache {
                 chunk_len,
-                dtype: None,
+                format: None,
                 kv: None,
                 len: 0,
                 start: 0,
@@ -309,7 +421,7 @@ mod tests {
     fn try_clone_does_not_share_buffers() {
         let mut a = LayerCache {
             chunk_len: None,
-            dtype: None,
+            format: None,
             kv: None,
             len: 0,
             start: 0,

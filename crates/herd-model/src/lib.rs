@@ -28,6 +28,6 @@ pub use checkpoint::Checkpoint;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use generation_config::GenerationConfig;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvFormat};
 pub use text::model::{BatchItem, LoadOptions, LogitsFor, TextModel};
 pub use weights::{QuantType, WeightSource};

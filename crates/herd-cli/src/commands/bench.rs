@@ -248,7 +248,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "model": name,
         "quant": args.model.quant.map(|q| q.to_string()),
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
-        "kv_dtype": format!("{:?}", model.kv_dtype().unwrap_or(model.dtype())).to_lowercase(),
+        "kv_dtype": model.kv_format_stored().name(),
         "matmul_precision": model.matmul_precision().as_str(),
         // Threads and ISA are the CPU kernels'; on a GPU they only run the host's side.
         "device": args.model.device,

@@ -128,6 +128,30 @@ fn bench_reports_the_kv_cache_dtype_it_ran_with() {
     let out = herd(&["bench", "--model", &fixture("scout-tiny"), "--kv-dtype", "f8"]);
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown cache dtype");
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'f8'"));
+    // Q8_0 blocks are 32 values: fp8-tiny's heads (32) take them, scout-tiny's (16) do not.
+    let out = ok(&[
+        "bench",
+        "--model",
+        &fixture("fp8-tiny"),
+        "--kv-dtype",
+        "q8_0",
+        "-p",
+        "4",
+        "-n",
+        "4",
+        "-d",
+        "20",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(v["kv_dtype"], "q8_0");
+    assert!(v["results"][1]["tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    let out = herd(&["bench", "--model", &fixture("scout-tiny"), "--kv-dtype", "q8_0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("KV cache: q8_0 stores blocks of 32 values"), "{err}");
 }
 
 #[test]

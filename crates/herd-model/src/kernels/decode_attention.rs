@@ -1,4 +1,5 @@
-//! Attention of one query position over a KV cache stored in f16 or bf16, read where it lies:
+//! Attention of one query position over a KV cache stored in f32, f16, bf16 or Q8_0 blocks
+//! ([`KvRows`]), read where it lies:
 //!
 //! ```text
 //! s[g, l] = q_g · K[l] · scale        for the G query heads sharing KV head h
@@ -17,11 +18,40 @@ use std::sync::Mutex;
 
 use super::half_matmul::HalfElement;
 use super::isa::Isa;
+use super::kv_q8;
 
 /// Cache rows widened to f32 per conversion call.
 pub(crate) const ROWS_PER_WIDEN: usize = 32;
 
-/// The cache of one layer as the kernel reads it: `n_kv_heads` heads, each `len` rows of
+/// A layer's cache as the kernel reads it: `n_kv_heads` heads of `len` rows of `head_dim`
+/// values, handed out a block of rows at a time in whatever form its storage gives them.
+pub trait KvRows: Sync {
+    fn n_kv_heads(&self) -> usize;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn head_dim(&self) -> usize;
+    /// Whether every row the kernel reads lies inside the data.
+    fn in_bounds(&self) -> bool;
+    /// Rows `first .. first + n` of head `h` where they lie as f16 (the AVX-512 kernel widens
+    /// them in registers as it reads them); `None` for other storage.
+    fn f16_rows(&self, _h: usize, _first: usize, _n: usize) -> Option<&[half::f16]> {
+        None
+    }
+    /// Rows `first .. first + n` of head `h` where they lie as Q8_0 blocks, each row
+    /// [`kv_q8::row_bytes`] bytes (the AVX-512 kernel widens them in registers); `None` for
+    /// other storage.
+    fn q8_rows(&self, _h: usize, _first: usize, _n: usize) -> Option<&[u8]> {
+        None
+    }
+    /// Rows `first .. first + n` (n ≤ [`ROWS_PER_WIDEN`]) of head `h` as f32: where they lie,
+    /// or widened into `buf` (on `isa`, where the widening has builds).
+    fn f32_rows<'s>(&'s self, isa: Isa, h: usize, first: usize, n: usize, buf: &'s mut Vec<f32>)
+        -> &'s [f32];
+}
+
+/// The cache of one layer stored as f32, f16 or bf16: `n_kv_heads` heads, each `len` rows of
 /// `head_dim` values starting `head_stride` values after the previous head's.
 pub struct CacheView<'a, E> {
     pub data: &'a [E],
@@ -40,26 +70,107 @@ impl<E> CacheView<'_, E> {
     }
 }
 
+impl<E: HalfElement> KvRows for CacheView<'_, E> {
+    fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    fn in_bounds(&self) -> bool {
+        CacheView::in_bounds(self)
+    }
+    #[inline(always)]
+    fn f16_rows(&self, h: usize, first: usize, n: usize) -> Option<&[half::f16]> {
+        let start = h * self.head_stride + first * self.head_dim;
+        E::as_f16(&self.data[start..start + n * self.head_dim])
+    }
+    #[inline(always)]
+    fn f32_rows<'s>(&'s self, _: Isa, h: usize, first: usize, n: usize, buf: &'s mut Vec<f32>) -> &'s [f32] {
+        debug_assert_eq!(n, ROWS_PER_WIDEN.min(self.len - first));
+        widened_rows(self, h, first, buf)
+    }
+}
+
+/// The cache of one layer stored as Q8_0 blocks ([`super::kv_q8`]): `n_kv_heads` heads, each
+/// `len` rows of `head_dim` values (a multiple of 32) in [`kv_q8::row_bytes`] bytes, starting
+/// `head_stride` bytes after the previous head's.
+pub struct Q8CacheView<'a> {
+    pub data: &'a [u8],
+    pub n_kv_heads: usize,
+    pub head_stride: usize,
+    pub len: usize,
+    pub head_dim: usize,
+}
+
+impl KvRows for Q8CacheView<'_> {
+    fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    fn in_bounds(&self) -> bool {
+        self.head_dim.is_multiple_of(kv_q8::BLOCK)
+            && (self.n_kv_heads == 0
+                || self.len == 0
+                || (self.n_kv_heads - 1) * self.head_stride + self.len * kv_q8::row_bytes(self.head_dim)
+                    <= self.data.len())
+    }
+    #[inline(always)]
+    fn q8_rows(&self, h: usize, first: usize, n: usize) -> Option<&[u8]> {
+        let rb = kv_q8::row_bytes(self.head_dim);
+        let start = h * self.head_stride + first * rb;
+        Some(&self.data[start..start + n * rb])
+    }
+    fn f32_rows<'s>(
+        &'s self,
+        isa: Isa,
+        h: usize,
+        first: usize,
+        n: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> &'s [f32] {
+        let rb = kv_q8::row_bytes(self.head_dim);
+        let start = h * self.head_stride + first * rb;
+        if buf.len() < n * self.head_dim {
+            buf.resize(ROWS_PER_WIDEN.max(n) * self.head_dim, 0.0);
+        }
+        let wide = &mut buf[..n * self.head_dim];
+        kv_q8::dequantize_on(isa, &self.data[start..start + n * rb], wide);
+        wide
+    }
+}
+
 /// q [H, Dh] (H = G · n_kv_heads, query heads h·G .. h·G+G on KV head h) → o [H, Dh].
 ///
 /// # Panics
 /// If the shapes disagree or a view reaches outside its data.
-pub fn decode_attention<E: HalfElement>(
-    q: &[f32],
-    k: &CacheView<'_, E>,
-    v: &CacheView<'_, E>,
-    scale: f32,
-) -> Vec<f32> {
-    let (hkv, dh, len) = (k.n_kv_heads, k.head_dim, k.len);
+pub fn decode_attention<R: KvRows>(q: &[f32], k: &R, v: &R, scale: f32) -> Vec<f32> {
+    decode_attention_on(Isa::current(), q, k, v, scale)
+}
+
+/// [`decode_attention`] on a chosen [`Isa`] (the twin tests force each path).
+///
+/// # Panics
+/// As [`decode_attention`], or if this CPU lacks `isa`.
+pub fn decode_attention_on<R: KvRows>(isa: Isa, q: &[f32], k: &R, v: &R, scale: f32) -> Vec<f32> {
+    let (hkv, dh, len) = (k.n_kv_heads(), k.head_dim(), k.len());
+    assert!(isa.is_supported());
     assert!(k.in_bounds() && v.in_bounds());
-    assert_eq!((v.n_kv_heads, v.head_dim, v.len), (hkv, dh, len));
+    assert_eq!((v.n_kv_heads(), v.head_dim(), v.len()), (hkv, dh, len));
     assert!(hkv > 0 && q.len().is_multiple_of(hkv * dh.max(1)));
     let g = q.len() / (hkv * dh.max(1));
     let mut out = vec![0f32; q.len()];
     if len == 0 || dh == 0 {
         return out;
     }
-    let isa = Isa::current();
     {
         let heads: Vec<Mutex<&mut [f32]>> = out.chunks_mut(g * dh).map(Mutex::new).collect();
         candle_core::utils::barrier_pool().execute_chunked(hkv, |range| {
@@ -77,11 +188,11 @@ pub fn decode_attention<E: HalfElement>(
 ///
 /// # Panics
 /// If `isa` is not supported by this CPU; the views must be in bounds (callers assert it).
-pub(crate) fn attend_head<E: HalfElement>(
+pub(crate) fn attend_head<R: KvRows>(
     isa: Isa,
     q_h: &[f32],
-    k: &CacheView<'_, E>,
-    v: &CacheView<'_, E>,
+    k: &R,
+    v: &R,
     h: usize,
     scale: f32,
     o: &mut [f32],
@@ -90,16 +201,18 @@ pub(crate) fn attend_head<E: HalfElement>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2 and FMA (part of this level, asserted).
-        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx if registers::takes(k.head_dim) => unsafe {
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx if registers::takes(k.head_dim()) => unsafe {
             registers::one_head(q_h, k, v, h, scale, o)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { x86::one_head_avx512(q_h, k, v, h, scale, o) },
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
+            x86::one_head_avx512(isa, q_h, k, v, h, scale, o)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (part of this level).
-        Isa::Avx2 => unsafe { x86::one_head_avx2(q_h, k, v, h, scale, o) },
-        _ => one_head(q_h, k, v, h, scale, o),
+        Isa::Avx2 => unsafe { x86::one_head_avx2(isa, q_h, k, v, h, scale, o) },
+        _ => one_head(isa, q_h, k, v, h, scale, o),
     }
 }
 
@@ -113,15 +226,16 @@ mod x86 {
     macro_rules! build {
         ($name:ident, $features:literal) => {
             #[target_feature(enable = $features)]
-            pub unsafe fn $name<E: HalfElement>(
+            pub unsafe fn $name<R: KvRows>(
+                isa: Isa,
                 q_h: &[f32],
-                k: &CacheView<'_, E>,
-                v: &CacheView<'_, E>,
+                k: &R,
+                v: &R,
                 h: usize,
                 scale: f32,
                 o: &mut [f32],
             ) {
-                one_head(q_h, k, v, h, scale, o)
+                one_head(isa, q_h, k, v, h, scale, o)
             }
         };
     }
@@ -253,63 +367,48 @@ pub(crate) mod registers {
     /// # Safety
     /// The CPU must have AVX-512 F/BW/VL, AVX2, FMA and F16C, and `takes(k.head_dim)`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    pub unsafe fn one_head<E: HalfElement>(
-        q_h: &[f32],
-        k: &CacheView<'_, E>,
-        v: &CacheView<'_, E>,
-        h: usize,
-        scale: f32,
-        o: &mut [f32],
-    ) {
-        if k.head_dim == 64 {
-            one_head_c::<E, 4>(q_h, k, v, h, scale, o)
+    pub unsafe fn one_head<R: KvRows>(q_h: &[f32], k: &R, v: &R, h: usize, scale: f32, o: &mut [f32]) {
+        if k.head_dim() == 64 {
+            one_head_c::<R, 4>(q_h, k, v, h, scale, o)
         } else {
-            one_head_c::<E, 8>(q_h, k, v, h, scale, o)
+            one_head_c::<R, 8>(q_h, k, v, h, scale, o)
         }
     }
 
     /// Head size 16·C. Keys and values go by blocks of [`ROWS_PER_WIDEN`] rows, each block used
     /// by all G heads while it is in L1: an f16 cache widened in registers as it is read
-    /// (`vcvtph2ps`; a widening pass into a buffer stored and reloaded every value), bf16
-    /// through [`widened_rows`], f32 where it lies.
+    /// (`vcvtph2ps`; a widening pass into a buffer stored and reloaded every value), Q8_0
+    /// widened in registers once per row for all G heads ([`score_rows_q8`]), bf16 through
+    /// [`KvRows::f32_rows`] (widened into a buffer), f32 where it lies.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn one_head_c<E: HalfElement, const C: usize>(
+    unsafe fn one_head_c<R: KvRows, const C: usize>(
         q_h: &[f32],
-        k: &CacheView<'_, E>,
-        v: &CacheView<'_, E>,
+        k: &R,
+        v: &R,
         h: usize,
         scale: f32,
         o: &mut [f32],
     ) {
         let dh = 16 * C;
-        let len = k.len;
+        let len = k.len();
         let g = q_h.len() / dh;
-        let f16 = E::as_f16(k.data).zip(E::as_f16(v.data));
-        // Rows first .. first + n of head h of an f16 cache laid out as `view`.
-        fn f16_rows<'a, E>(
-            data: &'a [half::f16],
-            view: &CacheView<'_, E>,
-            h: usize,
-            first: usize,
-            n: usize,
-        ) -> &'a [half::f16] {
-            let start = h * view.head_stride + first * view.head_dim;
-            &data[start..start + n * view.head_dim]
-        }
         // Grown only if the cache needs widening (an f32 cache is read where it lies).
         let mut buf = Vec::new();
+        // A Q8_0 cache's per-key partial sums, four keys of each query head.
+        let mut parts = Vec::new();
         // s [G, L]
         let mut s = vec![0f32; g * len];
         for first in (0..len).step_by(ROWS_PER_WIDEN) {
             let n = ROWS_PER_WIDEN.min(len - first);
-            if let Some((kd, _)) = f16 {
-                let rows = f16_rows(kd, k, h, first, n);
+            if let Some(rows) = k.f16_rows(h, first, n) {
                 // SAFETY (both loads): score_rows reads 16 values from at < n·Dh, in the rows.
                 score_rows::<C>(q_h, first, n, len, scale, &mut s, |at| unsafe {
                     _mm512_cvtph_ps(_mm256_loadu_si256(rows[at..at + 16].as_ptr().cast()))
                 });
+            } else if let Some(rows) = k.q8_rows(h, first, n) {
+                score_rows_q8::<C>(q_h, first, n, len, scale, &mut s, rows, &mut parts);
             } else {
-                let rows = widened_rows(k, h, first, &mut buf);
+                let rows = k.f32_rows(Isa::Avx512, h, first, n, &mut buf);
                 score_rows::<C>(q_h, first, n, len, scale, &mut s, |at| unsafe {
                     _mm512_loadu_ps(rows[at..at + 16].as_ptr())
                 });
@@ -321,14 +420,15 @@ pub(crate) mod registers {
         o.fill(0.0);
         for first in (0..len).step_by(ROWS_PER_WIDEN) {
             let n = ROWS_PER_WIDEN.min(len - first);
-            if let Some((_, vd)) = f16 {
-                let rows = f16_rows(vd, v, h, first, n);
+            if let Some(rows) = v.f16_rows(h, first, n) {
                 // SAFETY (both loads): value_rows reads 16 values from at < n·Dh, in the rows.
                 value_rows::<C>(&s, first, n, len, o, |at| unsafe {
                     _mm512_cvtph_ps(_mm256_loadu_si256(rows[at..at + 16].as_ptr().cast()))
                 });
+            } else if let Some(rows) = v.q8_rows(h, first, n) {
+                value_rows_q8::<C>(&s, first, n, len, o, rows);
             } else {
-                let rows = widened_rows(v, h, first, &mut buf);
+                let rows = v.f32_rows(Isa::Avx512, h, first, n, &mut buf);
                 value_rows::<C>(&s, first, n, len, o, |at| unsafe {
                     _mm512_loadu_ps(rows[at..at + 16].as_ptr())
                 });
@@ -400,6 +500,124 @@ pub(crate) mod registers {
             }
             for (c, acc) in acc.iter().enumerate() {
                 _mm512_storeu_ps(o_g[16 * c..16 * c + 16].as_mut_ptr(), *acc);
+            }
+        }
+    }
+
+    /// One Q8_0 row [`kv_q8::row_bytes`]`(16·C)` as C vectors of its values d·q, each the f32
+    /// the widened cache holds (one multiply of the exact level by the block's scale).
+    ///
+    /// # Safety
+    /// `row` must point at a whole row of C / 2 blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn q8_row<const C: usize>(row: *const u8) -> [__m512; C] {
+        let mut k = [_mm512_setzero_ps(); C];
+        for b in 0..C / 2 {
+            // SAFETY: block b's 34 bytes lie in the row (the caller's contract).
+            unsafe {
+                let blk = row.add(b * kv_q8::BLOCK_BYTES);
+                let bits = i32::from(u16::from_le_bytes([*blk, *blk.add(1)]));
+                let d = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))));
+                for half in 0..2 {
+                    let q = _mm_loadu_si128(blk.add(2 + 16 * half).cast());
+                    k[2 * b + half] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+                }
+            }
+        }
+        k
+    }
+
+    /// [`score_rows`] over Q8_0 rows: each key widened once into registers ([`q8_row`]) for all
+    /// G query heads, its per-head sums kept in `parts` four keys at a time and reduced by
+    /// [`sum4`]: the same operations in the same order as [`score_rows`] on the widened rows,
+    /// so the same scores bit for bit.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn score_rows_q8<const C: usize>(
+        q_h: &[f32],
+        first: usize,
+        n: usize,
+        len: usize,
+        scale: f32,
+        s: &mut [f32],
+        rows: &[u8],
+        parts: &mut Vec<[__m512; 4]>,
+    ) {
+        let dh = 16 * C;
+        let rb = kv_q8::row_bytes(dh);
+        let g = q_h.len() / dh;
+        assert!(rows.len() >= n * rb);
+        parts.resize(g, [_mm512_setzero_ps(); 4]);
+        let mut r = 0;
+        while r < n {
+            let keys = (n - r).min(4);
+            for j in 0..keys {
+                // SAFETY: row r + j lies in `rows` (asserted above).
+                let k = unsafe { q8_row::<C>(rows.as_ptr().add((r + j) * rb)) };
+                for (q_g, part) in q_h.chunks_exact(dh).zip(parts.iter_mut()) {
+                    let mut acc = _mm512_setzero_ps();
+                    for (c, k_c) in k.iter().enumerate() {
+                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q_g[16 * c..16 * c + 16].as_ptr()), *k_c, acc);
+                    }
+                    part[j] = acc;
+                }
+            }
+            for (gi, part) in parts.iter_mut().enumerate() {
+                for p in part.iter_mut().skip(keys) {
+                    *p = _mm512_setzero_ps();
+                }
+                let mut sums = [0f32; 4];
+                _mm_storeu_ps(sums.as_mut_ptr(), _mm_mul_ps(sum4(part), _mm_set1_ps(scale)));
+                s[gi * len + first + r..gi * len + first + r + keys].copy_from_slice(&sums[..keys]);
+            }
+            r += keys;
+        }
+    }
+
+    /// [`value_rows`] over Q8_0 rows: query heads two at a time, their outputs in registers,
+    /// each value row widened once into registers ([`q8_row`]) for both: the same operations
+    /// in the same order per head as [`value_rows`] on the widened rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn value_rows_q8<const C: usize>(
+        p: &[f32],
+        first: usize,
+        n: usize,
+        len: usize,
+        o: &mut [f32],
+        rows: &[u8],
+    ) {
+        let dh = 16 * C;
+        let rb = kv_q8::row_bytes(dh);
+        assert!(rows.len() >= n * rb);
+        for (pair, o_pair) in o.chunks_mut(2 * dh).enumerate() {
+            let heads = o_pair.len() / dh;
+            let mut acc = [[_mm512_setzero_ps(); C]; 2];
+            for (hi, acc) in acc.iter_mut().enumerate().take(heads) {
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_loadu_ps(o_pair[hi * dh + 16 * c..hi * dh + 16 * c + 16].as_ptr());
+                }
+            }
+            let p_of = |hi: usize| &p[(2 * pair + hi) * len + first..(2 * pair + hi) * len + first + n];
+            let (p0, p1) = (p_of(0), if heads == 2 { p_of(1) } else { p_of(0) });
+            for r in 0..n {
+                // SAFETY: row r lies in `rows` (asserted above).
+                let v = unsafe { q8_row::<C>(rows.as_ptr().add(r * rb)) };
+                let w0 = _mm512_set1_ps(p0[r]);
+                for (acc, v_c) in acc[0].iter_mut().zip(&v) {
+                    *acc = _mm512_fmadd_ps(w0, *v_c, *acc);
+                }
+                if heads == 2 {
+                    let w1 = _mm512_set1_ps(p1[r]);
+                    for (acc, v_c) in acc[1].iter_mut().zip(&v) {
+                        *acc = _mm512_fmadd_ps(w1, *v_c, *acc);
+                    }
+                }
+            }
+            for (hi, acc) in acc.iter().enumerate().take(heads) {
+                for (c, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o_pair[hi * dh + 16 * c..hi * dh + 16 * c + 16].as_mut_ptr(), *acc);
+                }
             }
         }
     }
@@ -566,20 +784,13 @@ pub fn exp(x: f32) -> f32 {
 
 /// The G query heads of KV head `h`: q_h [G, Dh] → o [G, Dh].
 #[inline(always)]
-fn one_head<E: HalfElement>(
-    q_h: &[f32],
-    k: &CacheView<'_, E>,
-    v: &CacheView<'_, E>,
-    h: usize,
-    scale: f32,
-    o: &mut [f32],
-) {
-    let (dh, len) = (k.head_dim, k.len);
+fn one_head<R: KvRows>(isa: Isa, q_h: &[f32], k: &R, v: &R, h: usize, scale: f32, o: &mut [f32]) {
+    let (dh, len) = (k.head_dim(), k.len());
     let g = q_h.len() / dh;
     let mut buf = Vec::new();
     // s [G, L]
     let mut s = vec![0f32; g * len];
-    for_each_row(k, h, &mut buf, |l, k_row| {
+    for_each_row(isa, k, h, &mut buf, |l, k_row| {
         for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
             s[gi * len + l] = dot(q_g, k_row) * scale;
         }
@@ -595,7 +806,7 @@ fn one_head<E: HalfElement>(
         row.iter_mut().for_each(|x| *x *= inv);
     }
     o.fill(0.0);
-    for_each_row(v, h, &mut buf, |l, v_row| {
+    for_each_row(isa, v, h, &mut buf, |l, v_row| {
         for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
             let p = s[gi * len + l];
             o_g.iter_mut().zip(v_row).for_each(|(o, &x)| *o += p * x);
@@ -603,31 +814,17 @@ fn one_head<E: HalfElement>(
     });
 }
 
-/// Calls `f(l, row)` for each row l of KV head `h`, widened to f32. Rows are widened
-/// [`ROWS_PER_WIDEN`] at a time into `buf`: one conversion call per block, not per row, the
-/// block then used from L1. An f32 cache is read where it lies (copying it into `buf` was 6 %
-/// of a Q4_K_M decode step at a few hundred tokens of context).
+/// Calls `f(l, row)` for each row l of KV head `h`, as f32. Rows come [`ROWS_PER_WIDEN`] at a
+/// time ([`KvRows::f32_rows`]): one conversion call per block, not per row, the block then used
+/// from L1. An f32 cache is read where it lies (copying it into `buf` was 6 % of a Q4_K_M
+/// decode step at a few hundred tokens of context).
 #[inline(always)]
-fn for_each_row<E: HalfElement>(
-    c: &CacheView<'_, E>,
-    h: usize,
-    buf: &mut Vec<f32>,
-    mut f: impl FnMut(usize, &[f32]),
-) {
-    let dh = c.head_dim;
-    let rows = &c.data[h * c.head_stride..h * c.head_stride + c.len * dh];
-    if let Some(rows) = E::as_f32(rows) {
-        for (l, row) in rows.chunks_exact(dh).enumerate() {
-            f(l, row);
-        }
-        return;
-    }
-    buf.resize(ROWS_PER_WIDEN * dh, 0.0);
-    for (b, block) in rows.chunks(ROWS_PER_WIDEN * dh).enumerate() {
-        let wide = &mut buf[..block.len()];
-        E::widen(block, wide);
-        for (r, row) in wide.chunks_exact(dh).enumerate() {
-            f(b * ROWS_PER_WIDEN + r, row);
+fn for_each_row<R: KvRows>(isa: Isa, c: &R, h: usize, buf: &mut Vec<f32>, mut f: impl FnMut(usize, &[f32])) {
+    let (dh, len) = (c.head_dim(), c.len());
+    for first in (0..len).step_by(ROWS_PER_WIDEN) {
+        let n = ROWS_PER_WIDEN.min(len - first);
+        for (r, row) in c.f32_rows(isa, h, first, n, buf).chunks_exact(dh).enumerate() {
+            f(first + r, row);
         }
     }
 }

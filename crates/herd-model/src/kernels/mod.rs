@@ -12,6 +12,7 @@ pub mod full_attention;
 pub mod gelu;
 pub mod half_matmul;
 pub mod isa;
+pub mod kv_q8;
 pub mod q8_activations;
 pub mod quant_dot;
 pub mod quant_gemm;

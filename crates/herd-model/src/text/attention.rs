@@ -10,10 +10,11 @@ use candle_core::{DType, Tensor};
 use crate::config::{AttentionKind, LayerPlan, ModelConfig, TemperatureTuning};
 use crate::error::Result;
 use crate::kernels::causal_attention::{causal_attention, has_blocked_build};
-use crate::kernels::decode_attention::{decode_attention, CacheView};
+use crate::kernels::decode_attention::{decode_attention, CacheView, KvRows, Q8CacheView};
 use crate::kernels::half_matmul::HalfElement;
 use crate::kernels::isa::Isa;
-use crate::kv_cache::LayerCache;
+use crate::kernels::kv_q8;
+use crate::kv_cache::{widen_q8_0, LayerCache};
 use crate::nn::{rms_normalize, Linear, RotaryTables};
 use crate::step::{DecodeInputs, StepInputs};
 use crate::text::mask;
@@ -156,7 +157,8 @@ impl Attention {
                 None => {
                     // A layout the kernel does not read: the general product.
                     let q_run = Tensor::from_slice(q_i, (h, 1, dh), q_td.device())?.to_dtype(dtype)?;
-                    let out = self.attend(&q_run, &k_run.to_dtype(dtype)?, &v_run.to_dtype(dtype)?, None)?;
+                    let (k_run, v_run) = (values(&k_run)?.to_dtype(dtype)?, values(&v_run)?.to_dtype(dtype)?);
+                    let out = self.attend(&q_run, &k_run, &v_run, None)?;
                     out.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
                 }
             };
@@ -200,15 +202,34 @@ impl Attention {
         Ok((q, k, v))
     }
 
-    /// One query [H·Dh] (f32) against a cache view [Hkv, L, Dh] of any stored dtype, by the
-    /// decode kernel → [H·Dh]; `None` for a layout the kernel does not read.
+    /// One query [H·Dh] (f32) against a cache view [Hkv, L, Dh] of any stored dtype (or of
+    /// Q8_0 rows), by the decode kernel → [H·Dh]; `None` for a layout the kernel does not read.
     fn decode_one(&self, q: &[f32], k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Vec<f32>>> {
         match k.dtype() {
             DType::F32 => self.decode_one_as::<f32>(q, k, v, scale),
             DType::BF16 => self.decode_one_as::<half::bf16>(q, k, v, scale),
             DType::F16 => self.decode_one_as::<half::f16>(q, k, v, scale),
+            DType::U8 => self.decode_one_q8_0(q, k, v, scale),
             _ => Ok(None),
         }
+    }
+
+    fn decode_one_q8_0(&self, q: &[f32], k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Vec<f32>>> {
+        let len = k.dims()[1];
+        let (k_store, k_layout) = k.storage_and_layout();
+        let (v_store, v_layout) = v.storage_and_layout();
+        let (candle_core::Storage::Cpu(k_cpu), candle_core::Storage::Cpu(v_cpu)) = (&*k_store, &*v_store)
+        else {
+            return Ok(None);
+        };
+        let (hkv, dh) = (self.n_kv_heads, self.head_dim);
+        let (Some(k_view), Some(v_view)) = (
+            q8_cache_view(k_cpu.as_slice::<u8>()?, k_layout, hkv, len, dh),
+            q8_cache_view(v_cpu.as_slice::<u8>()?, v_layout, hkv, len, dh),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(decode_attention(q, &k_view, &v_view, scale)))
     }
 
     fn decode_one_as<E: HalfElement + candle_core::WithDType>(
@@ -278,6 +299,10 @@ impl Attention {
                     continue;
                 }
             }
+            // Q8_0 rows (`--kv-dtype q8_0`): the run this block of queries needs, widened to f32
+            // once (the causal kernel and the masked product read values).
+            k_run = values(&k_run)?;
+            v_run = values(&v_run)?;
             if run.len() > 1 && causal {
                 // A prompt's queries: each over its own causal prefix of the run's keys (the
                 // first sees those up to its position, each later one a key more), in f32
@@ -388,6 +413,16 @@ impl Attention {
     }
 }
 
+/// A run of cached keys or values as values: Q8_0 rows (bytes) widened to f32 [Hkv, L, Dh],
+/// any other dtype as it is.
+fn values(run: &Tensor) -> Result<Tensor> {
+    if run.dtype() == DType::U8 {
+        widen_q8_0(run)
+    } else {
+        Ok(run.clone())
+    }
+}
+
 /// A [Hkv, L, Dh] view of a cache buffer as the decode kernel reads it: rows contiguous, heads
 /// `stride[0]` apart (the buffer narrowed along L); `None` for any other layout.
 fn cache_view<'a, E>(
@@ -400,6 +435,26 @@ fn cache_view<'a, E>(
     let stride = layout.stride();
     let fits = stride.len() == 3 && stride[2] == 1 && stride[1] == head_dim;
     let view = CacheView {
+        data: all.get(layout.start_offset()..)?,
+        n_kv_heads,
+        head_stride: *stride.first()?,
+        len,
+        head_dim,
+    };
+    (fits && view.in_bounds()).then_some(view)
+}
+
+/// [`cache_view`] for a buffer of Q8_0 rows (bytes [Hkv, capacity, Dh/32 · 34]).
+fn q8_cache_view<'a>(
+    all: &'a [u8],
+    layout: &candle_core::Layout,
+    n_kv_heads: usize,
+    len: usize,
+    head_dim: usize,
+) -> Option<Q8CacheView<'a>> {
+    let stride = layout.stride();
+    let fits = stride.len() == 3 && stride[2] == 1 && stride[1] == kv_q8::row_bytes(head_dim);
+    let view = Q8CacheView {
         data: all.get(layout.start_offset()..)?,
         n_kv_heads,
         head_stride: *stride.first()?,

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvFormat};
 use crate::nn::matmul_precision::{self, MatmulPrecision};
 use crate::nn::{Embedding, Linear, RmsNorm};
 use crate::step::{DecodeInputs, StepInputs};
@@ -76,7 +76,7 @@ pub struct TextModel {
     /// Debugging: check every layer's output for NaN/inf (one pass over the activations).
     check_finite: bool,
     /// What [`TextModel::new_cache`] stores keys and values as (None: the compute dtype).
-    kv_dtype: Option<DType>,
+    kv_format: Option<KvFormat>,
     /// How far activations are rounded before products with narrow-float weights.
     matmul_precision: MatmulPrecision,
 }
@@ -167,7 +167,7 @@ impl TextModel {
             lm_head,
             tied_lm_head,
             check_finite: false,
-            kv_dtype: None,
+            kv_format: None,
             matmul_precision: MatmulPrecision::Highest,
             inv_freq,
             dtype,
@@ -238,18 +238,36 @@ impl TextModel {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::with_dtype(&self.config, self.kv_dtype)
+        KvCache::with_format(&self.config, self.kv_format)
     }
 
     /// Stores the KV caches this model makes from now on as `dtype` (f16 or bf16 halve the
     /// memory and the bytes a decode step reads at depth; f32 keeps the reference's values), or
-    /// in the compute dtype when `None`.
+    /// in the compute dtype when `None`. [`Self::set_kv_format`] also takes Q8_0.
     pub fn set_kv_dtype(&mut self, dtype: Option<DType>) {
-        self.kv_dtype = dtype;
+        self.kv_format = dtype.map(KvFormat::Dtype);
     }
 
-    pub fn kv_dtype(&self) -> Option<DType> {
-        self.kv_dtype
+    /// Stores the KV caches this model makes from now on as `format`, or in the compute dtype
+    /// when `None`. Q8_0 takes 34 bytes per 32 values (0.53× f16), so a decode step at depth
+    /// reads about half; it needs a head size that is a multiple of 32 and the CPU, and is
+    /// refused otherwise.
+    pub fn set_kv_format(&mut self, format: Option<KvFormat>) -> Result<()> {
+        if let Some(format) = format {
+            format.check(self.config.head_dim, self.device())?;
+        }
+        self.kv_format = format;
+        Ok(())
+    }
+
+    /// How this model's caches store keys and values (None: the compute dtype).
+    pub fn kv_format(&self) -> Option<KvFormat> {
+        self.kv_format
+    }
+
+    /// The cache's format as stored: [`Self::kv_format`], or the compute dtype.
+    pub fn kv_format_stored(&self) -> KvFormat {
+        self.kv_format.unwrap_or(KvFormat::Dtype(self.dtype()))
     }
 
     /// Rounds activations before every product with bf16/f16/fp8 weights to `precision` in
@@ -268,8 +286,7 @@ impl TextModel {
     /// in its own block for chunked layers, in the cache's dtype. With
     /// [`Self::decode_bytes_per_token`], what one decode step streams at that depth.
     pub fn kv_bytes_read(&self, position: usize) -> usize {
-        let elem = self.kv_dtype.unwrap_or(self.dtype()).size_in_bytes();
-        let row = 2 * self.config.n_kv_heads * self.config.head_dim * elem;
+        let row = 2 * self.config.n_kv_heads * self.kv_format_stored().row_bytes(self.config.head_dim);
         self.config
             .layers
             .iter()

@@ -16,6 +16,7 @@ mod gguf_parity;
 mod hostile;
 mod kquant;
 mod kv_dtype;
+mod kv_q8;
 mod long_context;
 mod matmul_precision;
 mod mutations;

@@ -2,7 +2,7 @@
 //! with its own positions, chunk masks and cache) give what each gives alone.
 
 use candle_core::{DType, Tensor};
-use herd_model::{BatchItem, KvCache, LogitsFor, TextModel};
+use herd_model::{BatchItem, KvCache, KvFormat, LogitsFor, TextModel};
 use herd_testkit::assert_close;
 
 use super::{full_logits, load_fixture};
@@ -84,13 +84,24 @@ fn a_batched_step_equals_each_sequence_alone_maverick() {
 #[test]
 fn batched_decode_steps_equal_each_sequence_alone_with_every_cache_dtype() {
     // After their prompts, all three sequences decode one token a step together (the batched
-    // decode path), across chunk boundaries, with f32, f16 and bf16 caches.
+    // decode path), across chunk boundaries, with f32, f16 and bf16 caches, and Q8_0 where the
+    // heads are whole blocks (fp8-tiny's 32).
     let plan: Vec<[usize; 3]> = [[13, 4, 7]]
         .into_iter()
         .chain(std::iter::repeat_n([1, 1, 1], 2))
         .chain([[7, 1, 6], [0, 0, 0]])
         .collect();
-    for fixture in ["scout-tiny", "maverick-tiny"] {
+    let dense = [
+        None,
+        Some(KvFormat::Dtype(DType::F16)),
+        Some(KvFormat::Dtype(DType::BF16)),
+    ];
+    let with_q8 = [dense[0], dense[1], dense[2], Some(KvFormat::Q8_0)];
+    for (fixture, formats) in [
+        ("scout-tiny", &dense[..]),
+        ("maverick-tiny", &dense[..]),
+        ("fp8-tiny", &with_q8[..]),
+    ] {
         let mut model = load_fixture(fixture, DType::F32);
         let prompts = prompts(model.config().vocab_size);
         let lengths: Vec<usize> = (0..3).map(|s| plan.iter().map(|p| p[s]).sum()).collect();
@@ -104,8 +115,8 @@ fn batched_decode_steps_equal_each_sequence_alone_with_every_cache_dtype() {
         let exact: Vec<_> = (0..3)
             .map(|s| super::piecewise_logits(&model, &prompts[s], &sizes(s)))
             .collect();
-        for kv in [None, Some(DType::F16), Some(DType::BF16)] {
-            model.set_kv_dtype(kv);
+        for &kv in formats {
+            model.set_kv_format(kv).unwrap();
             let batch = batched(&model, &prompts, &plan);
             for (s, ids) in prompts.iter().enumerate() {
                 // Alone, fed the same way: its prefill, then one token at a time.
@@ -118,11 +129,13 @@ fn batched_decode_steps_equal_each_sequence_alone_with_every_cache_dtype() {
                 // by at most what the cache's rounding does as a whole, which is measured here
                 // (the same sequence alone with an f32 cache): batched and alone may differ by
                 // that much, and never by more than the bounds below (seen on AVX-512 with
-                // f16: 1.3e-3 against a rounding effect of 3.7e-3; on AMX ≤ 6e-5).
+                // f16: 1.3e-3 against a rounding effect of 3.7e-3; on AMX ≤ 6e-5). A Q8_0
+                // level is up to 1/127 of its block's largest value.
                 let rounding = herd_testkit::divergence(&alone, &exact[s], 0.0).max_abs;
                 let tol = match kv {
                     None => 1e-5,
-                    Some(DType::F16) => rounding.clamp(5e-4, 4e-3),
+                    Some(KvFormat::Dtype(DType::F16)) => rounding.clamp(5e-4, 4e-3),
+                    Some(KvFormat::Q8_0) => rounding.clamp(4e-3, 6e-2),
                     _ => rounding.clamp(4e-3, 3e-2),
                 };
                 println!("{what}: cache rounding moves the logits by {rounding:e}; tolerance {tol:e}");

@@ -266,7 +266,7 @@ for fmt_name in BF16 Q8_0 Q4_K_M; do
             if [ $kv = f16 ]; then suffix="-d$DEPTH"; else suffix="-d$DEPTH-q8"; fi
             hd=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.json" tg "$N" "$DEPTH")
             ld=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.json" 0 "$N" "$DEPTH")
-            rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "d$DEPTH ÷ d0, KV $kv" "$(ratio "$hd" "$h0")" "$(ratio "$ld" "$l0")" "")")
+            rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "d$DEPTH / d0, KV $kv" "$(ratio "$hd" "$h0")" "$(ratio "$ld" "$l0")" "")")
             json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"tg$N d$DEPTH / d0\",\"kv\":\"$kv\",\"herd\":$(ratio "$hd" "$h0" | sed 's/—/null/'),\"llama_cpp\":$(ratio "$ld" "$l0" | sed 's/—/null/')}")
         done
     fi

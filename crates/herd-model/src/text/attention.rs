@@ -205,55 +205,38 @@ impl Attention {
     /// One query [H·Dh] (f32) against a cache view [Hkv, L, Dh] of any stored dtype (or of
     /// Q8_0 rows), by the decode kernel → [H·Dh]; `None` for a layout the kernel does not read.
     fn decode_one(&self, q: &[f32], k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Vec<f32>>> {
+        let (hkv, dh, len) = (self.n_kv_heads, self.head_dim, k.dims()[1]);
+        let (k_store, kl) = k.storage_and_layout();
+        let (v_store, vl) = v.storage_and_layout();
+        let (candle_core::Storage::Cpu(kc), candle_core::Storage::Cpu(vc)) = (&*k_store, &*v_store) else {
+            return Ok(None);
+        };
+        fn run<R: KvRows>(q: &[f32], k: Option<R>, v: Option<R>, scale: f32) -> Option<Vec<f32>> {
+            Some(decode_attention(q, &k?, &v?, scale))
+        }
+        fn dense<E: HalfElement + candle_core::WithDType>(
+            q: &[f32],
+            (kc, kl): (&candle_core::CpuStorage, &candle_core::Layout),
+            (vc, vl): (&candle_core::CpuStorage, &candle_core::Layout),
+            (hkv, len, dh): (usize, usize, usize),
+            scale: f32,
+        ) -> Result<Option<Vec<f32>>> {
+            let k = cache_view(kc.as_slice::<E>()?, kl, hkv, len, dh);
+            let v = cache_view(vc.as_slice::<E>()?, vl, hkv, len, dh);
+            Ok(run(q, k, v, scale))
+        }
+        let shape = (hkv, len, dh);
         match k.dtype() {
-            DType::F32 => self.decode_one_as::<f32>(q, k, v, scale),
-            DType::BF16 => self.decode_one_as::<half::bf16>(q, k, v, scale),
-            DType::F16 => self.decode_one_as::<half::f16>(q, k, v, scale),
-            DType::U8 => self.decode_one_q8_0(q, k, v, scale),
+            DType::F32 => dense::<f32>(q, (kc, kl), (vc, vl), shape, scale),
+            DType::BF16 => dense::<half::bf16>(q, (kc, kl), (vc, vl), shape, scale),
+            DType::F16 => dense::<half::f16>(q, (kc, kl), (vc, vl), shape, scale),
+            DType::U8 => {
+                let k = q8_cache_view(kc.as_slice::<u8>()?, kl, hkv, len, dh);
+                let v = q8_cache_view(vc.as_slice::<u8>()?, vl, hkv, len, dh);
+                Ok(run(q, k, v, scale))
+            }
             _ => Ok(None),
         }
-    }
-
-    fn decode_one_q8_0(&self, q: &[f32], k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Vec<f32>>> {
-        let len = k.dims()[1];
-        let (k_store, k_layout) = k.storage_and_layout();
-        let (v_store, v_layout) = v.storage_and_layout();
-        let (candle_core::Storage::Cpu(k_cpu), candle_core::Storage::Cpu(v_cpu)) = (&*k_store, &*v_store)
-        else {
-            return Ok(None);
-        };
-        let (hkv, dh) = (self.n_kv_heads, self.head_dim);
-        let (Some(k_view), Some(v_view)) = (
-            q8_cache_view(k_cpu.as_slice::<u8>()?, k_layout, hkv, len, dh),
-            q8_cache_view(v_cpu.as_slice::<u8>()?, v_layout, hkv, len, dh),
-        ) else {
-            return Ok(None);
-        };
-        Ok(Some(decode_attention(q, &k_view, &v_view, scale)))
-    }
-
-    fn decode_one_as<E: HalfElement + candle_core::WithDType>(
-        &self,
-        q: &[f32],
-        k: &Tensor,
-        v: &Tensor,
-        scale: f32,
-    ) -> Result<Option<Vec<f32>>> {
-        let len = k.dims()[1];
-        let (k_store, k_layout) = k.storage_and_layout();
-        let (v_store, v_layout) = v.storage_and_layout();
-        let (candle_core::Storage::Cpu(k_cpu), candle_core::Storage::Cpu(v_cpu)) = (&*k_store, &*v_store)
-        else {
-            return Ok(None);
-        };
-        let (hkv, dh) = (self.n_kv_heads, self.head_dim);
-        let (Some(k_view), Some(v_view)) = (
-            cache_view(k_cpu.as_slice::<E>()?, k_layout, hkv, len, dh),
-            cache_view(v_cpu.as_slice::<E>()?, v_layout, hkv, len, dh),
-        ) else {
-            return Ok(None);
-        };
-        Ok(Some(decode_attention(q, &k_view, &v_view, scale)))
     }
 
     /// One sequence's attention: its projections [T, H·Dh] / [T, Hkv·Dh] after the cache it

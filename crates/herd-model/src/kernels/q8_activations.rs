@@ -141,9 +141,63 @@ type Q8KTask<'a> = (&'a [f32], &'a mut [i8], &'a mut [f32], &'a mut [i16]);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::q8_k_blocks`] in explicit AVX-512: the compiler's vectorisation of the portable
+    /// scan reversed the lanes with two shuffles per 16 values, ~4 cycles a value in all, 9 % of
+    /// a Q4_K_M prompt's CPU time. Each operation is the portable code's, in the same order, so
+    /// the bytes are the same: `vmaxps(v, m)` is `v > m ? v : m` (NaN keeps m) as the scan's
+    /// comparison, and the level's clamp, magic-number rounding and NaN → 0 are the same steps.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     pub unsafe fn q8_k_avx512(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
-        super::q8_k_blocks(x, qs, scales, sums)
+        const N: usize = super::Q8_K;
+        let blocks = (x.len() / N)
+            .min(qs.len() / N)
+            .min(scales.len())
+            .min(sums.len() / (N / 16));
+        for b in 0..blocks {
+            let xb = &x[b * N..(b + 1) * N];
+            let (mut hi, mut lo) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::INFINITY));
+            for run in xb.chunks_exact(16) {
+                let v = _mm512_loadu_ps(run.as_ptr());
+                hi = _mm512_max_ps(v, hi);
+                lo = _mm512_min_ps(v, lo);
+            }
+            let (mut hi_lanes, mut lo_lanes) = ([0f32; 16], [0f32; 16]);
+            _mm512_storeu_ps(hi_lanes.as_mut_ptr(), hi);
+            _mm512_storeu_ps(lo_lanes.as_mut_ptr(), lo);
+            let qb = &mut qs[b * N..(b + 1) * N];
+            let sb = &mut sums[b * (N / 16)..(b + 1) * (N / 16)];
+            let Some(max) = super::block_max(xb, &hi_lanes, &lo_lanes) else {
+                scales[b] = 0.0;
+                qb.fill(0);
+                sb.fill(0);
+                continue;
+            };
+            let iscale = -127.0 / max;
+            let (scale_v, low, high) = (
+                _mm512_set1_ps(iscale),
+                _mm512_set1_ps(-128.0),
+                _mm512_set1_ps(127.0),
+            );
+            let (magic, mantissa) = (_mm512_set1_ps(12_582_912.0), _mm512_set1_epi32(0x007F_FFFF));
+            let (half, top) = (_mm512_set1_epi32(0x0040_0000), _mm512_set1_epi32(127));
+            for ((run, q), s) in xb
+                .chunks_exact(16)
+                .zip(qb.chunks_exact_mut(16))
+                .zip(sb.iter_mut())
+            {
+                let v = _mm512_mul_ps(scale_v, _mm512_loadu_ps(run.as_ptr()));
+                let clamped = _mm512_min_ps(_mm512_max_ps(v, low), high);
+                let bits = _mm512_castps_si512(_mm512_add_ps(clamped, magic));
+                let rounded = _mm512_sub_epi32(_mm512_and_si512(bits, mantissa), half);
+                let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
+                let level = _mm512_min_epi32(_mm512_maskz_mov_epi32(ordered, rounded), top);
+                _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(level));
+                *s = _mm512_reduce_add_epi32(level) as i16;
+            }
+            scales[b] = 1.0 / iscale;
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -172,25 +226,12 @@ fn q8_k_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
                 lo[i] = if run[i] < lo[i] { run[i] } else { lo[i] };
             }
         }
-        let hi = hi
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-        let lo = lo.iter().fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
-        let max = if hi > -lo {
-            hi
-        } else if -lo > hi {
-            lo
-        } else {
-            // Equal magnitudes (or no number at all): ggml's first value of that magnitude.
-            let amax = hi.max(-lo);
-            xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
-        };
-        if max == 0.0 || max.is_nan() {
+        let Some(max) = block_max(xb, &hi, &lo) else {
             *scale = 0.0;
             qb.fill(0);
             sb.fill(0);
             continue;
-        }
+        };
         let iscale = -127.0 / max;
         for (q, v) in qb.iter_mut().zip(xb) {
             *q = nearest_int(iscale * v).min(127) as i8;
@@ -200,6 +241,26 @@ fn q8_k_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i16]) {
             *s = run.iter().map(|&q| i16::from(q)).sum::<i16>();
         }
     }
+}
+
+/// A block's value of largest magnitude from its lane-wise maxima `hi` and minima `lo`, or
+/// `None` where the block quantizes to zeros (all zero, or no number at all).
+#[inline(always)]
+fn block_max(xb: &[f32], hi: &[f32; 16], lo: &[f32; 16]) -> Option<f32> {
+    let hi = hi
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let lo = lo.iter().fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+    let max = if hi > -lo {
+        hi
+    } else if -lo > hi {
+        lo
+    } else {
+        // Equal magnitudes (or no number at all): ggml's first value of that magnitude.
+        let amax = hi.max(-lo);
+        xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+    };
+    (max != 0.0 && !max.is_nan()).then_some(max)
 }
 
 /// The slow twin of [`quantize_q8_k`]: ggml's loop as written, one block at a time.

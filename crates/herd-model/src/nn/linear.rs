@@ -156,9 +156,10 @@ impl Linear {
                 None => x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?,
             },
             Linear::Quantized(q) => {
-                let (lead, x32) = flat_f32(x, q.cols())?;
-                let t = x32.len() / q.cols();
-                return finish(q.matmul_t(&x32, t)?, lead, q.rows());
+                return with_flat_f32(x, q.cols(), |lead, x32| {
+                    let t = x32.len() / q.cols().max(1);
+                    finish(q.matmul_t(x32, t)?, lead, q.rows())
+                });
             }
             Linear::QuantizedDevice(q) => q.forward(x)?,
             Linear::Fp8(m) => {
@@ -257,12 +258,17 @@ fn half_product<W: HalfElement + candle_core::WithDType>(
     finish: impl FnOnce(Vec<f32>, Vec<usize>, usize) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
+    let product = |x32: &[f32]| {
+        let t = x32.len() / k.max(1);
+        with_cpu_values(w, |values: &[W]| half_matmul::matmul_t(x32, t, values, n, k))
+    };
+    if precision == MatmulPrecision::Highest {
+        return with_flat_f32(x, k, |lead, x32| finish(product(x32)?, lead, n));
+    }
     let (lead, mut x32) = flat_f32(x, k)?;
     // Rounded activations need fewer bf16 planes, so the block kernels take fewer passes.
     precision.round(&mut x32);
-    let t = x32.len() / k;
-    let y = with_cpu_values(w, |values: &[W]| half_matmul::matmul_t(&x32, t, values, n, k))?;
-    finish(y, lead, n)
+    finish(product(&x32)?, lead, n)
 }
 
 /// grad_y [..., n] times a bf16/f16/f32 weight [n, k] on the CPU → [..., k].
@@ -300,6 +306,32 @@ fn with_cpu_values<W: candle_core::WithDType, R>(w: &Tensor, f: impl FnOnce(&[W]
 
 /// x [..., k] as one flat f32 vector, and its leading dims.
 fn flat_f32(x: &Tensor, k: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+    let lead = lead_dims(x, k)?;
+    let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok((lead, v))
+}
+
+/// `f(lead dims, x [..., k] as flat f32 values)`: the values where they lie when x is a
+/// contiguous f32 tensor on the CPU (a prompt's activations are megabytes, and the copy
+/// [`flat_f32`] makes ran on one thread while the pool waited: 2.4 % of a Q4_K_M prefill),
+/// a converted copy otherwise.
+fn with_flat_f32<R>(x: &Tensor, k: usize, f: impl FnOnce(Vec<usize>, &[f32]) -> Result<R>) -> Result<R> {
+    let lead = lead_dims(x, k)?;
+    if x.dtype() == DType::F32 && x.device().is_cpu() {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        {
+            if let Some(values) = cpu.as_slice::<f32>()?.get(start..end) {
+                return f(lead, values);
+            }
+        }
+    }
+    let (lead, v) = flat_f32(x, k)?;
+    f(lead, &v)
+}
+
+/// x's dims before the last, which must be k.
+fn lead_dims(x: &Tensor, k: usize) -> Result<Vec<usize>> {
     let dims = x.dims();
     let (last, lead) = dims
         .split_last()
@@ -309,8 +341,7 @@ fn flat_f32(x: &Tensor, k: usize) -> Result<(Vec<usize>, Vec<f32>)> {
             "input has {last} features, the weight takes {k}"
         )));
     }
-    let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok((lead.to_vec(), v))
+    Ok(lead.to_vec())
 }
 
 fn output(y: Vec<f32>, mut lead: Vec<usize>, n: usize, device: &Device, dtype: DType) -> Result<Tensor> {

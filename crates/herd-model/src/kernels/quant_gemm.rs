@@ -498,39 +498,6 @@ mod avx512 {
         (_mm512_mullo_epi32(index, stride), mask)
     }
 
-    /// The 16 × 16 transpose of 32-bit words: out[c] holds word c of every input row, row i in
-    /// lane i (32-bit, then 64-bit interleaves within 128-bit lanes, then a 4 × 4 transpose of
-    /// the 128-bit lanes: 64 shuffles).
-    #[inline(always)]
-    unsafe fn transpose16(r: &[__m512i; 16]) -> [__m512i; 16] {
-        let mut t = [_mm512_setzero_si512(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-        }
-        // u[4m + c], 128-bit lane L: rows 4m .. 4m + 4 at word 4L + c.
-        let mut u = [_mm512_setzero_si512(); 16];
-        for m in 0..4 {
-            let (lo, hi) = (4 * m, 4 * m + 2);
-            u[4 * m] = _mm512_unpacklo_epi64(t[lo], t[hi]);
-            u[4 * m + 1] = _mm512_unpackhi_epi64(t[lo], t[hi]);
-            u[4 * m + 2] = _mm512_unpacklo_epi64(t[lo + 1], t[hi + 1]);
-            u[4 * m + 3] = _mm512_unpackhi_epi64(t[lo + 1], t[hi + 1]);
-        }
-        let mut out = [_mm512_setzero_si512(); 16];
-        for c in 0..4 {
-            let y0 = _mm512_shuffle_i32x4::<0x44>(u[c], u[4 + c]);
-            let y1 = _mm512_shuffle_i32x4::<0xEE>(u[c], u[4 + c]);
-            let y2 = _mm512_shuffle_i32x4::<0x44>(u[8 + c], u[12 + c]);
-            let y3 = _mm512_shuffle_i32x4::<0xEE>(u[8 + c], u[12 + c]);
-            out[c] = _mm512_shuffle_i32x4::<0x88>(y0, y2);
-            out[4 + c] = _mm512_shuffle_i32x4::<0xDD>(y0, y2);
-            out[8 + c] = _mm512_shuffle_i32x4::<0x88>(y1, y3);
-            out[12 + c] = _mm512_shuffle_i32x4::<0xDD>(y1, y3);
-        }
-        out
-    }
-
     /// Words at..at + 16 (64 bytes from byte `at`) of each of `lanes` rows' blocks, transposed:
     /// out[c] holds word c of every row, lanes past `lanes` 0.
     ///
@@ -544,7 +511,7 @@ mod avx512 {
             *row = unsafe { _mm512_loadu_si512(src.add(r * row_bytes + at).cast()) };
         }
         // SAFETY: register shuffles only (the caller's CPU has AVX-512 F).
-        unsafe { transpose16(&rows) }
+        unsafe { crate::kernels::transpose::x86::transpose16(&rows) }
     }
 
     /// Q4_K levels of one block of `lanes` rows (the first at `src`, the others `row_bytes`

@@ -492,3 +492,47 @@ fn rounded_packing_rounds_as_bf16_from_f32_does() {
     let rounded: Vec<u16> = x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
     assert_ne!(truncated, rounded);
 }
+
+#[test]
+fn packer_on_every_isa_packs_the_scalar_packers_bits() {
+    // Odd token counts (a partial half, a partial block, several blocks), two and three K
+    // blocks, and values that stress both splits: f32 with all three planes, bf16 values (one
+    // plane), ties, subnormals, infinities and NaNs with payloads.
+    let specials = [
+        0x3F80_8000u32,
+        0x3F81_8000,
+        0x0000_0001,
+        0x807F_FFFF,
+        0x7F7F_FFFF,
+        0x7F80_0000,
+        0xFF80_0000,
+        0x7F80_0001,
+        0xFFC1_2345,
+        0x8000_0000,
+    ];
+    for (t, k) in [(1, 32), (5, 64), (16, 96), (17, 32), (45, 64), (70, 96)] {
+        let mut x = values(t * k, 4242 + t as u64);
+        for (i, &bits) in specials.iter().enumerate() {
+            x[(i * 7919) % (t * k)] = f32::from_bits(bits);
+        }
+        let bf16_valued: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        for input in [&x, &bf16_valued] {
+            for split in [Split::Exact, Split::Rounded] {
+                let bits = |b: &[bf16]| b.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let slow = PackedActivations::pack_on(Isa::Portable, input, t, k, split);
+                let (slow_planes, slow) = (slow.planes(), bits(&slow.into_buffer()));
+                for isa in Isa::supported() {
+                    let fast = PackedActivations::pack_on(isa, input, t, k, split);
+                    assert_eq!(fast.planes(), slow_planes, "{isa} {t}×{k} {split:?}");
+                    assert_eq!(bits(&fast.into_buffer()), slow, "{isa} {t}×{k} {split:?}");
+                }
+            }
+        }
+    }
+    // Mutation twin: one value's last bit moves the packed bits under the exact split.
+    let x = values(17 * 32, 5);
+    let mut y = x.clone();
+    y[3] = f32::from_bits(y[3].to_bits() ^ 1);
+    let pack = |v: &[f32]| PackedActivations::pack(v, 17, 32, Split::Exact).into_buffer();
+    assert_ne!(pack(&x), pack(&y));
+}

@@ -27,6 +27,7 @@ use super::decode_attention::{attend_head, CacheView};
 use super::decode_attention::{widened_rows, ROWS_PER_WIDEN};
 use super::half_matmul::HalfElement;
 use super::isa::Isa;
+use super::row_split::for_each_task;
 
 /// Queries per task of the blocked build: each key block, once in L1, serves this many queries
 /// times G heads.
@@ -100,28 +101,26 @@ pub fn causal_attention_on<E: HalfElement>(
         let h_dh = hkv * g * dh;
         let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(g * dh).map(Mutex::new).collect();
         let blocks = t.div_ceil(QUERY_BLOCK);
-        candle_core::utils::barrier_pool().execute_chunked(blocks * hkv, |range| {
-            let mut o = Vec::new();
-            for task in range {
-                // The last (longest) query blocks first, so the pool's tail is short tasks.
-                let (i0, h) = ((blocks - 1 - task / hkv) * QUERY_BLOCK, task % hkv);
-                let nq = QUERY_BLOCK.min(t - i0);
-                o.resize(nq * g * dh, 0.0);
-                let block = blocked::QueryBlock {
-                    i0,
-                    nq,
-                    first_len,
-                    h_dh,
-                    g,
-                };
-                // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2, FMA and F16C (part of this level,
-                // asserted above); the views are in bounds and the last query sees at most
-                // k.len keys (asserted above); `takes(dh)` holds.
-                unsafe { blocked::query_block(q, k, v, h, &block, scale, &mut o) };
-                for (qi, o_q) in o.chunks_exact(g * dh).enumerate() {
-                    if let Ok(mut slot) = slots[(i0 + qi) * hkv + h].lock() {
-                        slot.copy_from_slice(o_q);
-                    }
+        // One task at a time from the pool's cursor, the last (longest) query blocks first, so
+        // the pool's tail is short tasks.
+        for_each_task(blocks * hkv, |task| {
+            let (i0, h) = ((blocks - 1 - task / hkv) * QUERY_BLOCK, task % hkv);
+            let nq = QUERY_BLOCK.min(t - i0);
+            let mut o = vec![0f32; nq * g * dh];
+            let block = blocked::QueryBlock {
+                i0,
+                nq,
+                first_len,
+                h_dh,
+                g,
+            };
+            // SAFETY: the CPU has AVX-512 F/BW/VL, AVX2, FMA and F16C (part of this level,
+            // asserted above); the views are in bounds and the last query sees at most
+            // k.len keys (asserted above); `takes(dh)` holds.
+            unsafe { blocked::query_block(q, k, v, h, &block, scale, &mut o) };
+            for (qi, o_q) in o.chunks_exact(g * dh).enumerate() {
+                if let Ok(mut slot) = slots[(i0 + qi) * hkv + h].lock() {
+                    slot.copy_from_slice(o_q);
                 }
             }
         });

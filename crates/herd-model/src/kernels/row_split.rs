@@ -8,7 +8,9 @@
 //! workers through the kernel for each one left the cores idle half the time. The pool has
 //! `RAYON_NUM_THREADS` (`-t`) threads in all, caller included.
 
+use std::cell::Cell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Weight bytes one task reads: large enough that the hardware prefetcher settles on the stream
@@ -30,6 +32,52 @@ pub fn threads() -> usize {
     *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
+thread_local! {
+    /// Whether this thread is running a task of [`for_each_task`] (a nested call runs inline:
+    /// the pool takes one call at a time).
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f(i)` for every i < n on the barrier pool, the threads taking one index at a time from
+/// a shared cursor. candle's `execute_chunked` hands out runs of n / (8 · threads) indices: a
+/// decode step's LM head (2 600 tasks of 128 KiB) went out in runs of 20 MiB, and a prompt's
+/// attention in runs of its sixteen heaviest query blocks, so a thread could finish a run's
+/// worth of time before the other. One index (a few microseconds of work at least) per atomic
+/// increment costs nothing against that. A single task, or a call from inside a task, runs on
+/// the calling thread.
+pub fn for_each_task(n: usize, f: impl Fn(usize) + Sync) {
+    if n <= 1 || IN_TASK.with(Cell::get) {
+        (0..n).for_each(f);
+        return;
+    }
+    let cursor = AtomicUsize::new(0);
+    candle_core::utils::barrier_pool().execute(|_| {
+        let _flag = TaskFlag::set();
+        loop {
+            let i = cursor.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            f(i);
+        }
+    });
+}
+
+/// Marks the thread as inside a task until dropped (restoring what it was, on panic too).
+struct TaskFlag(bool);
+
+impl TaskFlag {
+    fn set() -> Self {
+        TaskFlag(IN_TASK.with(|c| c.replace(true)))
+    }
+}
+
+impl Drop for TaskFlag {
+    fn drop(&mut self) {
+        IN_TASK.with(|c| c.set(self.0));
+    }
+}
+
 /// y [t, n] (row-major) from `f(rows, out)`, which writes `out` [rows.len(), t]: the products of
 /// weight rows `rows` with each of the t activation rows.
 pub fn split_rows(
@@ -38,7 +86,59 @@ pub fn split_rows(
     row_bytes: usize,
     f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    split_rows_by(n, t, rows_per_task(n, row_bytes), f)
+    split_rows_in(
+        &tapered_ranges(n, rows_per_task(n, row_bytes), threads()),
+        n,
+        t,
+        f,
+    )
+}
+
+/// `n` rows in runs of `per_task`, except the last `threads · per_task` rows, in quarter runs:
+/// whichever thread takes the last task, the other waits at most a quarter run for it (a
+/// decode step makes ~190 products, each ending in that wait).
+pub fn tapered_ranges(n: usize, per_task: usize, threads: usize) -> Vec<Range<usize>> {
+    let per_task = per_task.max(1);
+    let body_end = n.saturating_sub(threads * per_task);
+    let small = (per_task / 4).max(1);
+    let body = (0..body_end)
+        .step_by(per_task)
+        .map(|r| r..(r + per_task).min(body_end));
+    let tail = (body_end..n).step_by(small).map(|r| r..(r + small).min(n));
+    body.chain(tail).collect()
+}
+
+/// y [t, n] from `f(rows, out)` run once per range of `ranges` (consecutive, covering 0..n).
+fn split_rows_in(
+    ranges: &[Range<usize>],
+    n: usize,
+    t: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut y_nt = vec![0f32; n * t];
+    if n == 0 || t == 0 {
+        return y_nt;
+    }
+    {
+        let mut tasks = Vec::with_capacity(ranges.len());
+        let mut rest = &mut y_nt[..];
+        for rows in ranges {
+            let (out, tail) = rest.split_at_mut(rows.len() * t);
+            tasks.push(Mutex::new((rows.clone(), out)));
+            rest = tail;
+        }
+        for_each_task(tasks.len(), |i| {
+            // Each task's lock is taken once, by the one thread that runs it.
+            let Ok(mut task) = tasks[i].lock() else { return };
+            let (rows, out) = &mut *task;
+            f(rows.clone(), out);
+        });
+    }
+    if t == 1 {
+        y_nt
+    } else {
+        super::transpose::transpose(&y_nt, n, t)
+    }
 }
 
 /// [`split_rows`] with a fixed number of rows per task (a gemm panel's height: its summation
@@ -50,28 +150,12 @@ pub fn split_rows_by(
     per_task: usize,
     f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    let mut y_nt = vec![0f32; n * t];
-    if n == 0 || t == 0 {
-        return y_nt;
-    }
     let per_task = per_task.max(1);
-    {
-        let tasks: Vec<Mutex<&mut [f32]>> = y_nt.chunks_mut(per_task * t).map(Mutex::new).collect();
-        candle_core::utils::barrier_pool().execute_chunked(tasks.len(), |range| {
-            for i in range {
-                // Each task's lock is taken once, by the one thread that runs it.
-                let Ok(mut out) = tasks[i].lock() else { continue };
-                let first = i * per_task;
-                let rows = out.len() / t;
-                f(first..first + rows, &mut out);
-            }
-        });
-    }
-    if t == 1 {
-        y_nt
-    } else {
-        super::transpose::transpose(&y_nt, n, t)
-    }
+    let ranges: Vec<Range<usize>> = (0..n)
+        .step_by(per_task)
+        .map(|r| r..(r + per_task).min(n))
+        .collect();
+    split_rows_in(&ranges, n, t, f)
 }
 
 /// y [t, n] from `f(rows, block)`, which writes the columns `rows` of every one of the t rows of
@@ -90,19 +174,17 @@ pub fn split_columns_by(
     let per_task = per_task.max(1);
     let tasks = n.div_ceil(per_task);
     let base = SharedOut(y_tn.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
-        for i in range {
-            let cols = i * per_task..((i + 1) * per_task).min(n);
-            // Each task index runs once, so no two blocks share a column.
-            let mut block = ColumnBlock {
-                base: base.ptr(),
-                n,
-                t,
-                cols: cols.clone(),
-                _out: std::marker::PhantomData,
-            };
-            f(cols, &mut block);
-        }
+    for_each_task(tasks, |i| {
+        let cols = i * per_task..((i + 1) * per_task).min(n);
+        // Each task index runs once, so no two blocks share a column.
+        let mut block = ColumnBlock {
+            base: base.ptr(),
+            n,
+            t,
+            cols: cols.clone(),
+            _out: std::marker::PhantomData,
+        };
+        f(cols, &mut block);
     });
     y_tn
 }

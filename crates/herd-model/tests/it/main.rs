@@ -23,6 +23,7 @@ mod mutations;
 mod ops;
 mod parity;
 mod quant_gemm;
+mod row_split;
 mod transposed;
 mod vision;
 mod weights;

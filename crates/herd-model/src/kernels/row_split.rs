@@ -11,7 +11,6 @@
 use std::cell::Cell;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// Weight bytes one task reads: large enough that the hardware prefetcher settles on the stream
 /// and the per-task cost of the pool is noise, small enough that the cores share the tail.
@@ -86,25 +85,33 @@ pub fn split_rows(
     row_bytes: usize,
     f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
+    let threads = threads();
+    let tail_task = rows_per_task(n, row_bytes);
+    // Past ~32 tasks a thread, the tasks grow: each costs a trip of the cursor's cache line
+    // between the cores (an LM head's 2 600 tasks were 4 % of a decode step), and the tail
+    // below keeps the end short anyway.
+    let body_task = tail_task.max(n.div_ceil(threads * 32));
     split_rows_in(
-        &tapered_ranges(n, rows_per_task(n, row_bytes), threads()),
+        &tapered_ranges(n, body_task, tail_task.div_ceil(4), threads),
         n,
         t,
         f,
     )
 }
 
-/// `n` rows in runs of `per_task`, except the last `threads · per_task` rows, in quarter runs:
-/// whichever thread takes the last task, the other waits at most a quarter run for it (a
-/// decode step makes ~190 products, each ending in that wait).
-pub fn tapered_ranges(n: usize, per_task: usize, threads: usize) -> Vec<Range<usize>> {
+/// `n` rows in runs of `per_task`, except the last `threads · per_task` rows, in runs of
+/// `tail_task`: whichever thread takes the last task, the other waits at most that long for it
+/// (a decode step makes ~190 products, each ending in that wait).
+pub fn tapered_ranges(n: usize, per_task: usize, tail_task: usize, threads: usize) -> Vec<Range<usize>> {
     let per_task = per_task.max(1);
+    let tail_task = tail_task.clamp(1, per_task);
     let body_end = n.saturating_sub(threads * per_task);
-    let small = (per_task / 4).max(1);
     let body = (0..body_end)
         .step_by(per_task)
         .map(|r| r..(r + per_task).min(body_end));
-    let tail = (body_end..n).step_by(small).map(|r| r..(r + small).min(n));
+    let tail = (body_end..n)
+        .step_by(tail_task)
+        .map(|r| r..(r + tail_task).min(n));
     body.chain(tail).collect()
 }
 
@@ -119,21 +126,21 @@ fn split_rows_in(
     if n == 0 || t == 0 {
         return y_nt;
     }
-    {
-        let mut tasks = Vec::with_capacity(ranges.len());
-        let mut rest = &mut y_nt[..];
-        for rows in ranges {
-            let (out, tail) = rest.split_at_mut(rows.len() * t);
-            tasks.push(Mutex::new((rows.clone(), out)));
-            rest = tail;
-        }
-        for_each_task(tasks.len(), |i| {
-            // Each task's lock is taken once, by the one thread that runs it.
-            let Ok(mut task) = tasks[i].lock() else { return };
-            let (rows, out) = &mut *task;
-            f(rows.clone(), out);
-        });
-    }
+    // Consecutive ranges from 0 to n (checked here, as the writes below rely on it).
+    let consecutive = ranges
+        .iter()
+        .try_fold(0, |at, r| (r.start == at && r.end >= at).then_some(r.end));
+    assert_eq!(consecutive, Some(n), "row ranges must cover 0..n in order");
+    let base = SharedOut(y_nt.as_mut_ptr());
+    for_each_task(ranges.len(), |i| {
+        let rows = ranges[i].clone();
+        // SAFETY: the ranges are disjoint and inside 0..n (asserted above), so each task's
+        // rows·t values lie inside y_nt, which outlives the call, and no two tasks (each index
+        // runs once) share any of them. No lock: a Mutex per task put two tasks' locks on one
+        // cache line, and the cores traded it at every task.
+        let out = unsafe { std::slice::from_raw_parts_mut(base.ptr().add(rows.start * t), rows.len() * t) };
+        f(rows, out);
+    });
     if t == 1 {
         y_nt
     } else {

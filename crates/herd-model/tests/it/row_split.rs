@@ -15,7 +15,7 @@ fn tapered_ranges_cover_every_row_once_with_a_short_tail() {
         (1000, 113, 2),
         (202_048, 78, 4),
     ] {
-        let ranges = tapered_ranges(n, per_task, threads);
+        let ranges = tapered_ranges(n, per_task, (per_task / 4).max(1), threads);
         let mut next = 0;
         for r in &ranges {
             assert_eq!(r.start, next, "{n} {per_task} {threads}");

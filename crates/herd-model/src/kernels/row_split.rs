@@ -157,12 +157,8 @@ pub fn split_rows_by(
     per_task: usize,
     f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    let per_task = per_task.max(1);
-    let ranges: Vec<Range<usize>> = (0..n)
-        .step_by(per_task)
-        .map(|r| r..(r + per_task).min(n))
-        .collect();
-    split_rows_in(&ranges, n, t, f)
+    // Every run the same height, the tail's included.
+    split_rows_in(&tapered_ranges(n, per_task, per_task, threads()), n, t, f)
 }
 
 /// y [t, n] from `f(rows, block)`, which writes the columns `rows` of every one of the t rows of

@@ -285,22 +285,22 @@ fn transposed_product<W: HalfElement + candle_core::WithDType>(
     output(y, lead, k, grad_y.device(), grad_y.dtype())
 }
 
-/// `f` over a CPU weight's values where they lie (row-major; made contiguous first if needed).
+/// `f` over a CPU tensor's values where they lie (row-major; made contiguous first if needed).
 fn with_cpu_values<W: candle_core::WithDType, R>(w: &Tensor, f: impl FnOnce(&[W]) -> R) -> Result<R> {
     let w = w.contiguous()?;
     let (storage, layout) = w.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         return Err(Error::Kernel(
-            "herd's CPU kernels got a weight on another device".into(),
+            "herd's CPU kernels got a tensor on another device".into(),
         ));
     };
     let all = cpu.as_slice::<W>()?;
     let (start, end) = layout
         .contiguous_offsets()
-        .ok_or_else(|| Error::Kernel("weight is not contiguous".into()))?;
+        .ok_or_else(|| Error::Kernel("tensor is not contiguous".into()))?;
     let values = all
         .get(start..end)
-        .ok_or_else(|| Error::Kernel("weight layout outside its storage".into()))?;
+        .ok_or_else(|| Error::Kernel("tensor layout outside its storage".into()))?;
     Ok(f(values))
 }
 
@@ -318,13 +318,7 @@ fn flat_f32(x: &Tensor, k: usize) -> Result<(Vec<usize>, Vec<f32>)> {
 fn with_flat_f32<R>(x: &Tensor, k: usize, f: impl FnOnce(Vec<usize>, &[f32]) -> Result<R>) -> Result<R> {
     let lead = lead_dims(x, k)?;
     if x.dtype() == DType::F32 && x.device().is_cpu() {
-        let (storage, layout) = x.storage_and_layout();
-        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
-        {
-            if let Some(values) = cpu.as_slice::<f32>()?.get(start..end) {
-                return f(lead, values);
-            }
-        }
+        return with_cpu_values(x, |values: &[f32]| f(lead, values))?;
     }
     let (lead, v) = flat_f32(x, k)?;
     f(lead, &v)

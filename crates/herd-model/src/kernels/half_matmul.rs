@@ -193,11 +193,7 @@ pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: us
         // On tiles, both sides split exactly into bf16 planes (bf16 weights read where they
         // lie): the f32 product up to summation order.
         amx::PackedActivations::with_packed(x, t, k, amx::Split::Exact, |acts| {
-            split_columns_by(n, t, amx::rows_per_task(n), |rows, out| {
-                let planes = W::bf16_planes(&w[rows.start * k..rows.end * k]);
-                let planes: Vec<&[bf16]> = planes.iter().map(|p| &p[..]).collect();
-                amx::product_rows_on(isa, &planes, rows.len(), acts, out)
-            })
+            block_products(isa, acts, w, n, k)
         })
     } else {
         // Fixed-height panels: the gemm kernel's summation order depends on the panel shape,
@@ -208,6 +204,56 @@ pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: us
             gemm_f32_panel(x, t, &wide, rows.len(), k, out)
         })
     }
+}
+
+/// x rounded to the nearest bf16 (ties to even: `--matmul-precision medium`) times wᵀ: what
+/// [`matmul_t`] gives for the rounded x. Where the product takes bf16 blocks the packer rounds
+/// as it packs, the same bits as packing the rounded copy (which then needs one plane), so x is
+/// read where it lies and neither copied nor scanned for planes (3 % of a vision tile); the
+/// other paths round a copy.
+pub fn matmul_t_rounded<W: HalfElement>(x: &[f32], t: usize, w: &[W], n: usize, k: usize) -> Vec<f32> {
+    matmul_t_rounded_on(Isa::current(), x, t, w, n, k)
+}
+
+/// [`matmul_t_rounded`] on a chosen [`Isa`].
+///
+/// # Panics
+/// As [`matmul_t_on`].
+pub fn matmul_t_rounded_on<W: HalfElement>(
+    isa: Isa,
+    x: &[f32],
+    t: usize,
+    w: &[W],
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    assert_eq!(x.len(), t * k);
+    assert_eq!(w.len(), n * k);
+    assert!(isa.is_supported());
+    // matmul_t_on's choice for a rounded x: past the gemv rows, whole K blocks and a level with
+    // block products (where one activation plane always wins).
+    if t > GEMV_MAX_ROWS && k.is_multiple_of(amx::K_BLOCK) && matches!(isa, Isa::Amx | Isa::Avx512Bf16) {
+        return amx::PackedActivations::with_packed(x, t, k, amx::Split::Rounded, |acts| {
+            block_products(isa, acts, w, n, k)
+        });
+    }
+    let rounded: Vec<f32> = x.iter().map(|&v| amx::round_to_bf16(v).to_f32()).collect();
+    matmul_t_on(isa, &rounded, t, w, n, k)
+}
+
+/// The packed activations times wᵀ [n, k] on bf16 blocks, weight rows split across the pool.
+fn block_products<W: HalfElement>(
+    isa: Isa,
+    acts: &amx::PackedActivations,
+    w: &[W],
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    split_columns_by(n, acts.tokens(), amx::rows_per_task(n), |rows, out| {
+        let planes = W::bf16_planes(&w[rows.start * k..rows.end * k]);
+        let planes: Vec<&[bf16]> = planes.iter().map(|p| &p[..]).collect();
+        amx::product_rows_on(isa, &planes, rows.len(), acts, out)
+    })
 }
 
 /// Whether a prefill product goes to bf16 block products ([`amx::product_rows_on`]) rather than

@@ -262,8 +262,19 @@ fn half_product<W: HalfElement + candle_core::WithDType>(
         let t = x32.len() / k.max(1);
         with_cpu_values(w, |values: &[W]| half_matmul::matmul_t(x32, t, values, n, k))
     };
-    if precision == MatmulPrecision::Highest {
-        return with_flat_f32(x, k, |lead, x32| finish(product(x32)?, lead, n));
+    match precision {
+        MatmulPrecision::Highest => return with_flat_f32(x, k, |lead, x32| finish(product(x32)?, lead, n)),
+        MatmulPrecision::Medium => {
+            // Rounded as the activations are packed, where the product takes bf16 blocks.
+            return with_flat_f32(x, k, |lead, x32| {
+                let t = x32.len() / k.max(1);
+                let y = with_cpu_values(w, |values: &[W]| {
+                    half_matmul::matmul_t_rounded(x32, t, values, n, k)
+                })?;
+                finish(y, lead, n)
+            });
+        }
+        MatmulPrecision::High => {}
     }
     let (lead, mut x32) = flat_f32(x, k)?;
     // Rounded activations need fewer bf16 planes, so the block kernels take fewer passes.

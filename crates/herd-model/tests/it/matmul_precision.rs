@@ -284,3 +284,42 @@ fn a_bf16_vision_tower_at_medium_rounds_inside_its_forward_pass() {
     assert_eq!(matmul_precision::current(), MatmulPrecision::Highest);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn rounded_products_are_the_products_of_the_rounded_activations_on_every_isa() {
+    use herd_model::kernels::half_matmul::{matmul_t_on, matmul_t_rounded_on};
+    use herd_model::kernels::isa::Isa;
+    // The edge values (NaN aside, which poisons whole outputs) scaled into a product's range,
+    // as activations: ties, subnormals, infinities and signed zeros among ordinary values.
+    let edges: Vec<f32> = edge_values().into_iter().filter(|v| !v.is_nan()).collect();
+    let finite: Vec<f32> = edges
+        .iter()
+        .map(|v| if v.is_finite() { v.clamp(-1e6, 1e6) } else { 1.0 })
+        .collect();
+    // Token counts on both sides of the gemv rows, K whole blocks or not (the packer's path and
+    // the copy's), weight rows around the 32-row groups.
+    for &(t, n, k) in &[(3, 5, 64), (9, 33, 64), (40, 70, 96), (37, 31, 40), (5, 17, 1024)] {
+        let x: Vec<f32> = (0..t * k).map(|i| finite[(i * 7 + t) % finite.len()]).collect();
+        let rounded: Vec<f32> = x.iter().map(|v| bf16::from_f32(*v).to_f32()).collect();
+        let w32: Vec<f32> = (0..n * k)
+            .map(|i| finite[(i * 13 + 5) % finite.len()] * 1e-3)
+            .collect();
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        for isa in Isa::supported() {
+            let fast = matmul_t_rounded_on(isa, &x, t, &wb, n, k);
+            let slow = matmul_t_on(isa, &rounded, t, &wb, n, k);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&slow), "{isa} bf16 weights {t}x{n}x{k}");
+            let fast = matmul_t_rounded_on(isa, &x, t, &w32, n, k);
+            let slow = matmul_t_on(isa, &rounded, t, &w32, n, k);
+            assert_eq!(bits(&fast), bits(&slow), "{isa} f32 weights {t}x{n}x{k}");
+            // Mutation twin: the unrounded activations give another product.
+            let unrounded = matmul_t_on(isa, &x, t, &wb, n, k);
+            assert_ne!(
+                bits(&unrounded),
+                bits(&matmul_t_rounded_on(isa, &x, t, &wb, n, k)),
+                "{isa}"
+            );
+        }
+    }
+}

@@ -63,6 +63,114 @@ pub fn full_attention_on(
         q.len() == len && k.len() == len && v.len() == len,
         "q, k, v must be [B, H, L, Dh]"
     );
+    for_each_head(b, h, l, dh, |bh, scratch, o| {
+        let head = bh * l * dh..(bh + 1) * l * dh;
+        chunk(
+            isa,
+            &q[head.clone()],
+            &k[head.clone()],
+            &v[head],
+            dh,
+            scale,
+            scratch,
+            o,
+        );
+    })
+}
+
+/// [`rotary_full_attention_on`] on [`Isa::current`].
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_full_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    b: usize,
+    h: usize,
+    l: usize,
+    dh: usize,
+    scale: f32,
+) -> Vec<f32> {
+    rotary_full_attention_on(Isa::current(), q, k, v, cos, sin, b, h, l, dh, scale)
+}
+
+/// The vision encoder's attention from its projections as they come out: q, k, v [B, L, H·Dh]
+/// (token-major, the heads side by side), q and k rotated on interleaved pairs by cos, sin
+/// [L, Dh/2] (`candle_nn::rotary_emb::rope_i`'s arithmetic) → o [B, L, H·Dh]. The same values as
+/// rotating, moving the heads to [B, H, L, Dh] and calling [`full_attention_on`] (the slow twin),
+/// but each task gathers and rotates its own head, so the transposes and copies no longer run
+/// on one thread while the pool waits.
+///
+/// # Panics
+/// If q, k and v are not each B·L·H·Dh values, Dh is odd, cos and sin are not L·Dh/2 values, or
+/// this CPU lacks `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_full_attention_on(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    b: usize,
+    h: usize,
+    l: usize,
+    dh: usize,
+    scale: f32,
+) -> Vec<f32> {
+    assert!(isa.is_supported());
+    let len = b * h * l * dh;
+    assert!(
+        q.len() == len && k.len() == len && v.len() == len,
+        "q, k, v must be [B, L, H·Dh]"
+    );
+    assert!(dh.is_multiple_of(2), "rotary pairs need an even head dim");
+    assert!(
+        cos.len() == l * dh / 2 && sin.len() == l * dh / 2,
+        "cos and sin must be [L, Dh/2]"
+    );
+    for_each_head(b, h, l, dh, |bh, scratch, o| {
+        let (bi, hi) = (bh / h, bh % h);
+        let mut heads = std::mem::take(&mut scratch.heads);
+        heads.resize(3 * l * dh, 0.0);
+        let (qh, rest) = heads.split_at_mut(l * dh);
+        let (kh, vh) = rest.split_at_mut(l * dh);
+        for i in 0..l {
+            let at = ((bi * l + i) * h + hi) * dh;
+            let (c, s) = (
+                &cos[i * dh / 2..(i + 1) * dh / 2],
+                &sin[i * dh / 2..(i + 1) * dh / 2],
+            );
+            rotate_pairs(&q[at..at + dh], c, s, &mut qh[i * dh..(i + 1) * dh]);
+            rotate_pairs(&k[at..at + dh], c, s, &mut kh[i * dh..(i + 1) * dh]);
+            vh[i * dh..(i + 1) * dh].copy_from_slice(&v[at..at + dh]);
+        }
+        chunk(isa, qh, kh, vh, dh, scale, scratch, o);
+        scratch.heads = heads;
+    })
+}
+
+/// `rope_i` on one vector: pair (x₀, x₁) → (x₀·c − x₁·s, x₀·s + x₁·c), candle's expression
+/// term for term (no fused multiply-add), so the bits match.
+#[inline]
+fn rotate_pairs(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    for (((pair, o), &c), &s) in x.chunks_exact(2).zip(out.chunks_exact_mut(2)).zip(cos).zip(sin) {
+        o[0] = pair[0] * c - pair[1] * s;
+        o[1] = pair[0] * s + pair[1] * c;
+    }
+}
+
+/// o [B, L, H·Dh] from `attend(b·H + h, scratch, o_head)`, which writes head h of sequence b's
+/// outputs o_head [L, Dh]: one task per (sequence, head) on the barrier pool.
+fn for_each_head(
+    b: usize,
+    h: usize,
+    l: usize,
+    dh: usize,
+    attend: impl Fn(usize, &mut Scratch, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let len = b * h * l * dh;
     let mut out = vec![0f32; len];
     if len == 0 {
         return out;
@@ -73,20 +181,10 @@ pub fn full_attention_on(
         let mut scratch = Scratch::default();
         for bh in range {
             let (bi, hi) = (bh / h, bh % h);
-            let head = bh * l * dh..(bh + 1) * l * dh;
             scratch.o.clear();
             scratch.o.resize(l * dh, 0.0);
             let mut o = std::mem::take(&mut scratch.o);
-            chunk(
-                isa,
-                &q[head.clone()],
-                &k[head.clone()],
-                &v[head],
-                dh,
-                scale,
-                &mut scratch,
-                &mut o,
-            );
+            attend(bh, &mut scratch, &mut o);
             for (i, o_i) in o.chunks_exact(dh).enumerate() {
                 if let Ok(mut slot) = slots[(bi * l + i) * h + hi].lock() {
                     slot.copy_from_slice(o_i);
@@ -108,6 +206,8 @@ struct Scratch {
     s: Vec<f32>,
     /// The task's outputs, [queries, Dh].
     o: Vec<f32>,
+    /// A gathered head's q, k and v, [3, L, Dh] (the rotary entry point).
+    heads: Vec<f32>,
 }
 
 /// Queries q_c [n, Dh] over one head's keys and values [L, Dh] → o [n, Dh].

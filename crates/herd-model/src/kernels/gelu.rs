@@ -30,6 +30,54 @@ pub fn gelu_erf_in_place_on(isa: Isa, values: &mut [f32]) {
     });
 }
 
+/// A biased product's epilogue: y [rows, n] += bias (each row), then GELU if `gelu`, in one
+/// pass on the barrier pool, on [`Isa::current`]. The bias was a serial loop on the calling
+/// thread while the pool waited, and the GELU a second pass over values that had left the cache.
+///
+/// # Panics
+/// If y is not whole rows of bias.len() values.
+pub fn add_bias_then_gelu(y: &mut [f32], bias: &[f32], gelu: bool) {
+    add_bias_then_gelu_on(Isa::current(), y, bias, gelu)
+}
+
+/// [`add_bias_then_gelu`] on a chosen [`Isa`]: the same values as adding the bias row by row and
+/// then [`gelu_erf_in_place_on`] (the slow twin, in the tests).
+///
+/// # Panics
+/// As [`add_bias_then_gelu`], or if this CPU lacks `isa`.
+pub fn add_bias_then_gelu_on(isa: Isa, y: &mut [f32], bias: &[f32], gelu: bool) {
+    assert!(isa.is_supported());
+    let n = bias.len();
+    assert!(
+        if n == 0 {
+            y.is_empty()
+        } else {
+            y.len().is_multiple_of(n)
+        },
+        "{} values are not rows of {n}",
+        y.len()
+    );
+    if y.is_empty() {
+        return;
+    }
+    let rows_per_task = (TASK_VALUES / n).max(1);
+    let tasks: Vec<std::sync::Mutex<&mut [f32]>> = y
+        .chunks_mut(rows_per_task * n)
+        .map(std::sync::Mutex::new)
+        .collect();
+    crate::kernels::row_split::for_each_task(tasks.len(), |i| {
+        let Ok(mut chunk) = tasks[i].lock() else { return };
+        for row in chunk.chunks_exact_mut(n) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+        if gelu {
+            run(isa, &mut chunk);
+        }
+    });
+}
+
 fn run(isa: Isa, values: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]

@@ -297,7 +297,10 @@ fn transposed_product<W: HalfElement + candle_core::WithDType>(
 }
 
 /// `f` over a CPU tensor's values where they lie (row-major; made contiguous first if needed).
-fn with_cpu_values<W: candle_core::WithDType, R>(w: &Tensor, f: impl FnOnce(&[W]) -> R) -> Result<R> {
+pub(crate) fn with_cpu_values<W: candle_core::WithDType, R>(
+    w: &Tensor,
+    f: impl FnOnce(&[W]) -> R,
+) -> Result<R> {
     let w = w.contiguous()?;
     let (storage, layout) = w.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
@@ -387,15 +390,8 @@ impl BiasedLinear {
             // Bias and activation in f32 on the product's f32 result, before its one
             // conversion to the compute dtype (candle's bf16 add and erf are scalar loops).
             let bias = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            return self.linear.forward_then(x, &|y, n| {
-                for row in y.chunks_exact_mut(n.max(1)) {
-                    for (v, b) in row.iter_mut().zip(&bias) {
-                        *v += b;
-                    }
-                }
-                if gelu {
-                    crate::kernels::gelu::gelu_erf_in_place(y);
-                }
+            return self.linear.forward_then(x, &|y, _| {
+                crate::kernels::gelu::add_bias_then_gelu(y, &bias, gelu)
             });
         }
         let y = self.linear.forward(x)?.broadcast_add(&self.bias)?;

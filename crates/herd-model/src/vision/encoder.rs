@@ -6,7 +6,8 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::LayerNorm;
 
 use crate::error::Result;
-use crate::kernels::full_attention::full_attention;
+use crate::kernels::full_attention::rotary_full_attention;
+use crate::nn::linear::with_cpu_values;
 use crate::nn::BiasedLinear as Linear;
 use crate::weights::Weights;
 
@@ -69,27 +70,38 @@ impl EncoderLayer {
         let (n, l, c) = x.dims3()?;
         let dh = c / self.n_heads;
         let scale = 1.0 / (dh as f64).sqrt();
-        // [N, L, C] → [N, H, L, Dh]
-        let heads = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((n, l, self.n_heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
         if x.device().is_cpu() {
-            // Rotation and attention in f32 whatever the compute dtype (the reference rotates
-            // in f32 too), on herd's kernel: candle's bf16 matmul and softmax are scalar loops.
+            // The projections' f32 values where they lie; each attention task gathers and
+            // rotates its own head (`attention_slow` is the twin).
             let f32 = DType::F32;
-            let (cos, sin) = (cos.to_dtype(f32)?, sin.to_dtype(f32)?);
-            let rotated = |y: Tensor| -> Result<Vec<f32>> {
-                let y = candle_nn::rotary_emb::rope_i(&heads(y.to_dtype(f32)?)?, &cos, &sin)?;
-                Ok(y.flatten_all()?.to_vec1::<f32>()?)
+            if !dh.is_multiple_of(2) || dh * self.n_heads != c {
+                return Err(crate::error::Error::Kernel(format!(
+                    "vision attention: width {c} is not {} heads of an even size",
+                    self.n_heads
+                )));
+            }
+            let table = |t: &Tensor| -> Result<Vec<f32>> {
+                let values = t.to_dtype(f32)?.flatten_all()?.to_vec1::<f32>()?;
+                match values.get(..l * dh / 2) {
+                    Some(rows) => Ok(rows.to_vec()),
+                    None => Err(crate::error::Error::Kernel(format!(
+                        "rotary tables hold {} values, {l} tokens need {}",
+                        values.len(),
+                        l * dh / 2
+                    ))),
+                }
             };
-            let q = rotated(self.q_proj.forward(x)?)?;
-            let k = rotated(self.k_proj.forward(x)?)?;
-            let v = heads(self.v_proj.forward(x)?.to_dtype(f32)?)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let out = full_attention(&q, &k, &v, n, self.n_heads, l, dh, scale as f32);
+            let (cos, sin) = (table(cos)?, table(sin)?);
+            let q = self.q_proj.forward(x)?.to_dtype(f32)?;
+            let k = self.k_proj.forward(x)?.to_dtype(f32)?;
+            let v = self.v_proj.forward(x)?.to_dtype(f32)?;
+            let out = with_cpu_values(&q, |q: &[f32]| {
+                with_cpu_values(&k, |k: &[f32]| {
+                    with_cpu_values(&v, |v: &[f32]| {
+                        rotary_full_attention(q, k, v, &cos, &sin, n, self.n_heads, l, dh, scale as f32)
+                    })
+                })
+            })???;
             let out = Tensor::from_vec(out, (n, l, c), x.device())?.to_dtype(x.dtype())?;
             return self.o_proj.forward(&out);
         }

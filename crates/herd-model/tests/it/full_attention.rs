@@ -104,3 +104,51 @@ fn full_attention_rejects_a_short_key_buffer() {
     let q = values(2 * 5 * 8, 1);
     full_attention_on(Isa::Portable, &q, &q[1..], &q, 1, 2, 5, 8, 1.0);
 }
+
+#[test]
+fn rotary_attention_on_token_major_heads_is_rope_then_the_head_major_kernel() {
+    use candle_core::{Device, Tensor};
+    use herd_model::kernels::full_attention::rotary_full_attention_on;
+    // (sequences, heads, length, head dim): Scout's vision head, and small odd shapes.
+    for &(b, h, l, dh) in &[(1, 2, 37, 88), (2, 3, 5, 8), (1, 1, 1, 2), (1, 4, 20, 16)] {
+        let n = b * h * l * dh;
+        let (q, k, v) = (values(n, 7 + l as u64), values(n, 8), values(n, 9 + dh as u64));
+        let angles: Vec<f32> = (0..l * dh / 2).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let scale = 1.0 / (dh as f32).sqrt();
+        // The slow twin: candle's rope_i on [B, H, L, Dh] heads, then the head-major kernel.
+        let dev = Device::Cpu;
+        let (ct, st) = (
+            Tensor::from_vec(cos.clone(), (l, dh / 2), &dev).unwrap(),
+            Tensor::from_vec(sin.clone(), (l, dh / 2), &dev).unwrap(),
+        );
+        let heads = |x: &[f32]| {
+            Tensor::from_vec(x.to_vec(), (b, l, h, dh), &dev)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let qh = flat(candle_nn::rotary_emb::rope_i(&heads(&q), &ct, &st).unwrap());
+        let kh = flat(candle_nn::rotary_emb::rope_i(&heads(&k), &ct, &st).unwrap());
+        let vh = flat(heads(&v));
+        for isa in Isa::supported() {
+            let slow = full_attention_on(isa, &qh, &kh, &vh, b, h, l, dh, scale);
+            let fast = rotary_full_attention_on(isa, &q, &k, &v, &cos, &sin, b, h, l, dh, scale);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&slow), "{isa} {b}×{h}×{l}×{dh}");
+            // Mutation twin: without the rotation the outputs move (where there are two keys).
+            if l > 1 {
+                let (ones, zeros) = (vec![1.0; cos.len()], vec![0.0; sin.len()]);
+                let plain = rotary_full_attention_on(isa, &q, &k, &v, &ones, &zeros, b, h, l, dh, scale);
+                assert!(
+                    max_diff(&plain, &fast) > 1e-4,
+                    "{isa}: the rotation changed nothing"
+                );
+            }
+        }
+    }
+}

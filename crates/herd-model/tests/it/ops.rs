@@ -183,3 +183,42 @@ fn gelu_matches_candles_erf_gelu_on_every_path() {
     gelu_erf_in_place_on(Isa::current(), &mut nan);
     assert!(nan[0].is_nan());
 }
+
+#[test]
+fn bias_then_gelu_is_the_bias_added_row_by_row_then_gelu_on_every_path() {
+    use herd_model::kernels::gelu::{add_bias_then_gelu_on, gelu_erf_in_place_on};
+    use herd_model::kernels::isa::Isa;
+    // Rows wider and narrower than a pool task, a single row, and a last partial task.
+    for &(rows, n) in &[(1, 7), (3, 5632), (577, 1408), (40, 70_001)] {
+        let y: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 37 % 1001) as f32 - 500.0) * 7e-3)
+            .collect();
+        let bias: Vec<f32> = (0..n).map(|j| ((j * 13 % 97) as f32 - 48.0) * 1e-2).collect();
+        for isa in Isa::supported() {
+            for gelu in [false, true] {
+                let mut slow = y.clone();
+                for row in slow.chunks_exact_mut(n) {
+                    for (v, b) in row.iter_mut().zip(&bias) {
+                        *v += b;
+                    }
+                }
+                if gelu {
+                    gelu_erf_in_place_on(isa, &mut slow);
+                }
+                let mut fast = y.clone();
+                add_bias_then_gelu_on(isa, &mut fast, &bias, gelu);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fast), bits(&slow), "{isa} {rows}x{n} gelu {gelu}");
+                // Mutation twin: the bias of the last column reaches every row's last value.
+                let mut moved_bias = bias.clone();
+                moved_bias[n - 1] += 1.0;
+                let mut moved = y.clone();
+                add_bias_then_gelu_on(isa, &mut moved, &moved_bias, gelu);
+                for r in 0..rows {
+                    assert_ne!(moved[r * n + n - 1], fast[r * n + n - 1], "{isa} row {r}");
+                    assert_eq!(moved[r * n..r * n + n - 1], fast[r * n..r * n + n - 1]);
+                }
+            }
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod gelu;
 pub mod half_matmul;
 pub mod isa;
 pub mod kv_q8;
+pub mod layer_norm;
 pub mod q8_activations;
 pub mod quant_dot;
 pub mod quant_gemm;

@@ -1,6 +1,7 @@
 //! RMS normalisation: `x · rsqrt(mean(x²) + eps)`, computed in f32 and cast back, then (for
 //! [`RmsNorm`]) multiplied by a learned weight. Llama 4 also applies it without a weight to q
-//! and k (transformers calls that `Llama4TextL2Norm`, but it is an RMS norm).
+//! and k (transformers calls that `Llama4TextL2Norm`, but it is an RMS norm). Beside it the
+//! vision tower's layer norm ([`LayerNorm`]).
 
 use candle_core::{DType, Tensor, D};
 
@@ -38,4 +39,41 @@ pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     let mean_sq = x32.sqr()?.mean_keepdim(D::Minus1)?;
     let inv_rms = (mean_sq + eps)?.sqrt()?.recip()?;
     Ok(x32.broadcast_mul(&inv_rms)?.to_dtype(dtype)?)
+}
+
+/// Layer normalisation with a weight and a bias (the vision tower's): herd's kernel
+/// ([`crate::kernels::layer_norm`], candle's arithmetic on the barrier pool) for f32 on the
+/// CPU, candle's op otherwise.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    candle: candle_nn::LayerNorm,
+    /// α and β in f32, for the kernel.
+    alpha: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(vb: &Weights, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get(&format!("{name}.weight"), &[dim])?;
+        let bias = vb.get(&format!("{name}.bias"), &[dim])?;
+        Ok(LayerNorm {
+            alpha: weight.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            beta: bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            candle: candle_nn::LayerNorm::new(weight, bias, eps),
+            eps,
+        })
+    }
+
+    /// x: [..., D] → [..., D]
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        use candle_core::Module;
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.candle.weight().dtype() == DType::F32 {
+            let y = crate::nn::linear::with_cpu_values(x, |values: &[f32]| {
+                crate::kernels::layer_norm::layer_norm(values, &self.alpha, &self.beta, self.eps as f32)
+            })?;
+            return Ok(Tensor::from_vec(y, x.shape(), x.device())?);
+        }
+        Ok(self.candle.forward(x)?)
+    }
 }

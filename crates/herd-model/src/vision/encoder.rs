@@ -2,22 +2,18 @@
 //! bidirectional multi-head attention (biases on q/k/v/o, 2-D RoPE on q and k, scale
 //! 1/√Dh). Shapes: N tiles, L = P + 1 tokens, C width, H heads, Dh head dim.
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::LayerNorm;
+use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 use crate::kernels::full_attention::rotary_full_attention;
 use crate::nn::linear::with_cpu_values;
+use crate::nn::norm::LayerNorm;
 use crate::nn::BiasedLinear as Linear;
 use crate::weights::Weights;
 
 /// LayerNorm (eps 1e-5, torch's default: `norm_eps` in the config is unused).
 pub fn layer_norm(vb: &Weights, name: &str, dim: usize) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(
-        vb.get(&format!("{name}.weight"), &[dim])?,
-        vb.get(&format!("{name}.bias"), &[dim])?,
-        1e-5,
-    ))
+    LayerNorm::load(vb, name, dim, 1e-5)
 }
 
 /// nn.Linear with bias, its weight in the stored format like the text model's.

@@ -2,8 +2,8 @@
 //! Reference: transformers `Llama4VisionModel`, `Llama4VisionPixelShuffleMLP`,
 //! `Llama4MultiModalProjector`.
 
-use candle_core::{Module, Tensor};
-use candle_nn::LayerNorm;
+use crate::nn::norm::LayerNorm;
+use candle_core::Tensor;
 
 use super::config::VisionConfig;
 use super::encoder::{layer_norm, EncoderLayer};

@@ -222,3 +222,39 @@ fn bias_then_gelu_is_the_bias_added_row_by_row_then_gelu_on_every_path() {
         }
     }
 }
+
+#[test]
+fn layer_norm_kernel_computes_candles_bits() {
+    use herd_model::kernels::layer_norm::layer_norm;
+    // Rows fewer than, equal to and past the eight run side by side, tasks' partial last runs,
+    // a row offset far from zero (the one-pass variance's cancellation must be candle's too).
+    for &(rows, n) in &[(1, 1408), (7, 5), (8, 64), (9, 33), (577, 1408), (100, 1000)] {
+        let x: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 3e-3 + if i / n == 2 { 40.0 } else { 0.0 })
+            .collect();
+        let alpha: Vec<f32> = (0..n).map(|j| 1.0 + (j % 11) as f32 * 0.05).collect();
+        let beta: Vec<f32> = (0..n).map(|j| (j % 7) as f32 * 0.01 - 0.03).collect();
+        let dev = Device::Cpu;
+        let slow = candle_nn::ops::layer_norm(
+            &Tensor::from_vec(x.clone(), (rows, n), &dev).unwrap(),
+            &Tensor::new(alpha.as_slice(), &dev).unwrap(),
+            &Tensor::new(beta.as_slice(), &dev).unwrap(),
+            1e-5,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+        let fast = layer_norm(&x, &alpha, &beta, 1e-5);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&slow), "{rows}x{n}");
+        // Mutation twin: one value of the last row moves that row, and only that row.
+        let mut moved_x = x.clone();
+        moved_x[rows * n - 1] += 1.0;
+        let moved = layer_norm(&moved_x, &alpha, &beta, 1e-5);
+        assert_eq!(moved[..(rows - 1) * n], fast[..(rows - 1) * n]);
+        assert_ne!(moved[(rows - 1) * n..], fast[(rows - 1) * n..]);
+    }
+    assert!(layer_norm(&[], &[1.0; 4], &[0.0; 4], 1e-5).is_empty());
+}

@@ -18,6 +18,7 @@ pub mod q8_activations;
 pub mod quant_dot;
 pub mod quant_gemm;
 pub mod quant_matmul;
+pub mod rms_norm;
 pub mod row_split;
 pub mod transpose;
 pub mod transposed_matmul;

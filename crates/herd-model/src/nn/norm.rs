@@ -11,19 +11,33 @@ use crate::weights::Weights;
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
+    /// The weight's values when it is an f32 CPU tensor, for the fused kernel.
+    weight_f32: Option<Vec<f32>>,
     eps: f64,
 }
 
 impl RmsNorm {
     pub fn load(vb: &Weights, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get(&format!("{name}.weight"), &[dim])?;
+        let weight_f32 = if weight.dtype() == DType::F32 && weight.device().is_cpu() {
+            Some(weight.to_vec1::<f32>()?)
+        } else {
+            None
+        };
         Ok(RmsNorm {
-            weight: vb.get(&format!("{name}.weight"), &[dim])?,
+            weight,
+            weight_f32,
             eps,
         })
     }
 
     /// x: [..., D] → [..., D]
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(w) = &self.weight_f32 {
+            if let Some(y) = fused(x, Some(w), self.eps)? {
+                return Ok(y);
+            }
+        }
         Ok(rms_normalize(x, self.eps)?.broadcast_mul(&self.weight)?)
     }
 
@@ -39,6 +53,29 @@ pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     let mean_sq = x32.sqr()?.mean_keepdim(D::Minus1)?;
     let inv_rms = (mean_sq + eps)?.sqrt()?.recip()?;
     Ok(x32.broadcast_mul(&inv_rms)?.to_dtype(dtype)?)
+}
+
+/// [`rms_normalize`] for inference: the fused kernel ([`crate::kernels::rms_norm`], the same
+/// bits) on f32 CPU tensors that track no gradient, candle's ops otherwise.
+pub fn rms_normalize_fast(x: &Tensor, eps: f64) -> Result<Tensor> {
+    match fused(x, None, eps)? {
+        Some(y) => Ok(y),
+        None => rms_normalize(x, eps),
+    }
+}
+
+/// The fused kernel's result where it applies: an f32 CPU tensor outside autograd (herd-train
+/// differentiates through [`rms_normalize`]), on a CPU whose candle sums it reproduces.
+fn fused(x: &Tensor, weight: Option<&[f32]>, eps: f64) -> Result<Option<Tensor>> {
+    use crate::kernels::rms_norm;
+    if x.dtype() != DType::F32 || !x.device().is_cpu() || x.track_op() || !rms_norm::supported() {
+        return Ok(None);
+    }
+    let n = x.dim(D::Minus1)?;
+    let y = crate::nn::linear::with_cpu_values(x, |values: &[f32]| {
+        rms_norm::rms_norm_rows(values, n, weight, eps)
+    })?;
+    Ok(Some(Tensor::from_vec(y, x.shape(), x.device())?))
 }
 
 /// Layer normalisation with a weight and a bias (the vision tower's): herd's kernel

@@ -15,7 +15,8 @@ use crate::kernels::half_matmul::HalfElement;
 use crate::kernels::isa::Isa;
 use crate::kernels::kv_q8;
 use crate::kv_cache::{widen_q8_0, LayerCache};
-use crate::nn::{rms_normalize, Linear, RotaryTables};
+use crate::nn::norm::rms_normalize_fast;
+use crate::nn::{Linear, RotaryTables};
 use crate::step::{DecodeInputs, StepInputs};
 use crate::text::mask;
 use crate::weights::Weights;
@@ -193,8 +194,8 @@ impl Attention {
             k = rotary.apply(&k)?;
         }
         if self.uses_qk_norm {
-            q = rms_normalize(&q, self.norm_eps)?;
-            k = rms_normalize(&k, self.norm_eps)?;
+            q = rms_normalize_fast(&q, self.norm_eps)?;
+            k = rms_normalize_fast(&k, self.norm_eps)?;
         }
         if let (Some(_), Some(scales)) = (self.temperature_tuning, temperature_scales) {
             q = q.broadcast_mul(scales)?;

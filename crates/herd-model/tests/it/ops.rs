@@ -258,3 +258,58 @@ fn layer_norm_kernel_computes_candles_bits() {
     }
     assert!(layer_norm(&[], &[1.0; 4], &[0.0; 4], 1e-5).is_empty());
 }
+
+#[test]
+fn fused_rms_norm_computes_candles_bits() {
+    use herd_model::kernels::rms_norm::{rms_norm_rows, rms_norm_rows_in, SumOrder};
+    use herd_model::nn::rms_normalize;
+    // Row lengths around the 32-value runs (a tail only, runs only, both), Scout's head and
+    // model widths, values spread over magnitudes so the summation order shows in the bits.
+    let dev = Device::Cpu;
+    let mut orders_differ = false;
+    for &(rows, n) in &[
+        (1, 1),
+        (3, 31),
+        (2, 32),
+        (5, 33),
+        (24, 128),
+        (1, 2048),
+        (40, 5120),
+        (7, 100),
+    ] {
+        let x: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 10f32.powi((i % 7) as i32 - 3))
+            .collect();
+        let w: Vec<f32> = (0..n).map(|j| 0.5 + (j % 13) as f32 * 0.1).collect();
+        let xt = Tensor::from_vec(x.clone(), (rows, n), &dev).unwrap();
+        let wt = Tensor::new(w.as_slice(), &dev).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for eps in [1e-5, 1e-6] {
+            let slow = rms_normalize(&xt, eps).unwrap();
+            let slow_w = slow.broadcast_mul(&wt).unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(
+                bits(&rms_norm_rows(&x, n, None, eps)),
+                bits(&flat(&slow)),
+                "{rows}x{n}"
+            );
+            assert_eq!(
+                bits(&rms_norm_rows(&x, n, Some(&w), eps)),
+                bits(&flat(&slow_w)),
+                "{rows}x{n} weighted"
+            );
+        }
+        let lanes = rms_norm_rows_in(SumOrder::Lanes, &x, n, None, 1e-5);
+        let in_order = rms_norm_rows_in(SumOrder::InOrder, &x, n, None, 1e-5);
+        orders_differ |= bits(&lanes) != bits(&in_order);
+        // Mutation twin: one value of the last row moves that row only.
+        let mut moved_x = x.clone();
+        moved_x[rows * n - 1] += 1.0;
+        let fast = rms_norm_rows(&x, n, Some(&w), 1e-5);
+        let moved = rms_norm_rows(&moved_x, n, Some(&w), 1e-5);
+        assert_eq!(moved[..(rows - 1) * n], fast[..(rows - 1) * n]);
+        assert_ne!(moved[(rows - 1) * n..], fast[(rows - 1) * n..]);
+    }
+    // The two orders are told apart on these values, so a wrong order would fail above.
+    assert!(orders_differ);
+}

@@ -333,10 +333,11 @@ mod x86 {
                 }
                 let cols = transpose16(&r);
                 for (j, col) in cols.iter().enumerate().take(tokens - h) {
-                    let dst = out.token_row(t0 + h + j);
-                    assert!(dst.len() >= r0 + rb + lanes);
-                    // SAFETY: the mask covers lanes < `lanes`, inside dst (asserted).
-                    unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(r0 + rb).cast(), mask, *col) };
+                    let (dst, width) = out.token_row_ptr(t0 + h + j);
+                    assert!(width >= r0 + rb + lanes);
+                    // SAFETY: the mask covers lanes < `lanes`, inside the row's block (asserted);
+                    // a raw store, as the values may not be initialised yet.
+                    unsafe { _mm512_mask_storeu_epi32(dst.add(r0 + rb).cast(), mask, *col) };
                 }
             }
         }
@@ -502,7 +503,8 @@ pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &
 
 /// [`product_rows`] on the tiles ([`Isa::Amx`]) or on AVX-512 BF16 dot products
 /// ([`Isa::Avx512Bf16`], [`super::dpbf16`]): the same operands, blocks and planes, so the same
-/// sums up to their order.
+/// sums up to their order. Every value of `out`'s block is written through raw stores and none
+/// is read, so the output may come from [`super::row_split::split_columns_writing_all`].
 ///
 /// # Panics
 /// If the shapes disagree, there is no plane, or `isa` is neither of the two or not usable here.
@@ -523,12 +525,14 @@ pub fn product_rows_on(
     for plane in w {
         assert_eq!(plane.len(), rows * k);
     }
-    if t > 0 {
-        assert_eq!(out.token_row(0).len(), rows);
-    }
+    // Every value of `out` is written, through raw stores, and none read (the contract of
+    // split_columns_writing_all, which the callers rely on).
+    assert_eq!(out.width(), rows);
     if k == 0 {
         for token in 0..t {
-            out.token_row(token).fill(0.0);
+            let (row, width) = out.token_row_ptr(token);
+            // SAFETY: the row's block holds `width` values.
+            unsafe { row.write_bytes(0, width) };
         }
         return;
     }
@@ -599,9 +603,11 @@ pub fn product_rows_on(
         };
         #[cfg(not(target_arch = "x86_64"))]
         for j in 0..tokens {
-            let dst = &mut out.token_row(block * TOKENS + j)[r0..r0 + group];
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = c[i * TOKENS + j];
+            let (dst, width) = out.token_row_ptr(block * TOKENS + j);
+            assert!(width >= r0 + group);
+            for i in 0..group {
+                // SAFETY: r0 + i < width, inside the row's block.
+                unsafe { dst.add(r0 + i).write(c[i * TOKENS + j]) };
             }
         }
     };

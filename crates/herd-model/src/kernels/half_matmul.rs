@@ -15,7 +15,7 @@ use half::{bf16, f16};
 
 use super::amx;
 use super::isa::Isa;
-use super::row_split::{split_columns_by, split_rows, split_rows_by};
+use super::row_split::{split_columns_writing_all, split_rows, split_rows_by};
 
 /// Weight rows widened at once in the prefill path ([PANEL_ROWS, K] f32 per task).
 const PANEL_ROWS: usize = 64;
@@ -249,11 +249,15 @@ fn block_products<W: HalfElement>(
     n: usize,
     k: usize,
 ) -> Vec<f32> {
-    split_columns_by(n, acts.tokens(), amx::rows_per_task(n), |rows, out| {
-        let planes = W::bf16_planes(&w[rows.start * k..rows.end * k]);
-        let planes: Vec<&[bf16]> = planes.iter().map(|p| &p[..]).collect();
-        amx::product_rows_on(isa, &planes, rows.len(), acts, out)
-    })
+    // SAFETY: product_rows_on writes every value of its block through raw stores and reads
+    // none (its contract).
+    unsafe {
+        split_columns_writing_all(n, acts.tokens(), amx::rows_per_task(n), |rows, out| {
+            let planes = W::bf16_planes(&w[rows.start * k..rows.end * k]);
+            let planes: Vec<&[bf16]> = planes.iter().map(|p| &p[..]).collect();
+            amx::product_rows_on(isa, &planes, rows.len(), acts, out)
+        })
+    }
 }
 
 /// Whether a prefill product goes to bf16 block products ([`amx::product_rows_on`]) rather than

@@ -36,7 +36,7 @@ use half::f16;
 use super::isa::Isa;
 use super::q8_activations::{quantize_q8_k, Q8Activations};
 use super::quant_dot::scales_mins_k4;
-use super::row_split::{split_columns_by, ColumnBlock};
+use super::row_split::{split_columns_writing_all, ColumnBlock};
 use crate::weights::QuantType;
 
 /// Rows whose levels share one 64-byte vector (one lane of i32 sums each).
@@ -292,13 +292,17 @@ pub fn matmul_t_on(isa: Isa, ty: QuantType, w: &[u8], n: usize, k: usize, x: &[f
     assert_eq!(w.len(), n * row_bytes);
     let run = |acts: &Q8Activations| {
         let terms = Terms::new(ty, acts);
-        split_columns_by(n, t, rows_per_task(n, k), |rows, out| {
-            let w = &w[rows.start * row_bytes..rows.end * row_bytes];
-            with_panel(|panel| {
-                panel.unpack(isa, ty, w, rows.len(), k);
-                product(isa, ty, panel, rows.len(), acts, &terms, out)
+        // SAFETY: `product` writes every value of its block (every token block, every band of
+        // rows) through raw copies and reads none.
+        unsafe {
+            split_columns_writing_all(n, t, rows_per_task(n, k), |rows, out| {
+                let w = &w[rows.start * row_bytes..rows.end * row_bytes];
+                with_panel(|panel| {
+                    panel.unpack(isa, ty, w, rows.len(), k);
+                    product(isa, ty, panel, rows.len(), acts, &terms, out)
+                })
             })
-        })
+        }
     };
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => {
@@ -322,7 +326,8 @@ fn with_panel<R>(f: impl FnOnce(&mut Panel) -> R) -> R {
     })
 }
 
-/// The panel's `rows` rows times every token, into `out`'s columns: token blocks outside (their
+/// The panel's `rows` rows times every token, into `out`'s columns (each value written once,
+/// by a raw copy, none read: see [`split_columns_writing_all`]): token blocks outside (their
 /// activations stay in L1), the panel's bands inside (it stays in L2).
 fn product(
     isa: Isa,
@@ -366,7 +371,11 @@ fn product(
             block(isa, ty, tt, &view, &mut c);
             let (r0, r1) = (band * BAND, ((band + 1) * BAND).min(rows));
             for (i, ci) in c.chunks_exact(BAND).take(tt).enumerate() {
-                out.token_row(t0 + i)[r0..r1].copy_from_slice(&ci[..r1 - r0]);
+                let (dst, width) = out.token_row_ptr(t0 + i);
+                assert!(r1 <= width);
+                // SAFETY: columns r0..r1 of the row lie inside its block (asserted); a raw copy,
+                // as the output is not initialised before this write.
+                unsafe { std::ptr::copy_nonoverlapping(ci.as_ptr(), dst.add(r0), r1 - r0) };
             }
         }
     }

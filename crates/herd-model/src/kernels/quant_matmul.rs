@@ -77,8 +77,10 @@ pub fn matmul_t_panels_on(isa: Isa, w: &crate::weights::QuantTensor, x: &[f32], 
     assert!(isa.is_supported());
     if isa >= Isa::Avx512Bf16 && k.is_multiple_of(amx::K_BLOCK) {
         let row_bytes = w.bytes().len() / n.max(1);
-        return amx::PackedActivations::with_packed(x, t, k, amx::Split::Rounded, |acts| {
-            super::row_split::split_columns_by(n, t, amx::panel_rows_per_task(n, k), |rows, out| {
+        // SAFETY (split_columns_writing_all): the task's only write to `out` is
+        // product_rows_on, which writes every value of its block and reads none.
+        return amx::PackedActivations::with_packed(x, t, k, amx::Split::Rounded, |acts| unsafe {
+            super::row_split::split_columns_writing_all(n, t, amx::panel_rows_per_task(n, k), |rows, out| {
                 with_panel(rows.len() * k, |panel| {
                     if dequantize::supports(w.quant_type()) {
                         let bytes = &w.bytes()[rows.start * row_bytes..rows.end * row_bytes];

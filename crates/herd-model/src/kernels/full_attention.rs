@@ -84,6 +84,7 @@ pub fn rotary_full_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    stride: usize,
     cos: &[f32],
     sin: &[f32],
     b: usize,
@@ -92,25 +93,27 @@ pub fn rotary_full_attention(
     dh: usize,
     scale: f32,
 ) -> Vec<f32> {
-    rotary_full_attention_on(Isa::current(), q, k, v, cos, sin, b, h, l, dh, scale)
+    rotary_full_attention_on(Isa::current(), q, k, v, stride, cos, sin, b, h, l, dh, scale)
 }
 
 /// The vision encoder's attention from its projections as they come out: q, k, v [B, L, H·Dh]
-/// (token-major, the heads side by side), q and k rotated on interleaved pairs by cos, sin
+/// (token-major, the heads side by side; consecutive tokens `stride` ≥ H·Dh values apart, so q,
+/// k and v can be views into one stacked product), q and k rotated on interleaved pairs by cos, sin
 /// [L, Dh/2] (`candle_nn::rotary_emb::rope_i`'s arithmetic) → o [B, L, H·Dh]. The same values as
 /// rotating, moving the heads to [B, H, L, Dh] and calling [`full_attention_on`] (the slow twin),
 /// but each task gathers and rotates its own head, so the transposes and copies no longer run
 /// on one thread while the pool waits.
 ///
 /// # Panics
-/// If q, k and v are not each B·L·H·Dh values, Dh is odd, cos and sin are not L·Dh/2 values, or
-/// this CPU lacks `isa`.
+/// If q, k or v is too short for B·L tokens `stride` apart, stride < H·Dh, Dh is odd, cos and
+/// sin are not L·Dh/2 values, or this CPU lacks `isa`.
 #[allow(clippy::too_many_arguments)]
 pub fn rotary_full_attention_on(
     isa: Isa,
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    stride: usize,
     cos: &[f32],
     sin: &[f32],
     b: usize,
@@ -120,10 +123,20 @@ pub fn rotary_full_attention_on(
     scale: f32,
 ) -> Vec<f32> {
     assert!(isa.is_supported());
-    let len = b * h * l * dh;
+    let tokens = b * l;
+    let need = if tokens == 0 {
+        0
+    } else {
+        (tokens - 1) * stride + h * dh
+    };
     assert!(
-        q.len() == len && k.len() == len && v.len() == len,
-        "q, k, v must be [B, L, H·Dh]"
+        stride >= h * dh,
+        "token stride {stride} under a token's {} values",
+        h * dh
+    );
+    assert!(
+        q.len() >= need && k.len() >= need && v.len() >= need,
+        "q, k, v must hold B·L tokens of H·Dh, {stride} apart"
     );
     assert!(dh.is_multiple_of(2), "rotary pairs need an even head dim");
     assert!(
@@ -137,7 +150,7 @@ pub fn rotary_full_attention_on(
         let (qh, rest) = heads.split_at_mut(l * dh);
         let (kh, vh) = rest.split_at_mut(l * dh);
         for i in 0..l {
-            let at = ((bi * l + i) * h + hi) * dh;
+            let at = (bi * l + i) * stride + hi * dh;
             let (c, s) = (
                 &cos[i * dh / 2..(i + 1) * dh / 2],
                 &sin[i * dh / 2..(i + 1) * dh / 2],

@@ -375,6 +375,41 @@ impl BiasedLinear {
         })
     }
 
+    /// A layer from its weight [out, in] and bias [out].
+    pub fn new(linear: Linear, bias: Tensor) -> Self {
+        BiasedLinear { linear, bias }
+    }
+
+    /// Several layers that read the same input as one, their outputs side by side ([W₁; W₂; …]
+    /// and [b₁; b₂; …]): one product instead of several, the input packed once. Each output
+    /// row's sum is the one its own layer computes (a row's products do not depend on the rows
+    /// beside it). None unless all weights are dense, in one dtype, on one device.
+    pub fn stack(parts: &[&BiasedLinear]) -> Result<Option<BiasedLinear>> {
+        let mut weights = Vec::with_capacity(parts.len());
+        for part in parts {
+            let Linear::Dense(w) = &part.linear else {
+                return Ok(None);
+            };
+            weights.push(w.clone());
+        }
+        let Some(first) = weights.first() else {
+            return Ok(None);
+        };
+        let (dtype, device) = (first.dtype(), first.device().clone());
+        if weights
+            .iter()
+            .any(|w| w.dtype() != dtype || !w.device().same_device(&device))
+            || parts.iter().any(|p| p.bias.dtype() != parts[0].bias.dtype())
+        {
+            return Ok(None);
+        }
+        let biases: Vec<Tensor> = parts.iter().map(|p| p.bias.clone()).collect();
+        Ok(Some(BiasedLinear {
+            linear: Linear::Dense(Tensor::cat(&weights, 0)?),
+            bias: Tensor::cat(&biases, 0)?,
+        }))
+    }
+
     /// x: [..., in] → [..., out]
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_act(x, false)

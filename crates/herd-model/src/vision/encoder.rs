@@ -21,12 +21,23 @@ pub fn linear_b(vb: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Resu
     Linear::load(vb, name, in_dim, out_dim)
 }
 
+/// The attention's input projections: q, k and v stacked into one product where their weights
+/// allow ([`Linear::stack`]), three otherwise.
+#[derive(Debug, Clone)]
+enum Projections {
+    /// [3C, C]: q, k and v side by side in each output row.
+    Stacked(Linear),
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
     input_layernorm: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: Projections,
     o_proj: Linear,
     post_attention_layernorm: LayerNorm,
     fc1: Linear,
@@ -38,11 +49,16 @@ impl EncoderLayer {
     pub fn load(vb: &Weights, hidden: usize, intermediate: usize, n_heads: usize) -> Result<Self> {
         let attn = vb.pp("self_attn");
         let mlp = vb.pp("mlp");
+        let q = linear_b(&attn, "q_proj", hidden, hidden)?;
+        let k = linear_b(&attn, "k_proj", hidden, hidden)?;
+        let v = linear_b(&attn, "v_proj", hidden, hidden)?;
+        let qkv = match Linear::stack(&[&q, &k, &v])? {
+            Some(stacked) => Projections::Stacked(stacked),
+            None => Projections::Separate { q, k, v },
+        };
         Ok(EncoderLayer {
             input_layernorm: layer_norm(vb, "input_layernorm", hidden)?,
-            q_proj: linear_b(&attn, "q_proj", hidden, hidden)?,
-            k_proj: linear_b(&attn, "k_proj", hidden, hidden)?,
-            v_proj: linear_b(&attn, "v_proj", hidden, hidden)?,
+            qkv,
             o_proj: linear_b(&attn, "o_proj", hidden, hidden)?,
             post_attention_layernorm: layer_norm(vb, "post_attention_layernorm", hidden)?,
             fc1: linear_b(&mlp, "fc1", hidden, intermediate)?,
@@ -88,16 +104,29 @@ impl EncoderLayer {
                 }
             };
             let (cos, sin) = (table(cos)?, table(sin)?);
-            let q = self.q_proj.forward(x)?.to_dtype(f32)?;
-            let k = self.k_proj.forward(x)?.to_dtype(f32)?;
-            let v = self.v_proj.forward(x)?.to_dtype(f32)?;
-            let out = with_cpu_values(&q, |q: &[f32]| {
-                with_cpu_values(&k, |k: &[f32]| {
-                    with_cpu_values(&v, |v: &[f32]| {
-                        rotary_full_attention(q, k, v, &cos, &sin, n, self.n_heads, l, dh, scale as f32)
-                    })
-                })
-            })???;
+            let (h, scale) = (self.n_heads, scale as f32);
+            let out = match &self.qkv {
+                Projections::Stacked(qkv) => {
+                    // [N, L, 3C]: each token's q, k and v side by side, 3C apart.
+                    let y = qkv.forward(x)?.to_dtype(f32)?;
+                    with_cpu_values(&y, |y: &[f32]| {
+                        let (q, k, v) = (y, y.get(c..).unwrap_or(&[]), y.get(2 * c..).unwrap_or(&[]));
+                        rotary_full_attention(q, k, v, 3 * c, &cos, &sin, n, h, l, dh, scale)
+                    })?
+                }
+                Projections::Separate { q, k, v } => {
+                    let q = q.forward(x)?.to_dtype(f32)?;
+                    let k = k.forward(x)?.to_dtype(f32)?;
+                    let v = v.forward(x)?.to_dtype(f32)?;
+                    with_cpu_values(&q, |q: &[f32]| {
+                        with_cpu_values(&k, |k: &[f32]| {
+                            with_cpu_values(&v, |v: &[f32]| {
+                                rotary_full_attention(q, k, v, c, &cos, &sin, n, h, l, dh, scale)
+                            })
+                        })
+                    })???
+                }
+            };
             let out = Tensor::from_vec(out, (n, l, c), x.device())?.to_dtype(x.dtype())?;
             return self.o_proj.forward(&out);
         }
@@ -115,9 +144,16 @@ impl EncoderLayer {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = candle_nn::rotary_emb::rope_i(&heads(self.q_proj.forward(x)?)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&heads(self.k_proj.forward(x)?)?, cos, sin)?;
-        let v = heads(self.v_proj.forward(x)?)?;
+        let (q, k, v) = match &self.qkv {
+            Projections::Stacked(qkv) => {
+                let y = qkv.forward(x)?;
+                (y.narrow(2, 0, c)?, y.narrow(2, c, c)?, y.narrow(2, 2 * c, c)?)
+            }
+            Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+        };
+        let q = candle_nn::rotary_emb::rope_i(&heads(q)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(k)?, cos, sin)?;
+        let v = heads(v)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // [N, H, L, L]
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((n, l, c))?)

@@ -137,13 +137,34 @@ fn rotary_attention_on_token_major_heads_is_rope_then_the_head_major_kernel() {
         let vh = flat(heads(&v));
         for isa in Isa::supported() {
             let slow = full_attention_on(isa, &qh, &kh, &vh, b, h, l, dh, scale);
-            let fast = rotary_full_attention_on(isa, &q, &k, &v, &cos, &sin, b, h, l, dh, scale);
+            let fast = rotary_full_attention_on(isa, &q, &k, &v, h * dh, &cos, &sin, b, h, l, dh, scale);
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&fast), bits(&slow), "{isa} {b}×{h}×{l}×{dh}");
+            // The same from one stacked product: each token's q, k and v side by side.
+            let c = h * dh;
+            let stacked: Vec<f32> = (0..b * l)
+                .flat_map(|i| [&q, &k, &v].map(|x| x[i * c..(i + 1) * c].to_vec()).concat())
+                .collect();
+            let from_stack = rotary_full_attention_on(
+                isa,
+                &stacked,
+                &stacked[c..],
+                &stacked[2 * c..],
+                3 * c,
+                &cos,
+                &sin,
+                b,
+                h,
+                l,
+                dh,
+                scale,
+            );
+            assert_eq!(bits(&from_stack), bits(&slow), "{isa} stacked {b}×{h}×{l}×{dh}");
             // Mutation twin: without the rotation the outputs move (where there are two keys).
             if l > 1 {
                 let (ones, zeros) = (vec![1.0; cos.len()], vec![0.0; sin.len()]);
-                let plain = rotary_full_attention_on(isa, &q, &k, &v, &ones, &zeros, b, h, l, dh, scale);
+                let plain =
+                    rotary_full_attention_on(isa, &q, &k, &v, h * dh, &ones, &zeros, b, h, l, dh, scale);
                 assert!(
                     max_diff(&plain, &fast) > 1e-4,
                     "{isa}: the rotation changed nothing"

@@ -313,3 +313,65 @@ fn fused_rms_norm_computes_candles_bits() {
     // The two orders are told apart on these values, so a wrong order would fail above.
     assert!(orders_differ);
 }
+
+#[test]
+fn stacked_biased_layers_compute_each_layers_bits() {
+    use herd_model::nn::matmul_precision::{self, MatmulPrecision};
+    use herd_model::nn::{BiasedLinear, Linear};
+    let dev = Device::Cpu;
+    let (c, k) = (48, 64);
+    let layer = |seed: f32, dtype: DType| {
+        let w: Vec<f32> = (0..c * k)
+            .map(|i| ((i as f32 * 0.37 + seed).sin()) * 0.2)
+            .collect();
+        let b: Vec<f32> = (0..c).map(|i| (i as f32 * 0.11 + seed).cos()).collect();
+        BiasedLinear::new(
+            Linear::from_weight(
+                Tensor::from_vec(w, (c, k), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            ),
+            Tensor::from_vec(b, c, &dev).unwrap().to_dtype(dtype).unwrap(),
+        )
+    };
+    let bits = |t: &Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    // bf16 weights (the vision tower's: bf16 blocks past the gemv rows) and f32 ones, a few
+    // tokens and many, at the exact and the medium precision.
+    for dtype in [DType::BF16, DType::F32] {
+        let parts = [layer(0.0, dtype), layer(1.0, dtype), layer(2.0, dtype)];
+        let stacked = BiasedLinear::stack(&[&parts[0], &parts[1], &parts[2]])
+            .unwrap()
+            .unwrap();
+        for t in [3, 37] {
+            let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.013).cos()).collect();
+            let x = Tensor::from_vec(x, (1, t, k), &dev).unwrap();
+            for precision in [MatmulPrecision::Highest, MatmulPrecision::Medium] {
+                matmul_precision::scoped(precision, || {
+                    let whole = stacked.forward_gelu(&x).unwrap();
+                    for (i, part) in parts.iter().enumerate() {
+                        let alone = part.forward_gelu(&x).unwrap();
+                        let slice = whole.narrow(2, i * c, c).unwrap().contiguous().unwrap();
+                        assert_eq!(bits(&slice), bits(&alone), "{dtype:?} t={t} {precision} part {i}");
+                    }
+                    // Mutation twin: the parts are not interchangeable.
+                    assert_ne!(
+                        bits(&parts[0].forward(&x).unwrap()),
+                        bits(&parts[1].forward(&x).unwrap())
+                    );
+                });
+            }
+        }
+    }
+    // Weights in two dtypes do not stack.
+    let mixed = [layer(0.0, DType::BF16), layer(1.0, DType::F32)];
+    assert!(BiasedLinear::stack(&[&mixed[0], &mixed[1]]).unwrap().is_none());
+}

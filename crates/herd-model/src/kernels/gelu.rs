@@ -22,9 +22,10 @@ pub fn gelu_erf_in_place_on(isa: Isa, values: &mut [f32]) {
         .chunks_mut(TASK_VALUES)
         .map(std::sync::Mutex::new)
         .collect();
-    candle_core::utils::barrier_pool().execute_chunked(tasks.len(), |range| {
-        for i in range {
-            let Ok(mut chunk) = tasks[i].lock() else { continue };
+    // herd's task loop, not candle's execute_chunked: called from inside a pool task it runs
+    // inline instead of waiting on the pool it is part of.
+    crate::kernels::row_split::for_each_task(tasks.len(), |i| {
+        if let Ok(mut chunk) = tasks[i].lock() {
             run(isa, &mut chunk);
         }
     });

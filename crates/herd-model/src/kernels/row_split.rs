@@ -180,36 +180,8 @@ pub fn split_columns_by(
     per_task: usize,
     f: impl Fn(Range<usize>, &mut ColumnBlock<'_>) + Sync + Send,
 ) -> Vec<f32> {
-    if n == 0 || t == 0 {
-        return vec![0f32; n * t];
-    }
-    let per_task = per_task.max(1);
-    let tasks = n.div_ceil(per_task);
-    // Each task zeroes its own columns (as split_rows_in does its rows): a prompt's outputs
-    // are megabytes, and `vec![0; n·t]` zeroed them on one thread (3 % of a vision tile).
-    let mut y_tn: Vec<f32> = Vec::with_capacity(n * t);
-    let base = SharedOut(y_tn.as_mut_ptr());
-    for_each_task(tasks, |i| {
-        let cols = i * per_task..((i + 1) * per_task).min(n);
-        for token in 0..t {
-            // SAFETY: cols ⊆ 0..n, so row `token`'s columns lie inside the t·n allocation,
-            // which outlives the call; each task index runs once, so no other task writes them.
-            unsafe { base.ptr().add(token * n + cols.start).write_bytes(0, cols.len()) };
-        }
-        // Each task index runs once, so no two blocks share a column.
-        let mut block = ColumnBlock {
-            base: base.ptr(),
-            n,
-            t,
-            cols: cols.clone(),
-            _out: std::marker::PhantomData,
-        };
-        f(cols, &mut block);
-    });
-    // SAFETY: the tasks' columns cover 0..n, every task ran (a panic would have unwound past
-    // this line) and zeroed its columns of all t rows first, so all t·n values are initialised.
-    unsafe { y_tn.set_len(n * t) };
-    y_tn
+    // SAFETY: with `zero`, every value is initialised before f sees its block.
+    unsafe { split_columns_in(n, t, per_task, true, f) }
 }
 
 /// [`split_columns_by`] for kernels that write every value of their blocks themselves: the
@@ -225,6 +197,22 @@ pub unsafe fn split_columns_writing_all(
     per_task: usize,
     f: impl Fn(Range<usize>, &mut ColumnBlock<'_>) + Sync + Send,
 ) -> Vec<f32> {
+    // SAFETY: the caller's contract.
+    unsafe { split_columns_in(n, t, per_task, false, f) }
+}
+
+/// The two above: with `zero`, each task zeroes its own columns first (as split_rows_in does
+/// its rows: `vec![0; n·t]` zeroed megabytes on one thread, 3 % of a vision tile).
+///
+/// # Safety
+/// Without `zero`, as [`split_columns_writing_all`].
+unsafe fn split_columns_in(
+    n: usize,
+    t: usize,
+    per_task: usize,
+    zero: bool,
+    f: impl Fn(Range<usize>, &mut ColumnBlock<'_>) + Sync + Send,
+) -> Vec<f32> {
     if n == 0 || t == 0 {
         return vec![0f32; n * t];
     }
@@ -234,6 +222,13 @@ pub unsafe fn split_columns_writing_all(
     let base = SharedOut(y_tn.as_mut_ptr());
     for_each_task(tasks, |i| {
         let cols = i * per_task..((i + 1) * per_task).min(n);
+        if zero {
+            for token in 0..t {
+                // SAFETY: cols ⊆ 0..n, so row `token`'s columns lie inside the t·n allocation,
+                // which outlives the call; each task index runs once, so no other task writes them.
+                unsafe { base.ptr().add(token * n + cols.start).write_bytes(0, cols.len()) };
+            }
+        }
         // Each task index runs once, so no two blocks share a column.
         let mut block = ColumnBlock {
             base: base.ptr(),
@@ -244,8 +239,9 @@ pub unsafe fn split_columns_writing_all(
         };
         f(cols, &mut block);
     });
-    // SAFETY: the tasks' columns cover 0..n, every task ran (a panic would have unwound past
-    // this line), and the caller's f wrote all t rows of its columns.
+    // SAFETY: the tasks' columns cover 0..n and every task ran (a panic would have unwound past
+    // this line); each zeroed its columns of all t rows first, or (the caller's contract) f
+    // wrote them all, so all t·n values are initialised.
     unsafe { y_tn.set_len(n * t) };
     y_tn
 }

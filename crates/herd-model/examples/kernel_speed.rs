@@ -4,7 +4,8 @@
 //! that many activation rows; ROWS defaults to 4096 there): bf16 weights against f32 and
 //! bf16-valued activations, and each quantized format through its bf16 panels, its per-token integer dots (`Q4_K/dots`) and (`Q4_K/q8k`,
 //! `Q6_K/q8k`) the integer kernel on Q8_K activations. `ATTN=4096` times one decode step's
-//! attention over an f16 cache of that many positions instead.
+//! attention over an f16 cache of that many positions instead. `MATS=64` streams that many
+//! distinct matrices of `ROWS` (at most 4096) × `K` in turn instead, as a decode step's layers.
 #![allow(clippy::unwrap_used)]
 use std::time::Instant;
 
@@ -51,6 +52,10 @@ fn main() {
     }
     if let Some(t) = tokens {
         prefill(isa, t, n, k, &w, &wb, only.as_deref());
+        return;
+    }
+    if let Some(mats) = std::env::var("MATS").ok().and_then(|v| v.parse().ok()) {
+        decode_layers(isa, mats, n.min(4096), k, &x, &wb, only.as_deref());
         return;
     }
     time("bf16", n * k * 2, &|| {
@@ -126,6 +131,45 @@ fn attention(len: usize) {
         bytes as f64 / s / 1e9,
         s * 1e3
     );
+}
+
+/// Weight-streaming speed over `mats` distinct matrices of `n` × `k` taken in turn, as a decode
+/// step meets its layers' products: each matrix a few MB, read once per step, so the time to
+/// start streaming each one (and each task's run of rows) counts, which one large matrix hides.
+fn decode_layers(isa: Isa, mats: usize, n: usize, k: usize, x: &[f32], wb: &[bf16], only: Option<&str>) {
+    let time = |name: &str, bytes: usize, f: &dyn Fn() -> Vec<f32>| {
+        if only.is_some_and(|o| o != name) {
+            return;
+        }
+        let s = seconds_per_call(5, 1.0, f);
+        println!(
+            "{name:8} {isa:9} {mats} × {n} × {k}  {:7.2} GB/s  {:8.3} ms",
+            bytes as f64 / s / 1e9,
+            s * 1e3
+        );
+    };
+    // Each its own allocation, as a checkpoint's tensors are.
+    let dense: Vec<Vec<bf16>> = (0..mats).map(|_| wb[..n * k].to_vec()).collect();
+    time("bf16", mats * n * k * 2, &|| {
+        dense
+            .iter()
+            .map(|w| half_matmul::matmul_t_on(isa, x, 1, w, n, k)[0])
+            .collect()
+    });
+    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+        if only.is_some_and(|o| o != ty.name()) {
+            continue;
+        }
+        let wide: Vec<f32> = wb[..n * k].iter().map(|v| v.to_f32()).collect();
+        let q = QuantTensor::quantize(ty, n, k, &wide, "w").unwrap();
+        let quant: Vec<Vec<u8>> = (0..mats).map(|_| q.bytes().to_vec()).collect();
+        time(ty.name(), mats * q.stored_bytes(), &|| {
+            quant
+                .iter()
+                .map(|w| quant_matmul::matmul_t_on(isa, ty, w, n, k, x, 1)[0])
+                .collect()
+        });
+    }
 }
 
 /// GFLOP/s of the prefill products: t activation rows against the n × k matrix.

@@ -34,6 +34,8 @@ fn main() -> std::process::ExitCode {
         // from this variable when first used. Single-threaded here, so setting it is sound.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    // Every command runs forward passes that free and reallocate the same buffers each step.
+    herd_model::heap::reuse_freed_buffers();
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Logits(a) => commands::logits::run(a),

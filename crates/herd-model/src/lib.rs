@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod generation_config;
+pub mod heap;
 pub mod inspect;
 pub mod json_file;
 pub mod kernels;

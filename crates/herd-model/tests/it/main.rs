@@ -13,6 +13,7 @@ mod fp8;
 mod full_attention;
 mod gguf;
 mod gguf_parity;
+mod heap;
 mod hostile;
 mod kquant;
 mod kv_dtype;

@@ -267,6 +267,77 @@ fn dense_dots_agree_across_instruction_sets() {
 }
 
 #[test]
+fn f16_narrowing_is_halfs_rounding_on_every_instruction_set() {
+    // Every finite f16 value, the midpoints to its upper neighbour (ties go to even) and the
+    // f32 values either side of them, overflow past 65504, f32 subnormals, ±0, ±∞, NaNs with
+    // payloads and a million pseudo-random bit patterns; an odd count, so every vector tail
+    // runs. Bit for bit `f16::from_f32` (NaNs: NaN either way).
+    let mut x: Vec<f32> = Vec::new();
+    for bits in 0..=u16::MAX {
+        let h = f16::from_bits(bits);
+        let next = f16::from_bits(bits.wrapping_add(1));
+        if !h.is_finite() {
+            continue;
+        }
+        let v = h.to_f32();
+        x.push(v);
+        if next.is_finite() || next.is_infinite() {
+            let upper = if next.is_infinite() {
+                65520.0 * v.signum()
+            } else {
+                next.to_f32()
+            };
+            let mid = ((f64::from(v) + f64::from(upper)) / 2.0) as f32;
+            x.extend([
+                mid,
+                f32::from_bits(mid.to_bits() + 1),
+                f32::from_bits(mid.to_bits() - 1),
+            ]);
+        }
+    }
+    x.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40,
+        -1e-45,
+        7e4,
+        -1e9,
+        f32::MAX,
+    ]);
+    x.extend([
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc0_1234),
+    ]);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    x.extend((0..1_000_001).map(|_| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        f32::from_bits((state >> 32) as u32)
+    }));
+    for isa in Isa::supported() {
+        for len in [x.len(), 1, 7, 9, 17, 33] {
+            let mut narrow = vec![f16::ZERO; len];
+            half_matmul::narrow_f16_on(isa, &x[..len], &mut narrow);
+            for (v, h) in x.iter().zip(&narrow) {
+                let want = f16::from_f32(*v);
+                assert!(
+                    want.to_bits() == h.to_bits() || (want.is_nan() && h.is_nan()),
+                    "{isa}: {v:e} ({:#x}) narrowed to {:#x}, want {:#x}",
+                    v.to_bits(),
+                    h.to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn f16_widening_is_exact_on_every_instruction_set() {
     // Every f16 bit pattern, in runs whose lengths leave every vector tail, against half's
     // scalar conversion: bit for bit (NaNs stay NaNs; hardware may quiet a signalling one).

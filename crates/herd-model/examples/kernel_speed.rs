@@ -36,15 +36,7 @@ fn main() {
     let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
     let only = std::env::var("FORMAT").ok();
     let time = |name: &str, bytes: usize, f: &dyn Fn() -> Vec<f32>| {
-        if only.as_deref().is_some_and(|o| o != name) {
-            return;
-        }
-        let s = seconds_per_call(20, 1.0, f);
-        println!(
-            "{name:8} {isa:9} {:7.2} GB/s  {:8.3} ms",
-            bytes as f64 / s / 1e9,
-            s * 1e3
-        );
+        streaming(only.as_deref(), name, &format!("{isa:9}"), bytes, 20, f)
     };
     if let Some(len) = std::env::var("ATTN").ok().and_then(|v| v.parse().ok()) {
         attention(len);
@@ -137,17 +129,9 @@ fn attention(len: usize) {
 /// step meets its layers' products: each matrix a few MB, read once per step, so the time to
 /// start streaming each one (and each task's run of rows) counts, which one large matrix hides.
 fn decode_layers(isa: Isa, mats: usize, n: usize, k: usize, x: &[f32], wb: &[bf16], only: Option<&str>) {
-    let time = |name: &str, bytes: usize, f: &dyn Fn() -> Vec<f32>| {
-        if only.is_some_and(|o| o != name) {
-            return;
-        }
-        let s = seconds_per_call(5, 1.0, f);
-        println!(
-            "{name:8} {isa:9} {mats} × {n} × {k}  {:7.2} GB/s  {:8.3} ms",
-            bytes as f64 / s / 1e9,
-            s * 1e3
-        );
-    };
+    let label = format!("{isa:9} {mats} × {n} × {k}");
+    let time =
+        |name: &str, bytes: usize, f: &dyn Fn() -> Vec<f32>| streaming(only, name, &label, bytes, 5, f);
     // Each its own allocation, as a checkpoint's tensors are.
     let dense: Vec<Vec<bf16>> = (0..mats).map(|_| wb[..n * k].to_vec()).collect();
     time("bf16", mats * n * k * 2, &|| {
@@ -212,6 +196,27 @@ fn prefill(isa: Isa, t: usize, n: usize, k: usize, w: &[f32], wb: &[bf16], only:
 
 /// Mean seconds a call of `f` takes after one warm-up call: at least `min_reps` calls and
 /// `min_secs` seconds.
+/// Times `f` (at least `min_reps` calls and a second) and prints `bytes` a call as GB/s,
+/// unless `only` names another format.
+fn streaming(
+    only: Option<&str>,
+    name: &str,
+    label: &str,
+    bytes: usize,
+    min_reps: u32,
+    f: &dyn Fn() -> Vec<f32>,
+) {
+    if only.is_some_and(|o| o != name) {
+        return;
+    }
+    let s = seconds_per_call(min_reps, 1.0, f);
+    println!(
+        "{name:8} {label}  {:7.2} GB/s  {:8.3} ms",
+        bytes as f64 / s / 1e9,
+        s * 1e3
+    );
+}
+
 fn seconds_per_call(min_reps: u32, min_secs: f64, f: &dyn Fn() -> Vec<f32>) -> f64 {
     f();
     let t0 = Instant::now();

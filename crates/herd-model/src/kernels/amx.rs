@@ -637,6 +637,7 @@ pub fn product_rows_on(
             (g * blocks + block) * ROWS * TOKENS..(g * blocks + block + 1) * ROWS * TOKENS
         };
         for kb0 in (0..kblocks).step_by(K_PANEL_BLOCKS) {
+            let last = kb0 + K_PANEL_BLOCKS >= kblocks;
             for block in 0..blocks {
                 for g in 0..groups {
                     let c = &mut c[at(block, g)];
@@ -646,12 +647,12 @@ pub fn product_rows_on(
                         c.fill(0.0);
                     }
                     product(block, g, kb0, c);
+                    if last {
+                        // Scattered while the block is in L1 (a pass of its own re-read the
+                        // whole run's accumulators: 5 % of a BF16 pp512).
+                        scatter(block, g, c, out);
+                    }
                 }
-            }
-        }
-        for block in 0..blocks {
-            for g in 0..groups {
-                scatter(block, g, &c[at(block, g)], out);
             }
         }
     });

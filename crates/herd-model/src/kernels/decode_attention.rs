@@ -375,10 +375,9 @@ pub(crate) mod registers {
         }
     }
 
-    /// Head size 16·C. Keys and values go by blocks of [`ROWS_PER_WIDEN`] rows, each block used
-    /// by all G heads while it is in L1: an f16 cache widened in registers as it is read
-    /// (`vcvtph2ps`; a widening pass into a buffer stored and reloaded every value), Q8_0
-    /// widened in registers once per row for all G heads ([`score_rows_q8`]), bf16 through
+    /// Head size 16·C. Keys and values go by blocks of [`ROWS_PER_WIDEN`] rows, each row
+    /// widened into registers once for all G query heads ([`score_rows`], [`value_rows`]): an
+    /// f16 cache by `vcvtph2ps` as it is read, Q8_0 by [`q8_row`], bf16 through
     /// [`KvRows::f32_rows`] (widened into a buffer), f32 where it lies.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn one_head_c<R: KvRows, const C: usize>(
@@ -392,25 +391,32 @@ pub(crate) mod registers {
         let dh = 16 * C;
         let len = k.len();
         let g = q_h.len() / dh;
+        let rb = kv_q8::row_bytes(dh);
         // Grown only if the cache needs widening (an f32 cache is read where it lies).
         let mut buf = Vec::new();
-        // A Q8_0 cache's per-key partial sums, four keys of each query head.
+        // Per-key partial sums, four keys of each query head.
         let mut parts = Vec::new();
         // s [G, L]
         let mut s = vec![0f32; g * len];
         for first in (0..len).step_by(ROWS_PER_WIDEN) {
             let n = ROWS_PER_WIDEN.min(len - first);
+            let s = &mut s[..];
             if let Some(rows) = k.f16_rows(h, first, n) {
-                // SAFETY (both loads): score_rows reads 16 values from at < n·Dh, in the rows.
-                score_rows::<C>(q_h, first, n, len, scale, &mut s, |at| unsafe {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(rows[at..at + 16].as_ptr().cast()))
+                assert!(rows.len() >= n * dh);
+                // SAFETY (each row closure): row r < n lies in `rows` (asserted).
+                score_rows::<C>(q_h, first, n, len, scale, s, &mut parts, |r| unsafe {
+                    f16_row::<C>(rows.as_ptr().add(r * dh))
                 });
             } else if let Some(rows) = k.q8_rows(h, first, n) {
-                score_rows_q8::<C>(q_h, first, n, len, scale, &mut s, rows, &mut parts);
+                assert!(rows.len() >= n * rb);
+                score_rows::<C>(q_h, first, n, len, scale, s, &mut parts, |r| unsafe {
+                    q8_row::<C>(rows.as_ptr().add(r * rb))
+                });
             } else {
                 let rows = k.f32_rows(Isa::Avx512, h, first, n, &mut buf);
-                score_rows::<C>(q_h, first, n, len, scale, &mut s, |at| unsafe {
-                    _mm512_loadu_ps(rows[at..at + 16].as_ptr())
+                assert!(rows.len() >= n * dh);
+                score_rows::<C>(q_h, first, n, len, scale, s, &mut parts, |r| unsafe {
+                    f32_row::<C>(rows.as_ptr().add(r * dh))
                 });
             }
         }
@@ -421,87 +427,54 @@ pub(crate) mod registers {
         for first in (0..len).step_by(ROWS_PER_WIDEN) {
             let n = ROWS_PER_WIDEN.min(len - first);
             if let Some(rows) = v.f16_rows(h, first, n) {
-                // SAFETY (both loads): value_rows reads 16 values from at < n·Dh, in the rows.
-                value_rows::<C>(&s, first, n, len, o, |at| unsafe {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(rows[at..at + 16].as_ptr().cast()))
+                assert!(rows.len() >= n * dh);
+                // SAFETY (each row closure): row r < n lies in `rows` (asserted).
+                value_rows::<C>(&s, first, n, len, o, |r| unsafe {
+                    f16_row::<C>(rows.as_ptr().add(r * dh))
                 });
             } else if let Some(rows) = v.q8_rows(h, first, n) {
-                value_rows_q8::<C>(&s, first, n, len, o, rows);
+                assert!(rows.len() >= n * rb);
+                value_rows::<C>(&s, first, n, len, o, |r| unsafe {
+                    q8_row::<C>(rows.as_ptr().add(r * rb))
+                });
             } else {
                 let rows = v.f32_rows(Isa::Avx512, h, first, n, &mut buf);
-                value_rows::<C>(&s, first, n, len, o, |at| unsafe {
-                    _mm512_loadu_ps(rows[at..at + 16].as_ptr())
+                assert!(rows.len() >= n * dh);
+                value_rows::<C>(&s, first, n, len, o, |r| unsafe {
+                    f32_row::<C>(rows.as_ptr().add(r * dh))
                 });
             }
         }
     }
 
-    /// s[g, first .. first + n] = q_g · K[first + r] · scale for the G heads, K's rows read by
-    /// `load` (offset in the block → 16 lanes as f32): each query head's vectors stay in
-    /// registers, four keys at a time so four sums are in flight.
+    /// One f16 row of 16·C values as C vectors of f32.
+    ///
+    /// # Safety
+    /// `row` must point at 16·C readable f16 values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[inline]
-    unsafe fn score_rows<const C: usize>(
-        q_h: &[f32],
-        first: usize,
-        n: usize,
-        len: usize,
-        scale: f32,
-        s: &mut [f32],
-        load: impl Fn(usize) -> __m512,
-    ) {
-        let dh = 16 * C;
-        for (gi, q_g) in q_h.chunks_exact(dh).enumerate() {
-            let mut q = [_mm512_setzero_ps(); C];
-            for (c, q) in q.iter_mut().enumerate() {
-                *q = _mm512_loadu_ps(q_g[16 * c..16 * c + 16].as_ptr());
-            }
-            let s_g = &mut s[gi * len + first..gi * len + first + n];
-            let mut r = 0;
-            while r < n {
-                let keys = (n - r).min(4);
-                let mut acc = [_mm512_setzero_ps(); 4];
-                for (c, &q_c) in q.iter().enumerate() {
-                    for (j, acc) in acc.iter_mut().enumerate().take(keys) {
-                        *acc = _mm512_fmadd_ps(q_c, load((r + j) * dh + 16 * c), *acc);
-                    }
-                }
-                let mut sums = [0f32; 4];
-                _mm_storeu_ps(sums.as_mut_ptr(), _mm_mul_ps(sum4(&acc), _mm_set1_ps(scale)));
-                s_g[r..r + keys].copy_from_slice(&sums[..keys]);
-                r += keys;
-            }
+    unsafe fn f16_row<const C: usize>(row: *const half::f16) -> [__m512; C] {
+        let mut k = [_mm512_setzero_ps(); C];
+        for (c, k) in k.iter_mut().enumerate() {
+            // SAFETY: 16 values at 16·c < 16·C, in the row (the caller's contract).
+            *k = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * c).cast())) };
         }
+        k
     }
 
-    /// o_g += Σ_r p[g, first + r] · V[first + r] for the G heads, V's rows read by `load`: each
-    /// head's output accumulates in registers over the block.
+    /// One f32 row of 16·C values as C vectors.
+    ///
+    /// # Safety
+    /// `row` must point at 16·C readable f32 values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[inline]
-    unsafe fn value_rows<const C: usize>(
-        p: &[f32],
-        first: usize,
-        n: usize,
-        len: usize,
-        o: &mut [f32],
-        load: impl Fn(usize) -> __m512,
-    ) {
-        let dh = 16 * C;
-        for (gi, o_g) in o.chunks_exact_mut(dh).enumerate() {
-            let mut acc = [_mm512_setzero_ps(); C];
-            for (c, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_loadu_ps(o_g[16 * c..16 * c + 16].as_ptr());
-            }
-            for (r, &p) in p[gi * len + first..gi * len + first + n].iter().enumerate() {
-                let p = _mm512_set1_ps(p);
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(p, load(r * dh + 16 * c), *acc);
-                }
-            }
-            for (c, acc) in acc.iter().enumerate() {
-                _mm512_storeu_ps(o_g[16 * c..16 * c + 16].as_mut_ptr(), *acc);
-            }
+    unsafe fn f32_row<const C: usize>(row: *const f32) -> [__m512; C] {
+        let mut k = [_mm512_setzero_ps(); C];
+        for (c, k) in k.iter_mut().enumerate() {
+            // SAFETY: 16 values at 16·c < 16·C, in the row (the caller's contract).
+            *k = unsafe { _mm512_loadu_ps(row.add(16 * c)) };
         }
+        k
     }
 
     /// One Q8_0 row [`kv_q8::row_bytes`]`(16·C)` as C vectors of its values d·q, each the f32
@@ -528,33 +501,33 @@ pub(crate) mod registers {
         k
     }
 
-    /// [`score_rows`] over Q8_0 rows: each key widened once into registers ([`q8_row`]) for all
-    /// G query heads, its per-head sums kept in `parts` four keys at a time and reduced by
-    /// [`sum4`]: the same operations in the same order as [`score_rows`] on the widened rows,
-    /// so the same scores bit for bit.
+    /// s[g, first .. first + n] = q_g · K[first + r] · scale for the G heads, key r of the block
+    /// widened by `row` once for all of them (a widening per head cost as much as the dot
+    /// products: `vcvtph2ps` runs at one vector a cycle). Each head's sums are kept in `parts`
+    /// four keys at a time and reduced by [`sum4`], so four sums are in flight; whatever the
+    /// storage, a score is the same sequence of multiply-adds over the same f32 values, so an
+    /// f16 or Q8_0 cache scores bit for bit what its widened f32 copy does.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn score_rows_q8<const C: usize>(
+    unsafe fn score_rows<const C: usize>(
         q_h: &[f32],
         first: usize,
         n: usize,
         len: usize,
         scale: f32,
         s: &mut [f32],
-        rows: &[u8],
         parts: &mut Vec<[__m512; 4]>,
+        row: impl Fn(usize) -> [__m512; C],
     ) {
         let dh = 16 * C;
-        let rb = kv_q8::row_bytes(dh);
         let g = q_h.len() / dh;
-        assert!(rows.len() >= n * rb);
         parts.resize(g, [_mm512_setzero_ps(); 4]);
         let mut r = 0;
         while r < n {
             let keys = (n - r).min(4);
             for j in 0..keys {
-                // SAFETY: row r + j lies in `rows` (asserted above).
-                let k = unsafe { q8_row::<C>(rows.as_ptr().add((r + j) * rb)) };
+                let k = row(r + j);
                 for (q_g, part) in q_h.chunks_exact(dh).zip(parts.iter_mut()) {
                     let mut acc = _mm512_setzero_ps();
                     for (c, k_c) in k.iter().enumerate() {
@@ -575,21 +548,19 @@ pub(crate) mod registers {
         }
     }
 
-    /// [`value_rows`] over Q8_0 rows: query heads two at a time, their outputs in registers,
-    /// each value row widened once into registers ([`q8_row`]) for both: the same operations
-    /// in the same order per head as [`value_rows`] on the widened rows.
+    /// o_g += Σ_r p[g, first + r] · V[first + r] for the G heads: query heads two at a time,
+    /// their outputs in registers, value row r of the block widened by `row` once for both.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn value_rows_q8<const C: usize>(
+    #[inline]
+    unsafe fn value_rows<const C: usize>(
         p: &[f32],
         first: usize,
         n: usize,
         len: usize,
         o: &mut [f32],
-        rows: &[u8],
+        row: impl Fn(usize) -> [__m512; C],
     ) {
         let dh = 16 * C;
-        let rb = kv_q8::row_bytes(dh);
-        assert!(rows.len() >= n * rb);
         for (pair, o_pair) in o.chunks_mut(2 * dh).enumerate() {
             let heads = o_pair.len() / dh;
             let mut acc = [[_mm512_setzero_ps(); C]; 2];
@@ -601,8 +572,7 @@ pub(crate) mod registers {
             let p_of = |hi: usize| &p[(2 * pair + hi) * len + first..(2 * pair + hi) * len + first + n];
             let (p0, p1) = (p_of(0), if heads == 2 { p_of(1) } else { p_of(0) });
             for r in 0..n {
-                // SAFETY: row r lies in `rows` (asserted above).
-                let v = unsafe { q8_row::<C>(rows.as_ptr().add(r * rb)) };
+                let v = row(r);
                 let w0 = _mm512_set1_ps(p0[r]);
                 for (acc, v_c) in acc[0].iter_mut().zip(&v) {
                     *acc = _mm512_fmadd_ps(w0, *v_c, *acc);

@@ -83,6 +83,25 @@ fn check<E: HalfElement>(narrow: fn(f32) -> E) {
         let slow = reference(&q, &view(&kb), &view(&vb), scale);
         let d = max_diff(&fast, &slow);
         assert!(d <= 1e-5 * max_abs(&slow).max(1.0), "{hkv}×{g}×{dh}×{len}: {d}");
+        // The narrow rows are widened as they are read into the multiply-adds an f32 cache of
+        // the same values takes, in the same order: the same outputs bit for bit.
+        let wide = |b: &[E]| -> Vec<f32> { b.iter().map(|x| x.to_f32_scalar()).collect() };
+        let (kw, vw) = (wide(&kb), wide(&vb));
+        let shape = view(&kb);
+        let wide_view = |data| CacheView {
+            data,
+            n_kv_heads: shape.n_kv_heads,
+            head_stride: shape.head_stride,
+            len: shape.len,
+            head_dim: shape.head_dim,
+        };
+        let widened = decode_attention(
+            &q,
+            &wide_view(&kw[first * dh..]),
+            &wide_view(&vw[first * dh..]),
+            scale,
+        );
+        assert_eq!(fast, widened, "{hkv}×{g}×{dh}×{len}");
         // Mutation twin: one value of the last visible V row of KV head 0 moves only the
         // outputs of head 0's queries.
         let mut vb2 = vb.clone();

@@ -18,7 +18,7 @@
 #    `mistralrs`) on the Q4_K_M file, printing its error where it does not run;
 # 5. prints each figure with the ratio herd ÷ llama.cpp, then one JSON line.
 #
-# Environment: THREADS (2), REPS (3), P (512), N (128), DEPTH (8192; 0 skips), DEPTH_REPS (1), WORK (where the
+# Environment: THREADS (2), REPS (3), P (512), N (128), DEPTH (8192; 0 skips), DEPTH_REPS (3), WORK (where the
 # models, the venv and the llama.cpp build go; ~16 GB; default /tmp/herd-compare), HERD (a
 # built herd binary; default: cargo build --release), LLAMA_SRC / LLAMA_BUILD (an unpacked
 # sdist's vendor/llama.cpp and a build dir configured from it, to reuse), PYTHON (a Python with the converter's requirements; default: a venv
@@ -32,7 +32,7 @@ REPS=${REPS:-3}
 P=${P:-512}
 N=${N:-128}
 DEPTH=${DEPTH:-8192}
-DEPTH_REPS=${DEPTH_REPS:-1}
+DEPTH_REPS=${DEPTH_REPS:-3}
 WORK=${WORK:-/tmp/herd-compare}
 LCP_VERSION=0.3.36
 LCP_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
@@ -226,7 +226,9 @@ for fmt_name in BF16 Q8_0 Q4_K_M; do
     depths=(0)
     if [ "$fmt_name" = Q4_K_M ] && [ "$DEPTH" -gt 0 ]; then
         # Decode after $DEPTH positions of context ($DEPTH_REPS repetitions: each one first
-        # prefills the depth, untimed).
+        # prefills the depth, untimed). herd takes its repetitions round-robin over the two
+        # depths, so the depth ÷ depth-0 ratio holds when the host's bandwidth drifts; one
+        # repetition of each put them a minute apart, and one run measured 1.02 from a drift.
         depths=(0 "$DEPTH")
         log "$fmt_name: llama-bench, decode at depth $DEPTH"
         read -r _ _ < <(REPS=$DEPTH_REPS llama_run "$file" "$RESULTS/llama-$fmt_name-d$DEPTH.json" -p 0 -n "$N" -d "0,$DEPTH")

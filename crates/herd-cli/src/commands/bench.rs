@@ -1,5 +1,6 @@
 //! `herd bench`: prompt-processing and decode speed in the manner of llama-bench — random
-//! prompt tokens, a warm-up, `-r` repetitions of each test, mean ± standard deviation — plus
+//! prompt tokens, a warm-up, `-r` repetitions of each test (taken round-robin over the tests),
+//! mean ± standard deviation — plus
 //! time to first token, peak RSS, and how much of the machine's memory bandwidth decode uses
 //! (weight bytes read per token × tokens/s ÷ the bandwidth this run probed).
 
@@ -35,6 +36,11 @@ impl Test {
 }
 
 /// Mean and sample standard deviation.
+/// The order tests run in: every test once, then again, `repetitions` rounds.
+fn round_robin(tests: usize, repetitions: u32) -> impl Iterator<Item = usize> {
+    (0..repetitions).flat_map(move |_| 0..tests)
+}
+
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n.max(1.0);
@@ -133,45 +139,50 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let total = tests.len() as u64 * u64::from(args.repetitions);
     let run_bar = bar(total, "running");
-    let mut rows = Vec::new();
-    for test in &tests {
+    // Repetitions go round-robin over the tests (all tests once, then again), not test by test:
+    // on a shared machine the memory bandwidth drifts over minutes, and a ratio of two tests
+    // (decode at depth over decode at 0) is only meaningful if the drift hits both alike.
+    let mut speeds = vec![Vec::new(); tests.len()];
+    let mut first_token_ms = vec![Vec::new(); tests.len()];
+    for i in round_robin(tests.len(), args.repetitions) {
+        let test = &tests[i];
         run_bar.set_message(test.name());
-        let mut speeds = Vec::new();
-        let mut first_token_ms = Vec::new();
-        for _ in 0..args.repetitions {
-            let mut cache = model.new_cache();
-            // The depth, untimed: pieces as generation prefills them.
-            let depth_ids = random_ids(test.depth);
-            for piece in depth_ids.chunks(herd_engine::PREFILL_PIECE) {
-                model.feed(piece, &mut cache)?;
-            }
-            if test.prompt {
-                let ids = random_ids(test.tokens);
-                let start = Instant::now();
-                let mut logits = Vec::new();
-                for piece in ids.chunks(herd_engine::PREFILL_PIECE) {
-                    logits = model.feed(piece, &mut cache)?;
-                }
-                let mut sampler = Sampler::new(SamplingParams::greedy())?;
-                let _first = sampler.sample(&logits, &ids);
-                let seconds = start.elapsed().as_secs_f64();
-                speeds.push(test.tokens as f64 / seconds);
-                first_token_ms.push(seconds * 1e3);
-            } else {
-                // As llama-bench's tg: one token at a time from the first, every step timed.
-                let mut sampler = Sampler::new(SamplingParams::greedy())?;
-                let mut next = random_ids(1)[0];
-                let start = Instant::now();
-                for _ in 0..test.tokens {
-                    let logits = model.feed(&[next], &mut cache)?;
-                    next = sampler.sample(&logits, &[]);
-                }
-                speeds.push(test.tokens as f64 / start.elapsed().as_secs_f64());
-            }
-            run_bar.inc(1);
+        let mut cache = model.new_cache();
+        // The depth, untimed: pieces as generation prefills them.
+        let depth_ids = random_ids(test.depth);
+        for piece in depth_ids.chunks(herd_engine::PREFILL_PIECE) {
+            model.feed(piece, &mut cache)?;
         }
-        rows.push((*test, mean_sd(&speeds), mean_sd(&first_token_ms)));
+        if test.prompt {
+            let ids = random_ids(test.tokens);
+            let start = Instant::now();
+            let mut logits = Vec::new();
+            for piece in ids.chunks(herd_engine::PREFILL_PIECE) {
+                logits = model.feed(piece, &mut cache)?;
+            }
+            let mut sampler = Sampler::new(SamplingParams::greedy())?;
+            let _first = sampler.sample(&logits, &ids);
+            let seconds = start.elapsed().as_secs_f64();
+            speeds[i].push(test.tokens as f64 / seconds);
+            first_token_ms[i].push(seconds * 1e3);
+        } else {
+            // As llama-bench's tg: one token at a time from the first, every step timed.
+            let mut sampler = Sampler::new(SamplingParams::greedy())?;
+            let mut next = random_ids(1)[0];
+            let start = Instant::now();
+            for _ in 0..test.tokens {
+                let logits = model.feed(&[next], &mut cache)?;
+                next = sampler.sample(&logits, &[]);
+            }
+            speeds[i].push(test.tokens as f64 / start.elapsed().as_secs_f64());
+        }
+        run_bar.inc(1);
     }
+    let rows: Vec<_> = tests
+        .iter()
+        .zip(speeds.iter().zip(&first_token_ms))
+        .map(|(test, (speeds, ttft))| (*test, mean_sd(speeds), mean_sd(ttft)))
+        .collect();
     run_bar.finish_and_clear();
     let peak = peak_rss_bytes();
 
@@ -267,4 +278,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!("{line}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repetitions_go_round_robin_over_the_tests() {
+        let order: Vec<usize> = super::round_robin(3, 2).collect();
+        assert_eq!(order, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(super::round_robin(2, 0).count(), 0);
+    }
 }

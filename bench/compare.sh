@@ -11,8 +11,8 @@
 # 3. converts it with llama.cpp's converter (convert_hf_to_gguf.py) to BF16, and quantizes that
 #    with llama-quantize to Q8_0 and Q4_K_M — the files llama.cpp users have;
 # 4. runs `llama-bench` and `herd bench` (KV cache in f16, as llama-bench's) on each file,
-#    `-p $P -n $N -t $THREADS -r $REPS`,
-#    alternating, plus a decode test at depth $DEPTH on Q4_K_M (KV cache f16, then both engines
+#    `-p $P -n $N -t $THREADS`, taking turns one repetition at a time for $REPS rounds (the
+#    table has each engine's mean), plus a decode test at depth $DEPTH on Q4_K_M (KV cache f16, then both engines
 #    with a Q8_0 cache, and each engine's depth ÷ depth-0 ratio) and a BF16 prefill at
 #    `--matmul-precision medium` (llama.cpp's rounding of activations); then mistral.rs (PyPI
 #    `mistralrs`) on the Q4_K_M file, printing its error where it does not run;
@@ -177,63 +177,93 @@ herd_run() { # file out args...  (herd reports its own peak RSS, after its bandw
 
 RESULTS=$WORK/results
 mkdir -p "$RESULTS"
+# Each run's rounds are read back by glob: no earlier run's files may stay.
+rm -f "$RESULTS"/*.json "$RESULTS"/*.json.err "$RESULTS"/*.json.rss
+max_of() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "null") print b; else if (b == "null" || a + 0 >= b + 0) print a; else print b }'; }
 rows=()
 json_rows=()
 jq_py() { "$PYTHON" -c "$1" "${@:2}"; }
-# Speed of a llama-bench JSON for a test (n_prompt, n_gen, n_depth), or null.
+# Mean speed over a run's rounds (a glob of llama-bench JSON files) for a test (n_prompt,
+# n_gen, n_depth), or null.
 llama_speed() {
-    jq_py 'import json,sys
-try:
-    rows = json.load(open(sys.argv[1]))
-except Exception:
-    print("null"); sys.exit()
-for r in rows:
-    if r["n_prompt"] == int(sys.argv[2]) and r["n_gen"] == int(sys.argv[3]) and r.get("n_depth", 0) == int(sys.argv[4]):
-        print(r["avg_ts"]); break
-else:
-    print("null")' "$@"
+    jq_py 'import glob,json,sys
+speeds = []
+for f in sorted(glob.glob(sys.argv[1])):
+    try:
+        rows = json.load(open(f))
+    except Exception:
+        continue
+    speeds += [r["avg_ts"] for r in rows if r["n_prompt"] == int(sys.argv[2]) and r["n_gen"] == int(sys.argv[3]) and r.get("n_depth", 0) == int(sys.argv[4])][:1]
+print(sum(speeds) / len(speeds) if speeds else "null")' "$@"
 }
-herd_speed() { # json-file kind n depth
-    jq_py 'import json,sys
-try:
-    line = [l for l in open(sys.argv[1]) if l.startswith("{")][-1]
-    rows = json.loads(line)["results"]
-except Exception:
-    print("null"); sys.exit()
-for r in rows:
-    if r["kind"] == sys.argv[2] and r["n_tokens"] == int(sys.argv[3]) and r["depth"] == int(sys.argv[4]):
-        print(r["tok_s"]); break
-else:
-    print("null")' "$@"
+herd_speed() { # glob kind n depth: mean over the rounds
+    jq_py 'import glob,json,sys
+speeds = []
+for f in sorted(glob.glob(sys.argv[1])):
+    try:
+        line = [l for l in open(f) if l.startswith("{")][-1]
+        rows = json.loads(line)["results"]
+    except Exception:
+        continue
+    speeds += [r["tok_s"] for r in rows if r["kind"] == sys.argv[2] and r["n_tokens"] == int(sys.argv[3]) and r["depth"] == int(sys.argv[4])][:1]
+print(sum(speeds) / len(speeds) if speeds else "null")' "$@"
 }
-herd_field() { jq_py 'import json,sys
-try:
-    line = [l for l in open(sys.argv[1]) if l.startswith("{")][-1]
-    print(json.dumps(json.loads(line).get(sys.argv[2])))
-except Exception:
-    print("null")' "$@"; }
+herd_field() { # glob name: the largest value over the rounds (peak RSS; bandwidth: the best probe)
+    jq_py 'import glob,json,sys
+values = []
+for f in sorted(glob.glob(sys.argv[1])):
+    try:
+        line = [l for l in open(f) if l.startswith("{")][-1]
+        v = json.loads(line).get(sys.argv[2])
+    except Exception:
+        continue
+    if v is not None:
+        values.append(v)
+print(json.dumps(max(values)) if values else "null")' "$@"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "null" || b == "null" || b == 0) print "—"; else printf "%.2f", a / b }'; }
 fmt() { awk -v a="$1" 'BEGIN { if (a == "null") print "—"; else printf "%.1f", a }'; }
 gb() { awk -v a="$1" 'BEGIN { if (a == "null") print "—"; else printf "%.2f", a / 1e9 }'; }
 
 for fmt_name in BF16 Q8_0 Q4_K_M; do
     file=$WORK/$(tr '[:upper:]' '[:lower:]' <<<"$fmt_name").gguf
-    log "$fmt_name: llama-bench"
-    read -r l_rss l_mode < <(llama_run "$file" "$RESULTS/llama-$fmt_name.json" -p "$P" -n "$N")
-    log "$fmt_name: herd bench"
-    herd_run "$file" "$RESULTS/herd-$fmt_name.json" -p "$P" -n "$N"
-    h_rss=$(herd_field "$RESULTS/herd-$fmt_name.json" peak_rss_bytes)
+    # The engines take turns, one repetition each, $REPS rounds (and the decode at depth
+    # $DEPTH_REPS rounds): the host's memory bandwidth drifts over minutes (46–73 GB/s within
+    # one run here), and whole runs one engine after the other put decode figures ~30 % apart.
+    l_rss=null l_mode=repack
+    for i in $(seq 1 "$REPS"); do
+        log "$fmt_name: round $i of $REPS: llama-bench"
+        read -r rss mode < <(REPS=1 llama_run "$file" "$RESULTS/llama-$fmt_name.r$i.json" -p "$P" -n "$N")
+        l_rss=$(max_of "$l_rss" "$rss")
+        if [ "$mode" != repack ]; then l_mode=$mode; fi
+        log "$fmt_name: round $i of $REPS: herd bench"
+        REPS=1 herd_run "$file" "$RESULTS/herd-$fmt_name.r$i.json" -p "$P" -n "$N"
+        if [ "$fmt_name" = BF16 ]; then
+            # llama.cpp rounds activations to bf16 before a product with bf16 weights; herd's
+            # default keeps the f32 product. `--matmul-precision medium` is llama.cpp's
+            # arithmetic: the same prefill once more at that level, in the same round.
+            log "$fmt_name: round $i of $REPS: herd bench --matmul-precision medium"
+            REPS=1 herd_run "$file" "$RESULTS/herd-$fmt_name-medium.r$i.json" -p "$P" -n 0 --matmul-precision medium
+        fi
+    done
+    h_rss=$(herd_field "$RESULTS/herd-$fmt_name.r*.json" peak_rss_bytes)
     depths=(0)
     if [ "$fmt_name" = Q4_K_M ] && [ "$DEPTH" -gt 0 ]; then
-        # Decode after $DEPTH positions of context ($DEPTH_REPS repetitions: each one first
-        # prefills the depth, untimed). herd takes its repetitions round-robin over the two
-        # depths, so the depth ÷ depth-0 ratio holds when the host's bandwidth drifts; one
-        # repetition of each put them a minute apart, and one run measured 1.02 from a drift.
+        # Decode after $DEPTH positions of context, with the f16 cache and with both caches in
+        # Q8_0 blocks (llama.cpp: -ctk/-ctv q8_0, which needs its flash attention for V; herd:
+        # --kv-dtype q8_0). Each process decodes at depth 0 and at $DEPTH (each repetition
+        # first prefills the depth, untimed), so each engine's depth ÷ depth-0 ratio comes from
+        # one process, the same minute.
         depths=(0 "$DEPTH")
-        log "$fmt_name: llama-bench, decode at depth $DEPTH"
-        read -r _ _ < <(REPS=$DEPTH_REPS llama_run "$file" "$RESULTS/llama-$fmt_name-d$DEPTH.json" -p 0 -n "$N" -d "0,$DEPTH")
-        log "$fmt_name: herd bench, decode at depth $DEPTH"
-        REPS=$DEPTH_REPS herd_run "$file" "$RESULTS/herd-$fmt_name-d$DEPTH.json" -p 0 -n "$N" -d "0,$DEPTH"
+        for i in $(seq 1 "$DEPTH_REPS"); do
+            log "$fmt_name: round $i of $DEPTH_REPS: llama-bench, decode at depth $DEPTH"
+            read -r _ _ < <(REPS=1 llama_run "$file" "$RESULTS/llama-$fmt_name-d$DEPTH.r$i.json" -p 0 -n "$N" -d "0,$DEPTH")
+            log "$fmt_name: round $i of $DEPTH_REPS: herd bench, decode at depth $DEPTH"
+            REPS=1 herd_run "$file" "$RESULTS/herd-$fmt_name-d$DEPTH.r$i.json" -p 0 -n "$N" -d "0,$DEPTH"
+            log "$fmt_name: round $i of $DEPTH_REPS: llama-bench, decode at depth $DEPTH, KV cache q8_0"
+            read -r _ _ < <(REPS=1 llama_run "$file" "$RESULTS/llama-$fmt_name-d$DEPTH-q8.r$i.json" -p 0 -n "$N" -d "0,$DEPTH" -ctk q8_0 -ctv q8_0 -fa on)
+            log "$fmt_name: round $i of $DEPTH_REPS: herd bench, decode at depth $DEPTH, --kv-dtype q8_0"
+            REPS=1 KV=q8_0 herd_run "$file" "$RESULTS/herd-$fmt_name-d$DEPTH-q8.r$i.json" -p 0 -n "$N" -d "0,$DEPTH"
+        done
     fi
     for d in "${depths[@]}"; do
         for kind in pp tg; do
@@ -241,8 +271,8 @@ for fmt_name in BF16 Q8_0 Q4_K_M; do
             if [ "$d" -gt 0 ] && [ $kind = pp ]; then continue; fi
             suffix=""
             if [ "$d" -gt 0 ]; then suffix="-d$d"; fi
-            h=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.json" $kind "$n" "$d")
-            l=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.json" "$lp" "$lg" "$d")
+            h=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.r*.json" $kind "$n" "$d")
+            l=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.r*.json" "$lp" "$lg" "$d")
             test_name="$kind$n"
             if [ "$d" -gt 0 ]; then test_name="$test_name @ d$d"; fi
             rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "$test_name" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
@@ -250,49 +280,39 @@ for fmt_name in BF16 Q8_0 Q4_K_M; do
         done
     done
     if [ "${#depths[@]}" -gt 1 ]; then
-        # The same decode at depth with both caches in Q8_0 blocks (llama.cpp: -ctk/-ctv q8_0,
-        # which needs its flash attention for V; herd: --kv-dtype q8_0), then each engine's
-        # decode at depth as a fraction of its decode at 0 (the issue's "within 15 %").
-        log "$fmt_name: llama-bench, decode at depth $DEPTH, KV cache q8_0"
-        read -r _ _ < <(REPS=$DEPTH_REPS llama_run "$file" "$RESULTS/llama-$fmt_name-d$DEPTH-q8.json" -p 0 -n "$N" -d "0,$DEPTH" -ctk q8_0 -ctv q8_0 -fa on)
-        log "$fmt_name: herd bench, decode at depth $DEPTH, --kv-dtype q8_0"
-        REPS=$DEPTH_REPS KV=q8_0 herd_run "$file" "$RESULTS/herd-$fmt_name-d$DEPTH-q8.json" -p 0 -n "$N" -d "0,$DEPTH"
-        h=$(herd_speed "$RESULTS/herd-$fmt_name-d$DEPTH-q8.json" tg "$N" "$DEPTH")
-        l=$(llama_speed "$RESULTS/llama-$fmt_name-d$DEPTH-q8.json" 0 "$N" "$DEPTH")
+        # Decode at depth with both caches in Q8_0 blocks, then each engine's decode at depth
+        # as a fraction of its decode at 0 (the issue's "within 15 %").
+        h=$(herd_speed "$RESULTS/herd-$fmt_name-d$DEPTH-q8.r*.json" tg "$N" "$DEPTH")
+        l=$(llama_speed "$RESULTS/llama-$fmt_name-d$DEPTH-q8.r*.json" 0 "$N" "$DEPTH")
         test_name="tg$N @ d$DEPTH, KV q8_0"
         rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "$test_name" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
         json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"tg$N @ d$DEPTH\",\"kv\":\"q8_0\",\"herd_tok_s\":$h,\"llama_cpp_tok_s\":$l}")
         for kv in f16 q8_0; do
-            # Each depth run decodes at depth 0 first, in the same process and minute: the
-            # ratio's two figures see the same host.
+            # Each depth process decodes at depth 0 too, in the same minute: the ratio's two
+            # figures see the same host.
             if [ $kv = f16 ]; then suffix="-d$DEPTH"; else suffix="-d$DEPTH-q8"; fi
-            hd=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.json" tg "$N" "$DEPTH")
-            ld=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.json" 0 "$N" "$DEPTH")
-            h0=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.json" tg "$N" 0)
-            l0=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.json" 0 "$N" 0)
+            hd=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.r*.json" tg "$N" "$DEPTH")
+            ld=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.r*.json" 0 "$N" "$DEPTH")
+            h0=$(herd_speed "$RESULTS/herd-$fmt_name$suffix.r*.json" tg "$N" 0)
+            l0=$(llama_speed "$RESULTS/llama-$fmt_name$suffix.r*.json" 0 "$N" 0)
             rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "d$DEPTH / d0, KV $kv" "$(ratio "$hd" "$h0")" "$(ratio "$ld" "$l0")" "")")
             json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"tg$N d$DEPTH / d0\",\"kv\":\"$kv\",\"herd\":$(ratio "$hd" "$h0" | sed 's/—/null/'),\"llama_cpp\":$(ratio "$ld" "$l0" | sed 's/—/null/')}")
         done
     fi
     if [ "$fmt_name" = BF16 ]; then
-        # llama.cpp rounds activations to bf16 before a product with bf16 weights; herd's
-        # default keeps the f32 product. `--matmul-precision medium` is llama.cpp's arithmetic:
-        # the same prefill once more at that level, beside llama.cpp's one figure.
-        log "$fmt_name: herd bench --matmul-precision medium"
-        herd_run "$file" "$RESULTS/herd-$fmt_name-medium.json" -p "$P" -n 0 --matmul-precision medium
-        h=$(herd_speed "$RESULTS/herd-$fmt_name-medium.json" pp "$P" 0)
-        l=$(llama_speed "$RESULTS/llama-$fmt_name.json" "$P" 0 0)
+        h=$(herd_speed "$RESULTS/herd-$fmt_name-medium.r*.json" pp "$P" 0)
+        l=$(llama_speed "$RESULTS/llama-$fmt_name.r*.json" "$P" 0 0)
         rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "pp$P medium" "$(fmt "$h")" "$(fmt "$l")" "$(ratio "$h" "$l")")")
         json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"pp$P\",\"herd_matmul_precision\":\"medium\",\"herd_tok_s\":$h,\"llama_cpp_tok_s\":$l}")
     fi
-    bw=$(herd_field "$RESULTS/herd-$fmt_name.json" bandwidth_bytes_s)
-    bpt=$(herd_field "$RESULTS/herd-$fmt_name.json" decode_bytes_per_token)
+    bw=$(herd_field "$RESULTS/herd-$fmt_name.r*.json" bandwidth_bytes_s)
+    bpt=$(herd_field "$RESULTS/herd-$fmt_name.r*.json" decode_bytes_per_token)
     rows+=("$(printf '| %-7s | %-22s | %12s | %12s | %7s |' "$fmt_name" "peak RSS GB" "$(gb "$h_rss")" "$(gb "$l_rss")" "$(ratio "$h_rss" "$l_rss")")")
     json_rows+=("{\"format\":\"$fmt_name\",\"test\":\"peak_rss_bytes\",\"herd\":$h_rss,\"llama_cpp\":$l_rss,\"llama_cpp_mode\":\"$l_mode\",\"herd_bandwidth_bytes_s\":$bw,\"herd_decode_bytes_per_token\":$bpt}")
     if [ "$l_mode" = no-repack ]; then
         rows+=("| $fmt_name | llama.cpp: with weight repacking it crashed (SIGSEGV); these are its --repack 0 figures |")
     elif [ "$l_mode" != repack ]; then
-        rows+=("| $fmt_name | llama.cpp failed: $(tail -c 300 "$RESULTS/llama-$fmt_name.json.err" | tr '\n' ' ' | cut -c1-120) |")
+        rows+=("| $fmt_name | llama.cpp failed: $(tail -c 300 "$RESULTS/llama-$fmt_name.r1.json.err" | tr '\n' ' ' | cut -c1-120) |")
     fi
 done
 
@@ -321,7 +341,7 @@ fi
 # --- report -------------------------------------------------------------------------------
 echo
 echo "bench-moe-2.7b · $THREADS threads · -p $P -n $N -r $REPS · KV cache f16 unless a row says q8_0 · $HERD_LABEL · llama.cpp $LLAMA_COMMIT (llama-cpp-python $LCP_VERSION sdist)"
-echo "herd's bandwidth probe: $(gb "$(herd_field "$RESULTS/herd-Q4_K_M.json" bandwidth_bytes_s)") GB/s"
+echo "herd's bandwidth probe: $(gb "$(herd_field "$RESULTS/herd-Q4_K_M.r*.json" bandwidth_bytes_s)") GB/s (the best of its rounds)"
 echo
 printf '| %-7s | %-22s | %12s | %12s | %7s |\n' format test "herd" "llama.cpp" "ratio"
 printf '| %-7s | %-22s | %12s | %12s | %7s |\n' ------- ---------------------- ------------ ------------ -------

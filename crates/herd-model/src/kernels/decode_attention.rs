@@ -400,22 +400,21 @@ pub(crate) mod registers {
         let mut s = vec![0f32; g * len];
         for first in (0..len).step_by(ROWS_PER_WIDEN) {
             let n = ROWS_PER_WIDEN.min(len - first);
-            let s = &mut s[..];
             if let Some(rows) = k.f16_rows(h, first, n) {
                 assert!(rows.len() >= n * dh);
                 // SAFETY (each row closure): row r < n lies in `rows` (asserted).
-                score_rows::<C>(q_h, first, n, len, scale, s, &mut parts, |r| unsafe {
+                score_rows::<C>(q_h, first, n, len, scale, &mut s, &mut parts, |r| unsafe {
                     f16_row::<C>(rows.as_ptr().add(r * dh))
                 });
             } else if let Some(rows) = k.q8_rows(h, first, n) {
                 assert!(rows.len() >= n * rb);
-                score_rows::<C>(q_h, first, n, len, scale, s, &mut parts, |r| unsafe {
+                score_rows::<C>(q_h, first, n, len, scale, &mut s, &mut parts, |r| unsafe {
                     q8_row::<C>(rows.as_ptr().add(r * rb))
                 });
             } else {
                 let rows = k.f32_rows(Isa::Avx512, h, first, n, &mut buf);
                 assert!(rows.len() >= n * dh);
-                score_rows::<C>(q_h, first, n, len, scale, s, &mut parts, |r| unsafe {
+                score_rows::<C>(q_h, first, n, len, scale, &mut s, &mut parts, |r| unsafe {
                     f32_row::<C>(rows.as_ptr().add(r * dh))
                 });
             }

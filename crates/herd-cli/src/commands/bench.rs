@@ -35,12 +35,12 @@ impl Test {
     }
 }
 
-/// Mean and sample standard deviation.
 /// The order tests run in: every test once, then again, `repetitions` rounds.
 fn round_robin(tests: usize, repetitions: u32) -> impl Iterator<Item = usize> {
     (0..repetitions).flat_map(move |_| 0..tests)
 }
 
+/// Mean and sample standard deviation.
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n.max(1.0);

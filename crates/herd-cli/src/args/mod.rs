@@ -166,7 +166,7 @@ pub struct BenchArgs {
     /// Context already in the cache before each test (untimed prefill), e.g. `-d 0,8192`.
     #[arg(short = 'd', long = "depth", value_delimiter = ',', default_value = "0")]
     pub depth: Vec<usize>,
-    /// Repetitions of each test, taken round-robin over the tests (mean ± standard deviation are reported).
+    /// Repetitions of each test, taken round-robin over the tests, the deepest first in each round (mean ± standard deviation are reported).
     #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repetitions: u32,
     /// Seed of the random prompt tokens.

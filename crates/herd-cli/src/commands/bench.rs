@@ -1,6 +1,6 @@
 //! `herd bench`: prompt-processing and decode speed in the manner of llama-bench — random
-//! prompt tokens, a warm-up, `-r` repetitions of each test (taken round-robin over the tests),
-//! mean ± standard deviation — plus
+//! prompt tokens, a warm-up, `-r` repetitions of each test (taken round-robin over the tests,
+//! the deepest first), mean ± standard deviation — plus
 //! time to first token, peak RSS, and how much of the machine's memory bandwidth decode uses
 //! (weight bytes read per token × tokens/s ÷ the bandwidth this run probed).
 
@@ -35,9 +35,14 @@ impl Test {
     }
 }
 
-/// The order tests run in: every test once, then again, `repetitions` rounds.
-fn round_robin(tests: usize, repetitions: u32) -> impl Iterator<Item = usize> {
-    (0..repetitions).flat_map(move |_| 0..tests)
+/// The order tests run in: every test once, then again, `repetitions` rounds; within a round
+/// the deepest first (stable otherwise). A test's untimed prefill of its depth runs just before
+/// its own timing, so the shallower tests' timings follow the deeper one's without a long
+/// prefill between them (decode at 8192 and at 0 a second apart, not the ~40 s of a prefill).
+fn run_order(depths: &[usize], repetitions: u32) -> Vec<usize> {
+    let mut round: Vec<usize> = (0..depths.len()).collect();
+    round.sort_by_key(|&i| std::cmp::Reverse(depths[i]));
+    (0..repetitions).flat_map(|_| round.iter().copied()).collect()
 }
 
 /// Mean and sample standard deviation.
@@ -139,12 +144,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let total = tests.len() as u64 * u64::from(args.repetitions);
     let run_bar = bar(total, "running");
-    // Repetitions go round-robin over the tests (all tests once, then again), not test by test:
-    // on a shared machine the memory bandwidth drifts over minutes, and a ratio of two tests
-    // (decode at depth over decode at 0) is only meaningful if the drift hits both alike.
+    // Repetitions go round-robin over the tests (all tests once, then again), not test by test,
+    // the deepest first in each round: on a shared machine the memory bandwidth drifts over
+    // minutes, and a ratio of two tests (decode at depth over decode at 0) is only meaningful
+    // if the drift hits both alike.
     let mut speeds = vec![Vec::new(); tests.len()];
     let mut first_token_ms = vec![Vec::new(); tests.len()];
-    for i in round_robin(tests.len(), args.repetitions) {
+    let depths: Vec<usize> = tests.iter().map(|t| t.depth).collect();
+    for i in run_order(&depths, args.repetitions) {
         let test = &tests[i];
         run_bar.set_message(test.name());
         let mut cache = model.new_cache();
@@ -283,9 +290,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn repetitions_go_round_robin_over_the_tests() {
-        let order: Vec<usize> = super::round_robin(3, 2).collect();
-        assert_eq!(order, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(super::round_robin(2, 0).count(), 0);
+    fn repetitions_go_round_robin_over_the_tests_deepest_first() {
+        assert_eq!(super::run_order(&[0, 0, 0], 2), [0, 1, 2, 0, 1, 2]);
+        // pp512, tg128, pp512 @ d8192, tg128 @ d8192, tg128 @ d4096.
+        assert_eq!(
+            super::run_order(&[0, 0, 8192, 8192, 4096], 2),
+            [2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+        );
+        assert!(super::run_order(&[0, 8192], 0).is_empty());
     }
 }

@@ -60,7 +60,7 @@ fn check<E: HalfElement>(narrow: fn(f32) -> E) {
                 .collect()
         };
         let (kb, vb) = (buffer(1 + len as u64), buffer(2 + len as u64));
-        fn view<E>(
+        fn view_of<E>(
             data: &[E],
             first: usize,
             hkv: usize,
@@ -76,7 +76,7 @@ fn check<E: HalfElement>(narrow: fn(f32) -> E) {
                 head_dim: dh,
             }
         }
-        let view = |data| view(data, first, hkv, cap, len, dh);
+        let view = |data| view_of(data, first, hkv, cap, len, dh);
         let q = values(hkv * g * dh, 3);
         let scale = 1.0 / (dh as f32).sqrt();
         let fast = decode_attention(&q, &view(&kb), &view(&vb), scale);
@@ -87,18 +87,10 @@ fn check<E: HalfElement>(narrow: fn(f32) -> E) {
         // the same values takes, in the same order: the same outputs bit for bit.
         let wide = |b: &[E]| -> Vec<f32> { b.iter().map(|x| x.to_f32_scalar()).collect() };
         let (kw, vw) = (wide(&kb), wide(&vb));
-        let shape = view(&kb);
-        let wide_view = |data| CacheView {
-            data,
-            n_kv_heads: shape.n_kv_heads,
-            head_stride: shape.head_stride,
-            len: shape.len,
-            head_dim: shape.head_dim,
-        };
         let widened = decode_attention(
             &q,
-            &wide_view(&kw[first * dh..]),
-            &wide_view(&vw[first * dh..]),
+            &view_of(&kw[..], first, hkv, cap, len, dh),
+            &view_of(&vw[..], first, hkv, cap, len, dh),
             scale,
         );
         assert_eq!(fast, widened, "{hkv}×{g}×{dh}×{len}");

@@ -141,6 +141,16 @@ impl LayerCache {
             .map_or(0, |(k, _)| k.dims().get(1).copied().unwrap_or(0))
     }
 
+    /// The keys and values stored for positions `start .. start + len`, [Hkv, len, Dh] each
+    /// (for Q8_0, [Hkv, len, Dh/32 · 34] bytes, as [`Self::extend`] returns them); `None`
+    /// before the first.
+    pub fn stored(&self) -> Result<Option<(Tensor, Tensor)>> {
+        match &self.kv {
+            Some((k, v)) => Ok(Some((k.narrow(1, 0, self.len)?, v.narrow(1, 0, self.len)?))),
+            None => Ok(None),
+        }
+    }
+
     /// How the buffers store values (None: as the keys come in).
     pub fn format(&self) -> Option<KvFormat> {
         self.format

@@ -35,7 +35,7 @@ use super::row_split::ColumnBlock;
 pub const K_BLOCK: usize = 32;
 /// Weight rows per tile pair (A), and tokens per tile pair (B).
 const ROWS: usize = 32;
-const TOKENS: usize = 32;
+pub(crate) const TOKENS: usize = 32;
 /// bf16 values in one packed B tile: 16 rows of 16 pairs (1 KiB).
 const TILE: usize = 512;
 
@@ -67,13 +67,16 @@ fn detect() -> bool {
 /// Activations x [t, k] split into bf16 planes and packed as tile-pair B operands:
 /// `planes × token blocks × k blocks × 2 tiles`, tile h of a (token block, k block) holding
 /// `tile[r][2j + i] = x[32·block + 16h + j][32·kb + 2r + i]` (pairs along K, as `tdpbf16ps`
-/// takes them). Tokens past t are zero.
+/// takes them). Tokens past t are zero. [`Split::Wide`] packs no planes but the f32 values
+/// themselves, for the FMA microkernels ([`super::fma_blocks`]).
 #[derive(Debug, Default)]
 pub struct PackedActivations {
     t: usize,
     k: usize,
     planes: usize,
     data: Vec<bf16>,
+    /// [`Split::Wide`]: `token blocks × k × 32` f32, x[32·block + j][kk] at (block·k + kk)·32 + j.
+    wide: Vec<f32>,
 }
 
 /// How the f32 activations become bf16 planes.
@@ -83,6 +86,9 @@ pub enum Split {
     Exact,
     /// One plane, each value rounded to the nearest bf16.
     Rounded,
+    /// No planes: the f32 values as they are, for f32 FMAs against one bf16 weight plane
+    /// ([`super::fma_blocks`]; exact activations on AVX-512 without tiles).
+    Wide,
 }
 
 impl PackedActivations {
@@ -112,13 +118,37 @@ impl PackedActivations {
     ///
     /// # Panics
     /// As [`PackedActivations::pack`], or if this CPU lacks `isa`.
-    pub fn pack_into_on(isa: Isa, mut data: Vec<bf16>, x: &[f32], t: usize, k: usize, split: Split) -> Self {
+    pub fn pack_into_on(isa: Isa, data: Vec<bf16>, x: &[f32], t: usize, k: usize, split: Split) -> Self {
+        Self::pack_buffers_on(isa, data, Vec::new(), x, t, k, split)
+    }
+
+    /// [`PackedActivations::pack_into_on`] with a buffer for each layout.
+    fn pack_buffers_on(
+        isa: Isa,
+        mut data: Vec<bf16>,
+        wide: Vec<f32>,
+        x: &[f32],
+        t: usize,
+        k: usize,
+        split: Split,
+    ) -> Self {
         assert!(isa.is_supported());
         assert_eq!(x.len(), t * k);
         assert!(k.is_multiple_of(K_BLOCK));
         let planes = match split {
             Split::Rounded => 1,
             Split::Exact => planes_needed(x),
+            Split::Wide => {
+                data.clear();
+                let wide = pack_wide(isa, wide, x, t, k);
+                return PackedActivations {
+                    t,
+                    k,
+                    planes: 0,
+                    data,
+                    wide,
+                };
+            }
         };
         let blocks = t.div_ceil(TOKENS);
         let block_len = k * TOKENS;
@@ -144,7 +174,13 @@ impl PackedActivations {
                 }
             });
         }
-        PackedActivations { t, k, planes, data }
+        PackedActivations {
+            t,
+            k,
+            planes,
+            data,
+            wide: Vec::new(),
+        }
     }
 
     /// The buffer, for the next [`PackedActivations::pack_into`].
@@ -152,20 +188,33 @@ impl PackedActivations {
         self.data
     }
 
-    /// Runs `f` on x packed into this thread's buffer, kept from call to call.
+    /// Runs `f` on x packed into this thread's buffers, kept from call to call.
     pub fn with_packed<R>(x: &[f32], t: usize, k: usize, split: Split, f: impl FnOnce(&Self) -> R) -> R {
         thread_local! {
             static BUFFER: std::cell::Cell<Vec<bf16>> = const { std::cell::Cell::new(Vec::new()) };
+            static WIDE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
         }
-        // A nested call on this thread finds the cell empty and packs into a fresh buffer.
-        let acts = Self::pack_into(BUFFER.take(), x, t, k, split);
+        // A nested call on this thread finds the cells empty and packs into fresh buffers.
+        let acts = Self::pack_buffers_on(Isa::current(), BUFFER.take(), WIDE.take(), x, t, k, split);
         let result = f(&acts);
-        BUFFER.set(acts.into_buffer());
+        BUFFER.set(acts.data);
+        WIDE.set(acts.wide);
         result
     }
 
+    /// bf16 planes packed: 0 for [`Split::Wide`].
     pub fn planes(&self) -> usize {
         self.planes
+    }
+
+    /// Whether the values are packed as f32 ([`Split::Wide`]).
+    pub fn is_wide(&self) -> bool {
+        self.planes == 0
+    }
+
+    /// The f32 values of [`Split::Wide`] (empty otherwise), as [`PackedActivations`] describes.
+    pub fn wide(&self) -> &[f32] {
+        &self.wide
     }
 
     /// Tokens packed (t).
@@ -176,6 +225,27 @@ impl PackedActivations {
     fn plane_len(&self) -> usize {
         self.t.div_ceil(TOKENS) * self.k * TOKENS
     }
+}
+
+/// x [t, k] into `wide` as [`Split::Wide`] lays it out ([`super::fma_blocks::pack_block_on`]
+/// per block of 32 tokens, the blocks in parallel as the planes are).
+fn pack_wide(isa: Isa, mut wide: Vec<f32>, x: &[f32], t: usize, k: usize) -> Vec<f32> {
+    let block_len = super::fma_blocks::block_len(k);
+    wide.resize(t.div_ceil(TOKENS) * block_len, 0.0);
+    if block_len == 0 {
+        return wide;
+    }
+    let tasks: Vec<Mutex<&mut [f32]>> = wide.chunks_exact_mut(block_len).map(Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(tasks.len(), |range| {
+        for b in range {
+            // Each task's lock is taken once, by the one thread that runs it.
+            let Ok(mut out) = tasks[b].lock() else { continue };
+            let rows = &x[b * TOKENS * k..((b + 1) * TOKENS).min(t) * k];
+            super::fma_blocks::pack_block_on(isa, rows, k, &mut out);
+        }
+    });
+    drop(tasks);
+    wide
 }
 
 /// [`pack_block`] built for `isa`: sixteen tokens at a time through registers on AVX-512, the
@@ -251,7 +321,8 @@ mod x86 {
                     let hi = _mm512_castps_si512(_mm512_loadu_ps(src.add(16)));
                     match split {
                         Split::Rounded => pairs[0][j] = join(round(lo), round(hi)),
-                        Split::Exact => {
+                        // (Wide values are packed by fma_blocks, never here.)
+                        Split::Exact | Split::Wide => {
                             let (mut rest_lo, mut rest_hi) = (lo, hi);
                             for plane in pairs.iter_mut().take(planes) {
                                 let part_lo = next_plane(&mut rest_lo);
@@ -503,11 +574,14 @@ pub fn product_rows(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &
 
 /// [`product_rows`] on the tiles ([`Isa::Amx`]) or on AVX-512 BF16 dot products
 /// ([`Isa::Avx512Bf16`], [`super::dpbf16`]): the same operands, blocks and planes, so the same
-/// sums up to their order. Every value of `out`'s block is written through raw stores and none
-/// is read, so the output may come from [`super::row_split::split_columns_writing_all`].
+/// sums up to their order. Activations packed [`Split::Wide`] go to f32 FMAs instead
+/// ([`super::fma_blocks`], any AVX-512 level), against one weight plane. Every value of `out`'s
+/// block is written through raw stores and none is read, so the output may come from
+/// [`super::row_split::split_columns_writing_all`].
 ///
 /// # Panics
-/// If the shapes disagree, there is no plane, or `isa` is neither of the two or not usable here.
+/// If the shapes disagree, there is no plane, `isa` is neither of the two or not usable here,
+/// or (wide activations) `isa` has no AVX-512 or there is more than one weight plane.
 pub fn product_rows_on(
     isa: Isa,
     w: &[&[bf16]],
@@ -516,7 +590,10 @@ pub fn product_rows_on(
     out: &mut ColumnBlock<'_>,
 ) {
     let (t, k) = (acts.t, acts.k);
+    let wide = acts.is_wide();
     match isa {
+        // Wide activations meet their one weight plane on f32 FMAs, which every AVX-512 has.
+        _ if wide => assert!(isa >= Isa::Avx512 && isa.is_supported() && w.len() == 1),
         Isa::Amx => assert!(usable()),
         Isa::Avx512Bf16 => assert!(super::dpbf16::usable()),
         _ => panic!("no bf16 block products on {isa}"),
@@ -568,6 +645,26 @@ pub fn product_rows_on(
                 &tails[i][..]
             };
             let a = &a[kb0 * K_BLOCK..];
+            if wide {
+                let b = &acts.wide[(block * kblocks + kb0) * K_BLOCK * TOKENS..];
+                assert!(b.len() >= nkb * K_BLOCK * TOKENS);
+                assert_eq!(c.len(), ROWS * TOKENS);
+                // SAFETY: the CPU has AVX-512 F (asserted above); a holds 32 rows k bf16 apart,
+                // each with the panel's 32·nkb values from its start, b the panel's nkb K
+                // blocks of 32 tokens' f32 (asserted; the kernel casts the pointer back), c is
+                // 32×32 f32 (asserted), nkb ≥ 1.
+                unsafe {
+                    super::fma_blocks::microkernel(half)(
+                        a.as_ptr(),
+                        k * 2,
+                        b.as_ptr().cast(),
+                        0,
+                        nkb,
+                        c.as_mut_ptr(),
+                    )
+                };
+                continue;
+            }
             // Activation planes j with i + j ≤ 2 (the rest are below 2⁻²⁴ of the product).
             let b_planes = acts.planes.min(3 - i.min(2));
             let b = &acts.data[(block * kblocks + kb0) * 2 * TILE..];
@@ -612,7 +709,7 @@ pub fn product_rows_on(
         }
     };
     // SAFETY: usable() is asserted above for the tiles.
-    let _session = (isa == Isa::Amx).then(|| unsafe { TileSession::start() });
+    let _session = (isa == Isa::Amx && !wide).then(|| unsafe { TileSession::start() });
     if rows * k * 2 * w.len() <= L2_WEIGHT_BYTES {
         // Token blocks outside, weight groups inside: the run of rows stays in L2 while each
         // block of packed activations is streamed through once.
@@ -884,7 +981,7 @@ microkernel_half!(tile_32x16_2, 0 1);
 microkernel_half!(tile_32x16_3, 0 1 2);
 
 /// The slow twin of [`product_rows`]: the same bf16 operands (each side's planes summed back to
-/// f32) multiplied in f32, one dot at a time, into y [t, rows].
+/// f32, or the wide f32 values) multiplied in f32, one dot at a time, into y [t, rows].
 pub fn product_rows_slow(w: &[&[bf16]], rows: usize, acts: &PackedActivations, out: &mut [f32]) {
     let (t, k) = (acts.t, acts.k);
     let kblocks = k / K_BLOCK;
@@ -893,6 +990,9 @@ pub fn product_rows_slow(w: &[&[bf16]], rows: usize, acts: &PackedActivations, o
         let (h, j) = (j / 16, j % 16);
         let x: Vec<f32> = (0..k)
             .map(|kk| {
+                if acts.is_wide() {
+                    return acts.wide[(block * k + kk) * TOKENS + 16 * h + j];
+                }
                 let (kb, r, i) = (kk / K_BLOCK, (kk % K_BLOCK) / 2, kk % 2);
                 let at = (block * kblocks + kb) * 2 * TILE + h * TILE + r * 32 + 2 * j + i;
                 (0..acts.planes)

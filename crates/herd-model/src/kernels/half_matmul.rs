@@ -5,9 +5,9 @@
 //!
 //! Decode (few rows of x) streams each weight row once, dotting it with every x row
 //! ([`Isa`]-specific intrinsics); prefill widens panels of [`PANEL_ROWS`] weight rows and hands
-//! them to the `gemm` crate's f32 kernel, or runs on bf16 block products where they win
-//! (AMX tiles; AVX-512 BF16 up to three passes: `bf16_blocks_win`). Either way each thread takes a run of weight rows
-//! ([`split_rows`]) and writes its own column block.
+//! them to the `gemm` crate's f32 kernel, or runs on block products where they win (AMX tiles,
+//! AVX-512 BF16 dot products, f32 FMAs against bf16 weights: `block_split`). Either way each
+//! thread takes a run of weight rows ([`split_rows`]) and writes its own column block.
 
 use std::borrow::Cow;
 
@@ -243,12 +243,15 @@ pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: us
                 }
             }
         })
-    } else if k.is_multiple_of(amx::K_BLOCK) && bf16_blocks_win(isa, x, w) {
-        // On tiles, both sides split exactly into bf16 planes (bf16 weights read where they
-        // lie): the f32 product up to summation order.
-        amx::PackedActivations::with_packed(x, t, k, amx::Split::Exact, |acts| {
-            block_products(isa, acts, w, n, k)
-        })
+    } else if let Some(split) = k
+        .is_multiple_of(amx::K_BLOCK)
+        .then(|| block_split(isa, x, w))
+        .flatten()
+    {
+        // Both sides split exactly into bf16 planes (bf16 weights read where they lie), or
+        // the f32 activations as they are against bf16 weights on FMAs: the f32 product up to
+        // summation order.
+        amx::PackedActivations::with_packed(x, t, k, split, |acts| block_products(isa, acts, w, n, k))
     } else {
         // Fixed-height panels: the gemm kernel's summation order depends on the panel shape,
         // and a checkpoint must compute the same whatever the thread count.
@@ -314,19 +317,30 @@ fn block_products<W: HalfElement>(
     }
 }
 
-/// Whether a prefill product goes to bf16 block products ([`amx::product_rows_on`]) rather than
-/// f32 panels. Always on tiles, whose pass costs a fifth of an f32 FMA's. On AVX-512 BF16 a
-/// `vdpbf16ps` does twice an FMA's work and the microkernel runs nearer its peak than the gemm
-/// crate's f32 kernel (`kernel_speed`, TOKENS=512, Zen 4: 320 GFLOP/s one pass, 130 three,
-/// f32 panels 94), so blocks win up to three passes: one-plane weights (bf16 values: exact
-/// against any activations) or one-plane activations (`--dtype bf16`). f16 and f32 weights
-/// against f32 activations take five or six and stay on f32 panels. The test looks at values,
-/// not the stored dtype, so a matrix computes the same whichever dtype holds it.
-fn bf16_blocks_win<W: HalfElement>(isa: Isa, x: &[f32], w: &[W]) -> bool {
+/// How a prefill product's activations are packed for block products
+/// ([`amx::product_rows_on`]), or `None` for f32 panels. Always exact planes on tiles, whose
+/// pass costs a fifth of an f32 FMA's. Against one-plane weights (bf16 values) every AVX-512
+/// level has the FMA blocks ([`super::fma_blocks`], two instructions per 32 multiply-adds),
+/// and on AVX-512 BF16 one or two activation planes of `vdpbf16ps` do as well or better (one
+/// or two instructions), so only activations needing all three go wide. `kernel_speed`,
+/// TOKENS=512, two Zen 5 cores: bf16 weights against f32 activations 327 GFLOP/s in three
+/// passes, 430 on FMAs (the gemm crate's f32 panels took 94 on Zen 4). One-plane activations
+/// (`--dtype bf16`) take one pass against any weights. f16 and f32 weights against f32
+/// activations would take five or six and stay on f32 panels. The choice looks at values, not
+/// the stored dtype, so a matrix computes the same whichever dtype holds it.
+fn block_split<W: HalfElement>(isa: Isa, x: &[f32], w: &[W]) -> Option<amx::Split> {
     match isa {
-        Isa::Amx => true,
-        Isa::Avx512Bf16 => W::is_bf16(w) || amx::planes_needed(x) == 1,
-        _ => false,
+        Isa::Amx => Some(amx::Split::Exact),
+        // One-plane activations are bf16 values already, which rounding packs as they are
+        // (the exact split's one plane) without scanning them again.
+        Isa::Avx512Bf16 => match (W::is_bf16(w), amx::planes_needed(x)) {
+            (_, 1) => Some(amx::Split::Rounded),
+            (true, 2) => Some(amx::Split::Exact),
+            (true, _) => Some(amx::Split::Wide),
+            (false, _) => None,
+        },
+        Isa::Avx512 => W::is_bf16(w).then_some(amx::Split::Wide),
+        _ => None,
     }
 }
 

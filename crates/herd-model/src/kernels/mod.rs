@@ -8,6 +8,7 @@ pub mod causal_attention;
 pub mod decode_attention;
 pub mod dequantize;
 pub mod dpbf16;
+pub mod fma_blocks;
 pub mod full_attention;
 pub mod gelu;
 pub mod half_matmul;

@@ -25,6 +25,24 @@ fn block_isas() -> Vec<Isa> {
     isas
 }
 
+/// The levels with block products this CPU has: AVX-512 (f32 FMAs against bf16 weights, on
+/// wide activations only), AVX-512 BF16 and AMX.
+fn product_isas() -> Vec<Isa> {
+    [Isa::Avx512, Isa::Avx512Bf16, Isa::Amx]
+        .into_iter()
+        .filter(|i| i.is_supported())
+        .collect()
+}
+
+/// The activation packings `isa`'s block products take.
+fn splits_on(isa: Isa) -> Vec<Split> {
+    if isa >= Isa::Avx512Bf16 {
+        vec![Split::Exact, Split::Rounded, Split::Wide]
+    } else {
+        vec![Split::Wide]
+    }
+}
+
 /// Activations as f32 (three planes) and rounded to bf16 (one plane, as under `--dtype bf16`):
 /// both reach the bf16 blocks against bf16 weights.
 fn both_activations(x: &[f32]) -> [Vec<f32>; 2] {
@@ -36,7 +54,8 @@ fn both_activations(x: &[f32]) -> [Vec<f32>; 2] {
 
 #[test]
 fn tile_product_agrees_with_its_slow_twin() {
-    for isa in block_isas() {
+    block_isas();
+    for isa in product_isas() {
         block_product_agrees_with_its_slow_twin(isa);
     }
 }
@@ -58,7 +77,7 @@ fn block_product_agrees_with_its_slow_twin(isa: Isa) {
             .iter()
             .map(|&v| bf16::from_f32(v))
             .collect();
-        for split in [Split::Exact, Split::Rounded] {
+        for split in splits_on(isa) {
             let acts = PackedActivations::pack(&x, t, k, split);
             let mut fast = vec![f32::NAN; rows * t];
             let mut slow = vec![f32::NAN; rows * t];
@@ -110,9 +129,14 @@ fn a_run_too_long_for_l2_computes_what_short_runs_do() {
     let bf: Vec<bf16> = wide.iter().map(|&v| bf16::from_f32(v)).collect();
     let three = amx::split_exact(&wide);
     assert_eq!(three.len(), 3);
-    for isa in block_isas() {
+    block_isas();
+    for isa in product_isas() {
         for planes in [vec![&bf[..]], three.iter().map(|p| &p[..]).collect::<Vec<_>>()] {
-            for split in [Split::Exact, Split::Rounded] {
+            // Wide activations meet one weight plane.
+            for split in splits_on(isa)
+                .into_iter()
+                .filter(|&s| s != Split::Wide || planes.len() == 1)
+            {
                 let acts = PackedActivations::pack(&x, t, k, split);
                 let mut long = vec![f32::NAN; rows * t];
                 amx::product_rows_on(
@@ -188,7 +212,8 @@ fn exact_split_takes_the_planes_the_values_need() {
 
 #[test]
 fn bf16_weights_on_tiles_reproduce_the_f32_product() {
-    for isa in block_isas() {
+    block_isas();
+    for isa in product_isas() {
         bf16_weights_in_blocks_reproduce_the_f32_product(isa);
     }
 }
@@ -204,12 +229,18 @@ fn bf16_weights_in_blocks_reproduce_the_f32_product(isa: Isa) {
         let w: Vec<bf16> = values(n * k, 12).iter().map(|&v| bf16::from_f32(v)).collect();
         let slow = half_matmul::matmul_t_slow(&x, t, &w, n, k);
         let fast = half_matmul::matmul_t_on(isa, &x, t, &w, n, k);
-        // The blocks, not the f32 panels: their summation order differs.
-        assert_ne!(
-            fast,
-            half_matmul::matmul_t_on(Isa::Avx512, &x, t, &w, n, k),
-            "{isa} {t}x{n}x{k}"
-        );
+        // Where bf16 dot products run (tiles; vdpbf16ps against bf16-valued activations), the
+        // blocks, not the f32 panels (which AVX2 takes): their summation order differs. (The
+        // FMA blocks sum each output in one chain along K, as the panels' kernel can: they may
+        // agree bit for bit.)
+        let bf16_valued = x.iter().all(|&v| bf16::from_f32(v).to_f32() == v);
+        if isa == Isa::Amx || (isa == Isa::Avx512Bf16 && bf16_valued) {
+            assert_ne!(
+                fast,
+                half_matmul::matmul_t_on(Isa::Avx2, &x, t, &w, n, k),
+                "{isa} {t}x{n}x{k}"
+            );
+        }
         let tol = 2e-6 * (k as f32).sqrt() * 4.0;
         assert!(
             max_diff(&fast, &slow) <= tol,
@@ -318,7 +349,8 @@ fn split_exact_sums_back_to_every_value() {
 
 #[test]
 fn a_matrix_computes_the_same_whatever_dtype_holds_its_values() {
-    for isa in block_isas() {
+    block_isas();
+    for isa in product_isas() {
         same_whatever_dtype_holds_the_values(isa);
     }
 }
@@ -535,4 +567,78 @@ fn packer_on_every_isa_packs_the_scalar_packers_bits() {
     y[3] = f32::from_bits(y[3].to_bits() ^ 1);
     let pack = |v: &[f32]| PackedActivations::pack(v, 17, 32, Split::Exact).into_buffer();
     assert_ne!(pack(&x), pack(&y));
+}
+
+#[test]
+fn wide_packer_on_every_isa_lays_out_every_value() {
+    // Each token's value kk at (block·k + kk)·32 + j, bit for bit (NaN payloads too), padding
+    // tokens zero even in a reused buffer, on the scalar packer and every level's.
+    for (t, k) in [(1, 32), (5, 64), (16, 96), (17, 32), (45, 64), (70, 96)] {
+        let mut x = values(t * k, 777 + t as u64);
+        x[(3 * k + 1) % (t * k)] = f32::from_bits(0xFFC1_2345);
+        x[t * k - 1] = f32::from_bits(0x0000_0001);
+        for isa in Isa::supported() {
+            let acts = PackedActivations::pack_on(isa, &x, t, k, Split::Wide);
+            assert!(acts.is_wide() && acts.planes() == 0);
+            let wide = acts.wide();
+            assert_eq!(wide.len(), t.div_ceil(32) * k * 32, "{isa} {t}×{k}");
+            for (at, v) in wide.iter().enumerate() {
+                let (block, kk, j) = (at / (32 * k), (at / 32) % k, at % 32);
+                let token = 32 * block + j;
+                let want = if token < t { x[token * k + kk] } else { 0.0 };
+                assert_eq!(v.to_bits(), want.to_bits(), "{isa} {t}×{k} at {at}");
+            }
+        }
+    }
+    // Mutation twin: a token moved by one position lands elsewhere.
+    let (t, k) = (17, 32);
+    let x = values(t * k, 5);
+    let mut y = x.clone();
+    y.swap(0, k);
+    let pack = |v: &[f32]| PackedActivations::pack(v, t, k, Split::Wide).wide().to_vec();
+    assert_ne!(pack(&x), pack(&y));
+}
+
+#[test]
+fn exact_activations_against_bf16_weights_take_the_fma_blocks_without_tiles() {
+    if !Isa::Avx512.is_supported() {
+        eprintln!("no AVX-512 on this machine: the FMA blocks not exercised");
+        return;
+    }
+    // f32 activations need three bf16 planes: on AVX-512 BF16 they go wide onto FMAs, the
+    // same products as AVX-512 computes, bit for bit (three vdpbf16ps passes sum in another
+    // order). Activations needing one plane stay on vdpbf16ps.
+    let (t, n, k) = (40, 70, 256);
+    let x = values(t * k, 97);
+    let w: Vec<bf16> = values(n * k, 98).iter().map(|&v| bf16::from_f32(v)).collect();
+    let on_fma = half_matmul::matmul_t_on(Isa::Avx512, &x, t, &w, n, k);
+    let mut direct = vec![f32::NAN; n * t];
+    let acts = PackedActivations::pack_on(Isa::Avx512, &x, t, k, Split::Wide);
+    amx::product_rows_on(
+        Isa::Avx512,
+        &[&w],
+        n,
+        &acts,
+        &mut ColumnBlock::whole(&mut direct, t, n),
+    );
+    assert_eq!(on_fma, direct);
+    if Isa::Avx512Bf16.is_supported() {
+        assert_eq!(half_matmul::matmul_t_on(Isa::Avx512Bf16, &x, t, &w, n, k), on_fma);
+        let three_planes = PackedActivations::pack(&x, t, k, Split::Exact);
+        assert_eq!(three_planes.planes(), 3);
+        let mut on_dots = vec![f32::NAN; n * t];
+        amx::product_rows_on(
+            Isa::Avx512Bf16,
+            &[&w],
+            n,
+            &three_planes,
+            &mut ColumnBlock::whole(&mut on_dots, t, n),
+        );
+        assert_ne!(on_dots, on_fma);
+        let xb: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        assert_ne!(
+            half_matmul::matmul_t_on(Isa::Avx512Bf16, &xb, t, &w, n, k),
+            half_matmul::matmul_t_on(Isa::Avx512, &xb, t, &w, n, k)
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! `FORMAT=Q4_K` for one format. `TOKENS=512` times the prefill products instead (GFLOP/s for
 //! that many activation rows; ROWS defaults to 4096 there): bf16 weights against f32 and
 //! bf16-valued activations, and each quantized format through its bf16 panels, its per-token integer dots (`Q4_K/dots`) and (`Q4_K/q8k`,
-//! `Q6_K/q8k`) the integer kernel on Q8_K activations. `ATTN=4096` times one decode step's
+//! `Q6_K/q8k`) the integer kernel on Q8_K activations; `FORMAT=f16` times f16 weights against
+//! f32 activations (only when asked: converting the matrix takes a while). `ATTN=4096` times one decode step's
 //! attention over an f16 cache of that many positions instead. `MATS=64` streams that many
 //! distinct matrices of `ROWS` (at most 4096) × `K` in turn instead, as a decode step's layers.
 #![allow(clippy::unwrap_used)]
@@ -176,6 +177,10 @@ fn prefill(isa: Isa, t: usize, n: usize, k: usize, w: &[f32], wb: &[bf16], only:
     };
     time("bf16", &|| half_matmul::matmul_t_on(isa, &x, t, wb, n, k));
     time("bf16/bf16x", &|| half_matmul::matmul_t_on(isa, &xb, t, wb, n, k));
+    if only == Some("f16") {
+        let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+        time("f16", &|| half_matmul::matmul_t_on(isa, &x, t, &wh, n, k));
+    }
     for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
         // Quantizing a large matrix takes seconds: only the formats asked for.
         if only.is_some_and(|o| !o.starts_with(ty.name())) {

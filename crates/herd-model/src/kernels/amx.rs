@@ -26,8 +26,9 @@
 
 use std::sync::Mutex;
 
-use half::bf16;
+use half::{bf16, f16};
 
+use super::fma_blocks::Weights;
 use super::isa::Isa;
 use super::row_split::ColumnBlock;
 
@@ -589,11 +590,46 @@ pub fn product_rows_on(
     acts: &PackedActivations,
     out: &mut ColumnBlock<'_>,
 ) {
+    product_rows_of(isa, w, bf16::ZERO, Weights::Bf16, rows, acts, out)
+}
+
+/// [`product_rows_on`] for f16 weight rows [rows, k] against wide activations
+/// ([`Split::Wide`]), on f32 FMAs ([`super::fma_blocks`]): the same blocks and order, each
+/// weight widened exactly, so f16 weights holding bf16 values compute what bf16 ones do.
+///
+/// # Panics
+/// If the shapes disagree, the activations are not wide, or `isa` has no AVX-512 or is not
+/// supported here.
+pub fn product_rows_f16_on(
+    isa: Isa,
+    w: &[f16],
+    rows: usize,
+    acts: &PackedActivations,
+    out: &mut ColumnBlock<'_>,
+) {
+    assert!(acts.is_wide(), "f16 weights take wide activations");
+    product_rows_of(isa, &[w], f16::ZERO, Weights::F16, rows, acts, out)
+}
+
+/// The body of [`product_rows_on`] over weight rows stored as `weights` (`zero` pads a short
+/// last group).
+fn product_rows_of<E: Copy>(
+    isa: Isa,
+    w: &[&[E]],
+    zero: E,
+    weights: Weights,
+    rows: usize,
+    acts: &PackedActivations,
+    out: &mut ColumnBlock<'_>,
+) {
+    const { assert!(std::mem::size_of::<E>() == 2) };
     let (t, k) = (acts.t, acts.k);
     let wide = acts.is_wide();
     match isa {
         // Wide activations meet their one weight plane on f32 FMAs, which every AVX-512 has.
         _ if wide => assert!(isa >= Isa::Avx512 && isa.is_supported() && w.len() == 1),
+        // Planes are bf16 (product_rows_f16_on asserts wide activations).
+        _ if weights != Weights::Bf16 => panic!("{weights:?} weights take wide activations"),
         Isa::Amx => assert!(usable()),
         Isa::Avx512Bf16 => assert!(super::dpbf16::usable()),
         _ => panic!("no bf16 block products on {isa}"),
@@ -617,14 +653,14 @@ pub fn product_rows_on(
     // Whole groups of 32 rows are read where they lie; a short last group from a zero-padded
     // copy (a tile pair always loads 32 rows).
     let whole = rows / ROWS * ROWS;
-    let tails: Vec<Vec<bf16>> = w
+    let tails: Vec<Vec<E>> = w
         .iter()
         .map(|plane| {
             if whole == rows {
                 return Vec::new();
             }
             let mut tail = plane[whole * k..].to_vec();
-            tail.resize(ROWS * k, bf16::ZERO);
+            tail.resize(ROWS * k, zero);
             tail
         })
         .collect();
@@ -654,8 +690,8 @@ pub fn product_rows_on(
                 // blocks of 32 tokens' f32 (asserted; the kernel casts the pointer back), c is
                 // 32×32 f32 (asserted), nkb ≥ 1.
                 unsafe {
-                    super::fma_blocks::microkernel(half)(
-                        a.as_ptr(),
+                    super::fma_blocks::microkernel(weights, half)(
+                        a.as_ptr().cast(),
                         k * 2,
                         b.as_ptr().cast(),
                         0,
@@ -683,7 +719,16 @@ pub fn product_rows_on(
             // otherwise, asserted above); a holds 32 rows k bf16 apart, each with the
             // panel's 32·nkb values from its start (kb0 + nkb ≤ kblocks), each B plane nkb
             // pairs of tiles (asserted above), c is 32×32 f32 (asserted), nkb ≥ 1.
-            unsafe { kernel(a.as_ptr(), k * 2, b.as_ptr(), plane_bytes, nkb, c.as_mut_ptr()) };
+            unsafe {
+                kernel(
+                    a.as_ptr().cast(),
+                    k * 2,
+                    b.as_ptr(),
+                    plane_bytes,
+                    nkb,
+                    c.as_mut_ptr(),
+                )
+            };
         }
     };
     // c is [rows × tokens]; y wants token-major rows.

@@ -1,8 +1,8 @@
-//! Prefill products of bf16 weights against exact f32 activations on AVX-512 f32 FMAs, for
-//! CPUs without AMX tiles. Exact f32 activations take three bf16 planes on `vdpbf16ps`, three
-//! instructions per 32 multiply-adds, where two FMAs do the same 32 with no split at all: on
-//! two Zen 5 cores `vdpbf16ps` peaks at ~1 050 GFLOP/s (350 of them the product's after three
-//! planes), f32 FMAs at ~575.
+//! Prefill products of bf16 or f16 weights against exact f32 activations on AVX-512 f32 FMAs,
+//! for CPUs without AMX tiles. Exact f32 activations take three bf16 planes on `vdpbf16ps`,
+//! three instructions per 32 multiply-adds (six for f16 weights, two planes each), where two
+//! FMAs do the same 32 with no split at all: on two Zen 5 cores `vdpbf16ps` peaks at ~1 050
+//! GFLOP/s (350 of them the product's after three planes), f32 FMAs at ~575.
 //!
 //! The microkernel keeps [`super::dpbf16`]'s contract — weight rows read where they lie, a
 //! block of 32 weight rows × 32 tokens of f32 sums continued from c — so
@@ -12,8 +12,8 @@
 //!
 //! ```text
 //! acc[row][tokens 16h..16h+16] += (w[row][2p] · x[..][2p] + w[row][2p+1] · x[..][2p+1])
-//!                                  ── each weight a bf16 widened in registers (the top half
-//!                                     of an f32), broadcast to 16 lanes ──
+//!                                  ── each weight widened in registers (bf16: the top half
+//!                                     of an f32; f16: vcvtph2ps), broadcast to 16 lanes ──
 //! ```
 //!
 //! A pair's two products are summed first (a multiply, then an FMA), then added to the
@@ -33,21 +33,34 @@ pub fn block_len(k: usize) -> usize {
     k * TOKENS
 }
 
-/// The microkernel over 32 tokens, or over the first 16 when `half`: (A, A stride in bytes, B,
-/// unused, K blocks, c), B pointing at f32 values packed by [`pack_block_on`] (passed as the
-/// signature's bf16 pointer).
-pub fn microkernel(half: bool) -> Microkernel {
+/// How the weight rows the microkernel reads are stored (2 bytes a value either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// bf16: widened by a shift (the top half of an f32).
+    Bf16,
+    /// f16: widened by `vcvtph2ps` (F16C). An f16 matrix is two bf16 planes for `vdpbf16ps`,
+    /// six passes against exact activations, so it had the gemm crate's f32 panels:
+    /// `kernel_speed TOKENS=512 FORMAT=f16` ~153 → ~357 GFLOP/s here (bf16 weights ~490).
+    F16,
+}
+
+/// The microkernel over 32 tokens, or over the first 16 when `half`, for weight rows stored as
+/// `weights`: (A, A stride in bytes, B, unused, K blocks, c), A pointing at the rows (passed
+/// as the signature's bf16 pointer whatever they hold), B at f32 values packed by
+/// [`pack_block_on`] (passed the same way).
+pub fn microkernel(weights: Weights, half: bool) -> Microkernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if half {
-            x86::block::<1>
-        } else {
-            x86::block::<2>
+        match (weights, half) {
+            (Weights::Bf16, true) => x86::block::<false, 1>,
+            (Weights::Bf16, false) => x86::block::<false, 2>,
+            (Weights::F16, true) => x86::block::<true, 1>,
+            (Weights::F16, false) => x86::block::<true, 2>,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = half;
+        let _ = (weights, half);
         unsupported
     }
 }
@@ -97,20 +110,20 @@ mod x86 {
     use crate::kernels::transpose::x86::transpose16;
 
     /// c [32 rows × 32 tokens] += A · X over `kblocks` blocks of 32 along K, for the first
-    /// `16·HALVES` tokens. A: 32 rows of bf16 at `a`, `a_stride` bytes apart; X: f32 at `b`,
-    /// 32 tokens per K value.
+    /// `16·HALVES` tokens. A: 32 rows of bf16 (f16 when `F16`) at `a`, `a_stride` bytes apart;
+    /// X: f32 at `b`, 32 tokens per K value.
     ///
     /// Registers: 16 accumulators (8 rows × 2 token halves, or 16 rows × 1), the two K values'
-    /// token vectors of a pair, and one broadcast weight pair split into its two f32s (the even
-    /// weight shifted up, the odd one masked: the integer ops, like the adds, run beside the
-    /// multiplies and FMAs).
+    /// token vectors of a pair, and one weight pair as two broadcast f32s: bf16's pair
+    /// broadcast once, its even weight shifted up and odd one masked (integer ops, which like
+    /// the adds run beside the multiplies and FMAs); f16's each broadcast and converted.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F; `a` must be readable for 32 rows of `a_stride` bytes (each
-    /// 64·kblocks bytes long), `b` for 1024·kblocks f32, and `c` readable and writable for
-    /// 32×32 f32.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn block<const HALVES: usize>(
+    /// The CPU must have AVX-512 F (and F16C, part of every AVX-512 level here); `a` must be
+    /// readable for 32 rows of `a_stride` bytes (each 64·kblocks bytes long), `b` for
+    /// 1024·kblocks f32, and `c` readable and writable for 32×32 f32.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn block<const F16: bool, const HALVES: usize>(
         a: *const bf16,
         a_stride: usize,
         b: *const bf16,
@@ -143,9 +156,23 @@ mod x86 {
                         }
                         for (r, row) in acc.iter_mut().enumerate().take(group_rows) {
                             let at = (g0 + r) * a_stride + kb * 64 + pair * 4;
-                            let w = _mm512_set1_epi32(a.add(at).cast::<i32>().read_unaligned());
-                            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w));
-                            let odd = _mm512_castsi512_ps(_mm512_and_si512(w, odd_mask));
+                            let (even, odd) = if F16 {
+                                // Each f16 broadcast, then widened (one shuffle and one
+                                // conversion each; converting the pair once and broadcasting
+                                // each half with two shuffles ran at ~340 GFLOP/s, this ~357).
+                                let w0 = a.add(at).cast::<i16>().read_unaligned();
+                                let w1 = a.add(at + 2).cast::<i16>().read_unaligned();
+                                (
+                                    _mm512_cvtph_ps(_mm256_set1_epi16(w0)),
+                                    _mm512_cvtph_ps(_mm256_set1_epi16(w1)),
+                                )
+                            } else {
+                                let w = _mm512_set1_epi32(a.add(at).cast::<i32>().read_unaligned());
+                                (
+                                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w)),
+                                    _mm512_castsi512_ps(_mm512_and_si512(w, odd_mask)),
+                                )
+                            };
                             for (h, v) in row.iter_mut().enumerate().take(HALVES) {
                                 let pair = _mm512_fmadd_ps(odd, xs[1][h], _mm512_mul_ps(even, xs[0][h]));
                                 *v = _mm512_add_ps(*v, pair);

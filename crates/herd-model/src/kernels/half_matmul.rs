@@ -58,6 +58,18 @@ pub trait HalfElement: Copy + Send + Sync + 'static {
     fn is_bf16(w: &[Self]) -> bool {
         w.iter().all(|v| amx::planes_needed(&[v.to_f32_scalar()]) == 1)
     }
+    /// Whether every value is an f16 (NaN counts as one); stops at the first that is not.
+    fn is_f16(w: &[Self]) -> bool {
+        w.iter().all(|v| {
+            let x = v.to_f32_scalar();
+            x.is_nan() || f16::from_f32(x).to_f32() == x
+        })
+    }
+    /// The values as f16 ([`HalfElement::is_f16`] must hold, or they are rounded), for the
+    /// f16 FMA blocks.
+    fn f16_rows(w: &[Self]) -> Cow<'_, [f16]> {
+        Cow::Owned(w.iter().map(|v| f16::from_f32(v.to_f32_scalar())).collect())
+    }
 }
 
 impl HalfElement for bf16 {
@@ -86,6 +98,12 @@ impl HalfElement for bf16 {
 impl HalfElement for f16 {
     fn as_f16(s: &[Self]) -> Option<&[f16]> {
         Some(s)
+    }
+    fn is_f16(_: &[Self]) -> bool {
+        true
+    }
+    fn f16_rows(w: &[Self]) -> Cow<'_, [f16]> {
+        Cow::Borrowed(w)
     }
     fn widen(src: &[Self], dst: &mut [f32]) {
         widen_f16_on(Isa::current(), src, dst);
@@ -298,7 +316,9 @@ pub fn matmul_t_rounded_on<W: HalfElement>(
     matmul_t_on(isa, &rounded, t, w, n, k)
 }
 
-/// The packed activations times wᵀ [n, k] on bf16 blocks, weight rows split across the pool.
+/// The packed activations times wᵀ [n, k] on block products, weight rows split across the
+/// pool: as bf16 planes, or (wide activations against weights that are not bf16 values) as
+/// f16 rows.
 fn block_products<W: HalfElement>(
     isa: Isa,
     acts: &amx::PackedActivations,
@@ -306,11 +326,16 @@ fn block_products<W: HalfElement>(
     n: usize,
     k: usize,
 ) -> Vec<f32> {
-    // SAFETY: product_rows_on writes every value of its block through raw stores and reads
-    // none (its contract).
+    let f16_rows = acts.is_wide() && !W::is_bf16(w);
+    // SAFETY: both products write every value of their block through raw stores and read
+    // none (their contract).
     unsafe {
         split_columns_writing_all(n, acts.tokens(), amx::rows_per_task(n), |rows, out| {
-            let planes = W::bf16_planes(&w[rows.start * k..rows.end * k]);
+            let w = &w[rows.start * k..rows.end * k];
+            if f16_rows {
+                return amx::product_rows_f16_on(isa, &W::f16_rows(w), rows.len(), acts, out);
+            }
+            let planes = W::bf16_planes(w);
             let planes: Vec<&[bf16]> = planes.iter().map(|p| &p[..]).collect();
             amx::product_rows_on(isa, &planes, rows.len(), acts, out)
         })
@@ -319,15 +344,15 @@ fn block_products<W: HalfElement>(
 
 /// How a prefill product's activations are packed for block products
 /// ([`amx::product_rows_on`]), or `None` for f32 panels. Always exact planes on tiles, whose
-/// pass costs a fifth of an f32 FMA's. Against one-plane weights (bf16 values) every AVX-512
-/// level has the FMA blocks ([`super::fma_blocks`], two instructions per 32 multiply-adds),
-/// and on AVX-512 BF16 one or two activation planes of `vdpbf16ps` do as well or better (one
-/// or two instructions), so only activations needing all three go wide. `kernel_speed`,
-/// TOKENS=512, two Zen 5 cores: bf16 weights against f32 activations 327 GFLOP/s in three
-/// passes, 430 on FMAs (the gemm crate's f32 panels took 94 on Zen 4). One-plane activations
-/// (`--dtype bf16`) take one pass against any weights. f16 and f32 weights against f32
-/// activations would take five or six and stay on f32 panels. The choice looks at values, not
-/// the stored dtype, so a matrix computes the same whichever dtype holds it.
+/// pass costs a fifth of an f32 FMA's. Against bf16 or f16 values every AVX-512 level has the
+/// FMA blocks ([`super::fma_blocks`], two instructions per 32 multiply-adds), and on AVX-512
+/// BF16 `vdpbf16ps` does as well or better where the planes are one or two (one or two
+/// instructions): bf16 weights against one- or two-plane activations, any weights against
+/// one-plane activations (`--dtype bf16`). `kernel_speed`, TOKENS=512, two Zen 5 cores:
+/// bf16 weights against f32 activations 327 GFLOP/s in three passes, ~490 on FMAs; f16 weights
+/// ~150 on the gemm crate's f32 panels (94 on Zen 4). f32 weights with all their bits stay on
+/// f32 panels. The choice looks at values, not the stored dtype, so a matrix computes the same
+/// whichever dtype holds it.
 fn block_split<W: HalfElement>(isa: Isa, x: &[f32], w: &[W]) -> Option<amx::Split> {
     match isa {
         Isa::Amx => Some(amx::Split::Exact),
@@ -337,9 +362,9 @@ fn block_split<W: HalfElement>(isa: Isa, x: &[f32], w: &[W]) -> Option<amx::Spli
             (_, 1) => Some(amx::Split::Rounded),
             (true, 2) => Some(amx::Split::Exact),
             (true, _) => Some(amx::Split::Wide),
-            (false, _) => None,
+            (false, _) => W::is_f16(w).then_some(amx::Split::Wide),
         },
-        Isa::Avx512 => W::is_bf16(w).then_some(amx::Split::Wide),
+        Isa::Avx512 => (W::is_bf16(w) || W::is_f16(w)).then_some(amx::Split::Wide),
         _ => None,
     }
 }

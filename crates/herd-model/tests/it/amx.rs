@@ -395,9 +395,9 @@ fn products_stay_on_f32_panels_where_blocks_would_lose() {
         eprintln!("no AVX-512 BF16 on this machine: nothing to route");
         return;
     }
-    // f32 weights against f32 activations would take six bf16 passes (f16 weights five),
-    // slower than the f32 kernel on a CPU without tiles: AVX-512 BF16 computes exactly what
-    // AVX-512 does, bit for bit.
+    // f32 weights against f32 activations would take six bf16 passes, slower than the f32
+    // kernel on a CPU without tiles: AVX-512 BF16 computes exactly what AVX-512 does, bit for
+    // bit. (f16 weights, five passes, take the FMA blocks on both, the same bits too.)
     let (t, n, k) = (40, 70, 256);
     let x = values(t * k, 95);
     let w = values(n * k, 96);
@@ -641,4 +641,148 @@ fn exact_activations_against_bf16_weights_take_the_fma_blocks_without_tiles() {
             half_matmul::matmul_t_on(Isa::Avx512, &xb, t, &w, n, k)
         );
     }
+}
+
+#[test]
+fn f16_weights_on_the_fma_blocks_agree_with_their_slow_twin() {
+    // f16 values that are not bf16 ones (two planes), widened in registers: against the f32
+    // product of the same values, on odd token and row counts, short and long runs.
+    let isas: Vec<Isa> = product_isas();
+    if isas.is_empty() {
+        eprintln!("no AVX-512 on this machine: the FMA blocks not exercised");
+    }
+    for isa in isas {
+        for &(t, rows, k) in &[
+            (1, 1, 32),
+            (5, 33, 64),
+            (16, 32, 96),
+            (17, 31, 32),
+            (100, 130, 160),
+            (40, 130, 2048),
+        ] {
+            let x = values(t * k, 31 + t as u64);
+            let wh: Vec<half::f16> = values(rows * k, 32 + rows as u64)
+                .iter()
+                .map(|&v| half::f16::from_f32(v * 0.7))
+                .collect();
+            let planes = amx::split_exact(&wh.iter().map(|v| v.to_f32()).collect::<Vec<_>>());
+            let planes: Vec<&[bf16]> = planes.iter().map(|p| &p[..]).collect();
+            let acts = PackedActivations::pack(&x, t, k, Split::Wide);
+            let mut fast = vec![f32::NAN; rows * t];
+            amx::product_rows_f16_on(isa, &wh, rows, &acts, &mut ColumnBlock::whole(&mut fast, t, rows));
+            let mut slow = vec![f32::NAN; rows * t];
+            amx::product_rows_slow(&planes, rows, &acts, &mut slow);
+            let d = max_diff(&fast, &slow);
+            assert!(
+                d <= 2e-6 * (k as f32).sqrt() * max_abs(&slow).max(1.0),
+                "{isa} {t}x{rows}x{k}: {d}"
+            );
+            // A long run computes what its 32-row runs do.
+            for r0 in (0..rows).step_by(32) {
+                let n = (rows - r0).min(32);
+                let mut short = vec![f32::NAN; n * t];
+                amx::product_rows_f16_on(
+                    isa,
+                    &wh[r0 * k..(r0 + n) * k],
+                    n,
+                    &acts,
+                    &mut ColumnBlock::whole(&mut short, t, n),
+                );
+                for ti in 0..t {
+                    assert_eq!(
+                        short[ti * n..(ti + 1) * n],
+                        fast[ti * rows + r0..ti * rows + r0 + n],
+                        "{isa}"
+                    );
+                }
+            }
+            // Mutation twin: one weight of the last row changed moves that row's outputs only.
+            let mut bad = wh.clone();
+            bad[(rows - 1) * k] = half::f16::from_f32(wh[(rows - 1) * k].to_f32() + 1.0);
+            let mut moved = vec![f32::NAN; rows * t];
+            amx::product_rows_f16_on(
+                isa,
+                &bad,
+                rows,
+                &acts,
+                &mut ColumnBlock::whole(&mut moved, t, rows),
+            );
+            for ti in 0..t {
+                let row = ti * rows..(ti + 1) * rows;
+                assert_eq!(
+                    moved[row.start..row.end - 1],
+                    fast[row.start..row.end - 1],
+                    "{isa}"
+                );
+                if x[ti * k] != 0.0 {
+                    assert_ne!(moved[row.end - 1], fast[row.end - 1], "{isa} {t}x{rows}x{k}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_weights_holding_bf16_values_compute_what_bf16_weights_do() {
+    // Each weight is widened exactly either way, then the same operations in the same order.
+    let (t, rows, k) = (37, 45, 96);
+    let x = values(t * k, 41);
+    let wb: Vec<bf16> = values(rows * k, 42).iter().map(|&v| bf16::from_f32(v)).collect();
+    let wh: Vec<half::f16> = wb.iter().map(|v| half::f16::from_f32(v.to_f32())).collect();
+    assert!(wb.iter().zip(&wh).all(|(b, h)| b.to_f32() == h.to_f32()));
+    let acts = PackedActivations::pack(&x, t, k, Split::Wide);
+    for isa in product_isas() {
+        let mut from_bf16 = vec![f32::NAN; rows * t];
+        amx::product_rows_on(
+            isa,
+            &[&wb],
+            rows,
+            &acts,
+            &mut ColumnBlock::whole(&mut from_bf16, t, rows),
+        );
+        let mut from_f16 = vec![f32::NAN; rows * t];
+        amx::product_rows_f16_on(
+            isa,
+            &wh,
+            rows,
+            &acts,
+            &mut ColumnBlock::whole(&mut from_f16, t, rows),
+        );
+        assert_eq!(from_bf16, from_f16, "{isa}");
+    }
+}
+
+#[test]
+fn f16_weights_take_the_fma_blocks_on_every_avx512_level() {
+    if !Isa::Avx512.is_supported() {
+        eprintln!("no AVX-512 on this machine: the FMA blocks not exercised");
+        return;
+    }
+    // What matmul_t computes for f16 weights against f32 activations is the wide f16 product,
+    // on AVX-512 and AVX-512 BF16 alike; f32 weights holding the same values take it too.
+    let (t, n, k) = (40, 70, 256);
+    let x = values(t * k, 43);
+    let wh: Vec<half::f16> = values(n * k, 44)
+        .iter()
+        .map(|&v| half::f16::from_f32(v))
+        .collect();
+    let wh32: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+    let acts = PackedActivations::pack_on(Isa::Avx512, &x, t, k, Split::Wide);
+    let mut direct = vec![f32::NAN; n * t];
+    amx::product_rows_f16_on(
+        Isa::Avx512,
+        &wh,
+        n,
+        &acts,
+        &mut ColumnBlock::whole(&mut direct, t, n),
+    );
+    for isa in [Isa::Avx512, Isa::Avx512Bf16]
+        .into_iter()
+        .filter(|i| i.is_supported())
+    {
+        assert_eq!(half_matmul::matmul_t_on(isa, &x, t, &wh, n, k), direct, "{isa}");
+        assert_eq!(half_matmul::matmul_t_on(isa, &x, t, &wh32, n, k), direct, "{isa}");
+    }
+    let slow = half_matmul::matmul_t_slow(&x, t, &wh, n, k);
+    assert!(max_diff(&direct, &slow) <= 2e-6 * (k as f32).sqrt() * 4.0);
 }

@@ -87,7 +87,7 @@ pub enum Split {
     Exact,
     /// One plane, each value rounded to the nearest bf16.
     Rounded,
-    /// No planes: the f32 values as they are, for f32 FMAs against one bf16 weight plane
+    /// No planes: the f32 values as they are, for f32 FMAs against bf16 or f16 weight rows
     /// ([`super::fma_blocks`]; exact activations on AVX-512 without tiles).
     Wide,
 }

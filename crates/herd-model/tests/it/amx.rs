@@ -103,17 +103,29 @@ fn block_product_agrees_with_its_slow_twin(isa: Isa) {
                 &acts,
                 &mut ColumnBlock::whole(&mut moved, t, rows),
             );
-            for ti in 0..t {
-                let row = ti * rows..(ti + 1) * rows;
-                assert_eq!(
-                    moved[row.start..row.end - 1],
-                    fast[row.start..row.end - 1],
-                    "{isa}"
-                );
-                if x[ti * k] != 0.0 {
-                    assert_ne!(moved[row.end - 1], fast[row.end - 1], "{isa} {t}x{rows}x{k}");
-                }
-            }
+            only_the_last_row_moved(&fast, &moved, &x, (t, rows, k), &format!("{isa}"));
+        }
+    }
+}
+
+/// The mutation twins' check: a product whose last row's first weight changed moved that
+/// row's outputs (where the activation meeting it is not zero) and no other.
+fn only_the_last_row_moved(
+    fast: &[f32],
+    moved: &[f32],
+    x: &[f32],
+    (t, rows, k): (usize, usize, usize),
+    what: &str,
+) {
+    for ti in 0..t {
+        let row = ti * rows..(ti + 1) * rows;
+        assert_eq!(
+            moved[row.start..row.end - 1],
+            fast[row.start..row.end - 1],
+            "{what}"
+        );
+        if x[ti * k] != 0.0 {
+            assert_ne!(moved[row.end - 1], fast[row.end - 1], "{what} {t}x{rows}x{k}");
         }
     }
 }
@@ -707,17 +719,7 @@ fn f16_weights_on_the_fma_blocks_agree_with_their_slow_twin() {
                 &acts,
                 &mut ColumnBlock::whole(&mut moved, t, rows),
             );
-            for ti in 0..t {
-                let row = ti * rows..(ti + 1) * rows;
-                assert_eq!(
-                    moved[row.start..row.end - 1],
-                    fast[row.start..row.end - 1],
-                    "{isa}"
-                );
-                if x[ti * k] != 0.0 {
-                    assert_ne!(moved[row.end - 1], fast[row.end - 1], "{isa} {t}x{rows}x{k}");
-                }
-            }
+            only_the_last_row_moved(&fast, &moved, &x, (t, rows, k), &format!("{isa}"));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Prefill products of bf16 or f16 weights against exact f32 activations on AVX-512 f32 FMAs,
 //! for CPUs without AMX tiles. Exact f32 activations take three bf16 planes on `vdpbf16ps`,
-//! three instructions per 32 multiply-adds (six for f16 weights, two planes each), where two
+//! three instructions per 32 multiply-adds (five for f16 weights, two planes of their own), where two
 //! FMAs do the same 32 with no split at all: on two Zen 5 cores `vdpbf16ps` peaks at ~1 050
 //! GFLOP/s (350 of them the product's after three planes), f32 FMAs at ~575.
 //!
@@ -39,7 +39,7 @@ pub enum Weights {
     /// bf16: widened by a shift (the top half of an f32).
     Bf16,
     /// f16: widened by `vcvtph2ps` (F16C). An f16 matrix is two bf16 planes for `vdpbf16ps`,
-    /// six passes against exact activations, so it had the gemm crate's f32 panels:
+    /// five passes against exact activations, so it had the gemm crate's f32 panels:
     /// `kernel_speed TOKENS=512 FORMAT=f16` ~153 → ~357 GFLOP/s here (bf16 weights ~490).
     F16,
 }

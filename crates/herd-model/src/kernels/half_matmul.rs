@@ -269,7 +269,9 @@ pub fn matmul_t_on<W: HalfElement>(isa: Isa, x: &[f32], t: usize, w: &[W], n: us
         // Both sides split exactly into bf16 planes (bf16 weights read where they lie), or
         // the f32 activations as they are against bf16 weights on FMAs: the f32 product up to
         // summation order.
-        amx::PackedActivations::with_packed(x, t, k, split, |acts| block_products(isa, acts, w, n, k))
+        amx::PackedActivations::with_packed(x, t, k, split.packing, |acts| {
+            block_products(isa, acts, w, n, k, split.f16_rows)
+        })
     } else {
         // Fixed-height panels: the gemm kernel's summation order depends on the panel shape,
         // and a checkpoint must compute the same whatever the thread count.
@@ -309,7 +311,7 @@ pub fn matmul_t_rounded_on<W: HalfElement>(
     // block products (where one activation plane always wins).
     if t > GEMV_MAX_ROWS && k.is_multiple_of(amx::K_BLOCK) && matches!(isa, Isa::Amx | Isa::Avx512Bf16) {
         return amx::PackedActivations::with_packed(x, t, k, amx::Split::Rounded, |acts| {
-            block_products(isa, acts, w, n, k)
+            block_products(isa, acts, w, n, k, false)
         });
     }
     let rounded: Vec<f32> = x.iter().map(|&v| amx::round_to_bf16(v).to_f32()).collect();
@@ -317,16 +319,16 @@ pub fn matmul_t_rounded_on<W: HalfElement>(
 }
 
 /// The packed activations times wᵀ [n, k] on block products, weight rows split across the
-/// pool: as bf16 planes, or (wide activations against weights that are not bf16 values) as
-/// f16 rows.
+/// pool: as bf16 planes, or as f16 rows when `f16_rows` (wide activations against weights
+/// that are f16 but not bf16 values, as [`block_split`] found).
 fn block_products<W: HalfElement>(
     isa: Isa,
     acts: &amx::PackedActivations,
     w: &[W],
     n: usize,
     k: usize,
+    f16_rows: bool,
 ) -> Vec<f32> {
-    let f16_rows = acts.is_wide() && !W::is_bf16(w);
     // SAFETY: both products write every value of their block through raw stores and read
     // none (their contract).
     unsafe {
@@ -353,20 +355,40 @@ fn block_products<W: HalfElement>(
 /// ~150 on the gemm crate's f32 panels (94 on Zen 4). f32 weights with all their bits stay on
 /// f32 panels. The choice looks at values, not the stored dtype, so a matrix computes the same
 /// whichever dtype holds it.
-fn block_split<W: HalfElement>(isa: Isa, x: &[f32], w: &[W]) -> Option<amx::Split> {
+fn block_split<W: HalfElement>(isa: Isa, x: &[f32], w: &[W]) -> Option<BlockSplit> {
+    let planes = |packing| BlockSplit {
+        packing,
+        f16_rows: false,
+    };
+    // The weights are scanned once here (an fp8 or f32 matrix value by value), not again by
+    // the product.
+    let wide_if_f16 = || {
+        W::is_f16(w).then_some(BlockSplit {
+            packing: amx::Split::Wide,
+            f16_rows: true,
+        })
+    };
     match isa {
-        Isa::Amx => Some(amx::Split::Exact),
+        Isa::Amx => Some(planes(amx::Split::Exact)),
         // One-plane activations are bf16 values already, which rounding packs as they are
         // (the exact split's one plane) without scanning them again.
         Isa::Avx512Bf16 => match (W::is_bf16(w), amx::planes_needed(x)) {
-            (_, 1) => Some(amx::Split::Rounded),
-            (true, 2) => Some(amx::Split::Exact),
-            (true, _) => Some(amx::Split::Wide),
-            (false, _) => W::is_f16(w).then_some(amx::Split::Wide),
+            (_, 1) => Some(planes(amx::Split::Rounded)),
+            (true, 2) => Some(planes(amx::Split::Exact)),
+            (true, _) => Some(planes(amx::Split::Wide)),
+            (false, _) => wide_if_f16(),
         },
-        Isa::Avx512 => (W::is_bf16(w) || W::is_f16(w)).then_some(amx::Split::Wide),
+        Isa::Avx512 if W::is_bf16(w) => Some(planes(amx::Split::Wide)),
+        Isa::Avx512 => wide_if_f16(),
         _ => None,
     }
+}
+
+/// [`block_split`]'s choice: how the activations are packed, and whether the weights go to the
+/// product as f16 rows rather than bf16 planes.
+struct BlockSplit {
+    packing: amx::Split,
+    f16_rows: bool,
 }
 
 /// x [t, k] times a panel of f32 weight rows [rows, k], transposed, written into `out` as

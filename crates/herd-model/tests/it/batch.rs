@@ -122,7 +122,12 @@ fn batched_decode_steps_equal_each_sequence_alone_with_every_cache_dtype() {
                 // Alone, fed the same way: its prefill, then one token at a time.
                 let alone = super::piecewise_logits(&model, ids, &sizes(s));
                 let what = format!("{fixture} {kv:?}: sequence {s} batched vs alone");
-                // An f32 cache holds what both computed: equal to f32 rounding. A narrow cache
+                // An f32 cache holds what both computed: equal up to summation order. Batched
+                // rows meet the weights in products of more rows than one sequence alone, which
+                // take other kernels (block products or f32 panels past the dot kernel's four
+                // rows), so the same sums are added in another order: seen up to 7.5e-6 on
+                // AVX-512 and 1.12e-5 on AVX2 (fp8-tiny, logits up to 6.5: ~24 f32 steps),
+                // against the reference bound's 1e-4 (`parity::TOL_F32`). A narrow cache
                 // rounds each key and value; a last-bit difference in a projection (another
                 // grouping of rows, another kernel on another ISA) can move one of them by a
                 // rounding step, 2⁻¹¹ (f16) or 2⁻⁸ (bf16) relative. Such flips perturb the logits
@@ -133,7 +138,7 @@ fn batched_decode_steps_equal_each_sequence_alone_with_every_cache_dtype() {
                 // level is up to 1/127 of its block's largest value.
                 let rounding = herd_testkit::divergence(&alone, &exact[s], 0.0).max_abs;
                 let tol = match kv {
-                    None => 1e-5,
+                    None => 2e-5,
                     Some(KvFormat::Dtype(DType::F16)) => rounding.clamp(5e-4, 4e-3),
                     Some(KvFormat::Q8_0) => rounding.clamp(4e-3, 6e-2),
                     _ => rounding.clamp(4e-3, 3e-2),

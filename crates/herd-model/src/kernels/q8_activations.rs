@@ -56,20 +56,32 @@ impl Q8Activations {
     }
 }
 
-/// ggml's `quantize_row_q8_0`: per 32 values, d = max|x| / 127, q = round(x / d) (half away
-/// from zero), d kept as its f16 rounding. `x` is whole rows of `cols` values; the buffer is reused.
+/// ggml's `quantize_row_q8_0` per 32 values ([`q8_0_block`]), d kept as its f16 rounding. `x` is
+/// whole rows of `cols` values; the buffer is reused.
 pub fn quantize_q8_0(x: &[f32], cols: usize, out: &mut Q8Activations) {
     const BLOCK: usize = 32;
     out.reset(BLOCK, cols, x.len());
     for (xb, qb) in x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for (q, v) in qb.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
-        }
-        out.scales.push(half::f16::from_f32(d).to_f32());
+        out.scales.push(q8_0_block(xb, qb).to_f32());
     }
+}
+
+/// One Q8_0 block as llama.cpp's x86 build makes it (`quantize_row_q8_0` under AVX/AVX2, what
+/// every x86 CPU runs, the AVX-512 ones included): levels x · (127 / max|x|) rounded to the
+/// nearest, ties to even (`_mm256_round_ps`), and the scale max|x| / 127 as its f16 rounding,
+/// returned. ggml's portable reference (`quantize_row_q8_0_ref`: x · (1 / d), ties away from
+/// zero) can differ by one level where a product lies within an f32 step of a half. Both the
+/// activations of a Q8_0 product and a Q8_0 KV cache's rows are made here, as both are in
+/// llama.cpp. `levels` takes one value per value of `x`; a NaN value takes level 0.
+pub fn q8_0_block(x: &[f32], levels: &mut [i8]) -> half::f16 {
+    debug_assert_eq!(x.len(), levels.len());
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, v) in levels.iter_mut().zip(x) {
+        // |v · id| ≤ 127 up to rounding; nearest_int clamps what an infinite id would give.
+        *q = nearest_int(v * id).clamp(-127, 127) as i8;
+    }
+    half::f16::from_f32(amax / 127.0)
 }
 
 /// ggml's `quantize_row_q8_K_ref`: per 256 values, the value of largest magnitude maps to −127

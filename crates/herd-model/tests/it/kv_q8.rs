@@ -3,6 +3,7 @@
 //! the widened values, and a model decoding through a Q8_0 cache.
 
 use candle_core::{DType, Device};
+use half::f16;
 use herd_model::kernels::decode_attention::{decode_attention_on, CacheView, Q8CacheView};
 use herd_model::kernels::isa::Isa;
 use herd_model::kernels::kv_q8;
@@ -27,7 +28,7 @@ fn rows(n: usize, seed: u64) -> Vec<f32> {
         x[64..96].fill(0.25);
         x[70] = -40.0;
         for (i, v) in x[128..160].iter_mut().enumerate() {
-            // Levels k + ½ of a block whose largest value is 127: round half away from zero.
+            // Levels k + ½ of a block whose largest value is 127: ties, to even.
             *v = if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 };
         }
     }
@@ -40,18 +41,43 @@ fn quantize_writes_ggml_block_q8_0_bytes() {
         let x = rows(n, n as u64);
         let mut ours = vec![0u8; n / 32 * 34];
         kv_q8::quantize(&x, &mut ours);
-        // candle's port of ggml's quantize_row_q8_0_ref, as herd quantizes weights.
-        let theirs = QuantTensor::quantize(QuantType::Q8_0, 1, n, &x, "kv").unwrap();
-        assert_eq!(ours, theirs.bytes(), "{n} values");
+        // llama.cpp's x86 quantize_row_q8_0, which writes its Q8_0 cache: each block's scale
+        // in f16, then levels x · (127 / max|x|) rounded to the nearest, ties to even.
+        let mut theirs = Vec::new();
+        for xb in x.chunks_exact(32) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
+            theirs.extend(f16::from_f32(amax / 127.0).to_le_bytes());
+            theirs.extend(xb.iter().map(|v| (v * id).round_ties_even() as i8 as u8));
+        }
+        assert_eq!(ours, theirs, "{n} values");
+        // candle's port of ggml's quantize_row_q8_0_ref (as herd quantizes weights) makes the
+        // same blocks but for its ties, away from zero, and x · (1 / d) for x · (127 / max|x|):
+        // one level apart at most.
+        let reference = QuantTensor::quantize(QuantType::Q8_0, 1, n, &x, "kv").unwrap();
+        for (b, (o, r)) in ours
+            .chunks_exact(34)
+            .zip(reference.bytes().chunks_exact(34))
+            .enumerate()
+        {
+            assert_eq!(o[..2], r[..2], "block {b}'s scale");
+            assert!(
+                o[2..]
+                    .iter()
+                    .zip(&r[2..])
+                    .all(|(&o, &r)| (o as i8).abs_diff(r as i8) <= 1),
+                "block {b}"
+            );
+        }
     }
-    // Ties round away from zero, as C's roundf.
     let mut tie = vec![0f32; 32];
     tie[0] = 127.0;
     tie[1] = 2.5;
     tie[2] = -2.5;
+    tie[3] = 3.5;
     let mut out = vec![0u8; 34];
     kv_q8::quantize(&tie, &mut out);
-    assert_eq!((out[2 + 1] as i8, out[2 + 2] as i8), (3, -3));
+    assert_eq!((out[2 + 1] as i8, out[2 + 2] as i8, out[2 + 3] as i8), (2, -2, 4));
 }
 
 #[test]

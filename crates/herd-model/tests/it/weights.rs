@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use herd_model::kernels::half_matmul;
 use herd_model::kernels::isa::Isa;
-use herd_model::kernels::q8_activations::{quantize_q8_0, quantize_q8_k, Q8Activations};
+use herd_model::kernels::q8_activations::{q8_0_block, quantize_q8_0, quantize_q8_k, Q8Activations};
 use herd_model::kernels::quant_matmul;
 use herd_model::nn::{Linear, WeightFormat};
 use herd_model::weights::{QuantTensor, QuantType};
@@ -518,6 +518,54 @@ fn q8_0_kernel_takes_minus_128_levels() {
             "{isa}: {fast:?} vs {slow:?}"
         );
     }
+}
+
+/// A Q8_0 block as llama.cpp's x86 build makes it: levels x · (127 / max|x|) to the nearest,
+/// ties to even (the reference C's `roundf` would send 2.5 to 3), the scale max|x| / 127 in
+/// f16. Its slow twin here is that description written out; the KV cache's rows are the same
+/// bytes.
+#[test]
+fn q8_0_blocks_round_as_llama_cpp_on_x86() {
+    // max|x| = 127: the multiplier is exactly 1, so every half is a tie.
+    let mut ties = [0f32; 32];
+    ties[0] = 127.0;
+    let halves = [2.5, 3.5, -2.5, -3.5, 0.5, -0.5, 1.5, 126.5, -126.5];
+    ties[1..=halves.len()].copy_from_slice(&halves);
+    let mut levels = [0i8; 32];
+    let d = q8_0_block(&ties, &mut levels);
+    assert_eq!(d, f16::from_f32(1.0));
+    assert_eq!(&levels[..=halves.len()], &[127, 2, 4, -2, -4, 0, 0, 2, 126, -126]);
+
+    let slow = |x: &[f32]| -> (f16, Vec<i8>) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
+        let q = x.iter().map(|v| (v * id).round_ties_even() as i8).collect();
+        (f16::from_f32(amax / 127.0), q)
+    };
+    let x: Vec<f32> = values(32 * 64, 91).iter().map(|v| v * 3.0).collect();
+    let mut acts = Q8Activations::default();
+    quantize_q8_0(&x, 32 * 64, &mut acts);
+    let mut cache_rows = vec![0u8; 64 * herd_model::kernels::kv_q8::BLOCK_BYTES];
+    herd_model::kernels::kv_q8::quantize(&x, &mut cache_rows);
+    for (b, xb) in x.chunks_exact(32).enumerate() {
+        let (d, q) = slow(xb);
+        assert_eq!(acts.scales[b], d.to_f32(), "block {b}");
+        assert_eq!(&acts.qs[32 * b..32 * b + 32], &q[..], "block {b}");
+        let row = &cache_rows[34 * b..34 * b + 34];
+        assert_eq!(row[..2], d.to_le_bytes(), "cache block {b}");
+        assert!(
+            row[2..].iter().zip(&q).all(|(&r, &q)| r as i8 == q),
+            "cache block {b}"
+        );
+    }
+    // Zeros, and NaN beside numbers: level 0, as a cast of NaN gives.
+    let mut odd = [0f32; 32];
+    assert_eq!(q8_0_block(&odd, &mut levels), f16::ZERO);
+    assert!(levels.iter().all(|&q| q == 0));
+    odd[0] = f32::NAN;
+    odd[1] = -4.0;
+    q8_0_block(&odd, &mut levels);
+    assert_eq!((levels[0], levels[1]), (0, -127));
 }
 
 #[test]

@@ -6,7 +6,8 @@
 #
 #   1. the parity suite with HERD_TEST_DEVICE=cuda: every text fixture in f32 at 1e-4 on every
 #      position (full pass, one-token decode, chunked prefill, greedy), bf16 compute at its
-#      stated bounds, MoE decode routed on the device, the vision tower and early fusion;
+#      stated bounds, MoE decode routed on the device (with stacked adapters too), the vision
+#      tower and early fusion; then batched steps against each sequence alone, and long context;
 #   2. a Scout-shaped slice (tools/cuda/scout_slice.py: full width, 16 experts, vocab 202048,
 #      `SLICE_LAYERS` of the 48 layers, bf16, random weights) timed in herd — decode at batch 1,
 #      prefill of 2048 tokens — with herd's CUDA kernels, without (cuBLAS only) and with
@@ -59,6 +60,14 @@ HERD_TEST_DEVICE=cuda "$bin/it" --test-threads 1 --nocapture "${skip[@]}" \
     parity:: device_routing:: vision::image_prompt vision::vision_tiny 2>&1 | tee "$out/parity.log" \
     | grep -E "max \||max abs|test result|FAILED|panicked|error" || true
 grep -q "test result: ok" "$out/parity.log" || status=1
+
+echo "== batching and long context on the GPU"
+# A batched step against each sequence alone (every cache dtype a GPU takes; on a GPU a lone
+# decode row takes herd's gemv and device routing, batched rows cuBLAS and, past 8, host
+# routing), and the long-context tests.
+HERD_TEST_DEVICE=cuda "$bin/it" --test-threads 1 --nocapture batch:: long_context:: 2>&1 \
+    | tee "$out/batch.log" | grep -E "max \||tolerance|test result|FAILED|panicked|error" || true
+grep -q "test result: ok" "$out/batch.log" || status=1
 
 echo "== Scout slice: $layers layers at full width, bf16, random weights"
 if [ ! -f "$slice/config.json" ]; then

@@ -23,6 +23,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
     } else {
         Policy::excluding(&args.guard_exclude).context("--guard-exclude")?
     };
+    if args.model.device != "cpu" && std::env::var("HERD_CUDA_EVENT_TRACKING").as_deref() == Ok("off") {
+        // The server loads on one thread, encodes images on request threads and decodes on its
+        // engine thread: without cudarc's events nothing orders their streams.
+        anyhow::bail!(
+            "HERD_CUDA_EVENT_TRACKING=off is for one thread doing everything (generate, bench); \
+             `herd serve` uses the GPU from several threads: unset it"
+        );
+    }
     let path = &args.model.model;
     let model = args.model.load_base()?;
     // `--adapter NAME=DIR`: the model again (its weights shared) with the adapter beside them.

@@ -199,6 +199,16 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         "exceeds the model's context",
     );
     fails(&["inspect", "--model", "/nonexistent"], "config.json");
+    // The server uses a GPU from several threads, which cudarc's events order: turning them
+    // off is refused before anything loads, in any build.
+    let out = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["serve", "--model", &scout, "--device", "cuda", "--port", "0"])
+        .env("HERD_CUDA_EVENT_TRACKING", "off")
+        .output()
+        .expect("run herd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("HERD_CUDA_EVENT_TRACKING=off"), "{stderr}");
     // clap's own usage errors exit with 2.
     assert_eq!(herd(&["generate", "--model", &scout]).status.code(), Some(2));
 }

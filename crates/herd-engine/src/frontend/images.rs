@@ -150,6 +150,14 @@ impl ImageEncoder {
             grids.push(processed.aspect_ratio);
         }
         let rows = Tensor::cat(&rows, 0).map_err(herd_model::Error::from)?;
+        if !self.device.is_cpu() {
+            // On a GPU this thread's work is queued on its own stream, and the features are
+            // read on another (the server encodes on a request thread, the engine thread fuses
+            // them). cudarc orders a buffer by the events its writers record, and candle's
+            // copy into a concatenation records none: wait here, once per request, rather than
+            // hand over rows that may still be in flight.
+            self.device.synchronize().map_err(herd_model::Error::from)?;
+        }
         Ok(Some(EncodedImages {
             features: ImageFeatures {
                 rows,

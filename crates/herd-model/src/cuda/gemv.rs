@@ -88,7 +88,7 @@ fn launch<TW: CudaDType + DeviceRepr, TX: CudaDType + DeviceRepr>(
     };
     let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
     // SAFETY: every element is written by the kernel before it is read.
-    let y = unsafe { dev.alloc::<TX>(r * n)? };
+    let mut y = unsafe { dev.alloc::<TX>(r * n)? };
     let (n_i32, k_i32) = (to_i32(n)?, to_i32(k)?);
     let ids_storage = ids_r.map(|t| t.storage_and_layout());
     let cfg = LaunchConfig {
@@ -114,7 +114,8 @@ fn launch<TW: CudaDType + DeviceRepr, TX: CudaDType + DeviceRepr>(
             builder.arg(&null);
         }
     }
-    builder.arg(&y);
+    // Mutably: cudarc records a write event on y, so a reader on another stream waits for it.
+    builder.arg(&mut y);
     builder.arg(&n_i32);
     builder.arg(&k_i32);
     // SAFETY: the kernel reads W [E or 1, n, k], x [r, k] and ids [r] (each id < E: the

@@ -85,13 +85,20 @@ impl Linear {
                 self.dims()?
             )));
         }
-        let device = match &self {
+        let update = update.to_device(&self.device())?;
+        Ok(Linear::Adapted(Arc::new((self, update))))
+    }
+
+    /// Where the product runs: the weight's device, or the base's for an adapted weight (a
+    /// second adapter stacked on a GPU weight goes to the GPU too). Block-quantized and FP8
+    /// weights on the host are CPU kernels.
+    pub fn device(&self) -> Device {
+        match self {
             Linear::Dense(w) => w.device().clone(),
             Linear::QuantizedDevice(q) => q.device().clone(),
-            _ => Device::Cpu,
-        };
-        let update = update.to_device(&device)?;
-        Ok(Linear::Adapted(Arc::new((self, update))))
+            Linear::Quantized(_) | Linear::Fp8(_) => Device::Cpu,
+            Linear::Adapted(pair) => pair.0.device(),
+        }
     }
 
     /// (out, in)

@@ -43,6 +43,11 @@ impl FeedForward {
         }
     }
 
+    /// A MoE half whose experts are stacked ([`Moe::is_stacked`]).
+    pub fn experts_stacked(&self) -> bool {
+        matches!(self, FeedForward::Moe(moe) if moe.is_stacked())
+    }
+
     /// Calls `f(path, linear)` on every projection of this half (see [`Moe::visit_linears`]).
     pub fn visit_linears(
         &mut self,

@@ -69,6 +69,11 @@ impl DecoderLayer {
         self.feed_forward.stack_experts()
     }
 
+    /// See [`crate::text::moe::Moe::is_stacked`].
+    pub fn experts_stacked(&self) -> bool {
+        self.feed_forward.experts_stacked()
+    }
+
     pub fn stored_bytes(&self) -> usize {
         self.input_layernorm.stored_bytes()
             + self.self_attn.stored_bytes()

@@ -197,6 +197,12 @@ impl TextModel {
         Ok(stacked)
     }
 
+    /// How many MoE layers route a decode step on the device now (all of them after loading
+    /// onto a GPU, unless an adapter replaced their experts since).
+    pub fn stacked_expert_layers(&self) -> usize {
+        self.layers.iter().filter(|l| l.experts_stacked()).count()
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -405,7 +411,12 @@ impl TextModel {
         if self.check_finite {
             check_finite(&h, "the input embedding", start)?;
         }
-        let decode = DecodeInputs::new(steps)?;
+        // The batched-decode path is herd's CPU kernels; on a GPU each sequence attends by
+        // candle's ops, so the joined tables would be launches for nothing.
+        let decode = match x_td.device().is_cpu() {
+            true => DecodeInputs::new(steps)?,
+            false => None,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let mut segments = Vec::with_capacity(items.len());
             for (item, step) in items.iter_mut().zip(steps) {

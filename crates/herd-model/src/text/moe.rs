@@ -248,16 +248,44 @@ impl Moe {
         prefix: &str,
         f: &mut dyn FnMut(&str, &mut Linear) -> Result<()>,
     ) -> Result<()> {
-        // `f` may replace an expert (an adapter): the stacked copy would no longer be it.
-        self.stacked = None;
-        f(&format!("{prefix}router"), &mut self.router)?;
-        for (e, [gate, up, down]) in self.experts.iter_mut().enumerate() {
-            f(&format!("{prefix}experts.{e}.gate_proj"), gate)?;
-            f(&format!("{prefix}experts.{e}.up_proj"), up)?;
-            f(&format!("{prefix}experts.{e}.down_proj"), down)?;
+        let before = self.expert_views();
+        let visited = (|| {
+            f(&format!("{prefix}router"), &mut self.router)?;
+            for (e, [gate, up, down]) in self.experts.iter_mut().enumerate() {
+                f(&format!("{prefix}experts.{e}.gate_proj"), gate)?;
+                f(&format!("{prefix}experts.{e}.up_proj"), up)?;
+                f(&format!("{prefix}experts.{e}.down_proj"), down)?;
+            }
+            self.shared_expert
+                .visit_linears(&format!("{prefix}shared_expert."), f)
+        })();
+        // `f` may have replaced an expert (an adapter on it): the stacked copy would no longer
+        // be it, and this layer routes on the host. One that left every expert the view it was
+        // (an adapter on attention, the router or the shared expert) keeps routing on the
+        // device: unstacking would cost a GPU decode step a host sync in every MoE layer.
+        if self.expert_views() != before {
+            self.stacked = None;
         }
-        self.shared_expert
-            .visit_linears(&format!("{prefix}shared_expert."), f)
+        visited
+    }
+
+    /// Each expert projection's tensor, where it is dense (what [`Self::visit_linears`]
+    /// compares to see whether the stacked weights are still the experts).
+    fn expert_views(&self) -> Vec<Option<candle_core::TensorId>> {
+        self.experts
+            .iter()
+            .flatten()
+            .map(|linear| match linear {
+                Linear::Dense(w) => Some(w.id()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Does a decode step route on the device ([`Self::stack_experts`] done, no expert replaced
+    /// since)?
+    pub fn is_stacked(&self) -> bool {
+        self.stacked.is_some()
     }
 
     /// Weight bytes one token reads: the router, the shared expert and `top_k` routed experts.

@@ -97,10 +97,16 @@ fn batched_decode_steps_equal_each_sequence_alone_with_every_cache_dtype() {
         Some(KvFormat::Dtype(DType::BF16)),
     ];
     let with_q8 = [dense[0], dense[1], dense[2], Some(KvFormat::Q8_0)];
+    // A Q8_0 cache is read by herd's CPU kernels only (a GPU refuses it).
+    let with_q8 = if crate::test_device().is_cpu() {
+        &with_q8[..]
+    } else {
+        &dense[..]
+    };
     for (fixture, formats) in [
         ("scout-tiny", &dense[..]),
         ("maverick-tiny", &dense[..]),
-        ("fp8-tiny", &with_q8[..]),
+        ("fp8-tiny", with_q8),
     ] {
         let mut model = load_fixture(fixture, DType::F32);
         let prompts = prompts(model.config().vocab_size);

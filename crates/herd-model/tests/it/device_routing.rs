@@ -2,8 +2,9 @@
 //! product reading its expert out of the stacked weights — run on the CPU through candle's ops
 //! (its slow twin), against the reference and the host-routed path, on every MoE fixture.
 
-use candle_core::DType;
+use candle_core::{DType, Device, Tensor};
 use herd_model::config::{FeedForwardKind, ModelConfig, RouterScoring, ScoreAt};
+use herd_model::nn::{Linear, LowRank};
 use herd_model::{Checkpoint, TextModel};
 use herd_testkit::{assert_close, divergence, fixture_path, Reference, TEXT_FIXTURES};
 
@@ -98,4 +99,80 @@ fn device_routed_decode_notices_routing_mistakes() {
             println!("{what} on {name}: max |Δ| = {d:e}");
         }
     }
+}
+
+/// A rank-2 update of `linear`'s shape with fixed values (the same for every model it goes on).
+fn update(linear: &Linear, seed: f64) -> LowRank {
+    let (out, inp) = linear.dims().unwrap();
+    let factor = |rows: usize, cols: usize, phase: f64| {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| (0.05 * ((i as f64) * 0.37 + phase).sin()) as f32)
+            .collect();
+        Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap()
+    };
+    LowRank::new(factor(2, inp, seed), factor(out, 2, seed + 1.0), 2.0).unwrap()
+}
+
+/// Applies two stacked updates to every linear whose path `pick` accepts.
+fn adapt(model: &mut TextModel, pick: fn(&str) -> bool) -> usize {
+    let mut adapted = 0;
+    model
+        .visit_linears(&mut |path, linear| {
+            if pick(path) {
+                let once = linear.clone().adapted(update(linear, 1.0))?;
+                *linear = once.clone().adapted(update(&once, 3.0))?;
+                adapted += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    adapted
+}
+
+/// An adapter that leaves the routed experts alone (attention, the router) keeps every MoE
+/// layer routing on the device, where its updates — two stacked, on the base weight's device —
+/// compute what host routing does; one on an expert sends that expert's layer to the host.
+#[test]
+fn an_adapter_keeps_device_routing_unless_it_replaces_an_expert() {
+    let name = "scout-tiny";
+    let reference = Reference::load(name);
+    let ids = &reference.prompt(0).ids;
+    let mut host = load_fixture(name, DType::F32);
+    let mut device = load_fixture(name, DType::F32);
+    let layers = device.stack_experts().unwrap();
+    assert!(layers > 0);
+    let attention_and_router =
+        |p: &str| p.ends_with("self_attn.q_proj") || p.ends_with("feed_forward.router");
+    let adapted = adapt(&mut device, attention_and_router);
+    assert_eq!(adapt(&mut host, attention_and_router), adapted);
+    assert!(adapted >= 2 * layers);
+    assert_eq!(
+        device.stacked_expert_layers(),
+        layers,
+        "an adapter off the experts unstacked them"
+    );
+    let got = piecewise_logits(&device, ids, &[1]);
+    assert_close(
+        &got,
+        &piecewise_logits(&host, ids, &[1]),
+        TOL_F32,
+        "adapted, device vs host routing",
+    );
+    let moved = divergence(&got, &reference.prompt(0).decode_logits, 0.0).max_abs;
+    assert!(
+        moved > 1e-2,
+        "the updates did not reach the forward pass: {moved}"
+    );
+
+    let one_expert = |p: &str| p == "layers.0.feed_forward.experts.1.up_proj";
+    assert_eq!(adapt(&mut device, one_expert), 1);
+    assert_eq!(adapt(&mut host, one_expert), 1);
+    assert_eq!(device.stacked_expert_layers(), layers - 1);
+    let got = piecewise_logits(&device, ids, &[1]);
+    assert_close(
+        &got,
+        &piecewise_logits(&host, ids, &[1]),
+        TOL_F32,
+        "an adapted expert",
+    );
 }

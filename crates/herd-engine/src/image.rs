@@ -139,7 +139,54 @@ pub fn load_file(path: &Path) -> Result<RgbImage, ImageError> {
 
 /// Decodes `data:image/...;base64,...`.
 pub fn load_data_url(url: &str) -> Result<RgbImage, ImageError> {
-    decode(&data_url_bytes(url)?, "data URL")
+    load_data_url_within(url, &mut PixelBudget::unlimited())
+}
+
+/// [`load_data_url`] taking its pixels out of `budget`.
+pub fn load_data_url_within(url: &str, budget: &mut PixelBudget) -> Result<RgbImage, ImageError> {
+    decode_within(&data_url_bytes(url)?, "data URL", budget)
+}
+
+/// Decoded pixels several images may hold together (a server request's, `--limit
+/// request-pixels`): each image's size is read from its header and taken out before it is
+/// decoded, so a request of many images each within `--limit image-pixels` is refused before
+/// it allocates them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelBudget {
+    left: u64,
+}
+
+impl PixelBudget {
+    pub fn new(pixels: u64) -> Self {
+        PixelBudget { left: pixels }
+    }
+
+    /// `--limit request-pixels`.
+    pub fn for_request() -> Self {
+        PixelBudget::new(herd_limits::Limits::current().request_pixels)
+    }
+
+    /// No bound beyond each image's own.
+    pub fn unlimited() -> Self {
+        PixelBudget::new(u64::MAX)
+    }
+
+    /// Pixels still to spend.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    fn take(&mut self, width: u32, height: u32, what: &str) -> Result<(), ImageError> {
+        let pixels = u64::from(width) * u64::from(height);
+        self.left = self.left.checked_sub(pixels).ok_or_else(|| ImageError::Decode {
+            what: what.into(),
+            message: format!(
+                "{width}×{height} takes the request's images past {} decoded pixels together (raise with --limit request-pixels=N)",
+                herd_limits::Limits::current().request_pixels
+            ),
+        })?;
+        Ok(())
+    }
 }
 
 /// The bytes of a base64 `data:` URL (an image's or a video's), at most `--limit image-bytes`.
@@ -170,6 +217,11 @@ pub fn data_url_bytes(url: &str) -> Result<Vec<u8>, ImageError> {
 /// Decodes image bytes (format guessed from the content), applies EXIF orientation and
 /// converts to RGB.
 pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
+    decode_within(bytes, what, &mut PixelBudget::unlimited())
+}
+
+/// [`decode`] taking the image's pixels out of `budget` (before decoding them).
+pub fn decode_within(bytes: &[u8], what: &str, budget: &mut PixelBudget) -> Result<RgbImage, ImageError> {
     let fail = |e: image::ImageError| ImageError::Decode {
         what: what.to_string(),
         message: match e {
@@ -212,6 +264,7 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
             ),
         });
     }
+    budget.take(width, height, what)?;
     let orientation = decoder.orientation().map_err(fail)?;
     let is_jpeg = reader_format_is_jpeg(bytes);
     // JPEGs are decoded by libjpeg-turbo (the reference's pixels, see below); image-rs decodes

@@ -29,6 +29,10 @@ pub struct Limits {
     pub image_bytes: u64,
     /// Decoded pixels of one image (width × height).
     pub image_pixels: u64,
+    /// Decoded pixels of all the images of one request together (a server request's pictures
+    /// and video frame lists): each image passes `image_pixels`, and many of them would
+    /// otherwise all be decoded before the prompt's length is known.
+    pub request_pixels: u64,
 }
 
 impl Default for Limits {
@@ -45,12 +49,13 @@ impl Default for Limits {
             nesting_depth: 128,
             image_bytes: 64 * MIB,
             image_pixels: 16_384 * 16_384,
+            request_pixels: 16_384 * 16_384,
         }
     }
 }
 
 /// The names `--limit NAME=VALUE` takes, each with what it bounds.
-pub const LIMIT_NAMES: [(&str, &str); 10] = [
+pub const LIMIT_NAMES: [(&str, &str); 11] = [
     (
         "config-bytes",
         "JSON metadata files (config.json, tokenizer_config.json, ...)",
@@ -64,6 +69,10 @@ pub const LIMIT_NAMES: [(&str, &str); 10] = [
     ("nesting-depth", "nesting of tool calls parsed from replies"),
     ("image-bytes", "an encoded image file or data URL"),
     ("image-pixels", "decoded pixels (width × height) of one image"),
+    (
+        "request-pixels",
+        "decoded pixels of all the images of one server request",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +126,7 @@ impl Limits {
             "nesting-depth" => self.nesting_depth = u32::try_from(n).map_err(|_| bad())?,
             "image-bytes" => self.image_bytes = n,
             "image-pixels" => self.image_pixels = n,
+            "request-pixels" => self.request_pixels = n,
             _ => {
                 return Err(LimitParseError::UnknownName {
                     name: name.to_string(),
@@ -173,7 +183,7 @@ mod tests {
         ] {
             assert!(l.set(bad).is_err(), "{bad} accepted");
         }
-        assert_eq!(LIMIT_NAMES.len(), 10);
+        assert_eq!(LIMIT_NAMES.len(), 11);
         for (name, _) in LIMIT_NAMES {
             Limits::default().set(&format!("{name}=7")).unwrap();
         }

@@ -8,7 +8,12 @@ use std::time::Duration;
 use herd_engine::image::RgbImage;
 
 /// Downloads and decodes the image at `url`; the error says what went wrong, for a 400.
-pub fn image(url: &str, timeout: Duration) -> Result<RgbImage, String> {
+/// The pixels are taken out of `budget` (the request's) once the header is read.
+pub fn image(
+    url: &str,
+    timeout: Duration,
+    budget: &mut herd_engine::image::PixelBudget,
+) -> Result<RgbImage, String> {
     let limit = herd_limits::Limits::current().image_bytes;
     let agent = ureq::AgentBuilder::new().timeout(timeout).redirects(3).build();
     let response = agent.get(url).call().map_err(|e| match e {
@@ -35,5 +40,5 @@ pub fn image(url: &str, timeout: Duration) -> Result<RgbImage, String> {
             "{url} holds more than {limit} bytes (raise with --limit image-bytes=N)"
         ));
     }
-    herd_engine::image::decode(&bytes, url).map_err(|e| e.to_string())
+    herd_engine::image::decode_within(&bytes, url, budget).map_err(|e| e.to_string())
 }

@@ -689,7 +689,17 @@ fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, minijinja::Error> {
     }
     let json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-    Ok(JValue::from_safe_string(pyjson::dumps(&json, indent)))
+    // Bounded as it is written: indented, a small value can take gigabytes (a line of spaces
+    // per item of a deep list), past the rendering's output cap before the cap sees it.
+    let max = herd_limits::Limits::current().template_output_bytes;
+    let text =
+        pyjson::dumps_within(&json, indent, usize::try_from(max).unwrap_or(usize::MAX)).ok_or_else(|| {
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson makes more than {max} bytes (raise with --limit template-output-bytes=N)"),
+            )
+        })?;
+    Ok(JValue::from_safe_string(text))
 }
 
 /// `strftime_now(format)`: the current UTC date/time, for the directives templates use.

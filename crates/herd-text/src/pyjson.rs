@@ -4,14 +4,51 @@
 
 use serde_json::Value;
 
-/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`.
-pub fn dumps(value: &Value, indent: Option<usize>) -> String {
-    let mut out = String::new();
-    write_value(&mut out, value, indent, 0);
-    out
+/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`, or `None` once the text
+/// would pass `max_bytes`. Indentation multiplies what a
+/// value takes (a deep list of small numbers grows a line of spaces per number), so the text
+/// is bounded as it is written, not after.
+pub fn dumps_within(value: &Value, indent: Option<usize>, max_bytes: usize) -> Option<String> {
+    let mut out = Capped {
+        text: String::new(),
+        max: max_bytes,
+    };
+    write_value(&mut out, value, indent, 0).ok()?;
+    Some(out.text)
 }
 
-fn write_value(out: &mut String, value: &Value, indent: Option<usize>, depth: usize) {
+/// The text so far and the most it may hold.
+struct Capped {
+    text: String,
+    max: usize,
+}
+
+/// The text passed its cap.
+struct Overflow;
+
+impl Capped {
+    fn push_str(&mut self, s: &str) -> Result<(), Overflow> {
+        if self.text.len().saturating_add(s.len()) > self.max {
+            return Err(Overflow);
+        }
+        self.text.push_str(s);
+        Ok(())
+    }
+
+    fn push(&mut self, c: char) -> Result<(), Overflow> {
+        self.push_str(c.encode_utf8(&mut [0; 4]))
+    }
+
+    fn spaces(&mut self, n: usize) -> Result<(), Overflow> {
+        if self.text.len().saturating_add(n) > self.max {
+            return Err(Overflow);
+        }
+        self.text.extend(std::iter::repeat_n(' ', n));
+        Ok(())
+    }
+}
+
+fn write_value(out: &mut Capped, value: &Value, indent: Option<usize>, depth: usize) -> Result<(), Overflow> {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -44,59 +81,58 @@ fn write_value(out: &mut String, value: &Value, indent: Option<usize>, depth: us
 }
 
 fn write_container<'a>(
-    out: &mut String,
+    out: &mut Capped,
     open: char,
     close: char,
     entries: impl Iterator<Item = (Option<&'a str>, &'a Value)>,
     empty: bool,
     indent: Option<usize>,
     depth: usize,
-) {
-    out.push(open);
+) -> Result<(), Overflow> {
+    out.push(open)?;
     if empty {
-        out.push(close);
-        return;
+        return out.push(close);
     }
     for (i, (key, value)) in entries.enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(',')?;
             if indent.is_none() {
-                out.push(' ');
+                out.push(' ')?;
             }
         }
         if let Some(n) = indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * (depth + 1)));
+            out.push('\n')?;
+            out.spaces(n.saturating_mul(depth + 1))?;
         }
         if let Some(key) = key {
-            write_string(out, key);
-            out.push_str(": ");
+            write_string(out, key)?;
+            out.push_str(": ")?;
         }
-        write_value(out, value, indent, depth + 1);
+        write_value(out, value, indent, depth + 1)?;
     }
     if let Some(n) = indent {
-        out.push('\n');
-        out.push_str(&" ".repeat(n * depth));
+        out.push('\n')?;
+        out.spaces(n.saturating_mul(depth))?;
     }
-    out.push(close);
+    out.push(close)
 }
 
-fn write_string(out: &mut String, s: &str) {
-    out.push('"');
+fn write_string(out: &mut Capped, s: &str) -> Result<(), Overflow> {
+    out.push('"')?;
     for c in s.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+            '"' => out.push_str("\\\"")?,
+            '\\' => out.push_str("\\\\")?,
+            '\n' => out.push_str("\\n")?,
+            '\r' => out.push_str("\\r")?,
+            '\t' => out.push_str("\\t")?,
+            '\u{08}' => out.push_str("\\b")?,
+            '\u{0c}' => out.push_str("\\f")?,
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32))?,
+            c => out.push(c)?,
         }
     }
-    out.push('"');
+    out.push('"')
 }
 
 /// Python's `repr(float)`: shortest round-trip digits, fixed notation for exponents −4..15,
@@ -135,9 +171,25 @@ pub fn float_repr(f: f64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn dumps(value: &Value, indent: Option<usize>) -> String {
+        dumps_within(value, indent, usize::MAX).unwrap()
+    }
+
+    #[test]
+    fn stops_at_its_cap() {
+        let v = json!({"a": [1, 2]});
+        let whole = dumps(&v, Some(4));
+        assert_eq!(
+            dumps_within(&v, Some(4), whole.len()).as_deref(),
+            Some(&whole[..])
+        );
+        assert_eq!(dumps_within(&v, Some(4), whole.len() - 1), None);
+    }
 
     #[test]
     fn matches_python_json_dumps() {

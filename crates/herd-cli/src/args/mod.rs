@@ -26,7 +26,8 @@ pub struct Cli {
     /// Raise or lower a limit on untrusted input, NAME=VALUE (repeatable; K/M/G suffixes).
     /// Names and defaults: config-bytes=16M, tokenizer-bytes=256M, template-bytes=1M,
     /// decompressed-bytes=256M, template-steps=10000000, template-output-bytes=64M,
-    /// prompt-bytes=64M, nesting-depth=128, image-bytes=64M, image-pixels=268435456.
+    /// prompt-bytes=64M, nesting-depth=128, image-bytes=64M, image-pixels=268435456,
+    /// request-pixels=268435456.
     #[arg(long = "limit", value_name = "NAME=VALUE", global = true)]
     pub limits: Vec<String>,
     /// Threads for the compute kernels (default: the physical cores this process may use).

@@ -248,6 +248,7 @@ fn limits_are_enforced_and_raised_by_flag() {
         format!("nesting-depth={}", d.nesting_depth),
         format!("image-bytes={}", mib(d.image_bytes)),
         format!("image-pixels={}", d.image_pixels),
+        format!("request-pixels={}", d.request_pixels),
     ] {
         assert!(help.contains(&expected), "{expected} not in --help: {help}");
         // ... and so does the README's table.

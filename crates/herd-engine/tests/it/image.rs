@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use herd_engine::image::{
-    best_fit, canvases, decode, load_data_url, load_file, preprocess, PreprocessConfig,
+    best_fit, canvases, decode, decode_within, load_data_url, load_file, preprocess, PixelBudget,
+    PreprocessConfig,
 };
 use herd_testkit::{assert_close, fixture_path, fixtures_dir, Reference};
 
@@ -50,6 +51,28 @@ fn canvas_choice_follows_the_reference_rules() {
     // Too big for any canvas: the mildest downscale.
     assert_eq!(best_fit(10_000, 300, &c, false), (5376, 336));
     assert_eq!(best_fit(40, 30, &c, false), (336, 336));
+}
+
+/// Images decoded against one budget spend it by their pixels, and one past what is left is
+/// refused by name; the budget is left as it was.
+#[test]
+fn images_spend_a_shared_budget_of_pixels() {
+    let png = std::fs::read(image("tiny.png")).unwrap(); // 40×30
+    let mut budget = PixelBudget::new(2 * 1200 + 100);
+    for left in [1300, 100] {
+        assert_eq!(
+            decode_within(&png, "tiny", &mut budget).unwrap().dimensions(),
+            (40, 30)
+        );
+        assert_eq!(budget.left(), left);
+    }
+    let e = decode_within(&png, "third", &mut budget).unwrap_err().to_string();
+    assert!(e.contains("third") && e.contains("request-pixels"), "{e}");
+    assert_eq!(budget.left(), 100);
+    assert_eq!(
+        PixelBudget::for_request().left(),
+        herd_limits::Limits::current().request_pixels
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herd_engine::frontend::images::EncodedImages;
-use herd_engine::image::RgbImage;
+use herd_engine::image::{PixelBudget, RgbImage};
 use herd_text::tool_calls::{self, StreamEvent, StreamParser, ToolCall};
 use herd_text::Message;
 use serde_json::{json, Map, Value};
@@ -463,12 +463,14 @@ fn read_messages(value: Value) -> Result<(Vec<Message>, Vec<Media>), ApiError> {
     Ok((messages, urls))
 }
 
-/// Decodes the images (data URLs; http(s) URLs when allowed), off the async threads.
-/// `has_vision` says whether the model that will see them can (a 400 otherwise).
+/// Decodes the images (data URLs; http(s) URLs when allowed), off the async threads, their
+/// pixels taken out of the request's `budget` (`--limit request-pixels`) as each header is
+/// read. `has_vision` says whether the model that will see them can (a 400 otherwise).
 pub async fn load_images(
     state: &Arc<AppState>,
     urls: Vec<String>,
     has_vision: bool,
+    budget: &mut PixelBudget,
 ) -> Result<Vec<RgbImage>, ApiError> {
     if urls.is_empty() {
         return Ok(Vec::new());
@@ -498,21 +500,26 @@ pub async fn load_images(
         }
     }
     let timeout = state.options.image_url_timeout;
-    tokio::task::spawn_blocking(move || {
-        urls.iter()
+    let mut left = *budget;
+    let (images, left) = tokio::task::spawn_blocking(move || {
+        let images = urls
+            .iter()
             .enumerate()
             .map(|(i, url)| {
                 let image = if url.starts_with("data:") {
-                    herd_engine::image::load_data_url(url).map_err(|e| e.to_string())
+                    herd_engine::image::load_data_url_within(url, &mut left).map_err(|e| e.to_string())
                 } else {
-                    crate::fetch::image(url, timeout)
+                    crate::fetch::image(url, timeout, &mut left)
                 };
                 image.map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
             })
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<_>, _>>();
+        (images, left)
     })
     .await
-    .map_err(|e| ApiError::internal(format!("image decoding: {e}")))?
+    .map_err(|e| ApiError::internal(format!("image decoding: {e}")))?;
+    *budget = left;
+    images
 }
 
 /// Runs the served model's vision tower, off the async threads (video frames with their tile
@@ -634,14 +641,18 @@ async fn resolve_media(
             Media::Video { .. } => None,
         })
         .collect();
+    // One budget for the request's pictures and frame lists together.
+    let mut budget = PixelBudget::for_request();
     let mut images: std::collections::VecDeque<RgbImage> =
-        load_images(state, urls, state.images.is_some()).await?.into();
+        load_images(state, urls, state.images.is_some(), &mut budget)
+            .await?
+            .into();
     let mut resolved: Vec<Option<VideoParts>> = Vec::with_capacity(media.len());
     for m in media {
         match m {
             Media::Image(_) => resolved.push(None),
             Media::Video { source, options } => {
-                let frames = video_frames(state, source, options).await?;
+                let frames = video_frames(state, source, options, &mut budget).await?;
                 let limit = Some(frames.max_tiles);
                 let pictures = frames
                     .frames
@@ -695,6 +706,7 @@ async fn video_frames(
     state: &Arc<AppState>,
     source: VideoInput,
     mut options: herd_engine::video::VideoOptions,
+    budget: &mut PixelBudget,
 ) -> Result<herd_engine::video::VideoFrames, ApiError> {
     if state.images.is_none() {
         return Err(ApiError::invalid(
@@ -704,7 +716,7 @@ async fn video_frames(
     }
     options.max_video_tokens = options.max_video_tokens.min(state.max_positions / 2);
     let pictures = match &source {
-        VideoInput::Frames(urls, _) => load_images(state, urls.clone(), true).await?,
+        VideoInput::Frames(urls, _) => load_images(state, urls.clone(), true, budget).await?,
         VideoInput::Clip(_) => Vec::new(),
     };
     let state = state.clone();

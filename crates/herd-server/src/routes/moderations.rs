@@ -74,9 +74,11 @@ async fn moderate(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> 
     f.finish()?;
     let inputs = read_input(input)?;
     let mut tasks = Vec::with_capacity(inputs.len());
+    let mut budget = herd_engine::image::PixelBudget::for_request();
     for input in inputs {
         let has_images = !input.image_urls.is_empty();
-        let pixels = super::chat::load_images(&state, input.image_urls, guard.has_vision()).await?;
+        let pixels =
+            super::chat::load_images(&state, input.image_urls, guard.has_vision(), &mut budget).await?;
         let types: &[&str] = if has_images { &["text", "image"] } else { &["text"] };
         let mut message = Message::new("user", "");
         message.content = herd_text::chat::Content::Parts(input.parts);

@@ -643,3 +643,89 @@ async fn streamed_completion_logprobs_match_the_whole_response() {
         .collect();
     assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
 }
+
+/// CRC-32 (PNG's chunk checksum).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A request's images share one budget of decoded pixels (`--limit request-pixels`, by default
+/// one largest image's), spent from each header before its pixels are decoded: many images,
+/// each within `--limit image-pixels`, cannot all be decoded before the prompt is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_images_share_one_budget_of_decoded_pixels() {
+    use base64::Engine;
+    use herd_engine::frontend::images::ImageEncoder;
+
+    let dir = herd_testkit::fixture_path("vision-chat-tiny");
+    let model =
+        herd_model::TextModel::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let frontend = herd_engine::frontend::Frontend::load(&dir, model.config()).unwrap();
+    let encoder =
+        ImageEncoder::load(&dir, model.config().hidden_size, model.dtype(), model.device()).unwrap();
+    let state =
+        herd_server::build_state(model, frontend, encoder, scheduler(), ServerOptions::default()).unwrap();
+    let router = herd_server::router(state);
+
+    // tiny.png (40×30) with a header claiming 16384×16384: exactly the largest image herd
+    // takes, its data still a 40×30 image's.
+    let tiny = std::fs::read(herd_testkit::fixture_path("images").join("tiny.png")).unwrap();
+    let mut huge = tiny.clone();
+    huge[16..20].copy_from_slice(&16_384u32.to_be_bytes());
+    huge[20..24].copy_from_slice(&16_384u32.to_be_bytes());
+    let crc = crc32(&huge[12..29]);
+    huge[29..33].copy_from_slice(&crc.to_be_bytes());
+    let url = |png: &[u8]| {
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png)
+        )
+    };
+    let ask = |urls: &[&str]| {
+        let mut parts: Vec<Value> = urls
+            .iter()
+            .map(|u| json!({"type": "image_url", "image_url": {"url": u}}))
+            .collect();
+        parts.push(json!({"type": "text", "text": "What is this?"}));
+        json!({"messages": [{"role": "user", "content": parts}], "max_tokens": 1}).to_string()
+    };
+    let (tiny, huge) = (url(&tiny), url(&huge));
+    // Alone, the claim passes every bound and fails in decoding the data that is not there.
+    let (status, v) = call(&router, post("/v1/chat/completions", &ask(&[&huge]))).await;
+    assert_eq!(status, 400, "{v}");
+    let alone = v["error"]["message"].as_str().unwrap().to_string();
+    assert!(!alone.contains("request-pixels"), "{alone}");
+    // After a real image the same claim is over the request's budget: refused from its header.
+    let (status, v) = call(&router, post("/v1/chat/completions", &ask(&[&tiny, &huge]))).await;
+    assert_eq!(status, 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("image 2") && message.contains("--limit request-pixels"),
+        "{message}"
+    );
+    // Frames of a video part spend the same budget as the pictures beside them.
+    let body = json!({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": tiny}},
+        {"type": "video", "video": [huge], "fps": 1},
+        {"type": "text", "text": "What happens?"}]}], "max_tokens": 1});
+    let (status, v) = call(&router, post("/v1/chat/completions", &body.to_string())).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("request-pixels"),
+        "{v}"
+    );
+    // Two real images are well within it.
+    let (status, v) = call(&router, post("/v1/chat/completions", &ask(&[&tiny, &tiny]))).await;
+    assert_eq!(status, 200, "{v}");
+}

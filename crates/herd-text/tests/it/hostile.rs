@@ -158,6 +158,31 @@ fn runaway_templates_stop_with_an_error() {
     }
 }
 
+/// Indented, a tool definition a few megabytes long — lists nested 100 deep around 300 000
+/// zeros — would be a line of ~25 000 spaces per zero, 7.5 GB: `tojson` stops at the output
+/// cap as it writes, where it used to build the whole text first.
+#[test]
+fn an_indented_tojson_stops_at_the_output_cap_as_it_writes() {
+    let mut deep = json!(vec![0; 300_000]);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let tools = [json!({"type": "function", "function": {"name": "f", "parameters": deep}})];
+    let user = [Message::new("user", "hi")];
+    let template = ChatTemplate::new("{{ tools | tojson(indent=256) }}", "<|begin_of_text|>", "<|eot|>");
+    let err = template
+        .render(&user, Some(&tools), true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tojson makes more than") && err.contains("template-output-bytes"),
+        "{err}"
+    );
+    // The same value unindented is 600 kB: rendered.
+    let flat = ChatTemplate::new("{{ tools | tojson }}", "<|begin_of_text|>", "<|eot|>");
+    assert!(flat.render(&user, Some(&tools), true).unwrap().len() > 600_000);
+}
+
 #[test]
 fn messages_are_checked_one_by_one_and_named() {
     let err = parse_messages(json!([

@@ -28,6 +28,11 @@ pub const MAX_TOP_LOGPROBS: usize = 20;
 pub const MAX_N: usize = 16;
 /// The most stop strings.
 pub const MAX_STOP: usize = 16;
+/// The longest stop string, in bytes. Every choice holds its own copy (a `/v1/completions`
+/// request may make 1024 choices) and matches it at every token.
+pub const MAX_STOP_BYTES: usize = 4096;
+/// The most `logit_bias` entries (each choice holds them and applies them at every step).
+pub const MAX_LOGIT_BIAS: usize = 2048;
 
 /// A request body's fields, taken out one by one.
 pub struct Fields {
@@ -180,6 +185,15 @@ impl Common {
             params.repetition_penalty = p;
         }
         if let Some(bias) = fields.object("logit_bias")? {
+            if bias.len() > MAX_LOGIT_BIAS {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!(
+                        "`logit_bias` has {} entries; at most {MAX_LOGIT_BIAS}",
+                        bias.len()
+                    ),
+                ));
+            }
             for (token, value) in bias {
                 let id: u32 = token.parse().map_err(|_| {
                     ApiError::invalid(
@@ -187,9 +201,15 @@ impl Common {
                         format!("`logit_bias` key `{token}` is not a token id"),
                     )
                 })?;
-                let b = value.as_f64().ok_or_else(|| {
-                    ApiError::invalid("logit_bias", format!("`logit_bias[{token}]` must be a number"))
-                })?;
+                let b = value
+                    .as_f64()
+                    .filter(|b| (-100.0..=100.0).contains(b))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "logit_bias",
+                            format!("`logit_bias[{token}]` must be a number from -100 to 100"),
+                        )
+                    })?;
                 params.logit_bias.push((id, b as f32));
             }
         }
@@ -228,6 +248,12 @@ impl Common {
             }
             Some(other) => return Err(type_error("stop", "a string or a list of strings", &other)),
         };
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("a stop string of {} bytes; at most {MAX_STOP_BYTES}", long.len()),
+            ));
+        }
         let n = fields.i64("n")?.unwrap_or(1);
         if !(1..=MAX_N as i64).contains(&n) {
             return Err(ApiError::invalid(
@@ -330,6 +356,8 @@ mod tests {
             (r#"{"stop": 5}"#, "stop"),
             (r#"{"top_p": 0}"#, "top_p"),
             (r#"{"logit_bias": {"x": 1}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"5": 101}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"5": -1e300}}"#, "logit_bias"),
             (r#"{"frobnicate": 1}"#, "frobnicate"),
             (r#"{"seed": 1.5}"#, "seed"),
         ] {
@@ -337,6 +365,18 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
             assert_eq!(e.status, 400);
         }
+        // Sizes: a stop string past MAX_STOP_BYTES, more biases than MAX_LOGIT_BIAS.
+        let long = serde_json::json!({"stop": ["x".repeat(MAX_STOP_BYTES + 1)]}).to_string();
+        let many: serde_json::Map<String, Value> = (0..=MAX_LOGIT_BIAS)
+            .map(|i| (i.to_string(), Value::from(1)))
+            .collect();
+        let many = serde_json::json!({"logit_bias": many}).to_string();
+        for (body, param) in [(&long, "stop"), (&many, "logit_bias")] {
+            let e = common(body).err().unwrap_or_else(|| panic!("{param} passed"));
+            assert_eq!(e.param.as_deref(), Some(param), "{}", e.message);
+        }
+        let at_most = serde_json::json!({"stop": ["x".repeat(MAX_STOP_BYTES)]}).to_string();
+        assert!(common(&at_most).is_ok());
         assert!(common("[1]").is_err());
         assert!(common("{").is_err());
     }

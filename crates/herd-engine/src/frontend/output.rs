@@ -17,6 +17,9 @@ pub struct Delta {
 pub struct OutputText {
     decoder: IncrementalDecoder,
     stop: Vec<String>,
+    /// Per stop string, its prefix function (KMP's failure links): `fail[i]` is the longest
+    /// proper prefix of `stop[..=i]` that is also its suffix.
+    fail: Vec<Vec<usize>>,
     /// Decoded text not yet emitted (it may begin a stop string).
     held: String,
     stopped: bool,
@@ -25,9 +28,11 @@ pub struct OutputText {
 impl OutputText {
     /// Empty stop strings are ignored.
     pub fn new(stop: &[String]) -> Self {
+        let stop: Vec<String> = stop.iter().filter(|s| !s.is_empty()).cloned().collect();
         OutputText {
             decoder: IncrementalDecoder::new(),
-            stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            fail: stop.iter().map(|s| prefix_function(s.as_bytes())).collect(),
+            stop,
             held: String::new(),
             stopped: false,
         }
@@ -90,9 +95,37 @@ impl OutputText {
         self.stop.iter().filter_map(|s| self.held.find(s.as_str())).min()
     }
 
-    /// Length of the longest suffix of `held` that is a proper prefix of a stop string, on a
-    /// character boundary.
+    /// Length of the longest suffix of `held` that is a proper prefix of a stop string. A
+    /// KMP pass over the last `len − 1` bytes per stop string: linear in its length, where
+    /// trying every suffix was quadratic (a stop string thousands of bytes long cost millions
+    /// of comparisons a token). The suffix starts on a character boundary, as the stop
+    /// string's first byte does.
     fn partial_stop_len(&self) -> usize {
+        self.stop
+            .iter()
+            .zip(&self.fail)
+            .map(|(stop, fail)| {
+                let stop = stop.as_bytes();
+                let held = self.held.as_bytes();
+                let tail = &held[held.len().saturating_sub(stop.len() - 1)..];
+                let mut matched = 0;
+                for &b in tail {
+                    while matched > 0 && stop[matched] != b {
+                        matched = fail[matched - 1];
+                    }
+                    if stop[matched] == b {
+                        matched += 1;
+                    }
+                }
+                matched
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// [`Self::partial_stop_len`]'s slow twin: every suffix tried, longest first.
+    #[cfg(test)]
+    fn partial_stop_len_slow(&self) -> usize {
         let mut keep = 0;
         for stop in &self.stop {
             let longest = stop.len().saturating_sub(1).min(self.held.len());
@@ -106,6 +139,23 @@ impl OutputText {
         }
         keep
     }
+}
+
+/// KMP's prefix function of `p`: for each i, the length of the longest proper prefix of
+/// `p[..=i]` that is also a suffix of it.
+fn prefix_function(p: &[u8]) -> Vec<usize> {
+    let mut fail = vec![0; p.len()];
+    let mut k = 0;
+    for i in 1..p.len() {
+        while k > 0 && p[i] != p[k] {
+            k = fail[k - 1];
+        }
+        if p[i] == p[k] {
+            k += 1;
+        }
+        fail[i] = k;
+    }
+    fail
 }
 
 #[cfg(test)]
@@ -127,6 +177,36 @@ mod tests {
         }
         let rest = out.finish();
         (emitted, stopped, rest)
+    }
+
+    /// The KMP pass finds what trying every suffix finds: self-overlapping stop strings
+    /// ("aab" after "aaa"), several at once, multi-byte characters, every tail of every text.
+    #[test]
+    fn partial_stop_len_agrees_with_its_slow_twin() {
+        let stops = ["aab", "abab", "ababc", "é!", "xé", "a", "ééé", "aaaa", "<|eot|>"];
+        let texts = [
+            "", "a", "aa", "aaa", "abab", "ababab", "xé", "é", "éé", "ab<|eo", "<|", "zzaba",
+        ];
+        for (i, first) in stops.iter().enumerate() {
+            for second in &stops[i..] {
+                let stop = vec![first.to_string(), second.to_string()];
+                for text in texts {
+                    let mut out = OutputText::new(&stop);
+                    out.held = text.to_string();
+                    if out.first_stop().is_some() {
+                        continue;
+                    }
+                    assert_eq!(
+                        out.partial_stop_len(),
+                        out.partial_stop_len_slow(),
+                        "{stop:?} after {text:?}"
+                    );
+                }
+            }
+        }
+        let mut out = OutputText::new(&["aab".to_string()]);
+        out.held = "xaaa".into();
+        assert_eq!(out.partial_stop_len(), 2);
     }
 
     #[test]

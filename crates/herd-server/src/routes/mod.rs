@@ -93,6 +93,20 @@ pub async fn submit(
                 "`max_tokens` is 0: nothing to generate (with `echo` and `logprobs` a prompt is scored)",
             ));
         }
+        // A bias on an id past the tokenizer's would be ignored silently, or (a padding row of
+        // the embedding) sample a token that cannot be decoded.
+        let vocab = state.frontend.tokenizer.vocab_size();
+        if let Some((id, _)) = common
+            .params
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab)
+        {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` token {id} is not an id below {vocab}"),
+            ));
+        }
         for i in 0..common.n {
             let mut stop_token_ids = if common.ignore_eos {
                 Vec::new()

@@ -277,6 +277,8 @@ async fn bad_requests_are_400s_naming_the_problem_and_the_server_keeps_serving()
         (r#"{"prompt": [1, 99999999]}"#.into(), "prompt", "not an id"),
         (r#"{"prompt": {"a": 1}}"#.into(), "prompt", "string or a list"),
         (r#"{"prompt": "x", "logprobs": 50}"#.into(), "logprobs", "between 0 and 20"),
+        (r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"99999999": 5}}"#.into(), "logit_bias", "not an id below"),
+        (r#"{"prompt": "x", "logit_bias": {"5": 250}}"#.into(), "logit_bias", "from -100 to 100"),
     ];
     for (body, param, words) in &cases {
         let path = if body.contains("prompt") {

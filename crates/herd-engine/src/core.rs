@@ -122,6 +122,20 @@ impl<M: LanguageModel> EngineCore<M> {
                 max_positions,
             });
         }
+        if let Some(images) = &images {
+            // Every feature row needs its `<|patch|>` token. A prompt whose patch id is not the
+            // features' (a config's image_token_index other than the tokenizer's <|patch|>)
+            // would otherwise take no rows, and the model would answer without the image.
+            let patch_tokens = prompt.iter().filter(|&&t| t == images.patch_id).count();
+            let features = images.rows.dim(0).map_err(herd_model::Error::from)?;
+            if patch_tokens != features {
+                return Err(herd_model::Error::ImageTokens {
+                    patch_tokens,
+                    features,
+                }
+                .into());
+            }
+        }
         if params.max_new_tokens == 0 && prompt_logprobs.is_none() {
             return Err(EngineError::InvalidParameter {
                 field: "max_new_tokens",

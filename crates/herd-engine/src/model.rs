@@ -190,7 +190,8 @@ impl LanguageModel for TextModel {
             .map(|plan| match plan.attention.chunk_len() {
                 // A chunked layer keeps one block, but a step that crosses into the next block
                 // holds the old block's tail and the whole step at once.
-                Some(c) if c > 0 => positions.min(c + max_step.saturating_sub(1)),
+                // (A chunk longer than any context — a config may say 2⁶⁴ − 1 — saturates.)
+                Some(c) if c > 0 => positions.min(c.saturating_add(max_step.saturating_sub(1))),
                 _ => positions,
             })
             .sum::<usize>()

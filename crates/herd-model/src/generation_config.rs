@@ -47,11 +47,32 @@ impl GenerationConfig {
 /// Every stop id a checkpoint declares: `config.json`'s `eos_token_id` and
 /// `generation_config.json`'s, without repeats, in first-seen order.
 pub fn stop_token_ids(model_eos: &[u32], generation: &GenerationConfig) -> Vec<u32> {
-    let mut ids = Vec::new();
-    for &id in model_eos.iter().chain(&generation.eos_token_ids) {
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
+    // A set, not `Vec::contains`: a file may list millions of ids.
+    let mut seen = std::collections::HashSet::new();
+    model_eos
+        .iter()
+        .chain(&generation.eos_token_ids)
+        .copied()
+        .filter(|id| seen.insert(*id))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_ids_keep_their_first_order_without_repeats_however_many() {
+        let generation = GenerationConfig {
+            eos_token_ids: vec![7, 2, 9, 7],
+        };
+        assert_eq!(stop_token_ids(&[2, 5, 2], &generation), [2, 5, 7, 9]);
+        // Two million distinct ids (a hostile file's worth): linear, not quadratic.
+        let many = GenerationConfig {
+            eos_token_ids: (0..2_000_000).rev().collect(),
+        };
+        let ids = stop_token_ids(&[5], &many);
+        assert_eq!(ids.len(), 2_000_000);
+        assert_eq!(ids[..3], [5, 1_999_999, 1_999_998]);
     }
-    ids
 }

@@ -97,7 +97,9 @@ pub fn kv_footprint(config: &ModelConfig, bytes_per_element: usize) -> KvFootpri
             AttentionKind::LocalRope { chunk_len } => {
                 fp.chunked_layers += 1;
                 fp.chunked_bytes_per_token += per_layer_token;
-                fp.chunked_max_tokens = fp.chunked_max_tokens.max(chunk_len);
+                // A block never holds more than the context (a config may say 2⁶⁴ − 1).
+                let held = chunk_len.min(config.max_position_embeddings);
+                fp.chunked_max_tokens = fp.chunked_max_tokens.max(held);
             }
             AttentionKind::GlobalRope | AttentionKind::GlobalNope => {
                 fp.global_layers += 1;
@@ -181,7 +183,7 @@ pub fn report(config: &ModelConfig, bytes_per_element: usize, stored_weight_byte
         kv.chunked_layers,
         human_bytes(kv.chunked_bytes_per_token),
         kv.chunked_max_tokens,
-        human_bytes(kv.chunked_bytes_per_token * kv.chunked_max_tokens as u64),
+        human_bytes(kv.chunked_bytes_per_token.saturating_mul(kv.chunked_max_tokens as u64)),
     );
     for n in [8192usize, 131072, 1 << 20] {
         if n <= config.max_position_embeddings {

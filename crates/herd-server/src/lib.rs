@@ -97,6 +97,11 @@ where
             )));
         }
     }
+    if let Some(encoder) = &images {
+        encoder
+            .check_tokenizer(&frontend.tokenizer)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+    }
     if options.screening.is_some() && !matches!(guard, GuardChoice::Service(_)) {
         return Err(ServerError::Config(
             "screening (--guard-mode) needs a guard model (--guard)".into(),

@@ -95,6 +95,20 @@ impl ImageEncoder {
         Ok(encoder)
     }
 
+    /// Checks that the tower's feature rows go where `tokenizer` puts them: the checkpoint's
+    /// `image_token_index` must be the tokenizer's `<|patch|>` id, or a prompt's patch tokens
+    /// would take none of the rows.
+    pub fn check_tokenizer(&self, tokenizer: &herd_text::Tokenizer) -> Result<()> {
+        let patch = herd_text::image_layout::ImageTokenIds::from_tokenizer(tokenizer)?.patch;
+        let configured = self.vision.config().image_token_id;
+        if patch != configured {
+            return Err(EngineError::Frontend(format!(
+                "config.json's image_token_index is {configured}, but the tokenizer's <|patch|> is {patch}: the images would go nowhere"
+            )));
+        }
+        Ok(())
+    }
+
     /// Rounds activations before the tower's products with narrow-float weights (see
     /// [`MatmulPrecision`]).
     pub fn set_matmul_precision(&mut self, precision: MatmulPrecision) {

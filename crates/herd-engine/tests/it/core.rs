@@ -469,4 +469,35 @@ fn kv_reservations_cover_a_step_that_crosses_a_chunk() {
         cache.bytes(),
         model.kv_bytes_for(40, 4)
     );
+    // A chunk longer than any context (a config's 2⁶⁴ − 1) holds every position, as a global
+    // layer does: the estimate saturates rather than wrapping to a step's worth.
+    let dir = std::env::temp_dir().join(format!("herd-core-huge-chunk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture_path("scout-tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["attention_chunk_size"] = serde_json::json!(u64::MAX);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let huge = TextModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(huge.kv_bytes_for(100, 4), c.layers.len() * 100 * row);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Image rows must pair with the prompt's patch tokens: a request whose prompt has fewer (a
+/// patch id the tokenizer does not use) is refused at once, not run without its image.
+#[test]
+fn image_rows_without_their_patch_tokens_are_refused() {
+    let mut core = EngineCore::new(Fake::new(64), config(4, 16, 1 << 20)).unwrap();
+    let rows =
+        candle_core::Tensor::zeros((3, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let mut request = Request::new(vec![1, 9, 9, 2], greedy(2));
+    request.images = Some(ImageFeatures { rows, patch_id: 9 });
+    let err = core.add(request).unwrap_err().to_string();
+    assert!(
+        err.contains("2 <|patch|> tokens") && err.contains("3 feature rows"),
+        "{err}"
+    );
 }

@@ -195,11 +195,12 @@ impl VisionConfig {
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
             return Err(field("rope_theta", format!("{rope_theta} must exceed 1")));
         }
-        let image_token_id = top
-            .get("image_token_index")
-            .and_then(Value::as_u64)
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(200_092);
+        let image_token_id = match top.get("image_token_index").filter(|v| !v.is_null()) {
+            None => 200_092,
+            Some(v) => v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+                Error::config("image_token_index", format!("must be a token id, found {v}"))
+            })?,
+        };
         Ok(Some(VisionConfig {
             hidden_size: raw.hidden_size,
             n_layers: raw.num_hidden_layers,

@@ -30,6 +30,11 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// Bounds that no real file comes near; they stop a corrupt count from allocating gigabytes.
 const MAX_STRING_BYTES: u64 = 64 << 20;
 const MAX_ARRAY_LEN: u64 = 1 << 26;
+/// Array items in all of a file's metadata together. Each item is a [`Value`] of 32 bytes
+/// however few bytes it takes in the file (a bool takes one), so 64 arrays of `MAX_ARRAY_LEN`
+/// bools would be 128 GiB from a 4 GiB header. Llama 4's vocabulary, merges and token types
+/// are about a million.
+const MAX_METADATA_ITEMS: u64 = 1 << 23;
 const MAX_ENTRIES: u64 = 1 << 20;
 const MAX_DIMS: u32 = 4;
 
@@ -401,6 +406,8 @@ struct Header<'a> {
     reader: BufReader<&'a File>,
     pos: u64,
     path: &'a Path,
+    /// Metadata array items still allowed ([`MAX_METADATA_ITEMS`]).
+    items_left: u64,
 }
 
 impl Header<'_> {
@@ -478,6 +485,12 @@ impl Header<'_> {
                         format!("{what}: array of {len} items is implausible"),
                     ));
                 }
+                self.items_left = self.items_left.checked_sub(len).ok_or_else(|| {
+                    gguf_error(
+                        self.path,
+                        format!("{what}: the metadata's arrays hold more than {MAX_METADATA_ITEMS} items together, which is implausible"),
+                    )
+                })?;
                 let mut items = Vec::with_capacity(len.min(1 << 16) as usize);
                 for _ in 0..len {
                     items.push(self.value(item_type, what, depth.saturating_add(1))?);
@@ -504,6 +517,7 @@ fn read_one(path: &Path, file_index: usize) -> Result<GgufFile> {
         reader: BufReader::with_capacity(1 << 20, &file),
         pos: 0,
         path,
+        items_left: MAX_METADATA_ITEMS,
     };
     let magic = h.array::<4>("the magic number")?;
     if &magic != MAGIC {
@@ -583,13 +597,15 @@ fn read_one(path: &Path, file_index: usize) -> Result<GgufFile> {
                     .and_then(|b| b.checked_mul(bytes))
                     .ok_or_else(|| gguf_error(path, format!("tensor `{name}` dims {dims:?} overflow")))?
             }
-            (None, _) => 0, // reported if anyone reads it
+            // Dims that overflow are refused whatever the type, an unknown one too: a reader
+            // of it (rope_freqs is read before its shape is checked) multiplies them.
             (_, None) => {
                 return Err(gguf_error(
                     path,
                     format!("tensor `{name}` dims {dims:?} overflow"),
                 ))
             }
+            (None, Some(_)) => 0, // reported if anyone reads it
         };
         let start = data_start.checked_add(offset);
         match start.and_then(|s| s.checked_add(n_bytes)) {

@@ -347,6 +347,44 @@ fn unsupported_and_broken_gguf_files_are_named_errors() {
         matches!(e, Error::MissingTensor { .. }) && e.to_string().contains("blk.0.attn_q.weight"),
         "{e}"
     );
+    // A tensor of an unknown type whose dims overflow: refused at open, as any type's are
+    // (it was skipped, and rope_freqs is read before its shape is checked: a debug build's
+    // multiply panicked).
+    let spec = TensorSpec {
+        name: "rope_freqs.weight".into(),
+        dims: vec![1 << 32; 4],
+        ggml_type: 99,
+        n_bytes: 0,
+    };
+    let path = tmp("overflow.gguf");
+    gguf_writer::write(&path, &llama4_meta(), &[spec], |_| Ok(Vec::new())).unwrap();
+    let msg = err(&path);
+    assert!(
+        msg.contains("rope_freqs.weight") && msg.contains("overflow"),
+        "{msg}"
+    );
+    // Arrays of one-byte items, each under the per-array bound, past the bound on all of them
+    // together (each item is a 32-byte value in memory): refused before the second is read.
+    let mut bools = b"GGUF".to_vec();
+    bools.extend(3u32.to_le_bytes()); // version
+    bools.extend(0u64.to_le_bytes()); // tensors
+    bools.extend(2u64.to_le_bytes()); // metadata entries
+    for (key, len) in [("a", 1u64 << 22), ("b", (1 << 22) + 1)] {
+        bools.extend((key.len() as u64).to_le_bytes());
+        bools.extend(key.as_bytes());
+        bools.extend(9u32.to_le_bytes()); // an array
+        bools.extend(7u32.to_le_bytes()); // of bools
+        bools.extend(len.to_le_bytes());
+        if key == "a" {
+            bools.resize(bools.len() + len as usize, 0);
+        }
+    }
+    std::fs::write(tmp("bools.gguf"), &bools).unwrap();
+    let msg = match GgufFile::open(&tmp("bools.gguf")) {
+        Ok(_) => panic!("bools.gguf opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(msg.contains("more than 8388608 items together"), "{msg}");
     let _ = Tensor::zeros(1, DType::F32, &Device::Cpu);
 }
 

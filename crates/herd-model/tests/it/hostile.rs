@@ -284,3 +284,29 @@ fn nan_weights_are_caught_and_the_first_bad_layer_named() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An attention chunk longer than any context (2⁶⁴ − 1, which a config may say) is no chunk at
+/// all: the model computes what it does unchunked, and the reports saturate instead of
+/// overflowing (a debug build panicked, a release build wrapped the KV estimate).
+#[test]
+fn a_chunk_longer_than_any_context_is_no_chunk() {
+    let huge = with("attention_chunk_size", json!(u64::MAX));
+    let unchunked = with("attention_chunk_size", Value::Null);
+    let config = ModelConfig::from_json(&huge).unwrap();
+    let report = herd_model::inspect::report(&config, 2, None);
+    assert!(report.contains("kv cache"), "{report}");
+    let kv = herd_model::inspect::kv_footprint(&config, 2);
+    assert_eq!(kv.chunked_max_tokens, config.max_position_embeddings);
+    let logits = |config: &Value, tag: &str| {
+        let dir = copy_fixture("scout-tiny", tag);
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let model = TextModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (1..40).collect();
+        let mut cache = model.new_cache();
+        let out = model.forward(&ids, &mut cache, LogitsFor::All).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        out
+    };
+    let (a, b) = (logits(&huge, "huge-chunk"), logits(&unchunked, "no-chunk"));
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+}

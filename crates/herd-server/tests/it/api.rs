@@ -731,3 +731,37 @@ async fn a_requests_images_share_one_budget_of_decoded_pixels() {
     let (status, v) = call(&router, post("/v1/chat/completions", &ask(&[&tiny, &tiny]))).await;
     assert_eq!(status, 200, "{v}");
 }
+
+/// A checkpoint whose config.json names another image token than the tokenizer's `<|patch|>`
+/// would have every image ignored (its rows matched by no token): refused when the server
+/// starts, and a request whose patch tokens do not pair with its image rows is refused by
+/// the engine.
+#[test]
+fn an_image_token_other_than_the_tokenizers_patch_is_refused_at_startup() {
+    let dir = std::env::temp_dir().join(format!("herd-server-image-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(herd_testkit::fixture_path("vision-chat-tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let patch = config["image_token_index"].as_u64().unwrap();
+    config["image_token_index"] = json!(patch - 1);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let model =
+        herd_model::TextModel::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let frontend = herd_engine::frontend::Frontend::load(&dir, model.config()).unwrap();
+    let encoder = herd_engine::frontend::images::ImageEncoder::for_model(&dir, &model).unwrap();
+    let err = herd_server::build_state(model, frontend, encoder, scheduler(), ServerOptions::default())
+        .err()
+        .expect("a server with a mismatched image token started")
+        .to_string();
+    assert!(
+        err.contains("image_token_index") && err.contains("<|patch|>"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

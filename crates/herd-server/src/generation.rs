@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use herd_engine::frontend::output::OutputText;
+use herd_engine::frontend::output::{OutputText, StopStrings};
 use herd_engine::{Event, FinishReason, RequestId, TokenLogprob, Usage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -58,7 +58,7 @@ impl Generation {
         engine: crate::worker::EngineHandle,
         id: RequestId,
         events: UnboundedReceiver<Event>,
-        stop: &[String],
+        stop: StopStrings,
         prompt_tokens: usize,
         arrived: Instant,
     ) -> Self {
@@ -67,7 +67,7 @@ impl Generation {
             engine,
             events,
             state,
-            output: OutputText::new(stop),
+            output: OutputText::with_stops(stop),
             prompt_tokens,
             generated: 0,
             arrived,

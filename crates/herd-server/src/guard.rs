@@ -113,6 +113,11 @@ impl GuardService {
         max_positions: usize,
     ) -> Result<Self, ServerError> {
         let guard = Guard::new(&frontend)?;
+        if let Some(encoder) = &images {
+            encoder
+                .check_tokenizer(&frontend.tokenizer)
+                .map_err(|e| ServerError::Config(format!("the guard: {e}")))?;
+        }
         Ok(GuardService {
             name,
             frontend,

@@ -16,22 +16,50 @@ pub struct Delta {
 #[derive(Debug, Default)]
 pub struct OutputText {
     decoder: IncrementalDecoder,
-    stop: Vec<String>,
-    /// Per stop string, its prefix function (KMP's failure links): `fail[i]` is the longest
-    /// proper prefix of `stop[..=i]` that is also its suffix.
-    fail: Vec<Vec<usize>>,
+    stop: StopStrings,
     /// Decoded text not yet emitted (it may begin a stop string).
     held: String,
     stopped: bool,
 }
 
+/// A request's stop strings with their KMP tables, made once and shared by its choices (each
+/// table is four bytes a stop byte; a request may make 1024 choices).
+#[derive(Debug, Clone, Default)]
+pub struct StopStrings(std::sync::Arc<[Stop]>);
+
+#[derive(Debug)]
+struct Stop {
+    text: String,
+    /// The prefix function (KMP's failure links): `fail[i]` is the length of the longest proper
+    /// prefix of `text[..=i]` that is also its suffix.
+    fail: Vec<u32>,
+}
+
+impl StopStrings {
+    /// Empty stop strings are ignored.
+    pub fn new(stop: &[String]) -> Self {
+        StopStrings(
+            stop.iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| Stop {
+                    text: s.clone(),
+                    fail: prefix_function(s.as_bytes()),
+                })
+                .collect(),
+        )
+    }
+}
+
 impl OutputText {
     /// Empty stop strings are ignored.
     pub fn new(stop: &[String]) -> Self {
-        let stop: Vec<String> = stop.iter().filter(|s| !s.is_empty()).cloned().collect();
+        Self::with_stops(StopStrings::new(stop))
+    }
+
+    /// Over stop strings made once for several replies.
+    pub fn with_stops(stop: StopStrings) -> Self {
         OutputText {
             decoder: IncrementalDecoder::new(),
-            fail: stop.iter().map(|s| prefix_function(s.as_bytes())).collect(),
             stop,
             held: String::new(),
             stopped: false,
@@ -92,7 +120,11 @@ impl OutputText {
 
     /// Byte offset in `held` of the earliest stop string.
     fn first_stop(&self) -> Option<usize> {
-        self.stop.iter().filter_map(|s| self.held.find(s.as_str())).min()
+        self.stop
+            .0
+            .iter()
+            .filter_map(|s| self.held.find(s.text.as_str()))
+            .min()
     }
 
     /// Length of the longest suffix of `held` that is a proper prefix of a stop string. A
@@ -102,16 +134,16 @@ impl OutputText {
     /// string's first byte does.
     fn partial_stop_len(&self) -> usize {
         self.stop
+            .0
             .iter()
-            .zip(&self.fail)
-            .map(|(stop, fail)| {
-                let stop = stop.as_bytes();
+            .map(|Stop { text, fail }| {
+                let stop = text.as_bytes();
                 let held = self.held.as_bytes();
                 let tail = &held[held.len().saturating_sub(stop.len() - 1)..];
                 let mut matched = 0;
                 for &b in tail {
                     while matched > 0 && stop[matched] != b {
-                        matched = fail[matched - 1];
+                        matched = fail[matched - 1] as usize;
                     }
                     if stop[matched] == b {
                         matched += 1;
@@ -127,7 +159,7 @@ impl OutputText {
     #[cfg(test)]
     fn partial_stop_len_slow(&self) -> usize {
         let mut keep = 0;
-        for stop in &self.stop {
+        for stop in self.stop.0.iter().map(|s| &s.text) {
             let longest = stop.len().saturating_sub(1).min(self.held.len());
             for n in (keep + 1..=longest).rev() {
                 let start = self.held.len() - n;
@@ -143,17 +175,18 @@ impl OutputText {
 
 /// KMP's prefix function of `p`: for each i, the length of the longest proper prefix of
 /// `p[..=i]` that is also a suffix of it.
-fn prefix_function(p: &[u8]) -> Vec<usize> {
-    let mut fail = vec![0; p.len()];
-    let mut k = 0;
+fn prefix_function(p: &[u8]) -> Vec<u32> {
+    let mut fail = vec![0u32; p.len()];
+    let mut k = 0usize;
     for i in 1..p.len() {
         while k > 0 && p[i] != p[k] {
-            k = fail[k - 1];
+            k = fail[k - 1] as usize;
         }
         if p[i] == p[k] {
             k += 1;
         }
-        fail[i] = k;
+        // k < p.len(); a stop string past 4 GiB is not a thing a request can hold.
+        fail[i] = u32::try_from(k).unwrap_or(u32::MAX);
     }
     fail
 }

@@ -4,9 +4,9 @@
 //! k-quants' minimums and offsets need).
 //!
 //! Both follow ggml to the bit — the Q8_0 scale rounded to f16 as `block_q8_0` stores it, the
-//! levels computed from the unrounded one — so herd's integer sums are llama.cpp's. (An f32
-//! scale is no better overall: on the tiny Llama 4 fixture it moved a router choice and the
-//! worst logit row from 4.6% to 12.8% off the reference.)
+//! levels computed from max|x| unrounded (x86's 127 / max|x|) — so herd's integer sums are
+//! llama.cpp's. (An f32 scale is no better overall: on the tiny Llama 4 fixture it moved a
+//! router choice and the worst logit row from 4.6% to 12.8% off the reference.)
 
 /// Rows of activations in 8-bit blocks: value `i` of row `r` is `qs[r·K + i] · scales[(r·K + i)
 /// / block]`.

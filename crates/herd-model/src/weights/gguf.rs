@@ -29,11 +29,10 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Bounds that no real file comes near; they stop a corrupt count from allocating gigabytes.
 const MAX_STRING_BYTES: u64 = 64 << 20;
-const MAX_ARRAY_LEN: u64 = 1 << 26;
-/// Array items in all of a file's metadata together. Each item is a [`Value`] of 32 bytes
-/// however few bytes it takes in the file (a bool takes one), so 64 arrays of `MAX_ARRAY_LEN`
-/// bools would be 128 GiB from a 4 GiB header. Llama 4's vocabulary, merges and token types
-/// are about a million.
+/// Array items in all of a file's metadata together (one array's bound too). Each item is a
+/// [`Value`] of 32 bytes however few bytes it takes in the file (a bool takes one): a bound
+/// per array alone let 64 arrays of 2²⁶ bools be 128 GiB from a 4 GiB header. Llama 4's
+/// vocabulary, merges and token types are about a million.
 const MAX_METADATA_ITEMS: u64 = 1 << 23;
 const MAX_ENTRIES: u64 = 1 << 20;
 const MAX_DIMS: u32 = 4;
@@ -479,7 +478,7 @@ impl Header<'_> {
                 }
                 let item_type = self.u32(what)?;
                 let len = self.u64(what)?;
-                if len > MAX_ARRAY_LEN {
+                if len > MAX_METADATA_ITEMS {
                     return Err(gguf_error(
                         self.path,
                         format!("{what}: array of {len} items is implausible"),

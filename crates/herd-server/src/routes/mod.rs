@@ -17,6 +17,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use herd_engine::frontend::json_mode::JsonConstraint;
+use herd_engine::frontend::output::StopStrings;
 use herd_engine::{ImageFeatures, Request, SamplingParams, TokenLogprob};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -74,6 +75,25 @@ pub async fn submit(
     prompt_param: &'static str,
 ) -> Result<Vec<Generation>, ApiError> {
     let route = state.route(common.model.as_deref())?;
+    if !common.params.logit_bias.is_empty() {
+        // A bias on an id past the tokenizer's would be ignored silently, or (a padding row of
+        // the embedding) sample a token that cannot be decoded. (Asked only when there is a
+        // bias: a tokenizer.json's vocabulary size is a copy of its whole vocabulary.)
+        let vocab = state.frontend.tokenizer.vocab_size();
+        if let Some((id, _)) = common
+            .params
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab)
+        {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` token {id} is not an id below {vocab}"),
+            ));
+        }
+    }
+    // The stop strings' tables once for every choice.
+    let stop = StopStrings::new(&common.stop);
     let mut choices = Vec::new();
     for job in jobs {
         if job.prompt.len() > state.max_positions {
@@ -91,20 +111,6 @@ pub async fn submit(
             return Err(ApiError::invalid(
                 "max_tokens",
                 "`max_tokens` is 0: nothing to generate (with `echo` and `logprobs` a prompt is scored)",
-            ));
-        }
-        // A bias on an id past the tokenizer's would be ignored silently, or (a padding row of
-        // the embedding) sample a token that cannot be decoded.
-        let vocab = state.frontend.tokenizer.vocab_size();
-        if let Some((id, _)) = common
-            .params
-            .logit_bias
-            .iter()
-            .find(|(id, _)| *id as usize >= vocab)
-        {
-            return Err(ApiError::invalid(
-                "logit_bias",
-                format!("`logit_bias` token {id} is not an id below {vocab}"),
             ));
         }
         for i in 0..common.n {
@@ -138,7 +144,7 @@ pub async fn submit(
                 route.engine.clone(),
                 id,
                 events,
-                &common.stop,
+                stop.clone(),
                 job.prompt.len(),
                 arrived,
             ));

@@ -178,7 +178,7 @@ fn an_indented_tojson_stops_at_the_output_cap_as_it_writes() {
         err.contains("tojson makes more than") && err.contains("template-output-bytes"),
         "{err}"
     );
-    // The same value unindented is 600 kB: rendered.
+    // The same value unindented is ~900 kB: rendered.
     let flat = ChatTemplate::new("{{ tools | tojson }}", "<|begin_of_text|>", "<|eot|>");
     assert!(flat.render(&user, Some(&tools), true).unwrap().len() > 600_000);
 }

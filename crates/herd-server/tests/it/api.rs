@@ -667,18 +667,7 @@ fn crc32(bytes: &[u8]) -> u32 {
 /// each within `--limit image-pixels`, cannot all be decoded before the prompt is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requests_images_share_one_budget_of_decoded_pixels() {
-    use base64::Engine;
-    use herd_engine::frontend::images::ImageEncoder;
-
-    let dir = herd_testkit::fixture_path("vision-chat-tiny");
-    let model =
-        herd_model::TextModel::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    let frontend = herd_engine::frontend::Frontend::load(&dir, model.config()).unwrap();
-    let encoder =
-        ImageEncoder::load(&dir, model.config().hidden_size, model.dtype(), model.device()).unwrap();
-    let state =
-        herd_server::build_state(model, frontend, encoder, scheduler(), ServerOptions::default()).unwrap();
-    let router = herd_server::router(state);
+    let router = vision_server();
 
     // tiny.png (40×30) with a header claiming 16384×16384: exactly the largest image herd
     // takes, its data still a 40×30 image's.
@@ -688,12 +677,7 @@ async fn a_requests_images_share_one_budget_of_decoded_pixels() {
     huge[20..24].copy_from_slice(&16_384u32.to_be_bytes());
     let crc = crc32(&huge[12..29]);
     huge[29..33].copy_from_slice(&crc.to_be_bytes());
-    let url = |png: &[u8]| {
-        format!(
-            "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(png)
-        )
-    };
+    let url = |png: &[u8]| data_url("image/png", png);
     let ask = |urls: &[&str]| {
         let mut parts: Vec<Value> = urls
             .iter()

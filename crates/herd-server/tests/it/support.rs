@@ -143,3 +143,35 @@ pub fn streamed_text(chunks: &[Value]) -> String {
         })
         .collect()
 }
+
+/// `bytes` as a base64 `data:` URL of type `mime`.
+pub fn data_url(mime: &str, bytes: &[u8]) -> String {
+    format!(
+        "data:{mime};base64,{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    )
+}
+
+/// A server over vision-chat-tiny with its vision tower.
+pub fn vision_server() -> axum::Router {
+    let dir = herd_testkit::fixture_path("vision-chat-tiny");
+    let model =
+        herd_model::TextModel::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let frontend = herd_engine::frontend::Frontend::load(&dir, model.config()).unwrap();
+    let encoder = herd_engine::frontend::images::ImageEncoder::load(
+        &dir,
+        model.config().hidden_size,
+        model.dtype(),
+        model.device(),
+    )
+    .unwrap();
+    let state = herd_server::build_state(
+        model,
+        frontend,
+        encoder,
+        scheduler(),
+        herd_server::ServerOptions::default(),
+    )
+    .unwrap();
+    herd_server::router(state)
+}

@@ -2,36 +2,9 @@
 //! a data URL) become `Frame at M:SS:` text and image parts — the same prompt a client gets by
 //! sending those parts itself.
 
-use base64::Engine;
-use herd_engine::frontend::images::ImageEncoder;
 use serde_json::{json, Value};
 
-use crate::support::{call, post, scheduler};
-
-fn data_url(mime: &str, bytes: &[u8]) -> String {
-    format!(
-        "data:{mime};base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
-}
-
-fn vision_server() -> axum::Router {
-    let dir = herd_testkit::fixture_path("vision-chat-tiny");
-    let model =
-        herd_model::TextModel::load(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    let frontend = herd_engine::frontend::Frontend::load(&dir, model.config()).unwrap();
-    let encoder =
-        ImageEncoder::load(&dir, model.config().hidden_size, model.dtype(), model.device()).unwrap();
-    let state = herd_server::build_state(
-        model,
-        frontend,
-        encoder,
-        scheduler(),
-        herd_server::ServerOptions::default(),
-    )
-    .unwrap();
-    herd_server::router(state)
-}
+use crate::support::{call, data_url, post, vision_server};
 
 fn ask(parts: Vec<Value>) -> String {
     let mut content = parts;

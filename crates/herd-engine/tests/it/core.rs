@@ -472,6 +472,7 @@ fn kv_reservations_cover_a_step_that_crosses_a_chunk() {
     // A chunk longer than any context (a config's 2⁶⁴ − 1) holds every position, as a global
     // layer does: the estimate saturates rather than wrapping to a step's worth.
     let dir = std::env::temp_dir().join(format!("herd-core-huge-chunk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(fixture_path("scout-tiny")).unwrap() {
         let path = entry.unwrap().path();

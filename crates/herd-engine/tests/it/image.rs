@@ -231,6 +231,7 @@ fn corrupt_jpegs_are_errors_not_crashes() {
 #[test]
 fn preprocessor_configs_with_absurd_sizes_are_errors() {
     let dir = std::env::temp_dir().join(format!("herd-preproc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     for (config, needle) in [
         (r#"{"max_patches": 4294967295}"#, "max_patches"),

@@ -156,6 +156,7 @@ fn a_ten_hour_clip_costs_seeks_not_a_full_decode() {
 #[test]
 fn bad_videos_are_clear_errors() {
     let dir = std::env::temp_dir().join(format!("herd-video-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     let text = dir.join("notes.mp4");
     std::fs::write(&text, "these are not frames").unwrap();

@@ -94,6 +94,7 @@ fn wrong_shape_names_tensor_and_both_shapes() {
 #[test]
 fn empty_folder_and_bad_config_are_errors() {
     let dir = std::env::temp_dir().join(format!("herd-test-empty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     assert!(matches!(load_err(&dir), Error::Read(_)));
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();

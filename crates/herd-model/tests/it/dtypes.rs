@@ -18,6 +18,7 @@ fn rounded_copies(stored: DType) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut folders = Vec::new();
     for (tag, dtype) in [("stored", stored), ("f32", DType::F32)] {
         let dir = std::env::temp_dir().join(format!("herd-test-{stored:?}-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
         let converted: HashMap<String, Tensor> = tensors

@@ -202,6 +202,7 @@ fn a_bf16_model_at_medium_rounds_inside_its_forward_pass_only() {
     let src = fixture_path("scout-tiny");
     let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     let dir = std::env::temp_dir().join(format!("herd-test-matmul-precision-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
     let bf16: std::collections::HashMap<String, Tensor> = tensors
@@ -265,6 +266,7 @@ fn a_bf16_vision_tower_at_medium_rounds_inside_its_forward_pass() {
         "herd-test-matmul-precision-vision-{}",
         std::process::id()
     ));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();

@@ -723,6 +723,7 @@ async fn a_requests_images_share_one_budget_of_decoded_pixels() {
 #[test]
 fn an_image_token_other_than_the_tokenizers_patch_is_refused_at_startup() {
     let dir = std::env::temp_dir().join(format!("herd-server-image-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(herd_testkit::fixture_path("vision-chat-tiny")).unwrap() {
         let path = entry.unwrap().path();

@@ -112,6 +112,7 @@ fn template_errors_are_reported_not_panicked() {
 #[test]
 fn missing_template_falls_back_to_builtin() {
     let dir = std::env::temp_dir().join(format!("herd-text-notemplate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     assert_eq!(
         ChatTemplate::from_dir(&dir).unwrap().source(),

@@ -167,6 +167,7 @@ fn user_text_cannot_forge_special_tokens_by_default() {
 #[test]
 fn bad_tokenizer_files_are_errors() {
     let dir = std::env::temp_dir().join(format!("herd-text-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a run with this pid
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("tokenizer.model");
     std::fs::write(&model, "aGVsbG8= 0\nnot-base64! 1\n").unwrap();

@@ -22,7 +22,7 @@ For each file type T in BF16, Q8_0, Q4_K_M, Q6_K:
      or $LLAMA_GREEDY): for every herd GGUF and every fixture GGUF, the short reference prompts through
      llama.cpp (logits of every position + 4 greedy ids) vs `herd logits` / `herd generate --tokens`
      on the same file, and, for the fixture files, both vs the transformers reference of that file
-     (`""`, `q8_0.`, `q4_k_m.`, `q6_k.`); also the 8200-token prompt through llama.cpp for the
+     (`""`, `q8_0.`, `q4_k_m.`, `q6_k.`, `q3_k_m.`, `q2_k.`, `q4_1.`, `q5_0.`, `q5_1.`); also the 8200-token prompt through llama.cpp for the
      fixture files (rows 0..7, 8184..8199; skip with --no-long). llama.cpp's CPU matmuls round the
      activations to the weight's vec-dot type (bf16, Q8_0/Q8_K), so it sits ~1e-2..1e-1 from an f32
      reference; herd computes in f32 and should sit at ~1e-5 from the reference of the same file.
@@ -265,8 +265,8 @@ def section_d(args, herd_files: dict, fx: Path, exe: Path):
     n_vocab = ref["short.0.logits"].shape[-1]
     n = N_PREDICT
     files = [(f"herd {t}", f, None) for t, f in herd_files.items()] + [
-        (f"fixture {f.name}", f, pre) for f, pre in ((fx / "model-bf16.gguf", ""), (fx / "model-q8_0.gguf", "q8_0."),
-                                                     (fx / "model-q4_k_m.gguf", "q4_k_m."), (fx / "model-q6_k.gguf", "q6_k."))
+        (f"fixture {f.name}", f, pre) for f, pre in ((fx / "model-bf16.gguf", ""), *(
+            (fx / f"model-{t}.gguf", f"{t}.") for t in ("q8_0", "q4_k_m", "q6_k", "q3_k_m", "q2_k", "q4_1", "q5_0", "q5_1")))
         if f.exists() and f"{pre}short.0.logits" in ref]
     rows = []
     for label, f, pre in files:

@@ -63,6 +63,13 @@ impl FileType {
             FileType::Quant(QuantType::Q4K) => 15,
             FileType::Quant(QuantType::Q5K) => 17,
             FileType::Quant(QuantType::Q6K) => 18,
+            // Formats herd reads but does not write (`FileType::parse` never makes these):
+            // llama.cpp's numbers for files whose base type they are.
+            FileType::Quant(QuantType::Q4_1) => 3,
+            FileType::Quant(QuantType::Q5_0) => 8,
+            FileType::Quant(QuantType::Q5_1) => 9,
+            FileType::Quant(QuantType::Q2K) => 10,
+            FileType::Quant(QuantType::Q3K) => 12,
         }
     }
 }

@@ -9,7 +9,9 @@ use herd_model::nn::MatmulPrecision;
 use herd_model::{KvFormat, LoadOptions, QuantType, TextModel};
 
 pub(crate) fn parse_quant(text: &str) -> std::result::Result<QuantType, String> {
-    QuantType::parse(text).ok_or_else(|| format!("`{text}`: expected q8_0, q4_0, q4_k, q5_k or q6_k"))
+    QuantType::parse(text)
+        .filter(|t| t.writable())
+        .ok_or_else(|| format!("`{text}`: expected q8_0, q4_0, q4_k, q5_k or q6_k"))
 }
 
 #[derive(Args, Clone)]

@@ -11,6 +11,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         .as_deref()
         .map(|q| {
             QuantType::parse(q)
+                .filter(|t| t.writable())
                 .with_context(|| format!("--quant {q}: expected q8_0, q4_0, q4_k, q5_k or q6_k"))
         })
         .transpose()?;

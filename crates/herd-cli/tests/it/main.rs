@@ -177,6 +177,18 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         &["generate", "--model", &scout, "--prompt", "hello"],
         "no tokenizer in",
     );
+    // Q3_K is read from GGUF files, not written: `--quant` offers only what herd writes.
+    let out = herd(&["generate", "--model", &scout, "--tokens", "1", "--quant", "q3_k"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(
+        stderr.contains("`q3_k`: expected q8_0, q4_0, q4_k, q5_k or q6_k"),
+        "{stderr}"
+    );
+    fails(
+        &["inspect", "--model", &scout, "--quant", "q5_1"],
+        "expected q8_0, q4_0, q4_k, q5_k or q6_k",
+    );
     fails(
         &["generate", "--model", "/nonexistent/model", "--tokens", "1"],
         "/nonexistent/model",

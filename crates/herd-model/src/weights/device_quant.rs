@@ -1,11 +1,11 @@
-//! A block-quantized matrix held on a GPU in its GGUF bytes (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), so
+//! A block-quantized matrix held on a GPU in its GGUF bytes (every [`QuantType`]), so
 //! a quantized file takes the same memory there as on disk. Products run on candle's CUDA
 //! kernels: llama.cpp's integer matrix-vector and matrix-matrix kernels for up to eight rows,
 //! dequantize-then-cuBLAS beyond.
 
 use std::borrow::Cow;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::Result;
@@ -29,14 +29,7 @@ impl std::fmt::Debug for DeviceQuantTensor {
 impl DeviceQuantTensor {
     /// The same blocks, copied to `device` unchanged.
     pub fn upload(q: &QuantTensor, device: &Device) -> Result<Self> {
-        let dtype = match q.quant_type() {
-            QuantType::Q8_0 => GgmlDType::Q8_0,
-            QuantType::Q4_0 => GgmlDType::Q4_0,
-            QuantType::Q4K => GgmlDType::Q4K,
-            QuantType::Q5K => GgmlDType::Q5K,
-            QuantType::Q6K => GgmlDType::Q6K,
-        };
-        let storage = QStorage::from_data(Cow::Borrowed(q.bytes()), device, dtype)?;
+        let storage = QStorage::from_data(Cow::Borrowed(q.bytes()), device, q.quant_type().ggml())?;
         let tensor = QTensor::new(storage, (q.rows(), q.cols()))?;
         Ok(DeviceQuantTensor {
             ty: q.quant_type(),

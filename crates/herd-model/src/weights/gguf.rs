@@ -37,7 +37,8 @@ const MAX_METADATA_ITEMS: u64 = 1 << 23;
 const MAX_ENTRIES: u64 = 1 << 20;
 const MAX_DIMS: u32 = 4;
 
-pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K";
+pub const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K";
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]

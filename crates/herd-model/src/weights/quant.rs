@@ -1,5 +1,5 @@
-//! Block-quantized weights in llama.cpp's ggml layouts (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), kept
-//! quantized in memory. The blocks are candle's `k_quants` types, whose byte layout is ggml's, so
+//! Block-quantized weights in llama.cpp's ggml layouts (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
+//! Q3_K, Q4_K, Q5_K, Q6_K), kept quantized in memory. The blocks are candle's `k_quants` types, whose byte layout is ggml's, so
 //! a GGUF tensor's bytes are read straight into them and written straight back out.
 //!
 //! A [`QuantTensor`] is a row-major matrix `[rows, cols]`; each row is `cols / block_len` blocks.
@@ -9,31 +9,65 @@
 use std::fmt;
 use std::sync::Mutex;
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    GgmlType,
+};
 use candle_core::quantized::{GgmlDType, QuantizedType};
 use candle_core::CpuStorage;
 
 use super::kquant;
 use crate::error::{Error, Result};
 
-/// The block formats herd computes with.
+/// The block formats herd reads and computes with: every ggml type that llama-quantize's
+/// Q2_K … Q8_0 and legacy Q4_0 … Q5_1 files hold. The i-quants (IQ2_XXS, IQ4_XS, …) are not here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantType {
     Q8_0,
     Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 5] = [Self::Q8_0, Self::Q4_0, Self::Q4K, Self::Q5K, Self::Q6K];
+    pub const ALL: [QuantType; 10] = [
+        Self::Q8_0,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q2K,
+        Self::Q3K,
+        Self::Q4K,
+        Self::Q5K,
+        Self::Q6K,
+    ];
+
+    /// The formats herd also writes (`--quant`, `herd quantize`): those whose quantizers are
+    /// llama.cpp's reference ones (Q4_K, Q5_K, Q6_K byte for byte with `llama-quantize`). The
+    /// others are read from files and computed, never made.
+    pub const WRITABLE: [QuantType; 5] = [Self::Q8_0, Self::Q4_0, Self::Q4K, Self::Q5K, Self::Q6K];
+
+    pub fn writable(self) -> bool {
+        Self::WRITABLE.contains(&self)
+    }
 
     /// ggml's type id (the number in a GGUF tensor header).
     pub fn ggml_type_id(self) -> u32 {
         match self {
             Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
+            Self::Q2K => 10,
+            Self::Q3K => 11,
             Self::Q4K => 12,
             Self::Q5K => 13,
             Self::Q6K => 14,
@@ -48,6 +82,11 @@ impl QuantType {
         match self {
             Self::Q8_0 => GgmlDType::Q8_0,
             Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q5_0 => GgmlDType::Q5_0,
+            Self::Q5_1 => GgmlDType::Q5_1,
+            Self::Q2K => GgmlDType::Q2K,
+            Self::Q3K => GgmlDType::Q3K,
             Self::Q4K => GgmlDType::Q4K,
             Self::Q5K => GgmlDType::Q5K,
             Self::Q6K => GgmlDType::Q6K,
@@ -57,8 +96,8 @@ impl QuantType {
     /// Values per block.
     pub fn block_len(self) -> usize {
         match self {
-            Self::Q8_0 | Self::Q4_0 => 32,
-            Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 => 32,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
 
@@ -67,6 +106,11 @@ impl QuantType {
         match self {
             Self::Q8_0 => std::mem::size_of::<BlockQ8_0>(),
             Self::Q4_0 => std::mem::size_of::<BlockQ4_0>(),
+            Self::Q4_1 => std::mem::size_of::<BlockQ4_1>(),
+            Self::Q5_0 => std::mem::size_of::<BlockQ5_0>(),
+            Self::Q5_1 => std::mem::size_of::<BlockQ5_1>(),
+            Self::Q2K => std::mem::size_of::<BlockQ2K>(),
+            Self::Q3K => std::mem::size_of::<BlockQ3K>(),
             Self::Q4K => std::mem::size_of::<BlockQ4K>(),
             Self::Q5K => std::mem::size_of::<BlockQ5K>(),
             Self::Q6K => std::mem::size_of::<BlockQ6K>(),
@@ -87,6 +131,11 @@ impl QuantType {
         match self {
             Self::Q8_0 => "Q8_0",
             Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q2K => "Q2_K",
+            Self::Q3K => "Q3_K",
             Self::Q4K => "Q4_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
@@ -140,6 +189,11 @@ impl QuantTensor {
         let blocks = match ty {
             QuantType::Q8_0 => read_blocks::<BlockQ8_0>(n_blocks, read)?,
             QuantType::Q4_0 => read_blocks::<BlockQ4_0>(n_blocks, read)?,
+            QuantType::Q4_1 => read_blocks::<BlockQ4_1>(n_blocks, read)?,
+            QuantType::Q5_0 => read_blocks::<BlockQ5_0>(n_blocks, read)?,
+            QuantType::Q5_1 => read_blocks::<BlockQ5_1>(n_blocks, read)?,
+            QuantType::Q2K => read_blocks::<BlockQ2K>(n_blocks, read)?,
+            QuantType::Q3K => read_blocks::<BlockQ3K>(n_blocks, read)?,
             QuantType::Q4K => read_blocks::<BlockQ4K>(n_blocks, read)?,
             QuantType::Q5K => read_blocks::<BlockQ5K>(n_blocks, read)?,
             QuantType::Q6K => read_blocks::<BlockQ6K>(n_blocks, read)?,
@@ -155,7 +209,7 @@ impl QuantTensor {
     /// Quantizes a matrix a slab of rows at a time: `fill(first_row, values)` writes rows
     /// `first_row ..` as f32 into `values` (whose length is a whole number of rows). Only one slab
     /// is ever widened to f32, so quantizing an embedding table costs its quantized size plus
-    /// one slab, not its f32 size.
+    /// one slab, not its f32 size. Only [`QuantType::WRITABLE`] formats: the others are an error.
     pub fn quantize_with(
         ty: QuantType,
         rows: usize,
@@ -180,6 +234,15 @@ impl QuantTensor {
             QuantType::Q6K => quantize_blocks::<BlockQ6K>(n_blocks, rows, cols, fill, |x, b| {
                 kquant::quantize_q6_k(x, block_bytes_mut(b))
             })?,
+            QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 | QuantType::Q2K | QuantType::Q3K => {
+                return Err(Error::Quantization {
+                    name: name.to_string(),
+                    message: format!(
+                        "herd reads {ty} files but does not write {ty} (it writes {})",
+                        QuantType::WRITABLE.map(QuantType::name).join(", ")
+                    ),
+                })
+            }
         };
         Ok(QuantTensor {
             ty,
@@ -288,8 +351,10 @@ impl QuantTensor {
         self.matmul_t_candle(x, t)
     }
 
-    /// `x Wᵀ` through candle's k_quants (Q4_0 and Q5_K, which herd has no kernel of its own
-    /// for; and the comparison point for those it has).
+    /// `x Wᵀ` through candle's k_quants (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K and Q5_K, which herd
+    /// has no kernel of its own for; and the comparison point for those it has). Their
+    /// activations are quantized as llama.cpp's are: Q8_0 for Q4_0 / Q5_0, Q8_1 for Q4_1 / Q5_1,
+    /// Q8_K for the K formats.
     pub fn matmul_t_candle(&self, x: &[f32], t: usize) -> Result<Vec<f32>> {
         if x.len() != t * self.cols {
             return Err(Error::Quantization {
@@ -317,6 +382,11 @@ impl QuantTensor {
         match self.ty {
             QuantType::Q8_0 => BlockQ8_0::to_float(typed(bytes), out),
             QuantType::Q4_0 => BlockQ4_0::to_float(typed(bytes), out),
+            QuantType::Q4_1 => BlockQ4_1::to_float(typed(bytes), out),
+            QuantType::Q5_0 => BlockQ5_0::to_float(typed(bytes), out),
+            QuantType::Q5_1 => BlockQ5_1::to_float(typed(bytes), out),
+            QuantType::Q2K => BlockQ2K::to_float(typed(bytes), out),
+            QuantType::Q3K => BlockQ3K::to_float(typed(bytes), out),
             QuantType::Q4K => BlockQ4K::to_float(typed(bytes), out),
             QuantType::Q5K => BlockQ5K::to_float(typed(bytes), out),
             QuantType::Q6K => BlockQ6K::to_float(typed(bytes), out),

@@ -109,12 +109,44 @@ fn dense_linear_keeps_its_stored_dtype_and_matches_the_upcast_product() {
 /// half a step of its block's scale (max |x| / 127 over 32 values for Q8_0 / Q4_0, 256 for the
 /// K-quants), so each output moves by at most Σ |w| · step / 2. The test checks that bound,
 /// row by row.
+/// A `[rows, cols]` matrix in `ty`: herd's quantizers for the formats it writes, candle's ports
+/// of ggml's reference quantizers for those it only reads (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K), read
+/// back through [`QuantTensor::read_with`] as a GGUF's bytes are.
+pub(crate) fn quantized(ty: QuantType, rows: usize, cols: usize, v: &[f32]) -> QuantTensor {
+    if ty.writable() {
+        return QuantTensor::quantize(ty, rows, cols, v, "w").unwrap();
+    }
+    let t = Tensor::from_slice(v, (rows, cols), &Device::Cpu).unwrap();
+    let q = candle_core::quantized::QTensor::quantize(&t, ty.ggml()).unwrap();
+    let bytes = q.data().unwrap();
+    QuantTensor::read_with(ty, rows, cols, "w", |dst| {
+        dst.copy_from_slice(&bytes);
+        Ok(())
+    })
+    .unwrap()
+}
+
+#[test]
+fn formats_herd_only_reads_are_refused_as_quantization_targets() {
+    for ty in QuantType::ALL.into_iter().filter(|t| !t.writable()) {
+        let err = QuantTensor::quantize(ty, 2, 256, &values(512, 3), "w").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("does not write {ty}")) && text.contains("Q4_K"),
+            "{ty}: {text}"
+        );
+    }
+    for ty in QuantType::WRITABLE {
+        QuantTensor::quantize(ty, 2, 256, &values(512, 3), "w").unwrap();
+    }
+}
+
 #[test]
 fn quantized_linear_matches_dequantized_slow_twin() {
     let dev = Device::Cpu;
     for ty in QuantType::ALL {
         for (rows, cols) in [(3, 256), (37, 512), (64, 768)] {
-            let q = QuantTensor::quantize(ty, rows, cols, &values(rows * cols, 7), "w").unwrap();
+            let q = quantized(ty, rows, cols, &values(rows * cols, 7));
             assert_eq!(q.stored_bytes(), ty.matrix_bytes(rows, cols).unwrap());
             let w = q.dequantize().unwrap();
             let linear = Linear::Quantized(Arc::new(q));
@@ -178,8 +210,13 @@ fn quantization_round_trip_error_is_what_each_format_promises() {
         (QuantType::Q5K, 0.05),
         (QuantType::Q4K, 0.1),
         (QuantType::Q4_0, 0.12),
+        (QuantType::Q5_1, 0.05),
+        (QuantType::Q5_0, 0.06),
+        (QuantType::Q4_1, 0.1),
+        (QuantType::Q3K, 0.2),
+        (QuantType::Q2K, 0.4),
     ] {
-        let q = QuantTensor::quantize(ty, rows, cols, &v, "w").unwrap();
+        let q = quantized(ty, rows, cols, &v);
         let back = q.dequantize().unwrap();
         let err: Vec<f32> = v.iter().zip(&back).map(|(a, b)| a - b).collect();
         let rel = rms(&err) / rms(&v);

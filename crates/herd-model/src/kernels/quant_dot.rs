@@ -1,4 +1,5 @@
-//! Dot products of ggml block-quantized weight rows (Q8_0, Q4_K, Q6_K) with 8-bit activations
+//! Dot products of ggml block-quantized weight rows (Q8_0, Q4_0's successors Q4_1, Q5_0 and
+//! Q5_1, Q4_K, Q6_K) with 8-bit activations
 //! ([`Q8Activations`]), in integers, as llama.cpp computes them: the weight's levels are
 //! unsigned bytes (Q4_K: 0..15, Q6_K: 0..63 with the −32 offset folded in through the
 //! activations' 16-value sums; Q8_0: |w| with the sign moved onto the activation), so one
@@ -17,6 +18,14 @@
 //! - Q6_K (210 B / 256): ql[128], qh[64], i8 scales[16], f16 d; per 128-value half n, value
 //!   128n+32i+l (i = 0..4, l = 0..32) is ql's nibble | two bits of qh[32n+l] << 4, minus 32;
 //!   w = d·sc·q per 16 values.
+//! - Q5_0 (22 B / 32): f16 d, u32 qh, qs[16]; value l (l < 16) is qs[l]'s low nibble, value
+//!   16+l its high one, each with bit l (16+l) of qh as its fifth bit; w = d·(q − 16).
+//! - Q4_1 (20 B / 32): f16 d, f16 m, qs[16] (nibbles as Q5_0's); w = d·q + m.
+//! - Q5_1 (24 B / 32): f16 d, f16 m, u32 qh, qs[16] (as Q5_0's); w = d·q + m.
+//!
+//! The legacy formats take Q8_0 activations (llama.cpp gives Q4_1 and Q5_1 Q8_1, whose levels
+//! and scale are Q8_0's; its extra field, d·Σq rounded to f16, is computed here in f32 from the
+//! levels).
 
 use half::f16;
 
@@ -26,7 +35,15 @@ use crate::weights::QuantType;
 
 /// The formats these kernels compute (the others go through candle's k_quants).
 pub fn supports(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q8_0 | QuantType::Q4K | QuantType::Q6K)
+    matches!(
+        ty,
+        QuantType::Q8_0
+            | QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1
+            | QuantType::Q4K
+            | QuantType::Q6K
+    )
 }
 
 /// Whether `ty` takes Q8_K activations (256-value blocks) rather than Q8_0.
@@ -118,10 +135,39 @@ pub fn dequantize_row(ty: QuantType, row: &[u8]) -> Vec<f32> {
                 }
                 out.extend(vals);
             }
+            QuantType::Q5_0 | QuantType::Q4_1 | QuantType::Q5_1 => {
+                let (d, m) = legacy_scale_min(ty, blk);
+                out.extend(legacy_levels(ty, blk).map(|q| d * q as f32 + m));
+            }
             other => unreachable!("no herd kernel for {other}"),
         }
     }
     out
+}
+
+/// The 32 levels of a Q5_0 / Q4_1 / Q5_1 block, Q5_0's offset applied (−16..15; the others
+/// 0..15 and 0..31).
+fn legacy_levels(ty: QuantType, blk: &[u8]) -> [i32; 32] {
+    let (qh, qs) = match ty {
+        QuantType::Q5_0 => (Some(&blk[2..6]), &blk[6..22]),
+        QuantType::Q4_1 => (None, &blk[4..20]),
+        _ => (Some(&blk[4..8]), &blk[8..24]),
+    };
+    let qh = qh.map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let offset = if ty == QuantType::Q5_0 { 16 } else { 0 };
+    let fifth = |v: usize| if qh >> v & 1 == 1 { 16 } else { 0 };
+    std::array::from_fn(|v| {
+        let nibble = if v < 16 { qs[v] & 0xF } else { qs[v - 16] >> 4 };
+        i32::from(nibble) + fifth(v) - offset
+    })
+}
+
+/// (d, m) of a Q5_0 / Q4_1 / Q5_1 block (Q5_0 has no m).
+fn legacy_scale_min(ty: QuantType, blk: &[u8]) -> (f32, f32) {
+    match ty {
+        QuantType::Q5_0 => (f16_at(blk, 0), 0.0),
+        _ => (f16_at(blk, 0), f16_at(blk, 2)),
+    }
 }
 
 /// Q6_K level (0..63, before the −32 offset) of value `v` of a block.
@@ -181,10 +227,24 @@ mod portable {
                     QuantType::Q8_0 => dot_q8_0(w_row, ad, aq),
                     QuantType::Q4K => dot_q4k(w_row, ad, aq, asum),
                     QuantType::Q6K => dot_q6k(w_row, ad, aq, asum),
+                    QuantType::Q5_0 | QuantType::Q4_1 | QuantType::Q5_1 => dot_legacy(ty, w_row, ad, aq),
                     other => unreachable!("no herd kernel for {other}"),
                 };
             }
         }
+    }
+
+    /// d·d_a·Σ q·y + m·d_a·Σ y per block, the sums in integers.
+    fn dot_legacy(ty: QuantType, w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+        let mut acc = 0f32;
+        for ((blk, &a_d), y) in w.chunks_exact(ty.block_bytes()).zip(ad).zip(aq.chunks_exact(32)) {
+            let q = legacy_levels(ty, blk);
+            let sumi: i32 = q.iter().zip(y).map(|(&q, &y)| q * i32::from(y)).sum();
+            let sumy: i32 = y.iter().map(|&y| i32::from(y)).sum();
+            let (d, m) = legacy_scale_min(ty, blk);
+            acc += a_d * (d * sumi as f32 + m * sumy as f32);
+        }
+        acc
     }
 
     fn dot_q8_0(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
@@ -302,6 +362,9 @@ macro_rules! dot_rows_on {
                         QuantType::Q8_0 => dot_q8_0(w_row, ad, aq),
                         QuantType::Q4K => dot_q4k(w_row, ad, aq, asum),
                         QuantType::Q6K => dot_q6k(w_row, ad, aq, asum),
+                        QuantType::Q5_0 => dot_q5_0(w_row, ad, aq),
+                        QuantType::Q4_1 => dot_q4_1(w_row, ad, aq),
+                        QuantType::Q5_1 => dot_q5_1(w_row, ad, aq),
                         other => unreachable!("no herd kernel for {other}"),
                     };
                 }
@@ -359,6 +422,98 @@ mod avx2 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16_load(blk) * a_d), acc);
         }
         hsum(acc)
+    }
+
+    /// A legacy block's 16 nibble bytes as 32 levels in value order: low nibbles, then high.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn nibbles_32(qs: *const u8) -> __m256i {
+        let q = _mm_loadu_si128(qs.cast());
+        let low = _mm_set1_epi8(0x0F);
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low), _mm_and_si128(q, low))
+    }
+
+    /// The 32 bits of `qh` as 32 bytes, 0xFF where the bit is set (ggml's `bytes_from_bits_32`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn bits_32(qh: *const u8) -> __m256i {
+        let x = qh.cast::<i32>().read_unaligned();
+        let shuffle = _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        );
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuffle);
+        let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+        _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1))
+    }
+
+    /// Q5_0: the fifth bit clear means −16 on the nibble, so OR-ing 0xF0 into those bytes gives
+    /// the signed level q − 16, and the block is a Q8_0 one.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) unsafe fn dot_q5_0(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let (wp, yp) = (w.as_ptr(), aq.as_ptr());
+        for (b, &a_d) in ad.iter().enumerate() {
+            let blk = wp.add(22 * b);
+            prefetch(blk.wrapping_add(PREFETCH_BYTES), 22);
+            let high = _mm256_andnot_si256(bits_32(blk.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+            let q = _mm256_or_si256(nibbles_32(blk.add(6)), high);
+            let p = q8_0_block(q, _mm256_loadu_si256(yp.add(32 * b).cast()));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16_load(blk) * a_d), acc);
+        }
+        hsum(acc)
+    }
+
+    /// Q4_1 / Q5_1 (unsigned levels, `qh` at `fifth`, nibbles at `qs`, `bytes` a block):
+    /// d·d_a·Σ q·y + m·d_a·Σ y.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot_offset_blocks(
+        w: &[u8],
+        ad: &[f32],
+        aq: &[i8],
+        bytes: usize,
+        fifth: Option<usize>,
+        qs: usize,
+    ) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_m = _mm256_setzero_ps();
+        let ones16 = _mm256_set1_epi16(1);
+        let ones8 = _mm256_set1_epi8(1);
+        let (wp, yp) = (w.as_ptr(), aq.as_ptr());
+        for (b, &a_d) in ad.iter().enumerate() {
+            let blk = wp.add(bytes * b);
+            prefetch(blk.wrapping_add(PREFETCH_BYTES), bytes);
+            let mut q = nibbles_32(blk.add(qs));
+            if let Some(at) = fifth {
+                q = _mm256_or_si256(q, _mm256_and_si256(bits_32(blk.add(at)), _mm256_set1_epi8(0x10)));
+            }
+            let y = _mm256_loadu_si256(yp.add(32 * b).cast());
+            let sumi = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones16);
+            let sumy = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, y), ones16);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(f16_load(blk) * a_d), acc);
+            acc_m = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(sumy),
+                _mm256_set1_ps(f16_load(blk.add(2)) * a_d),
+                acc_m,
+            );
+        }
+        hsum(acc) + hsum(acc_m)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) unsafe fn dot_q4_1(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+        dot_offset_blocks(w, ad, aq, 20, None, 4)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) unsafe fn dot_q5_1(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+        dot_offset_blocks(w, ad, aq, 24, Some(4), 8)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -468,6 +623,10 @@ mod avx512 {
     use super::*;
 
     dot_rows_on!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+
+    // The legacy formats' 256-bit kernels: a decode that reads them is bound by memory, not by
+    // these few instructions per 32 values.
+    use super::avx2::{dot_q4_1, dot_q5_0, dot_q5_1};
 
     /// The f16 at `p` as f32, through a masked load that zeroes the other lanes: a plain
     /// zero-extended move becomes `vpinsrw` into whatever register LLVM has at hand, and that

@@ -451,14 +451,31 @@ pub(crate) fn random_blocks(ty: QuantType, rows: usize, cols: usize, seed: u64) 
     for i in (0..w.len()).step_by(97) {
         w[i] *= 9.0;
     }
-    QuantTensor::quantize(ty, rows, cols, &w, "w").unwrap()
+    quantized(ty, rows, cols, &w)
 }
+
+/// The formats with herd kernels of their own ([`herd_model::kernels::quant_dot::supports`]).
+const KERNEL_FORMATS: [QuantType; 6] = [
+    QuantType::Q8_0,
+    QuantType::Q4K,
+    QuantType::Q6K,
+    QuantType::Q5_0,
+    QuantType::Q4_1,
+    QuantType::Q5_1,
+];
 
 #[test]
 fn quant_kernels_agree_with_slow_twin_on_every_isa() {
     // The integer dot products on every path against the slow twin (both sides dequantized to
     // f32): exact integer sums, so only the f32 summation order differs.
-    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+    for ty in QuantType::ALL {
+        assert_eq!(
+            herd_model::kernels::quant_dot::supports(ty),
+            KERNEL_FORMATS.contains(&ty),
+            "{ty}"
+        );
+    }
+    for ty in KERNEL_FORMATS {
         let mut shapes = vec![
             (1, 1, 256),
             (1, 33, 512),
@@ -467,7 +484,7 @@ fn quant_kernels_agree_with_slow_twin_on_every_isa() {
             (1, 130, 768),
             (3, 9, 1280),
         ];
-        if ty == QuantType::Q8_0 {
+        if ty.block_len() == 32 {
             // Rows of 1, 3, 5 and 7 blocks: the four-block AVX-512 loop's tail.
             shapes.extend([(1, 3, 32), (2, 5, 96), (1, 4, 160), (3, 2, 224)]);
         }
@@ -488,7 +505,7 @@ fn quant_kernels_agree_with_slow_twin_on_every_isa() {
 #[test]
 fn quant_kernels_are_close_to_the_unquantized_activation_product() {
     // What the 8-bit activations cost: against dequantized weights times the f32 activations.
-    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+    for ty in KERNEL_FORMATS {
         let (t, n, k) = (2, 64, 2048);
         let q = random_blocks(ty, n, k, 41);
         let x = values(t * k, 42);
@@ -509,7 +526,7 @@ fn quant_kernels_are_close_to_the_unquantized_activation_product() {
 fn quant_kernels_mutation_twin_detects_a_changed_level() {
     // One byte of one block changed: every path must see it (a kernel that skipped part of a
     // block, or read the wrong half of a nibble, would agree with the original).
-    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+    for ty in KERNEL_FORMATS {
         let (n, k) = (3, 512);
         let q = random_blocks(ty, n, k, 51);
         let x = values(k, 52);

@@ -68,8 +68,10 @@ DEFAULT_LLAMA_CPP = Path(f"/work/llama-cpp-python/llama_cpp_python-{LLAMA_CPP_PY
 # The optional K-quant step: llama.cpp's llama-quantize built from that same vendored tree (README
 # "gguf-tiny" has the cmake lines). File tag -> llama-quantize type. Never part of the seed search.
 # Q2_K and Q3_K_M bring Q2_K / Q3_K blocks (with Q3_K..Q6_K where llama.cpp's rules give more bits);
-# Q4_1, Q5_0 and Q5_1 are the legacy 32-value formats.
-K_QUANTS = {"q4_k_m": "Q4_K_M", "q6_k": "Q6_K", "q3_k_m": "Q3_K_M", "q2_k": "Q2_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1"}
+# Q4_1, Q5_0 and Q5_1 are the legacy 32-value formats; IQ4_NL and IQ4_XS the 4-bit i-quants (which
+# llama-quantize writes without an importance matrix).
+K_QUANTS = {"q4_k_m": "Q4_K_M", "q6_k": "Q6_K", "q3_k_m": "Q3_K_M", "q2_k": "Q2_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1",
+            "iq4_nl": "IQ4_NL", "iq4_xs": "IQ4_XS"}
 LLAMA_QUANTIZE_THREADS = 2
 LLAMA_QUANTIZE_BUILD = (
     "cmake -S <sdist>/vendor/llama.cpp -B /work/llama-build/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF "

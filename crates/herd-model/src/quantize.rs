@@ -70,6 +70,8 @@ impl FileType {
             FileType::Quant(QuantType::Q5_1) => 9,
             FileType::Quant(QuantType::Q2K) => 10,
             FileType::Quant(QuantType::Q3K) => 12,
+            FileType::Quant(QuantType::Iq4Nl) => 25,
+            FileType::Quant(QuantType::Iq4Xs) => 30,
         }
     }
 }

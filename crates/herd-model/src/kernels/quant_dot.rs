@@ -1,5 +1,5 @@
 //! Dot products of ggml block-quantized weight rows (Q8_0, Q4_0's successors Q4_1, Q5_0 and
-//! Q5_1, Q4_K, Q6_K) with 8-bit activations
+//! Q5_1, Q4_K, Q6_K, IQ4_NL, IQ4_XS) with 8-bit activations
 //! ([`Q8Activations`]), in integers, as llama.cpp computes them: the weight's levels are
 //! unsigned bytes (Q4_K: 0..15, Q6_K: 0..63 with the −32 offset folded in through the
 //! activations' 16-value sums; Q8_0: |w| with the sign moved onto the activation), so one
@@ -23,6 +23,10 @@
 //! - Q4_1 (20 B / 32): f16 d, f16 m, qs[16] (nibbles as Q5_0's); w = d·q + m.
 //! - Q5_1 (24 B / 32): f16 d, f16 m, u32 qh, qs[16] (as Q5_0's); w = d·q + m.
 //!
+//! - IQ4_NL, IQ4_XS: see [`crate::weights::iquant`]. Their levels are signed (−127..113), so
+//!   they take Q8_0's sign trick after a table lookup (`vpshufb`); IQ4_XS takes Q8_K
+//!   activations, IQ4_NL Q8_0 ones, as in llama.cpp.
+//!
 //! The legacy formats take Q8_0 activations (llama.cpp gives Q4_1 and Q5_1 Q8_1, whose levels
 //! and scale are Q8_0's; its extra field, d·Σq rounded to f16, is computed here in f32 from the
 //! levels).
@@ -31,7 +35,7 @@ use half::f16;
 
 use super::isa::Isa;
 use super::q8_activations::Q8Activations;
-use crate::weights::QuantType;
+use crate::weights::{iquant, QuantType};
 
 /// The formats these kernels compute (the others go through candle's k_quants).
 pub fn supports(ty: QuantType) -> bool {
@@ -43,12 +47,17 @@ pub fn supports(ty: QuantType) -> bool {
             | QuantType::Q5_1
             | QuantType::Q4K
             | QuantType::Q6K
+            | QuantType::Iq4Nl
+            | QuantType::Iq4Xs
     )
 }
 
 /// Whether `ty` takes Q8_K activations (256-value blocks) rather than Q8_0.
 pub fn uses_q8_k(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q4K | QuantType::Q5K | QuantType::Q6K)
+    matches!(
+        ty,
+        QuantType::Q4K | QuantType::Q5K | QuantType::Q6K | QuantType::Iq4Xs
+    )
 }
 
 /// `out[r·T + i] = w_r · a_i` for every weight row r of `w` (whole rows of `acts.cols` values
@@ -139,6 +148,11 @@ pub fn dequantize_row(ty: QuantType, row: &[u8]) -> Vec<f32> {
                 let (d, m) = legacy_scale_min(ty, blk);
                 out.extend(legacy_levels(ty, blk).map(|q| d * q as f32 + m));
             }
+            QuantType::Iq4Nl | QuantType::Iq4Xs => {
+                let mut vals = vec![0f32; ty.block_len()];
+                iquant::dequantize(ty, blk, &mut vals);
+                out.extend(vals);
+            }
             other => unreachable!("no herd kernel for {other}"),
         }
     }
@@ -228,10 +242,44 @@ mod portable {
                     QuantType::Q4K => dot_q4k(w_row, ad, aq, asum),
                     QuantType::Q6K => dot_q6k(w_row, ad, aq, asum),
                     QuantType::Q5_0 | QuantType::Q4_1 | QuantType::Q5_1 => dot_legacy(ty, w_row, ad, aq),
+                    QuantType::Iq4Nl => dot_iq4_nl(w_row, ad, aq),
+                    QuantType::Iq4Xs => dot_iq4_xs(w_row, ad, aq),
                     other => unreachable!("no herd kernel for {other}"),
                 };
             }
         }
+    }
+
+    fn dot_iq4_nl(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+        let mut acc = 0f32;
+        for ((blk, &a_d), y) in w.chunks_exact(18).zip(ad).zip(aq.chunks_exact(32)) {
+            let sumi: i32 = iquant::levels_32(&blk[2..18])
+                .iter()
+                .zip(y)
+                .map(|(&q, &y)| i32::from(q) * i32::from(y))
+                .sum();
+            acc += a_d * iquant::f16_at(blk, 0) * sumi as f32;
+        }
+        acc
+    }
+
+    /// d·d_a·Σ_j (ls_j − 32)·Σ q·y over the eight sub-blocks, the sums in integers.
+    fn dot_iq4_xs(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+        let mut acc = 0f32;
+        for ((blk, &a_d), y) in w.chunks_exact(136).zip(ad).zip(aq.chunks_exact(256)) {
+            let scales = iquant::xs_scales(blk);
+            let mut sumi = 0i32;
+            for (j, (sub, y)) in blk[8..136].chunks_exact(16).zip(y.chunks_exact(32)).enumerate() {
+                let s: i32 = iquant::levels_32(sub)
+                    .iter()
+                    .zip(y)
+                    .map(|(&q, &y)| i32::from(q) * i32::from(y))
+                    .sum();
+                sumi += (i32::from(scales[j]) - 32) * s;
+            }
+            acc += a_d * iquant::f16_at(blk, 0) * sumi as f32;
+        }
+        acc
     }
 
     /// d·d_a·Σ q·y + m·d_a·Σ y per block, the sums in integers.
@@ -365,6 +413,8 @@ macro_rules! dot_rows_on {
                         QuantType::Q5_0 => dot_q5_0(w_row, ad, aq),
                         QuantType::Q4_1 => dot_q4_1(w_row, ad, aq),
                         QuantType::Q5_1 => dot_q5_1(w_row, ad, aq),
+                        QuantType::Iq4Nl => dot_iq4_nl(w_row, ad, aq),
+                        QuantType::Iq4Xs => dot_iq4_xs(w_row, ad, aq),
                         other => unreachable!("no herd kernel for {other}"),
                     };
                 }
@@ -504,6 +554,51 @@ mod avx2 {
         hsum(acc) + hsum(acc_m)
     }
 
+    /// 32 nibbles at `qs` looked up in [`iquant::KVALUES`]: the i-quants' signed levels.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn iq4_levels(qs: *const u8) -> __m256i {
+        let table = _mm_loadu_si128(iquant::KVALUES.as_ptr().cast());
+        _mm256_shuffle_epi8(_mm256_set_m128i(table, table), nibbles_32(qs))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) unsafe fn dot_iq4_nl(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let (wp, yp) = (w.as_ptr(), aq.as_ptr());
+        for (b, &a_d) in ad.iter().enumerate() {
+            let blk = wp.add(18 * b);
+            prefetch(blk.wrapping_add(PREFETCH_BYTES), 18);
+            let p = q8_0_block(iq4_levels(blk.add(2)), _mm256_loadu_si256(yp.add(32 * b).cast()));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16_load(blk) * a_d), acc);
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) unsafe fn dot_iq4_xs(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let (wp, yp) = (w.as_ptr(), aq.as_ptr());
+        for (b, &a_d) in ad.iter().enumerate() {
+            let blk = wp.add(136 * b);
+            prefetch(blk.wrapping_add(PREFETCH_BYTES), 136);
+            let scales = iquant::xs_scales(std::slice::from_raw_parts(blk, 8));
+            let y = yp.add(256 * b);
+            let mut sumi = _mm256_setzero_si256();
+            for (j, &ls) in scales.iter().enumerate() {
+                let p = q8_0_block(
+                    iq4_levels(blk.add(8 + 16 * j)),
+                    _mm256_loadu_si256(y.add(32 * j).cast()),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, _mm256_set1_epi32(i32::from(ls) - 32)));
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(f16_load(blk) * a_d), acc);
+        }
+        hsum(acc)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     pub(super) unsafe fn dot_q4_1(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
@@ -626,7 +721,7 @@ mod avx512 {
 
     // The legacy formats' 256-bit kernels: a decode that reads them is bound by memory, not by
     // these few instructions per 32 values.
-    use super::avx2::{dot_q4_1, dot_q5_0, dot_q5_1};
+    use super::avx2::{dot_iq4_nl, dot_iq4_xs, dot_q4_1, dot_q5_0, dot_q5_1};
 
     /// The f16 at `p` as f32, through a masked load that zeroes the other lanes: a plain
     /// zero-extended move becomes `vpinsrw` into whatever register LLVM has at hand, and that

@@ -29,7 +29,16 @@ impl std::fmt::Debug for DeviceQuantTensor {
 impl DeviceQuantTensor {
     /// The same blocks, copied to `device` unchanged.
     pub fn upload(q: &QuantTensor, device: &Device) -> Result<Self> {
-        let storage = QStorage::from_data(Cow::Borrowed(q.bytes()), device, q.quant_type().ggml())?;
+        let Some(dtype) = q.quant_type().ggml() else {
+            return Err(crate::error::Error::Quantization {
+                name: format!("{q:?}"),
+                message: format!(
+                    "candle has no GPU kernel for {}: run this file on the CPU (--device cpu)",
+                    q.quant_type()
+                ),
+            });
+        };
+        let storage = QStorage::from_data(Cow::Borrowed(q.bytes()), device, dtype)?;
         let tensor = QTensor::new(storage, (q.rows(), q.cols()))?;
         Ok(DeviceQuantTensor {
             ty: q.quant_type(),

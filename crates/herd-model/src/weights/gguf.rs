@@ -38,7 +38,7 @@ const MAX_ENTRIES: u64 = 1 << 20;
 const MAX_DIMS: u32 = 4;
 
 pub const SUPPORTED_TYPES: &str =
-    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K";
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS";
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod gguf_llama4;
 pub mod gguf_vocab;
 pub mod gguf_writer;
+pub mod iquant;
 pub mod kquant;
 pub mod plan;
 pub mod quant;

@@ -1,6 +1,8 @@
 //! Block-quantized weights in llama.cpp's ggml layouts (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
-//! Q3_K, Q4_K, Q5_K, Q6_K), kept quantized in memory. The blocks are candle's `k_quants` types, whose byte layout is ggml's, so
-//! a GGUF tensor's bytes are read straight into them and written straight back out.
+//! Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS), kept quantized in memory. The blocks are candle's
+//! `k_quants` types, whose byte layout is ggml's, so a GGUF tensor's bytes are read straight
+//! into them and written straight back out; the i-quants, which candle lacks, are kept as the
+//! bytes read ([`super::iquant`]).
 //!
 //! A [`QuantTensor`] is a row-major matrix `[rows, cols]`; each row is `cols / block_len` blocks.
 //! Its product [`QuantTensor::matmul_t`] quantizes the activations to the format's dot-product
@@ -16,11 +18,12 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::{GgmlDType, QuantizedType};
 use candle_core::CpuStorage;
 
-use super::kquant;
+use super::{iquant, kquant};
 use crate::error::{Error, Result};
 
 /// The block formats herd reads and computes with: every ggml type that llama-quantize's
-/// Q2_K … Q8_0 and legacy Q4_0 … Q5_1 files hold. The i-quants (IQ2_XXS, IQ4_XS, …) are not here.
+/// Q2_K … Q8_0, legacy Q4_0 … Q5_1, IQ4_NL and IQ4_XS files hold. The other i-quants
+/// (IQ1_S … IQ3_S) are not here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantType {
     Q8_0,
@@ -33,10 +36,12 @@ pub enum QuantType {
     Q4K,
     Q5K,
     Q6K,
+    Iq4Nl,
+    Iq4Xs,
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 10] = [
+    pub const ALL: [QuantType; 12] = [
         Self::Q8_0,
         Self::Q4_0,
         Self::Q4_1,
@@ -47,6 +52,8 @@ impl QuantType {
         Self::Q4K,
         Self::Q5K,
         Self::Q6K,
+        Self::Iq4Nl,
+        Self::Iq4Xs,
     ];
 
     /// The formats herd also writes (`--quant`, `herd quantize`): those whose quantizers are
@@ -71,6 +78,8 @@ impl QuantType {
             Self::Q4K => 12,
             Self::Q5K => 13,
             Self::Q6K => 14,
+            Self::Iq4Nl => 20,
+            Self::Iq4Xs => 23,
         }
     }
 
@@ -78,8 +87,9 @@ impl QuantType {
         Self::ALL.into_iter().find(|t| t.ggml_type_id() == id)
     }
 
-    pub fn ggml(self) -> GgmlDType {
-        match self {
+    /// candle's name for the format, if candle has its blocks (not the i-quants).
+    pub fn ggml(self) -> Option<GgmlDType> {
+        Some(match self {
             Self::Q8_0 => GgmlDType::Q8_0,
             Self::Q4_0 => GgmlDType::Q4_0,
             Self::Q4_1 => GgmlDType::Q4_1,
@@ -90,14 +100,15 @@ impl QuantType {
             Self::Q4K => GgmlDType::Q4K,
             Self::Q5K => GgmlDType::Q5K,
             Self::Q6K => GgmlDType::Q6K,
-        }
+            Self::Iq4Nl | Self::Iq4Xs => return None,
+        })
     }
 
     /// Values per block.
     pub fn block_len(self) -> usize {
         match self {
-            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 => 32,
-            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Iq4Nl => 32,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K | Self::Iq4Xs => 256,
         }
     }
 
@@ -114,6 +125,8 @@ impl QuantType {
             Self::Q4K => std::mem::size_of::<BlockQ4K>(),
             Self::Q5K => std::mem::size_of::<BlockQ5K>(),
             Self::Q6K => std::mem::size_of::<BlockQ6K>(),
+            Self::Iq4Nl => 18,
+            Self::Iq4Xs => 136,
         }
     }
 
@@ -139,6 +152,8 @@ impl QuantType {
             Self::Q4K => "Q4_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
+            Self::Iq4Nl => "IQ4_NL",
+            Self::Iq4Xs => "IQ4_XS",
         }
     }
 
@@ -166,7 +181,15 @@ pub struct QuantTensor {
     ty: QuantType,
     rows: usize,
     cols: usize,
-    blocks: Box<dyn QuantizedType>,
+    blocks: Blocks,
+}
+
+/// Where a matrix's blocks live: candle's block vectors for the formats candle knows (its
+/// dequantizers and kernels serve them), plain bytes for the i-quants, which herd computes on
+/// its own.
+enum Blocks {
+    Candle(Box<dyn QuantizedType>),
+    Bytes(Vec<u8>),
 }
 
 impl fmt::Debug for QuantTensor {
@@ -197,6 +220,11 @@ impl QuantTensor {
             QuantType::Q4K => read_blocks::<BlockQ4K>(n_blocks, read)?,
             QuantType::Q5K => read_blocks::<BlockQ5K>(n_blocks, read)?,
             QuantType::Q6K => read_blocks::<BlockQ6K>(n_blocks, read)?,
+            QuantType::Iq4Nl | QuantType::Iq4Xs => {
+                let mut bytes = vec![0u8; n_blocks * ty.block_bytes()];
+                read(&mut bytes)?;
+                Blocks::Bytes(bytes)
+            }
         };
         Ok(QuantTensor {
             ty,
@@ -234,7 +262,13 @@ impl QuantTensor {
             QuantType::Q6K => quantize_blocks::<BlockQ6K>(n_blocks, rows, cols, fill, |x, b| {
                 kquant::quantize_q6_k(x, block_bytes_mut(b))
             })?,
-            QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 | QuantType::Q2K | QuantType::Q3K => {
+            QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1
+            | QuantType::Q2K
+            | QuantType::Q3K
+            | QuantType::Iq4Nl
+            | QuantType::Iq4Xs => {
                 return Err(Error::Quantization {
                     name: name.to_string(),
                     message: format!(
@@ -302,13 +336,19 @@ impl QuantTensor {
 
     /// The stored bytes, exactly as a GGUF holds them.
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `as_ptr` points at the block vector's storage, which holds exactly
-        // `storage_size_in_bytes` initialised bytes and lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr(), self.blocks.storage_size_in_bytes()) }
+        match &self.blocks {
+            // SAFETY: `as_ptr` points at the block vector's storage, which holds exactly
+            // `storage_size_in_bytes` initialised bytes and lives as long as `self`.
+            Blocks::Candle(b) => unsafe { std::slice::from_raw_parts(b.as_ptr(), b.storage_size_in_bytes()) },
+            Blocks::Bytes(b) => b,
+        }
     }
 
     pub fn stored_bytes(&self) -> usize {
-        self.blocks.storage_size_in_bytes()
+        match &self.blocks {
+            Blocks::Candle(b) => b.storage_size_in_bytes(),
+            Blocks::Bytes(b) => b.len(),
+        }
     }
 
     /// `x Wᵀ`: x is row-major [T, cols] f32 → [T, rows] f32. Q4_K and Q6_K on AVX-512 VNNI
@@ -362,9 +402,15 @@ impl QuantTensor {
                 message: format!("input of {} values is not {t} rows of {}", x.len(), self.cols),
             });
         }
+        let Blocks::Candle(blocks) = &self.blocks else {
+            return Err(Error::Quantization {
+                name: format!("{self:?}"),
+                message: format!("candle has no kernel for {}", self.ty),
+            });
+        };
         let mut out = vec![0f32; t * self.rows];
         if t > 0 {
-            self.blocks.matmul_t((t, self.cols, self.rows), x, &mut out)?;
+            blocks.matmul_t((t, self.cols, self.rows), x, &mut out)?;
         }
         Ok(out)
     }
@@ -390,12 +436,21 @@ impl QuantTensor {
             QuantType::Q4K => BlockQ4K::to_float(typed(bytes), out),
             QuantType::Q5K => BlockQ5K::to_float(typed(bytes), out),
             QuantType::Q6K => BlockQ6K::to_float(typed(bytes), out),
+            QuantType::Iq4Nl | QuantType::Iq4Xs => iquant::dequantize(self.ty, bytes, out),
         }
     }
 
     /// The whole matrix in f32, row-major (the slow twin's weight).
     pub fn dequantize(&self) -> Result<Vec<f32>> {
-        match self.blocks.dequantize(self.rows * self.cols)? {
+        let blocks = match &self.blocks {
+            Blocks::Candle(blocks) => blocks,
+            Blocks::Bytes(bytes) => {
+                let mut out = vec![0f32; self.rows * self.cols];
+                iquant::dequantize(self.ty, bytes, &mut out);
+                return Ok(out);
+            }
+        };
+        match blocks.dequantize(self.rows * self.cols)? {
             CpuStorage::F32(v) => Ok(v),
             other => Err(Error::Quantization {
                 name: format!("{self:?}"),
@@ -410,7 +465,23 @@ impl QuantTensor {
     /// Rows `ids` in f32, [ids.len(), cols] row-major: an embedding lookup that dequantizes only
     /// the rows it needs.
     pub fn rows_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        match self.blocks.embedding(ids, self.rows, self.cols)? {
+        let blocks = match &self.blocks {
+            Blocks::Candle(blocks) => blocks,
+            Blocks::Bytes(_) => {
+                let mut out = vec![0f32; ids.len() * self.cols];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.cols.max(1))) {
+                    if id as usize >= self.rows {
+                        return Err(Error::Quantization {
+                            name: format!("{self:?}"),
+                            message: format!("row {id} of {}", self.rows),
+                        });
+                    }
+                    self.dequantize_rows_into(id as usize, row);
+                }
+                return Ok(out);
+            }
+        };
+        match blocks.embedding(ids, self.rows, self.cols)? {
             CpuStorage::F32(v) => Ok(v),
             other => Err(Error::Quantization {
                 name: format!("{self:?}"),
@@ -448,7 +519,7 @@ fn quantize_blocks<T: GgmlType + 'static>(
     cols: usize,
     mut fill: impl FnMut(usize, &mut [f32]) -> Result<()>,
     encode: impl Fn(&[f32], &mut [T]) + Sync,
-) -> Result<Box<dyn QuantizedType>> {
+) -> Result<Blocks> {
     let mut blocks: Vec<T> = vec![T::zeros(); n_blocks];
     let blocks_per_row = n_blocks / rows.max(1);
     let slab_rows = (SLAB_VALUES / cols.max(1)).max(1);
@@ -467,7 +538,7 @@ fn quantize_blocks<T: GgmlType + 'static>(
         );
         first += n;
     }
-    Ok(Box::new(blocks))
+    Ok(Blocks::Candle(Box::new(blocks)))
 }
 
 /// Values per task when a slab is encoded across threads.
@@ -502,10 +573,10 @@ fn encode_in_parallel<T: GgmlType>(
 fn read_blocks<T: GgmlType + 'static>(
     n_blocks: usize,
     read: impl FnOnce(&mut [u8]) -> Result<()>,
-) -> Result<Box<dyn QuantizedType>> {
+) -> Result<Blocks> {
     let mut blocks: Vec<T> = vec![T::zeros(); n_blocks];
     read(block_bytes_mut(&mut blocks))?;
-    Ok(Box::new(blocks))
+    Ok(Blocks::Candle(Box::new(blocks)))
 }
 
 /// Stored bytes back as the blocks they hold.

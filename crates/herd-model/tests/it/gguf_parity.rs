@@ -110,8 +110,9 @@ fn converter_bf16_gguf_matches_transformers_across_the_chunk_boundary() {
 /// llama.cpp's own quantized files: the converter's Q8_0, and llama-quantize's others made from
 /// the converter's BF16 (tools/reference/make_gguf_fixtures.py).
 /// Q3_K_M and Q2_K bring Q3_K and Q2_K blocks (with Q4_K … Q6_K where llama.cpp's rules give
-/// more bits); Q4_1, Q5_0 and Q5_1 are the legacy 32-value formats.
-const QUANTIZED: [(&str, &str); 8] = [
+/// more bits); Q4_1, Q5_0 and Q5_1 are the legacy 32-value formats; IQ4_NL and IQ4_XS the 4-bit
+/// i-quants.
+const QUANTIZED: [(&str, &str); 10] = [
     ("model-q8_0.gguf", "q8_0."),
     ("model-q4_k_m.gguf", "q4_k_m."),
     ("model-q6_k.gguf", "q6_k."),
@@ -120,6 +121,8 @@ const QUANTIZED: [(&str, &str); 8] = [
     ("model-q4_1.gguf", "q4_1."),
     ("model-q5_0.gguf", "q5_0."),
     ("model-q5_1.gguf", "q5_1."),
+    ("model-iq4_nl.gguf", "iq4_nl."),
+    ("model-iq4_xs.gguf", "iq4_xs."),
 ];
 
 #[test]
@@ -173,8 +176,9 @@ fn each_quantized_files_reference_tells_it_from_its_neighbours() {
 /// median / top-1 — Q8_0 1.2% / 98.6% (2.8% / 100%); Q6_K 3.7% / 94.2% (3.8% / 94.2%); Q4_K_M
 /// 3.9% / 94.2% (3.9% / 95.7%); Q3_K_M 3.3% / 88.4% (4.1% / 92.8%); Q2_K 1.4% / 100% (3.9% /
 /// 94.2%); Q4_1 1.3% / 98.6%; Q5_0 1.3% / 100%; Q5_1 1.3% / 97.1% (llama.cpp 2.7–2.8%,
-/// 95.7–97.1%). herd's prompts multiply Q2_K, Q3_K, Q5_K and the legacy formats on dequantized
-/// f32 panels (no activation rounding), hence its smaller medians there.
+/// 95.7–97.1%); IQ4_NL 1.5% / 97.1% (2.8% / 95.7%); IQ4_XS 1.5% / 95.7% (4.1% / 89.9%).
+/// herd's prompts multiply Q2_K, Q3_K, Q5_K, the legacy formats and the i-quants on
+/// dequantized f32 panels (no activation rounding), hence its smaller medians there.
 #[test]
 fn llama_cpp_quantized_files_with_quantized_kernels_are_within_their_bounds() {
     // (file, prefix, bound on every short-prompt row, top-1 bound)
@@ -187,6 +191,8 @@ fn llama_cpp_quantized_files_with_quantized_kernels_are_within_their_bounds() {
         ("model-q4_1.gguf", "q4_1.", None, 0.9),
         ("model-q5_0.gguf", "q5_0.", None, 0.9),
         ("model-q5_1.gguf", "q5_1.", None, 0.9),
+        ("model-iq4_nl.gguf", "iq4_nl.", None, 0.9),
+        ("model-iq4_xs.gguf", "iq4_xs.", None, 0.9),
     ];
     let mut missed = Vec::new();
     for (file, prefix, short_max, top1) in bounds {

@@ -116,14 +116,84 @@ pub(crate) fn quantized(ty: QuantType, rows: usize, cols: usize, v: &[f32]) -> Q
     if ty.writable() {
         return QuantTensor::quantize(ty, rows, cols, v, "w").unwrap();
     }
+    let Some(dtype) = ty.ggml() else {
+        return random_iquant(ty, rows, cols, v);
+    };
     let t = Tensor::from_slice(v, (rows, cols), &Device::Cpu).unwrap();
-    let q = candle_core::quantized::QTensor::quantize(&t, ty.ggml()).unwrap();
+    let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
     let bytes = q.data().unwrap();
     QuantTensor::read_with(ty, rows, cols, "w", |dst| {
         dst.copy_from_slice(&bytes);
         Ok(())
     })
     .unwrap()
+}
+
+/// The i-quants have no quantizer here (herd reads them only), but every byte pattern is a valid
+/// block once its scale is finite: random levels and sub-block scales, with d set from the
+/// values' size so products stay in range.
+fn random_iquant(ty: QuantType, rows: usize, cols: usize, v: &[f32]) -> QuantTensor {
+    let mut state = v.len() as u64 ^ u64::from(v[0].to_bits());
+    let mut bytes = vec![0u8; ty.matrix_bytes(rows, cols).unwrap()];
+    for b in bytes.iter_mut() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        *b = (state >> 56) as u8;
+    }
+    let d = f16::from_f32(max_abs(v) / 127.0 / 8.0).to_le_bytes();
+    for blk in bytes.chunks_exact_mut(ty.block_bytes()) {
+        blk[..2].copy_from_slice(&d);
+    }
+    QuantTensor::read_with(ty, rows, cols, "w", |dst| {
+        dst.copy_from_slice(&bytes);
+        Ok(())
+    })
+    .unwrap()
+}
+
+/// One IQ4_NL and one IQ4_XS block laid out by hand from ggml's `block_iq4_nl` /
+/// `block_iq4_xs` and `dequantize_row_iq4_*`, read back value by value.
+#[test]
+fn iquant_blocks_decode_as_ggml_lays_them_out() {
+    const KV: [f32; 16] = [
+        -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0,
+        113.0,
+    ];
+    // IQ4_NL: d = 0.5; byte 3 of qs = 0x7A: value 3 is level 10, value 19 level 7.
+    let mut nl = vec![0u8; 18];
+    nl[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+    nl[2 + 3] = 0x7A;
+    let q = QuantTensor::read_with(QuantType::Iq4Nl, 1, 32, "nl", |dst| {
+        dst.copy_from_slice(&nl);
+        Ok(())
+    })
+    .unwrap();
+    let w = q.dequantize().unwrap();
+    assert_eq!(
+        (w[3], w[19], w[0], w[16]),
+        (0.5 * KV[10], 0.5 * KV[7], 0.5 * KV[0], 0.5 * KV[0])
+    );
+    // IQ4_XS: d = 0.5; sub-block 3's scale 45 (low nibble 0xD: the high nibble of scales_l[1];
+    // high bits 0b10: bits 6, 7 of scales_h), so its values scale by 0.5·(45 − 32) = 6.5; its
+    // byte 2 of qs = 0x7A: value 3·32 + 2 is level 10, value 3·32 + 18 level 7. Sub-block 0's
+    // scale is 0 (factor 0.5·(0 − 32) = −16), as are the others.
+    let mut xs = vec![0u8; 136];
+    xs[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+    xs[2..4].copy_from_slice(&(0b10u16 << 6).to_le_bytes());
+    xs[4 + 1] = 0xD0;
+    xs[8 + 16 * 3 + 2] = 0x7A;
+    let q = QuantTensor::read_with(QuantType::Iq4Xs, 1, 256, "xs", |dst| {
+        dst.copy_from_slice(&xs);
+        Ok(())
+    })
+    .unwrap();
+    let w = q.dequantize().unwrap();
+    assert_eq!((w[98], w[114]), (6.5 * KV[10], 6.5 * KV[7]));
+    assert_eq!((w[96], w[0], w[255]), (6.5 * KV[0], -16.0 * KV[0], -16.0 * KV[0]));
+    // Rows looked up one at a time (an embedding) read the same values.
+    assert_eq!(q.rows_f32(&[0]).unwrap(), w);
+    assert!(q.rows_f32(&[1]).is_err());
 }
 
 #[test]
@@ -455,13 +525,15 @@ pub(crate) fn random_blocks(ty: QuantType, rows: usize, cols: usize, seed: u64) 
 }
 
 /// The formats with herd kernels of their own ([`herd_model::kernels::quant_dot::supports`]).
-const KERNEL_FORMATS: [QuantType; 6] = [
+const KERNEL_FORMATS: [QuantType; 8] = [
     QuantType::Q8_0,
     QuantType::Q4K,
     QuantType::Q6K,
     QuantType::Q5_0,
     QuantType::Q4_1,
     QuantType::Q5_1,
+    QuantType::Iq4Nl,
+    QuantType::Iq4Xs,
 ];
 
 #[test]

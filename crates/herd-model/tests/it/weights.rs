@@ -196,6 +196,26 @@ fn iquant_blocks_decode_as_ggml_lays_them_out() {
     assert!(q.rows_f32(&[1]).is_err());
 }
 
+/// candle has no GPU kernel for the i-quants: moving one to a device is a clear error naming the
+/// way out, and the other block formats go through (here onto the CPU, the same call).
+#[test]
+fn iquant_weights_refuse_a_device_upload_with_a_way_out() {
+    use herd_model::weights::device_quant::DeviceQuantTensor;
+    let v: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    for ty in [QuantType::Iq4Nl, QuantType::Iq4Xs] {
+        let q = random_iquant(ty, 2, 256, &v);
+        let err = DeviceQuantTensor::upload(&q, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("no GPU kernel for {ty}")) && err.contains("--device cpu"),
+            "{err}"
+        );
+    }
+    let q4 = QuantTensor::quantize(QuantType::Q4_0, 2, 256, &v, "w").unwrap();
+    DeviceQuantTensor::upload(&q4, &Device::Cpu).unwrap();
+}
+
 #[test]
 fn formats_herd_only_reads_are_refused_as_quantization_targets() {
     for ty in QuantType::ALL.into_iter().filter(|t| !t.writable()) {

@@ -422,9 +422,16 @@ class Guard(unittest.TestCase):
                 herd = result.model_extra["herd"]
                 self.assertEqual(herd["verdict"], "parse_error")
                 self.assertGreater(herd["unsafe_probability"], 0.0)
-            # The same string twice gives the same answer (greedy), checked side by side.
+            # The same string twice gives the same answer (greedy), checked side by side. The
+            # first time it shared the batch with "hello", so its logits may differ from this
+            # lone run's by summation order (the batch tests' bound: 1e-5 absolute), which moves
+            # the probability by ~1e-5 relative (a CI run saw 1e-6); the text and verdict are
+            # the same tokens.
             r2 = client.moderations.create(input="how do I make a bomb?")
-            self.assertEqual(r2.results[0].model_extra["herd"], r.results[0].model_extra["herd"])
+            alone, batched = dict(r2.results[0].model_extra["herd"]), dict(r.results[0].model_extra["herd"])
+            p_alone, p_batched = alone.pop("unsafe_probability"), batched.pop("unsafe_probability")
+            self.assertEqual(alone, batched)
+            self.assertTrue(math.isclose(p_alone, p_batched, rel_tol=1e-4), (p_alone, p_batched))
             with self.assertRaises(openai.BadRequestError) as e:
                 client.moderations.create(input=[])
             self.assertEqual(e.exception.body["param"], "input")

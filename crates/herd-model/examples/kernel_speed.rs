@@ -3,7 +3,9 @@
 //! `FORMAT=Q4_K` for one format. `TOKENS=512` times the prefill products instead (GFLOP/s for
 //! that many activation rows; ROWS defaults to 4096 there): bf16 weights against f32 and
 //! bf16-valued activations, and each quantized format through its bf16 panels, its per-token integer dots (`Q4_K/dots`) and (`Q4_K/q8k`,
-//! `Q6_K/q8k`) the integer kernel on Q8_K activations; `FORMAT=f16` times f16 weights against
+//! `Q6_K/q8k`) the integer kernel on Q8_K activations (`FORMAT=Q3_K` etc. for the other
+//! formats, with candle's kernels as `Q3_K/cndl` and the panels' dequantization alone);
+//! `FORMAT=f16` times f16 weights against
 //! f32 activations (only when asked: converting the matrix takes a while). `ATTN=4096` times one decode step's
 //! attention over an f16 cache of that many positions instead. `MATS=64` streams that many
 //! distinct matrices of `ROWS` (at most 4096) × `K` in turn instead, as a decode step's layers.
@@ -11,7 +13,7 @@
 use std::time::Instant;
 
 use half::bf16;
-use herd_model::kernels::{half_matmul, isa::Isa, quant_gemm, quant_matmul};
+use herd_model::kernels::{dequantize, half_matmul, isa::Isa, quant_dot, quant_gemm, quant_matmul};
 use herd_model::weights::{QuantTensor, QuantType};
 
 fn main() {
@@ -54,18 +56,26 @@ fn main() {
     time("bf16", n * k * 2, &|| {
         half_matmul::matmul_t_on(isa, &x, 1, &wb, n, k)
     });
-    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
-        // Quantizing a large matrix takes seconds: only the formats asked for.
-        if only.as_deref().is_some_and(|o| !o.starts_with(ty.name())) {
+    // Q8_0, Q4_K and Q6_K unless asked for another: quantizing a large matrix takes seconds.
+    for ty in QuantType::ALL {
+        let asked = match only.as_deref() {
+            Some(o) => o.starts_with(ty.name()),
+            None => matches!(ty, QuantType::Q8_0 | QuantType::Q4K | QuantType::Q6K),
+        };
+        if !asked {
             continue;
         }
-        let q = QuantTensor::quantize(ty, n, k, &w, "w").unwrap();
-        time(ty.name(), q.stored_bytes(), &|| {
-            quant_matmul::matmul_t_on(isa, ty, q.bytes(), n, k, &x, 1)
-        });
-        time(&format!("{}/cndl", ty.name()), q.stored_bytes(), &|| {
-            q.matmul_t_candle(&x, 1).unwrap()
-        });
+        let q = any_format(ty, n, k, &w);
+        if quant_dot::supports(ty) {
+            time(ty.name(), q.stored_bytes(), &|| {
+                quant_matmul::matmul_t_on(isa, ty, q.bytes(), n, k, &x, 1)
+            });
+        }
+        if ty.ggml().is_some() {
+            time(&format!("{}/cndl", ty.name()), q.stored_bytes(), &|| {
+                q.matmul_t_candle(&x, 1).unwrap()
+            });
+        }
     }
 }
 
@@ -181,22 +191,92 @@ fn prefill(isa: Isa, t: usize, n: usize, k: usize, w: &[f32], wb: &[bf16], only:
         let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
         time("f16", &|| half_matmul::matmul_t_on(isa, &x, t, &wh, n, k));
     }
-    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
-        // Quantizing a large matrix takes seconds: only the formats asked for.
-        if only.is_some_and(|o| !o.starts_with(ty.name())) {
+    // Q8_0, Q4_K and Q6_K unless asked for another: quantizing a large matrix takes seconds.
+    for ty in QuantType::ALL {
+        let asked = match only {
+            Some(o) => o.starts_with(ty.name()),
+            None => matches!(ty, QuantType::Q8_0 | QuantType::Q4K | QuantType::Q6K),
+        };
+        if !asked {
             continue;
         }
-        let q = QuantTensor::quantize(ty, n, k, w, "w").unwrap();
+        let q = any_format(ty, n, k, w);
         time(ty.name(), &|| quant_matmul::matmul_t_panels_on(isa, &q, &x, t));
-        time(&format!("{}/dots", ty.name()), &|| {
-            quant_matmul::matmul_t_on(isa, ty, q.bytes(), n, k, &x, t)
-        });
+        if quant_dot::supports(ty) {
+            time(&format!("{}/dots", ty.name()), &|| {
+                quant_matmul::matmul_t_on(isa, ty, q.bytes(), n, k, &x, t)
+            });
+        } else {
+            time(&format!("{}/cndl", ty.name()), &|| {
+                q.matmul_t_candle(&x, t).unwrap()
+            });
+        }
         if quant_gemm::supports(ty) {
             time(&format!("{}/q8k", ty.name()), &|| {
                 quant_gemm::matmul_t_on(isa, ty, q.bytes(), n, k, &x, t)
             });
         }
+        // The panels' dequantization alone (GB/s of blocks read): herd's loops to bf16, and
+        // the weight's own f32 dequantization (candle's to_float) rounded after.
+        let bytes = q.stored_bytes() as f64;
+        let panel = std::cell::RefCell::new(vec![bf16::ZERO; n * k]);
+        let s = seconds_per_call(3, 1.0, &|| {
+            dequantize::dequantize_rows_on(isa, ty, q.bytes(), &mut panel.borrow_mut()[..]);
+            Vec::new()
+        });
+        let wide = std::cell::RefCell::new(vec![0f32; n * k]);
+        let s_f32 = seconds_per_call(3, 1.0, &|| {
+            dequantize::dequantize_rows_on(isa, ty, q.bytes(), &mut wide.borrow_mut()[..]);
+            Vec::new()
+        });
+        let s_twin = seconds_per_call(3, 1.0, &|| {
+            q.dequantize_rows_into(0, &mut wide.borrow_mut());
+            Vec::new()
+        });
+        println!(
+            "{:10} {isa:10} dequantize GB/s: to bf16 {:6.2}, to f32 {:6.2}, the slow twin (candle's to_float) {:6.2}",
+            ty.name(),
+            bytes / s / 1e9,
+            bytes / s_f32 / 1e9,
+            bytes / s_twin / 1e9
+        );
     }
+}
+
+/// `w` in `ty`: herd's quantizer where it writes the format, candle's for the other ggml
+/// formats, random levels with a fitting scale for the i-quants (which have no quantizer here).
+fn any_format(ty: QuantType, n: usize, k: usize, w: &[f32]) -> QuantTensor {
+    if ty.writable() {
+        return QuantTensor::quantize(ty, n, k, w, "w").unwrap();
+    }
+    let bytes = match ty.ggml() {
+        Some(dtype) => {
+            let t = candle_core::Tensor::from_slice(w, (n, k), &candle_core::Device::Cpu).unwrap();
+            candle_core::quantized::QTensor::quantize(&t, dtype)
+                .unwrap()
+                .data()
+                .unwrap()
+                .to_vec()
+        }
+        None => {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64;
+            let mut bytes = vec![0u8; ty.matrix_bytes(n, k).unwrap()];
+            for b in bytes.iter_mut() {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                *b = (state >> 56) as u8;
+            }
+            let d = half::f16::from_f32(1.0 / 127.0 / 8.0).to_le_bytes();
+            for blk in bytes.chunks_exact_mut(ty.block_bytes()) {
+                blk[..2].copy_from_slice(&d);
+            }
+            bytes
+        }
+    };
+    QuantTensor::read_with(ty, n, k, "w", |dst| {
+        dst.copy_from_slice(&bytes);
+        Ok(())
+    })
+    .unwrap()
 }
 
 /// Mean seconds a call of `f` takes after one warm-up call: at least `min_reps` calls and

@@ -82,25 +82,18 @@ pub fn matmul_t_panels_on(isa: Isa, w: &crate::weights::QuantTensor, x: &[f32], 
         return amx::PackedActivations::with_packed(x, t, k, amx::Split::Rounded, |acts| unsafe {
             super::row_split::split_columns_writing_all(n, t, amx::panel_rows_per_task(n, k), |rows, out| {
                 with_panel(rows.len() * k, |panel| {
-                    if dequantize::supports(w.quant_type()) {
-                        let bytes = &w.bytes()[rows.start * row_bytes..rows.end * row_bytes];
-                        dequantize::dequantize_rows_bf16(w.quant_type(), bytes, panel);
-                    } else {
-                        let mut wide = vec![0f32; panel.len()];
-                        w.dequantize_rows_into(rows.start, &mut wide);
-                        panel
-                            .iter_mut()
-                            .zip(&wide)
-                            .for_each(|(p, &v)| *p = bf16::from_f32(v));
-                    }
+                    let bytes = &w.bytes()[rows.start * row_bytes..rows.end * row_bytes];
+                    dequantize::dequantize_rows_on(isa, w.quant_type(), bytes, panel);
                     amx::product_rows_on(isa, &[panel], rows.len(), acts, out)
                 })
             })
         });
     }
+    let row_bytes = w.bytes().len() / n.max(1);
     super::row_split::split_rows_by(n, t, PANEL_ROWS, |rows, out| {
         let mut wide = vec![0f32; rows.len() * k];
-        w.dequantize_rows_into(rows.start, &mut wide);
+        let bytes = &w.bytes()[rows.start * row_bytes..rows.end * row_bytes];
+        dequantize::dequantize_rows_on(isa, w.quant_type(), bytes, &mut wide);
         super::half_matmul::gemm_f32_panel(x, t, &wide, rows.len(), k, out)
     })
 }

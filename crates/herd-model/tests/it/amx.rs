@@ -4,12 +4,12 @@
 
 use half::bf16;
 use herd_model::kernels::amx::{self, PackedActivations, Split};
+use herd_model::kernels::dequantize;
 use herd_model::kernels::half_matmul;
 use herd_model::kernels::isa::Isa;
 use herd_model::kernels::quant_matmul;
 use herd_model::kernels::row_split::ColumnBlock;
-use herd_model::kernels::{dequantize, quant_dot};
-use herd_model::weights::QuantType;
+use herd_model::weights::{QuantTensor, QuantType};
 
 use super::weights::{max_abs, max_diff, random_blocks, values};
 
@@ -272,7 +272,7 @@ fn bf16_weights_in_blocks_reproduce_the_f32_product(isa: Isa) {
 
 /// The f32 product of dequantized weights and activations, both rounded to bf16 first when
 /// `rounded` (what the tiles compute for a quantized matrix).
-fn dequantized_product(q: &herd_model::weights::QuantTensor, x: &[f32], t: usize, rounded: bool) -> Vec<f32> {
+fn dequantized_product(q: &QuantTensor, x: &[f32], t: usize, rounded: bool) -> Vec<f32> {
     let (n, k) = (q.rows(), q.cols());
     let mut w = vec![0f32; n * k];
     q.dequantize_rows_into(0, &mut w);
@@ -292,8 +292,8 @@ fn dequantized_product(q: &herd_model::weights::QuantTensor, x: &[f32], t: usize
 fn quantized_panels_agree_with_the_dequantized_product_on_every_isa() {
     // The prefill path for block-quantized weights: f32 panels (exact but for summation order)
     // everywhere, bf16 tiles on AMX (exact against bf16-rounded operands, and within bf16's
-    // rounding of the unrounded product).
-    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+    // rounding of the unrounded product). Every format herd reads.
+    for ty in QuantType::ALL {
         let (t, n, k) = (37, 70, 512);
         let q = random_blocks(ty, n, k, 81);
         let x = values(t * k, 82);
@@ -315,7 +315,7 @@ fn quantized_panels_agree_with_the_dequantized_product_on_every_isa() {
             let mut bytes = q.bytes().to_vec();
             let at = bytes.len() - 40;
             bytes[at] ^= 0x11;
-            let bad = herd_model::weights::QuantTensor::read_with(ty, n, k, "w", |dst| {
+            let bad = QuantTensor::read_with(ty, n, k, "w", |dst| {
                 dst.copy_from_slice(&bytes);
                 Ok(())
             })
@@ -430,29 +430,49 @@ fn products_stay_on_f32_panels_where_blocks_would_lose() {
     );
 }
 
+/// Where a block of `ty` keeps its f16 scale d.
+fn d_offset(ty: QuantType) -> usize {
+    match ty {
+        QuantType::Q2K => 80,
+        QuantType::Q3K => 108,
+        QuantType::Q6K => 208,
+        _ => 0,
+    }
+}
+
 #[test]
-fn bf16_dequantization_rounds_what_the_slow_twin_computes() {
-    // Bit for bit: the same f32 operations, then the same rounding.
-    for ty in [QuantType::Q8_0, QuantType::Q4K, QuantType::Q6K] {
+fn panel_dequantization_computes_what_the_slow_twin_does_in_f32_and_bf16() {
+    // Bit for bit, every format herd reads: the same f32 operations as the weight's own
+    // dequantization (candle's to_float, herd's i-quant reading), then (bf16) the same rounding.
+    for ty in QuantType::ALL {
         let (n, k) = (5, 512);
         let q = random_blocks(ty, n, k, 101);
         // The first block's scale made infinite, the second's NaN: half's rounding there.
         let mut bytes = q.bytes().to_vec();
-        let d_at = if ty == QuantType::Q6K { 208 } else { 0 };
+        let d_at = d_offset(ty);
         bytes[d_at..d_at + 2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
         let second = ty.block_bytes() + d_at;
         bytes[second..second + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
-        let row_bytes = q.bytes().len() / n;
         for source in [q.bytes(), &bytes[..]] {
-            let slow: Vec<u16> = (0..n)
-                .flat_map(|r| quant_dot::dequantize_row(ty, &source[r * row_bytes..(r + 1) * row_bytes]))
-                .map(|v| bf16::from_f32(v).to_bits())
-                .collect();
+            let twin = QuantTensor::read_with(ty, n, k, "w", |dst| {
+                dst.copy_from_slice(source);
+                Ok(())
+            })
+            .unwrap();
+            let mut wide = vec![0f32; n * k];
+            twin.dequantize_rows_into(0, &mut wide);
+            let slow: Vec<u16> = wide.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            let slow_f32: Vec<u32> = wide.iter().map(|v| v.to_bits()).collect();
             for isa in Isa::supported() {
                 let mut fast = vec![bf16::ZERO; n * k];
-                dequantize::dequantize_rows_bf16_on(isa, ty, source, &mut fast);
+                dequantize::dequantize_rows_on(isa, ty, source, &mut fast);
                 let fast: Vec<u16> = fast.iter().map(|v| v.to_bits()).collect();
                 assert_eq!(fast, slow, "{ty} {isa}");
+                // The f32 panels' values are the weight's own, NaN payloads included.
+                let mut fast = vec![0f32; n * k];
+                dequantize::dequantize_rows_on(isa, ty, source, &mut fast);
+                let fast: Vec<u32> = fast.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(fast, slow_f32, "{ty} {isa} f32");
             }
         }
         let mut fast = vec![bf16::ZERO; n * k];

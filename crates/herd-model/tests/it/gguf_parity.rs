@@ -178,7 +178,8 @@ fn each_quantized_files_reference_tells_it_from_its_neighbours() {
 /// 94.2%); Q4_1 1.3% / 98.6%; Q5_0 1.3% / 100%; Q5_1 1.3% / 97.1% (llama.cpp 2.7–2.8%,
 /// 95.7–97.1%); IQ4_NL 1.5% / 97.1% (2.8% / 95.7%); IQ4_XS 1.5% / 95.7% (4.1% / 89.9%).
 /// herd's prompts multiply Q2_K, Q3_K, Q5_K, the legacy formats and the i-quants on
-/// dequantized f32 panels (no activation rounding), hence its smaller medians there.
+/// dequantized panels (bf16 against bf16-rounded activations on AVX-512 BF16 and AMX, f32
+/// elsewhere; never 8-bit activations), hence its smaller medians there.
 #[test]
 fn llama_cpp_quantized_files_with_quantized_kernels_are_within_their_bounds() {
     // (file, prefix, bound on every short-prompt row, top-1 bound)

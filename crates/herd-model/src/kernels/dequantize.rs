@@ -103,22 +103,22 @@ fn blocks<T: Element>(ty: QuantType, w: &[u8], out: &mut [T]) {
         }
         QuantType::Q4_0 => {
             for (blk, y) in blocks {
-                q4_0(blk, y)
+                legacy::<T, false, false>(blk, y)
             }
         }
         QuantType::Q4_1 => {
             for (blk, y) in blocks {
-                q4_1(blk, y)
+                legacy::<T, false, true>(blk, y)
             }
         }
         QuantType::Q5_0 => {
             for (blk, y) in blocks {
-                q5_0(blk, y)
+                legacy::<T, true, false>(blk, y)
             }
         }
         QuantType::Q5_1 => {
             for (blk, y) in blocks {
-                q5_1(blk, y)
+                legacy::<T, true, true>(blk, y)
             }
         }
         QuantType::Q2K => {
@@ -254,53 +254,22 @@ fn q6_k_rounded<T: Element>(blk: &[u8], y: &mut [T], d: f32, round: impl Fn(f32)
     }
 }
 
-/// [d: f16][16 bytes of nibbles]: value l (l < 16) the low nibble of byte l, value 16 + l its
-/// high one, minus 8.
+/// The four legacy formats, as candle's `to_float` computes them: (q − offset)·d, or q·d + m.
+/// Q4_0 `[d: f16][16 bytes of nibbles]` (value l < 16 the low nibble of byte l, 16 + l its
+/// high one; offset 8); Q5_0 `[d][qh: u32][nibbles]` (bit l of qh value l's fifth bit; offset
+/// 16); Q4_1, Q5_1 the same with `[m: f16]` after d and no offset. `FIVE`: the qh word; `MIN`:
+/// the m.
 #[inline(always)]
-fn q4_0<T: Element>(blk: &[u8], y: &mut [T]) {
+fn legacy<T: Element, const FIVE: bool, const MIN: bool>(blk: &[u8], y: &mut [T]) {
     let d = f16_at(blk, 0);
-    if d.is_finite() {
-        legacy_rounded::<T, false, false>(blk, y, d, 0.0, T::finite)
-    } else {
-        legacy_rounded::<T, false, false>(blk, y, d, 0.0, T::any)
-    }
-}
-
-/// [d: f16][m: f16][16 bytes of nibbles]: d·q + m.
-#[inline(always)]
-fn q4_1<T: Element>(blk: &[u8], y: &mut [T]) {
-    let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+    let m = if MIN { f16_at(blk, 2) } else { 0.0 };
     if d.is_finite() && m.is_finite() {
-        legacy_rounded::<T, false, true>(blk, y, d, m, T::finite)
+        legacy_rounded::<T, FIVE, MIN>(blk, y, d, m, T::finite)
     } else {
-        legacy_rounded::<T, false, true>(blk, y, d, m, T::any)
+        legacy_rounded::<T, FIVE, MIN>(blk, y, d, m, T::any)
     }
 }
 
-/// [d: f16][qh: u32][16 bytes of nibbles]: bit l of qh is value l's fifth bit; minus 16.
-#[inline(always)]
-fn q5_0<T: Element>(blk: &[u8], y: &mut [T]) {
-    let d = f16_at(blk, 0);
-    if d.is_finite() {
-        legacy_rounded::<T, true, false>(blk, y, d, 0.0, T::finite)
-    } else {
-        legacy_rounded::<T, true, false>(blk, y, d, 0.0, T::any)
-    }
-}
-
-/// [d: f16][m: f16][qh: u32][16 bytes of nibbles]: d·q + m.
-#[inline(always)]
-fn q5_1<T: Element>(blk: &[u8], y: &mut [T]) {
-    let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
-    if d.is_finite() && m.is_finite() {
-        legacy_rounded::<T, true, true>(blk, y, d, m, T::finite)
-    } else {
-        legacy_rounded::<T, true, true>(blk, y, d, m, T::any)
-    }
-}
-
-/// The four legacy formats: `FIVE` bits (a qh word before the nibbles), `MIN` an added m (and
-/// no offset of the levels), as candle's `to_float` computes them: (q − offset)·d, or q·d + m.
 #[inline(always)]
 fn legacy_rounded<T: Element, const FIVE: bool, const MIN: bool>(
     blk: &[u8],
